@@ -1,0 +1,76 @@
+"""Name -> object registries.
+
+Things register themselves where they are defined (``@METHODS.register("pc-darts")``);
+an unknown name raises with the sorted list of the names that exist. Nothing here
+imports torch.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A small name -> object mapping filled by a decorator at the definition site.
+
+    Args:
+        kind: what is registered ("space", "method", ...), used in error messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._descriptions: dict[str, str] = {}
+
+    def register(self, name: str, *, description: str = "") -> Callable[[T], T]:
+        """Decorator: register the decorated object under ``name``."""
+
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            self._descriptions[name] = description
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name`` or raise :class:`UnknownNameError`."""
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted registered names matching a shell-style wildcard."""
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def describe(self, name: str) -> str:
+        self.get(name)
+        return self._descriptions[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+SPACES: Registry[Any] = Registry("search space")
+METHODS: Registry[Any] = Registry("method")
+SELECTORS: Registry[Any] = Registry("selector")
+OBJECTIVES: Registry[Any] = Registry("objective")
+DATASETS: Registry[Any] = Registry("dataset")
