@@ -1,0 +1,24 @@
+"""pcdarts: fast, memory-lean differentiable architecture search (PC-DARTS and the DARTS family).
+
+Python API (mirrors the CLI)::
+
+    import pcdarts
+    result = pcdarts.search({"search": {"epochs": 4}})      # a short PC-DARTS search on digits
+    print(result.genotype, result.run_dir)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import methods, objectives, select  # noqa: F401  (registration)
+from .config import Config, build_config, load_preset
+from .genotype import DartsGenotype, NB201Genotype, load_genotype, save_genotype
+from .registry import DATASETS, METHODS, OBJECTIVES, SELECTORS, SPACES
+from .search import SearchResult, search
+from .spaces import get_space
+
+__all__ = [
+    "__version__", "search", "SearchResult", "Config", "build_config", "load_preset",
+    "load_genotype", "save_genotype", "DartsGenotype", "NB201Genotype", "get_space",
+    "SPACES", "METHODS", "SELECTORS", "OBJECTIVES", "DATASETS",
+]

@@ -1,0 +1,338 @@
+"""Configuration: frozen dataclasses, YAML presets and dotted overrides.
+
+A run is configured by one :class:`Config` made of small sections (data, space,
+search, run) plus the method's own dataclass (registered next to the method, so
+there is never a flat bag of every method's knobs). Presets are YAML files in
+``pcdarts/configs/`` (also reachable as ``configs/`` at the repo root); the CLI
+loads a preset and then applies dotted overrides such as ``--search.epochs 50``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .registry import METHODS, SPACES
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how the search splits them.
+
+    Attributes:
+        dataset: registered dataset name (``digits``, ``cifar10``, ``cifar100``).
+        path: archive or folder for datasets that need one.
+        train_portion: fraction of the training set that trains the weights; the rest
+            trains the architecture (0.5 = the DARTS 25k/25k split).
+        max_samples: use only this many training images (quick experiments); None = all.
+        crop_padding: random-crop padding; None = the dataset's default (4 for CIFAR, 0 for digits).
+        flip: random horizontal flip; None = the dataset's default (on for CIFAR, off for digits).
+        cutout: cutout square side during search (0 = off).
+    """
+
+    dataset: str = "digits"
+    path: Optional[str] = None
+    train_portion: float = 0.5
+    max_samples: Optional[int] = None
+    crop_padding: Optional[int] = None
+    flip: Optional[bool] = None
+    cutout: int = 0
+
+    @property
+    def spec(self) -> str:
+        return f"{self.dataset}:{self.path}" if self.path else self.dataset
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Search-space (supernet) shape.
+
+    Attributes:
+        name: ``darts`` or ``nb201``.
+        C: initial channels (DARTS CIFAR supernet 16; NB201 16).
+        layers: DARTS: number of cells (8); NB201: cells per stage N (5); None = the space's default.
+        nodes: intermediate nodes per DARTS cell (4).
+        stem: ``cifar`` (one 3x3 conv) or ``imagenet`` (three stride-2 convs); DARTS only.
+        stem_multiplier: stem width as a multiple of C (DARTS: 3).
+        k: partial-channel factor K (1 = plain DARTS); None = the method's default.
+        channel_mode: ``first+shuffle`` (official PC-DARTS), ``first+shift`` or ``random``.
+        track_running_stats: BN running statistics in the search cells (NB201 switch).
+        impl: mixed-edge implementation, ``fast`` (default) or ``reference``.
+    """
+
+    name: str = "darts"
+    C: int = 16
+    layers: Optional[int] = None
+    nodes: int = 4
+    stem: str = "cifar"
+    stem_multiplier: int = 3
+    k: Optional[int] = None
+    channel_mode: str = "first+shuffle"
+    track_running_stats: bool = True
+    impl: str = "reference"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search loop and the weight optimiser (DARTS defaults, ALGORITHMS §1.4).
+
+    Attributes:
+        epochs: search epochs.
+        batch_size: batch for the weight split; ``arch_batch_size`` (None = same) for the arch split.
+        lr, lr_min: cosine schedule of the weight learning rate, stepped once per epoch.
+        momentum, weight_decay, nesterov: SGD settings of the weights.
+        grad_clip: global-norm clip of the weight gradients (0 = off).
+        step_order: ``arch-first`` (DARTS/PC-DARTS) or ``weight-first`` (NB201/AutoDL code).
+        eval_every: evaluate on the whole architecture split every N epochs (0 = only at the end).
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        log_every: progress-bar refresh period in steps (host syncs happen only then).
+        checkpoint_every: also write a mid-epoch checkpoint every N steps (0 = epoch ends only).
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    arch_batch_size: Optional[int] = None
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    nesterov: bool = False
+    grad_clip: float = 5.0
+    step_order: str = "arch-first"
+    eval_every: int = 0
+    amp: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run executes.
+
+    Attributes:
+        seed: seeds python, numpy and torch; the same seed on the same machine gives the same genotype.
+        out: run directory (None = ``runs/<space>-<method>-<dataset>-s<seed>-<time>``).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+        overwrite: allow ``out`` to point at an existing run directory.
+        deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
+        progress: show a progress bar.
+        plots: draw the final cell and the arch-weight curves into the run directory.
+    """
+
+    seed: int = 0
+    out: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    plots: bool = True
+
+
+SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "run": RunConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole search configuration. ``method`` is the method's own dataclass instance."""
+
+    method_name: str = "pc-darts"
+    method: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        method_cls = METHODS.get(self.method_name)
+        if self.method is None:
+            object.__setattr__(self, "method", method_cls.Config())
+        SPACES.get(self.space.name)
+        validate(self)
+
+    @property
+    def k(self) -> int:
+        """The partial-channel factor in force (the space's k, else the method's default)."""
+        return self.space.k if self.space.k is not None else int(getattr(self.method, "k", 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"method": {"name": self.method_name, **dataclasses.asdict(self.method)}}
+        for name in SECTIONS:
+            d[name] = dataclasses.asdict(getattr(self, name))
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a dataclass alone cannot make."""
+    s, sp, d = cfg.search, cfg.space, cfg.data
+    if s.epochs < 1:
+        raise ConfigError(f"search.epochs must be >= 1, got {s.epochs}")
+    if s.batch_size < 1:
+        raise ConfigError(f"search.batch_size must be >= 1, got {s.batch_size}")
+    if s.step_order not in ("arch-first", "weight-first"):
+        raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
+    warmup = getattr(cfg.method, "warmup_epochs", 0)
+    if getattr(type(cfg.method), "has_arch", True) and warmup >= s.epochs:
+        raise ConfigError(f"method.warmup_epochs={warmup} must be smaller than search.epochs={s.epochs}: "
+                          "the architecture would never be updated")
+    k = cfg.k
+    if k < 1 or sp.C % k:
+        raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "
+                          f"choose K from {[i for i in range(1, sp.C + 1) if sp.C % i == 0]}")
+    if sp.channel_mode not in ("first+shuffle", "first+shift", "random"):
+        raise ConfigError(f"space.channel_mode must be first+shuffle, first+shift or random, got {sp.channel_mode!r}")
+    if sp.impl not in ("fast", "reference"):
+        raise ConfigError(f"space.impl must be 'fast' or 'reference', got {sp.impl!r}")
+    if sp.stem not in ("cifar", "imagenet"):
+        raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {sp.stem!r}")
+    if not 0.0 < d.train_portion <= 1.0:
+        raise ConfigError(f"data.train_portion must be in (0, 1], got {d.train_portion}")
+    if getattr(type(cfg.method), "needs_arch_split", True) and d.train_portion >= 1.0:
+        raise ConfigError(f"method {cfg.method_name!r} needs an architecture split: data.train_portion "
+                          f"must be < 1, got {d.train_portion}")
+
+
+# ---------------------------------------------------------------- building configs
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """The nested dict of a preset name (``pc-darts_cifar10``) or a YAML file path."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        p = PRESET_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r}; choose one of: {', '.join(preset_names())} "
+                          "(or pass the path of a YAML file)")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: a preset must be a mapping of sections, got {type(d).__name__}")
+    return d
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars (``50``, ``1e-3``, ``true``, ``null``) or the plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``d[section][key] = value`` for ``section.key``; unknown keys raise ConfigError."""
+    section, _, key = dotted.partition(".")
+    valid_sections = ["method", *SECTIONS]
+    if section not in valid_sections or not key:
+        raise ConfigError(f"unknown override {dotted!r}: use SECTION.KEY with SECTION one of "
+                          f"{', '.join(valid_sections)} (e.g. --search.epochs 50)")
+    d.setdefault(section, {})[key] = value
+
+
+def _coerce(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown key {section}.{key}; valid keys of {section!r}: {', '.join(sorted(names))}")
+    out = {}
+    for key, v in values.items():
+        out[key] = _check_type(hints[key], v, f"{section}.{key}")
+    try:
+        return cls(**out)
+    except TypeError as e:
+        raise ConfigError(f"section {section!r}: {e}") from None
+
+
+def _check_type(tp: Any, v: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if v is None:
+            return None
+        tp = args[0]
+        origin = get_origin(tp)
+    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if tp is int and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if tp is bool and isinstance(v, bool):
+        return v
+    if tp is str and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return str(v)
+    if origin is tuple and isinstance(v, (list, tuple)):
+        return tuple(v)
+    if tp is Any:
+        return v
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where} must be of type {name}, got {v!r}")
+
+
+def build_config(d: dict[str, Any]) -> Config:
+    """A validated :class:`Config` from a nested dict (preset + overrides)."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    unknown = set(d) - {"method", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: method, {', '.join(SECTIONS)}")
+    m = dict(d.get("method") or {})
+    method_name = m.pop("name", "pc-darts")
+    method_cls = METHODS.get(method_name)
+    method_cfg = _coerce(method_cls.Config, "method", m)
+    sections = {name: _coerce(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
+    return Config(method_name=method_name, method=method_cfg, **sections)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return build_config(d)
+
+
+def load_config_file(path: Union[str, Path]) -> Config:
+    """Read a run's ``config.yaml`` back into a Config."""
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read config: {e}") from None
+    return build_config(d)
+
+
+def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some section fields replaced, e.g. ``search={"epochs": 2}``."""
+    d = cfg.to_dict()
+    for name, values in sections.items():
+        d.setdefault(name, {}).update(values)
+    return build_config(d)
+
+
+def is_config_dataclass(x: Any) -> bool:
+    return is_dataclass(x) and not isinstance(x, type)
+
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "SpaceConfig", "SearchConfig", "RunConfig", "build_config",
+    "load_preset", "apply_override", "parse_value", "preset_names", "load_config_file", "with_overrides",
+    "replace",
+]

@@ -1,0 +1,65 @@
+"""Devices and processes: the only module that picks a device.
+
+Single-process runs need nothing from torchrun; every function here is a no-op or
+trivial then.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank information from the torchrun environment (one process when absent)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("WORLD_SIZE", 1)))
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def resolve_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
+    """``auto`` -> CUDA (this process's local rank) when available, else CPU."""
+    info = info or dist_info()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
+    """Average tensors in place across processes (no-op on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    for t in tensors:
+        torch.distributed.all_reduce(t)
+        t.div_(world)

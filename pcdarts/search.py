@@ -1,0 +1,468 @@
+"""The Searcher: the one search loop (ALGORITHMS §1.4, STYLE §2.4).
+
+Per step: a weight batch, and (while the architecture is being trained) an
+architecture batch from a persistent cycling iterator; the arch step and the weight
+step in the configured order. Per epoch: hooks, one line of ``history.jsonl`` with
+the architecture weights, the genotype of that epoch and its parameter count, and a
+checkpoint that holds everything needed to resume exactly (weights, architecture
+state, both optimisers, scheduler, RNG states, data positions). Ctrl-C stops at the
+next step boundary and saves a mid-epoch checkpoint first.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from . import utils
+from .config import Config, build_config, load_config_file
+from .data import load_dataset, split_indices
+from .distributed import dist_info, resolve_device
+from .genotype import Genotype, save_genotype
+from .gpu_loader import Augment, DeviceLoader
+from .methods import Method, SearchContext, WeightStepInfo
+from .registry import METHODS, OBJECTIVES
+from .spaces import get_space
+
+CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("config.yaml", "manifest.json", "history.jsonl", "genotype.json", CHECKPOINT)
+
+# dataset name -> (crop padding, horizontal flip) used when the config leaves them unset
+AUGMENT_DEFAULTS = {"digits": (0, False)}
+DEFAULT_AUGMENT = (4, True)
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used (missing, not a run, or an existing run)."""
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the final genotype, the per-epoch history and where it all is."""
+
+    genotype: Genotype
+    history: list[dict[str, Any]]
+    run_dir: Path
+    config: Config
+    interrupted: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.space.name}-{cfg.method_name}-{cfg.data.dataset}-s{cfg.run.seed}-{stamp}"
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", CHECKPOINT))
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory; refuse an existing run unless ``run.overwrite``."""
+    run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
+    if is_run_dir(run_dir):
+        if not cfg.run.overwrite:
+            raise RunDirError(f"{run_dir} already holds a run; pass --overwrite to replace it, "
+                              f"--resume {run_dir} to continue it, or choose another --out")
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "plots", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_resumable(run_dir: Union[str, Path]) -> Path:
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise RunDirError(f"--resume {p}: no such directory")
+    missing = [f for f in ("config.yaml", CHECKPOINT) if not (p / f).is_file()]
+    if missing:
+        raise RunDirError(f"--resume {p}: not a pcdarts run directory (missing {', '.join(missing)})")
+    return p
+
+
+class _StopFlag:
+    """Turns Ctrl-C into a request to stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Searcher:
+    """Builds data, supernet, method and optimisers from a Config and runs the search.
+
+    Args:
+        cfg: the run's configuration.
+        run_dir: where files go (created by :func:`prepare_run_dir`).
+        resume: load ``run_dir/checkpoint.pt`` and continue from it.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dist = dist_info()
+        self.device = resolve_device(cfg.run.device, self.dist)
+        utils.seed_everything(cfg.run.seed, self.dist.rank)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.run.deterministic
+
+        self.space = get_space(cfg.space.name)
+        self._build_data()
+        checkpoint = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False) if resume else None
+        masks = checkpoint["masks"] if checkpoint else None
+        self.supernet = self.space.build_supernet(cfg.space, k=cfg.k, num_classes=self.num_classes,
+                                                  in_channels=self.in_channels, masks=masks).to(self.device)
+        if self.device.type == "cuda":
+            self.supernet = self.supernet.to(memory_format=torch.channels_last)
+        self.method: Method = METHODS.get(cfg.method_name)(cfg.method, self.space, cfg.space, self.device)
+        self.objective = OBJECTIVES.get("cross-entropy")().to(self.device)
+        s = cfg.search
+        self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.weight_params, lr=s.lr, momentum=s.momentum,
+                                         weight_decay=s.weight_decay, nesterov=s.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
+        self.epoch, self.step = 0, 0
+        self.meters = self._zero_meters()
+        self.history: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------------ setup
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        ds = load_dataset(d.spec, "train")
+        images, labels = ds.images, ds.labels
+        if d.max_samples is not None and d.max_samples < len(labels):
+            g = torch.Generator().manual_seed(cfg.run.seed)
+            keep = torch.randperm(len(labels), generator=g)[: d.max_samples]
+            images, labels = images[keep], labels[keep]
+        self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
+        self.input_size = images.shape[-1]
+        pad, flip = AUGMENT_DEFAULTS.get(d.dataset, DEFAULT_AUGMENT)
+        aug = Augment(crop_padding=pad if d.crop_padding is None else d.crop_padding,
+                      flip=flip if d.flip is None else d.flip, cutout=d.cutout)
+        common = dict(mean=ds.mean, std=ds.std, device=self.device, rank=self.dist.rank,
+                      world_size=self.dist.world_size, channels_last=self.device.type == "cuda")
+        if METHODS.get(cfg.method_name).needs_arch_split:
+            w_idx, a_idx = split_indices(len(labels), d.train_portion, cfg.run.seed)
+        else:
+            w_idx, a_idx = torch.arange(len(labels)), torch.arange(len(labels))
+        s = cfg.search
+        self.train_loader = DeviceLoader(images[w_idx], labels[w_idx], s.batch_size, augment=aug,
+                                         seed=cfg.run.seed, **common)
+        self.arch_loader = DeviceLoader(images[a_idx], labels[a_idx], s.arch_batch_size or s.batch_size,
+                                        augment=aug, seed=cfg.run.seed + 1, **common)
+        self.eval_loader = DeviceLoader(images[a_idx], labels[a_idx], max(s.batch_size, 256), augment=None,
+                                        shuffle=False, drop_last=False, **common)
+        self.data_info = {"dataset": d.spec, "fingerprint": _fingerprint(labels), "n_weight": len(w_idx),
+                          "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
+
+    def _zero_meters(self) -> dict[str, torch.Tensor]:
+        return {k: torch.zeros((), device=self.device, dtype=torch.float64)
+                for k in ("loss", "correct", "n", "arch_loss", "arch_correct", "arch_n")}
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda" and self.cfg.search.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _weight_step_info(self) -> WeightStepInfo:
+        group = self.optimizer.param_groups[0]
+        bufs = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.weight_params]
+        return WeightStepInfo(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                              momentum_buffers=bufs)
+
+    def context(self) -> SearchContext:
+        return SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
+                             weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch)
+
+    # ------------------------------------------------------------------ steps
+    def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
+        x, y = batch
+        with torch.no_grad():  # the weight step needs no graph through the architecture
+            mixing = self.method.mixing()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.supernet(x, mixing)
+        loss = self.objective(logits, y)
+        extra = self.method.extra_loss(ctx)
+        if extra is not None:
+            loss = loss + extra
+        loss.backward()
+        if self.cfg.search.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.weight_params, self.cfg.search.grad_clip)
+        self.optimizer.step()
+        m = self.meters
+        m["loss"] += loss.detach() * y.numel()
+        m["correct"] += (logits.detach().argmax(1) == y).sum()
+        m["n"] += y.numel()
+
+    def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
+        batch = self.train_loader.next()
+        arch_batch = self.arch_loader.next() if arch_active else None  # no arch data during warm-up
+        order = ["arch", "weight"] if self.cfg.search.step_order == "arch-first" else ["weight", "arch"]
+        for what in order:
+            if what == "weight":
+                self.weight_step(batch, ctx)
+            elif arch_batch is not None:
+                out = self.method.arch_step(ctx, batch, arch_batch)
+                if out:
+                    m = self.meters
+                    m["arch_loss"] += out["loss"].double() * out["n"].to(self.device)
+                    m["arch_correct"] += out["correct"].to(self.device)
+                    m["arch_n"] += out["n"].to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the current supernet on the whole architecture split (eval mode)."""
+        self.supernet.eval()
+        mixing = self.method.mixing()
+        tot = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for x, y in self.eval_loader:
+            with self._autocast():
+                logits = self.supernet(x, mixing)
+            tot += torch.stack([self.objective(logits, y).double() * y.numel(),
+                                (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), device=self.device,
+                                                                                      dtype=torch.float64)])
+        self.supernet.train()
+        loss, correct, n = tot.tolist()
+        return {"valid_loss": loss / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop_after_steps: Optional[int] = None) -> SearchResult:
+        """Run (or continue) the search to the last epoch.
+
+        Args:
+            stop_after_steps: stop after this many steps of this call, saving a mid-epoch
+                checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
+        """
+        cfg, s = self.cfg, self.cfg.search
+        main = self.dist.is_main
+        if main and self.epoch == 0 and self.step == 0:
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            utils.write_json(self.run_dir / "manifest.json",
+                             utils.manifest(cfg.run.seed, str(self.device),
+                                            {"world_size": self.dist.world_size, "data": self.data_info}))
+        steps = self.train_loader.steps_per_epoch
+        ctx = self.context()
+        self.supernet.train()
+        if self.epoch == 0 and self.step == 0:
+            self.method.on_search_start(ctx)
+        done_steps = 0
+        interrupted = False
+        with _StopFlag() as stop:
+            while self.epoch < s.epochs:
+                ctx.epoch = self.epoch
+                if self.step == 0:
+                    self.method.on_epoch_start(self.epoch, ctx)
+                    self._epoch_t0 = time.time()
+                arch_active = self.method.is_arch_active(self.epoch)
+                bar = _progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
+                while self.step < steps:
+                    self.search_step(arch_active, ctx)
+                    self.step += 1
+                    done_steps += 1
+                    if bar is not None:
+                        bar.update(1)
+                        if self.step % max(1, s.log_every) == 0 or self.step == steps:
+                            bar.set_postfix(self._postfix(), refresh=False)
+                    halt = stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps)
+                    if halt and self.step < steps:
+                        break
+                    if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < steps:
+                        self.save_checkpoint()
+                if bar is not None:
+                    bar.close()
+                if self.step < steps:  # stopped mid-epoch
+                    self.save_checkpoint()
+                    interrupted = True
+                    break
+                self._end_epoch(ctx)
+                if stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps
+                                      and self.epoch < s.epochs):
+                    interrupted = True
+                    break
+        if interrupted:
+            if main and cfg.run.progress:
+                print(f"stopped at epoch {self.epoch} step {self.step}; state saved. "
+                      f"Continue with: pcdarts search --resume {self.run_dir}")
+            return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True)
+        return self._finish()
+
+    def _postfix(self) -> dict[str, str]:
+        m = self.meters
+        n = max(float(m["n"]), 1.0)
+        out = {"loss": f"{float(m['loss']) / n:.3f}", "acc": f"{100 * float(m['correct']) / n:.1f}"}
+        if float(m["arch_n"]) > 0:
+            out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
+        return out
+
+    def _end_epoch(self, ctx: SearchContext) -> None:
+        cfg, s = self.cfg, self.cfg.search
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.method.on_epoch_end(self.epoch, ctx)
+        self.scheduler.step()
+        m = {k: float(v) for k, v in self.meters.items()}
+        rec: dict[str, Any] = {
+            "epoch": self.epoch, "lr": lr,
+            "train_loss": m["loss"] / max(m["n"], 1), "train_acc": 100 * m["correct"] / max(m["n"], 1),
+            "arch_active": self.method.is_arch_active(self.epoch),
+        }
+        if m["arch_n"] > 0:
+            rec["arch_loss"] = m["arch_loss"] / m["arch_n"]
+            rec["arch_acc"] = 100 * m["arch_correct"] / m["arch_n"]
+        last = self.epoch == s.epochs - 1
+        if last or (s.eval_every and (self.epoch + 1) % s.eval_every == 0):
+            rec.update(self.evaluate())
+        genotype = self.derive()
+        rec["genotype"] = str(genotype)
+        rec.update(self._genotype_stats(genotype))
+        rec["primitives"] = list(self.space.primitives)
+        rec.update(self.method.arch_weights())
+        rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
+        self.history.append(rec)
+        if self.dist.is_main:
+            utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+        self.epoch += 1
+        self.step = 0
+        self.meters = self._zero_meters()
+        self.save_checkpoint()
+
+    def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
+        try:
+            st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
+                                           input_size=self.input_size)
+        except ImportError:  # the statistics module is optional at this layer
+            return {}
+        out: dict[str, Any] = {}
+        if "params" in st:
+            out["genotype_params_m"] = st["params"]
+        if "macs" in st:
+            out["genotype_macs_m"] = st["macs"]
+        return out
+
+    def derive(self) -> Genotype:
+        return self.space.derive(self.method.scores(), getattr(self.supernet, "masks", None))
+
+    def _finish(self) -> SearchResult:
+        genotype = self.derive()
+        if self.dist.is_main:
+            save_genotype(genotype, self.run_dir / "genotype.json")
+            mf = self.run_dir / "manifest.json"
+            if mf.is_file():
+                import json
+                data = json.loads(mf.read_text())
+                data["end_time"] = utils.now()
+                data["genotype"] = str(genotype)
+                utils.write_json(mf, data)
+            if self.cfg.run.plots:
+                self._plots(genotype)
+        return SearchResult(genotype, self.history, self.run_dir, self.cfg)
+
+    def _plots(self, genotype: Genotype) -> None:
+        try:
+            from .plot import plot_arch_weights, plot_genotype
+            plot_genotype(genotype, self.run_dir / "genotype")
+            if self.history:
+                plot_arch_weights(self.history, self.run_dir / "arch_weights.png")
+        except Exception as e:  # pictures are a convenience; never lose a finished search over them
+            warnings.warn(f"could not draw the run's pictures: {e}")
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "pcdarts-search", "version": 1,
+            "epoch": self.epoch, "step": self.step,
+            "supernet": self.supernet.state_dict(),
+            "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loaders": {"train": self.train_loader.state_dict(), "arch": self.arch_loader.state_dict()},
+            "meters": {k: v.detach().cpu() for k, v in self.meters.items()},
+            "rng": utils.rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            utils.atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
+
+    def _load_checkpoint(self, ck: dict[str, Any]) -> None:
+        if ck.get("format") != "pcdarts-search":
+            raise RunDirError(f"{self.run_dir / CHECKPOINT} is not a pcdarts search checkpoint")
+        self.supernet.load_state_dict(ck["supernet"])
+        self.method.load_state_dict(ck["method"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.train_loader.load_state_dict(ck["loaders"]["train"])
+        self.arch_loader.load_state_dict(ck["loaders"]["arch"])
+        self.meters = {k: v.to(self.device) for k, v in ck["meters"].items()}
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        utils.set_rng_state(ck["rng"])
+        hist = [r for r in utils.read_jsonl(self.run_dir / "history.jsonl") if r["epoch"] < self.epoch]
+        self.history = hist
+        if self.dist.is_main:  # drop lines written after this checkpoint (a crash between the two)
+            text = "".join(__import__("json").dumps(r) + "\n" for r in hist)
+            utils.atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
+
+
+def _progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+def _fingerprint(labels: torch.Tensor) -> str:
+    import hashlib
+    return hashlib.sha1(labels.numpy().tobytes()).hexdigest()[:12]
+
+
+def search(config: Union[Config, dict[str, Any], None] = None, *, resume: Union[str, Path, None] = None,
+           stop_after_steps: Optional[int] = None) -> SearchResult:
+    """Run an architecture search (the Python twin of ``pcdarts search``).
+
+    Args:
+        config: a :class:`Config`, a nested dict (as in a preset YAML) or None for the defaults.
+        resume: a run directory to continue; its saved config is used.
+        stop_after_steps: stop after this many steps, checkpointing (for tests and time-boxed runs).
+
+    Returns:
+        SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
+    """
+    if resume is not None:
+        run_dir = check_resumable(resume)
+        cfg = load_config_file(run_dir / "config.yaml")
+        searcher = Searcher(cfg, run_dir, resume=True)
+    else:
+        cfg = config if isinstance(config, Config) else build_config(config or {})
+        run_dir = prepare_run_dir(cfg) if dist_info().is_main else Path(cfg.run.out or default_run_dir(cfg))
+        searcher = Searcher(cfg, run_dir)
+    return searcher.run(stop_after_steps=stop_after_steps)

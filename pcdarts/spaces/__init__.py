@@ -1,0 +1,65 @@
+"""Search spaces: what a topology is and how to build and discretise it.
+
+A :class:`SearchSpace` knows its primitives, its cell types and their edges; it
+builds the supernet and derives a genotype from scores with a pure function.
+It trains nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..genotype import Genotype
+from ..registry import SPACES
+
+
+class SearchSpace:
+    """Protocol of a search space; concrete spaces register in :data:`SPACES`."""
+
+    name: str = ""
+    primitives: tuple[str, ...] = ()
+    cell_types: tuple[str, ...] = ()
+
+    def node_edges(self, space_cfg: Any) -> list[list[int]]:
+        """Edge indices entering each intermediate node (the edge-normalisation groups)."""
+        raise NotImplementedError
+
+    def num_edges(self, space_cfg: Any) -> int:
+        return sum(len(g) for g in self.node_edges(space_cfg))
+
+    def arch_shape(self, space_cfg: Any) -> tuple[int, int]:
+        """[E, O]: the shape of one cell type's op-weight tensor."""
+        return self.num_edges(space_cfg), len(self.primitives)
+
+    def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
+                       masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+        raise NotImplementedError
+
+    def derive(self, scores: dict[str, torch.Tensor],
+               masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
+        """Pure function: per-cell-type [E, O] scores (and optional op masks) -> genotype."""
+        raise NotImplementedError
+
+    def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
+                       input_size: int) -> dict[str, float]:
+        """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
+        raise NotImplementedError
+
+
+def masked_scores(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scores with pruned ops set to -inf so no rule can pick them."""
+    s = scores.detach().float().cpu().clone()
+    if mask is not None:
+        s[~mask.bool().cpu()] = float("-inf")
+    return s
+
+
+def get_space(name: str) -> SearchSpace:
+    return SPACES.get(name)()
+
+
+from . import darts, nb201  # noqa: E402,F401  (registration)
+
+__all__ = ["SearchSpace", "get_space", "masked_scores", "SPACES"]

@@ -1,0 +1,210 @@
+"""The DARTS cell space (ALGORITHMS §1.1-1.5): search cell, supernet, derivation rule."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from ..edges import MixedEdge, Mixing
+from ..genotype import DartsGenotype, Genotype
+from ..ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
+from ..registry import SPACES
+from . import SearchSpace, masked_scores
+
+
+def darts_node_edges(nodes: int) -> list[list[int]]:
+    """Edge indices entering nodes 2..nodes+1: [[0,1],[2,3,4],[5..8],[9..13]] for 4 nodes."""
+    groups, e = [], 0
+    for j in range(nodes):
+        groups.append(list(range(e, e + j + 2)))
+        e += j + 2
+    return groups
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: two preprocessed inputs, ``nodes`` intermediate nodes, 4C output."""
+
+    def __init__(self, nodes: int, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
+                 k: int, channel_mode: str, masks: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.reduction, self.nodes = reduction, nodes
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_pp, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        e = 0
+        for j in range(nodes):
+            for i in range(j + 2):
+                stride = 2 if reduction and i < 2 else 1
+                mask = None if masks is None else masks[e].tolist()
+                self.edges.append(MixedEdge(C, stride, DARTS_PRIMITIVES, OPS["darts_search"], k, channel_mode, mask))
+                e += 1
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: Optional[torch.Tensor]) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        e = 0
+        for j in range(self.nodes):
+            s = None
+            for i, h in enumerate(states):
+                ew = None if edge_weights is None else edge_weights[e]
+                y = self.edges[e](h, weights[e], ew)
+                s = y if s is None else s + y
+                e += 1
+            states.append(s)
+        return torch.cat(states[2:], dim=1)
+
+
+class DartsSupernet(nn.Module):
+    """The DARTS search network. It owns no architecture parameters, loss or device.
+
+    Args:
+        C: initial channels; layers: number of cells (reductions at layers//3 and 2*layers//3).
+        k, channel_mode: partial channels (K=1 is DARTS).
+        stem: ``cifar`` (conv3x3 -> BN, ``stem_multiplier * C`` channels) or ``imagenet``
+            (three stride-2 3x3 convs; the first cell then preprocesses as after a reduction).
+        masks: cell type -> [E, O] booleans of ops to build (None = all).
+    """
+
+    cell_types = ("normal", "reduce")
+
+    def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
+                 nodes: int = 4, stem_multiplier: int = 3, stem: str = "cifar", k: int = 1,
+                 channel_mode: str = "first+shuffle", masks: Optional[dict[str, torch.Tensor]] = None) -> None:
+        super().__init__()
+        self.nodes = nodes
+        E = sum(j + 2 for j in range(nodes))
+        self.masks = {ct: (masks[ct].bool().clone() if masks and ct in masks
+                           else torch.ones(E, len(DARTS_PRIMITIVES), dtype=torch.bool))
+                      for ct in self.cell_types}
+        C_stem = stem_multiplier * C
+        if stem == "cifar":
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+            self.stem1: Optional[nn.Module] = None
+            reduction_prev = False
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, C_stem // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_stem // 2), nn.ReLU(inplace=True),
+                nn.Conv2d(C_stem // 2, C_stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=False), nn.Conv2d(C_stem, C_stem, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_stem))
+            reduction_prev = True
+        C_pp, C_p, C_cur = C_stem, C_stem, C
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_cur *= 2
+            ct = "reduce" if reduction else "normal"
+            self.cells.append(SearchCell(nodes, C_pp, C_p, C_cur, reduction, reduction_prev, k, channel_mode,
+                                         self.masks[ct]))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, nodes * C_cur
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def cell_type(self, cell: nn.Module) -> str:
+        return "reduce" if cell.reduction else "normal"
+
+    def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:
+        """Outputs of the stem and of every cell (for decoders and analysis)."""
+        s0 = self.stem(x)
+        s1 = self.stem1(s0) if self.stem1 is not None else s0
+        feats = []
+        for cell in self.cells:
+            ct = self.cell_type(cell)
+            s0, s1 = s1, cell(s0, s1, mixing.ops[ct], mixing.edge_weights(ct))
+            feats.append(s1)
+        return feats
+
+    def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+        out = self.forward_features(x, mixing)[-1]
+        return self.classifier(self.global_pooling(out).flatten(1))
+
+    def candidate_ops(self) -> Iterator[tuple[str, int, int, int, nn.Module]]:
+        """(cell type, cell index, edge, op index, module) for every built candidate op."""
+        for c, cell in enumerate(self.cells):
+            for e, edge in enumerate(cell.edges):
+                for o in edge.active:
+                    yield self.cell_type(cell), c, e, o, edge.ops[str(o)]
+
+    def prune(self, masks: dict[str, torch.Tensor]) -> None:
+        """Remove the ops whose mask entry is False (the only way structure changes)."""
+        for ct, m in masks.items():
+            self.masks[ct] = self.masks[ct] & m.bool().cpu()
+        for cell in self.cells:
+            m = self.masks[self.cell_type(cell)]
+            for e, edge in enumerate(cell.edges):
+                edge.prune(m[e].tolist())
+
+
+def derive_darts(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
+                 primitives: tuple[str, ...] = DARTS_PRIMITIVES, nodes: Optional[int] = None) -> DartsGenotype:
+    """DARTS rule: per node keep the 2 incoming edges with the largest non-``none`` weight,
+    then take the argmax op (``none`` excluded) on each kept edge. Scores are [E, O] per cell type
+    (softmax(alpha), times the normalised beta for PC-DARTS)."""
+    none = primitives.index("none") if "none" in primitives else None
+    cells = {}
+    for ct in ("normal", "reduce"):
+        s = masked_scores(scores[ct], None if masks is None else masks.get(ct))
+        if none is not None:
+            s[:, none] = float("-inf")
+        n_nodes = nodes if nodes is not None else _nodes_for_edges(s.shape[0])
+        chosen = []
+        for j, group in enumerate(darts_node_edges(n_nodes)):
+            strength = s[group].max(dim=1).values
+            # stable top-2: ties go to the lower input index
+            order = sorted(range(len(group)), key=lambda t: (-float(strength[t]), t))[:2]
+            for t in order:
+                e = group[t]
+                if not torch.isfinite(s[e]).any():
+                    raise ValueError(f"{ct} cell node {j + 2}: every op of input {t} is pruned; cannot derive")
+                chosen.append((primitives[int(s[e].argmax())], t))
+        cells[ct] = tuple(chosen)
+    concat = tuple(range(2, 2 + len(cells["normal"]) // 2))
+    return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def _nodes_for_edges(E: int) -> int:
+    n, total = 0, 0
+    while total < E:
+        total += n + 2
+        n += 1
+    if total != E:
+        raise ValueError(f"{E} edges do not form a DARTS cell")
+    return n
+
+
+@SPACES.register("darts", description="DARTS cell space: 8 ops, 4-node normal and reduction cells")
+class DartsSpace(SearchSpace):
+    name = "darts"
+    primitives = DARTS_PRIMITIVES
+    cell_types = ("normal", "reduce")
+
+    def node_edges(self, space_cfg: Any) -> list[list[int]]:
+        return darts_node_edges(getattr(space_cfg, "nodes", 4))
+
+    def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
+                       masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+        kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or 8, num_classes=num_classes, in_channels=in_channels,
+                      nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier, stem=space_cfg.stem,
+                      k=k, channel_mode=space_cfg.channel_mode, masks=masks)
+        if getattr(space_cfg, "impl", "reference") == "fast":
+            from ..fast import build_fast_darts  # the optimised path (same parameters, same maths)
+            return build_fast_darts(**kwargs)
+        return DartsSupernet(**kwargs)
+
+    def derive(self, scores: dict[str, torch.Tensor],
+               masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
+        return derive_darts(scores, masks, self.primitives)
+
+    def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
+                       input_size: int) -> dict[str, float]:
+        from ..stats import genotype_stats
+        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)

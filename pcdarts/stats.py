@@ -1,0 +1,231 @@
+"""Model size and cost: one counting rule used everywhere in the toolkit.
+
+Counting rule
+-------------
+* **Parameters** (:func:`count_params`): every parameter of the model except those of
+  modules whose name starts with an excluded prefix (default ``"auxiliary"``, i.e. the
+  auxiliary head, which is dropped at test time; ALGORITHMS §1.7). Prefixes are matched
+  against every dotted component of the parameter name, so wrapped models
+  (``module.auxiliary_head...``) are handled too. Buffers (BN running stats) are not
+  parameters and are not counted.
+* **Multiply-adds** (:func:`count_macs`): only ``nn.Conv2d`` and ``nn.Linear`` layers count.
+
+  - conv: ``output_elements x (in_channels / groups) x kernel_h x kernel_w``
+    (dilation does not change it; bias adds are not counted);
+  - linear: ``in_features x out_features`` per output row (one row per sample).
+
+  BatchNorm, activations, pooling, the additions inside cells, concatenation and
+  drop-path are **not** counted. The model runs once, in eval mode (so the auxiliary
+  head and drop-path are inactive), on a single zero image of the given size; each
+  module's train/eval flag is restored afterwards. At 224x224 this gives about 530-580M
+  for DARTS_V2 (the paper reports 574M; counting tools differ, quark0/darts#46).
+
+:func:`genotype_stats` applies both rules to the evaluation network of a genotype and
+caches the result per genotype string and configuration, so the searcher can call it
+every epoch. It does not consume the global torch RNG (building a network initialises
+weights), so calling it never changes a run's random stream.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import lru_cache
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .genotype import NB201_EDGES, DartsGenotype, GenotypeError, NB201Genotype, load_genotype, parse_genotype
+
+Genotype = Union[DartsGenotype, NB201Genotype]
+
+
+def _excluded(name: str, exclude: Sequence[str]) -> bool:
+    return any(part.startswith(prefix) for part in name.split(".") for prefix in exclude)
+
+
+def count_params(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> int:
+    """Number of parameters, leaving out modules whose name starts with a prefix in ``exclude``.
+
+    Args:
+        model: any module.
+        exclude: module-name prefixes to leave out (default: the auxiliary head).
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    return sum(p.numel() for name, p in model.named_parameters() if not _excluded(name, exclude))
+
+
+def count_params_mb(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> float:
+    """:func:`count_params` in millions (the "MB" of the original DARTS code)."""
+    return count_params(model, exclude) / 1e6
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-adds of the Conv2d and Linear layers for one input of ``input_size`` (C, H, W).
+
+    See the module docstring for the exact rule. The model's (and every submodule's)
+    train/eval mode is restored afterwards.
+
+    Args:
+        model: a network taking a ``1 x C x H x W`` tensor.
+        input_size: ``(channels, height, width)`` of one input.
+    """
+    if len(input_size) != 3 or any(not isinstance(s, int) or s < 1 for s in input_size):
+        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+    total = 0
+
+    def conv_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Conv2d)
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Linear)
+        rows = output.numel() // module.out_features
+        total += rows * module.in_features * module.out_features
+
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        x = torch.zeros((1, *input_size), dtype=param.dtype if param is not None else torch.float32,
+                        device=param.device if param is not None else None)
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return total
+
+
+def _default_size(stem: str) -> int:
+    return 224 if stem == "imagenet" else 32
+
+
+@lru_cache(maxsize=256)
+def _stats_cached(space: str, text: str, num_classes: int, in_channels: int, input_size: int,
+                  C: Optional[int], layers: Optional[int], stem: str) -> tuple[int, int]:
+    from .networks import build_network  # late: keeps `import pcdarts.stats` light
+
+    genotype = parse_genotype(text)
+    # building initialises weights from the global RNG; fork it so a per-epoch call in
+    # the searcher leaves the run's random stream untouched
+    with torch.random.fork_rng(devices=[]):
+        net = build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
+                            layers=layers, stem=stem, auxiliary=False)
+    return count_params(net), count_macs(net, (in_channels, input_size, input_size))
+
+
+def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: int = 3,
+                   input_size: Optional[int] = None, C: Optional[int] = None, layers: Optional[int] = None,
+                   stem: str = "cifar") -> dict[str, Any]:
+    """Parameters and multiply-adds of a genotype's evaluation network (cached).
+
+    Args:
+        genotype: a DARTS or NB201 genotype.
+        num_classes: classifier outputs.
+        in_channels: image channels.
+        input_size: square input side; default 32 (cifar stem, NB201) or 224 (imagenet stem).
+        C: initial channels (default per :func:`pcdarts.networks.build_network`).
+        layers: cells (DARTS) or cells per stage (NB201); default per ``build_network``.
+        stem: ``"cifar"`` or ``"imagenet"``.
+
+    Returns:
+        ``{"params": int, "params_m": float, "macs": int, "macs_m": float}`` plus the
+        configuration used (``num_classes``, ``in_channels``, ``input_size``, ``C``,
+        ``layers``, ``stem``). Parameters exclude the auxiliary head.
+    """
+    if not isinstance(genotype, (DartsGenotype, NB201Genotype)):
+        raise TypeError(f"genotype must be a DartsGenotype or NB201Genotype, got {type(genotype).__name__}")
+    size = _default_size(stem) if input_size is None else int(input_size)
+    params, macs = _stats_cached(genotype.space, str(genotype), int(num_classes), int(in_channels), size,
+                                 C, layers, stem)
+    return {
+        "params": params,
+        "params_m": params / 1e6,
+        "macs": macs,
+        "macs_m": macs / 1e6,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "input_size": size,
+        "C": C,
+        "layers": layers,
+        "stem": stem,
+    }
+
+
+def describe_cells(genotype: Genotype) -> list[str]:
+    """Human-readable lines listing each node's inputs and ops."""
+    lines: list[str] = []
+    if isinstance(genotype, NB201Genotype):
+        lines.append("cell (node 0 = input, output = node 3):")
+        for dst in (1, 2, 3):
+            terms = [f"{op}(node {src})" for (src, d), op in zip(NB201_EDGES, genotype.ops)
+                     if d == dst and op != "none"]
+            lines.append(f"  node {dst} = " + (" + ".join(terms) if terms else "0 (all inputs none)"))
+        return lines
+    names = {0: "c_{k-2}", 1: "c_{k-1}"}
+    for kind in ("normal", "reduce"):
+        entries = getattr(genotype, kind)
+        concat = getattr(genotype, f"{kind}_concat")
+        lines.append(f"{kind} cell (node n is genotype input index n+2):")
+        for step in range(len(entries) // 2):
+            terms = [f"{op}({names.get(i, f'node {i - 2}')})" for op, i in entries[2 * step:2 * step + 2]]
+            lines.append(f"  node {step} = " + " + ".join(terms))
+        outs = ", ".join(names.get(i, f"node {i - 2}") for i in concat)
+        lines.append(f"  output = concat({outs})")
+    return lines
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Handler of ``pcdarts info``: print size, cost and cell ops; 0 on success, 2 on bad input."""
+    num_classes = getattr(args, "num_classes", None)
+    if num_classes is None:
+        num_classes = 1000 if args.stem == "imagenet" else 10
+    try:
+        genotype = load_genotype(args.genotype)
+        stats = genotype_stats(genotype, num_classes=num_classes, in_channels=getattr(args, "in_channels", 3),
+                               input_size=args.input_size, C=args.C, layers=args.layers, stem=args.stem)
+    except (GenotypeError, ValueError, TypeError) as e:
+        print(f"pcdarts info: error: {e}", file=sys.stderr)
+        return 2
+    print(f"genotype: {genotype}")
+    print(f"space: {genotype.space}  stem: {stats['stem']}  input: {stats['in_channels']}x"
+          f"{stats['input_size']}x{stats['input_size']}  classes: {stats['num_classes']}")
+    print(f"parameters: {stats['params_m']:.3f} M (auxiliary head excluded)")
+    print(f"multiply-adds: {stats['macs_m']:.1f} M (Conv2d + Linear only, batch of 1)")
+    for line in describe_cells(genotype):
+        print(line)
+    return 0
+
+
+def add_info_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``pcdarts info GENOTYPE_OR_NAME``; the handler is stored as ``func``."""
+    p = subparsers.add_parser(
+        "info", help="parameters, multiply-adds and cell ops of a genotype's evaluation network",
+        description="Print parameters (M, auxiliary head excluded), multiply-adds (M, Conv2d+Linear "
+                    "only) and the ops of each cell node for a genotype's evaluation network.")
+    p.add_argument("genotype", metavar="GENOTYPE_OR_NAME",
+                   help="a published name, a genotype file/run directory, or a genotype string")
+    p.add_argument("--C", type=int, default=None, help="initial channels (default 36 cifar / 48 imagenet / 16 NB201)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="cells (default 20 cifar / 14 imagenet); cells per stage for NB201 (default 5)")
+    p.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default 10, or 1000 with --stem imagenet)")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=None, help="square input side (default 32 / 224 imagenet)")
+    p.set_defaults(func=_info)
+    return p
+
