@@ -228,9 +228,13 @@ def load_genotype(source: Union[str, Path]) -> Genotype:
     if s in PUBLISHED:
         return PUBLISHED[s]
     p = Path(s)
-    if p.is_dir() and (p / "genotype.json").is_file():
-        p = p / "genotype.json"
-    if p.is_file():
+    try:
+        if p.is_dir() and (p / "genotype.json").is_file():
+            p = p / "genotype.json"
+        is_file = p.is_file()
+    except OSError:  # e.g. a long genotype string is not a valid file name
+        is_file = False
+    if is_file:
         text = p.read_text()
         try:
             return parse_genotype(text)

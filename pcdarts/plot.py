@@ -19,9 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-from .genotype import NB201_EDGES, DartsGenotype, GenotypeError, NB201Genotype, load_genotype
+from .genotype import NB201_EDGES, DartsGenotype, Genotype, GenotypeError, NB201Genotype, load_genotype
 
-Genotype = Union[DartsGenotype, NB201Genotype]
 FORMATS = ("png", "svg")
 _BACKENDS = ("auto", "dot", "matplotlib")
 _OP_COLORS = {
@@ -80,6 +79,8 @@ def _dot_source(graph: _Graph, title: str) -> str:
              '  edge [fontname="helvetica", fontsize=16];']
     for nid, label, kind in nodes:
         lines.append(f'  "{nid}" [label="{label}", fillcolor={fill[kind]}];')
+    inputs = " ".join(f'"{nid}";' for nid, _, kind in nodes if kind == "input")
+    lines.append(f"  {{rank=same; {inputs}}}")
     for src, dst, label, style in edges:
         if style == "concat":
             lines.append(f'  "{src}" -> "{dst}" [color=gray];')

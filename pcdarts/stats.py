@@ -17,27 +17,28 @@ Counting rule
   BatchNorm, activations, pooling, the additions inside cells, concatenation and
   drop-path are **not** counted. The model runs once, in eval mode (so the auxiliary
   head and drop-path are inactive), on a single zero image of the given size; each
-  module's train/eval flag is restored afterwards. At 224x224 this gives about 530-580M
-  for DARTS_V2 (the paper reports 574M; counting tools differ, quark0/darts#46).
+  module's train/eval flag is restored afterwards. With this rule the ImageNet-mobile
+  DARTS_V2 network (C=48, 14 cells, 224x224) has 529.9M multiply-adds and 4.72M
+  parameters (the paper reports 574M and 4.7M; counting tools differ, quark0/darts#46),
+  and the CIFAR DARTS_V2 network (C=36, 20 cells) has 3.35M parameters.
 
 :func:`genotype_stats` applies both rules to the evaluation network of a genotype and
 caches the result per genotype string and configuration, so the searcher can call it
-every epoch. It does not consume the global torch RNG (building a network initialises
-weights), so calling it never changes a run's random stream.
+every epoch. The network is built on the ``meta`` device (shapes only), so the call is
+cheap and never consumes the global torch RNG.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from functools import lru_cache
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .genotype import NB201_EDGES, DartsGenotype, GenotypeError, NB201Genotype, load_genotype, parse_genotype
-
-Genotype = Union[DartsGenotype, NB201Genotype]
+from .genotype import (NB201_EDGES, DartsGenotype, Genotype, GenotypeError, NB201Genotype, load_genotype,
+                       parse_genotype)
 
 
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
@@ -119,17 +120,28 @@ def _stats_cached(space: str, text: str, num_classes: int, in_channels: int, inp
     from .networks import build_network  # late: keeps `import pcdarts.stats` light
 
     genotype = parse_genotype(text)
-    # building initialises weights from the global RNG; fork it so a per-epoch call in
-    # the searcher leaves the run's random stream untouched
-    with torch.random.fork_rng(devices=[]):
-        net = build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
-                            layers=layers, stem=stem, auxiliary=False)
-    return count_params(net), count_macs(net, (in_channels, input_size, input_size))
+    size = (in_channels, input_size, input_size)
+
+    def build() -> nn.Module:
+        return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
+                             layers=layers, stem=stem, auxiliary=False)
+
+    # Both counts need only shapes, so the network is built and run on the "meta" device:
+    # no weight initialisation, no arithmetic, no use of the global RNG. That keeps a
+    # per-epoch call from the searcher cheap and leaves the run's random stream untouched.
+    try:
+        with torch.device("meta"):
+            net = build()
+        return count_params(net), count_macs(net, size)
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count on CPU
+        with torch.random.fork_rng(devices=[]):
+            net = build()
+        return count_params(net), count_macs(net, size)
 
 
 def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: int = 3,
                    input_size: Optional[int] = None, C: Optional[int] = None, layers: Optional[int] = None,
-                   stem: str = "cifar") -> dict[str, Any]:
+                   stem: str = "cifar") -> dict[str, float]:
     """Parameters and multiply-adds of a genotype's evaluation network (cached).
 
     Args:
@@ -142,27 +154,16 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
         stem: ``"cifar"`` or ``"imagenet"``.
 
     Returns:
-        ``{"params": int, "params_m": float, "macs": int, "macs_m": float}`` plus the
-        configuration used (``num_classes``, ``in_channels``, ``input_size``, ``C``,
-        ``layers``, ``stem``). Parameters exclude the auxiliary head.
+        ``{"params": M, "macs": M, "n_params": int, "n_macs": int, "input_size": int}``:
+        parameters (auxiliary head excluded) and multiply-adds in millions, the exact
+        counts, and the input side that was used.
     """
     if not isinstance(genotype, (DartsGenotype, NB201Genotype)):
         raise TypeError(f"genotype must be a DartsGenotype or NB201Genotype, got {type(genotype).__name__}")
     size = _default_size(stem) if input_size is None else int(input_size)
     params, macs = _stats_cached(genotype.space, str(genotype), int(num_classes), int(in_channels), size,
                                  C, layers, stem)
-    return {
-        "params": params,
-        "params_m": params / 1e6,
-        "macs": macs,
-        "macs_m": macs / 1e6,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "input_size": size,
-        "C": C,
-        "layers": layers,
-        "stem": stem,
-    }
+    return {"params": params / 1e6, "macs": macs / 1e6, "n_params": params, "n_macs": macs, "input_size": size}
 
 
 def describe_cells(genotype: Genotype) -> list[str]:
@@ -201,10 +202,11 @@ def _info(args: argparse.Namespace) -> int:
         print(f"pcdarts info: error: {e}", file=sys.stderr)
         return 2
     print(f"genotype: {genotype}")
-    print(f"space: {genotype.space}  stem: {stats['stem']}  input: {stats['in_channels']}x"
-          f"{stats['input_size']}x{stats['input_size']}  classes: {stats['num_classes']}")
-    print(f"parameters: {stats['params_m']:.3f} M (auxiliary head excluded)")
-    print(f"multiply-adds: {stats['macs_m']:.1f} M (Conv2d + Linear only, batch of 1)")
+    side = stats["input_size"]
+    print(f"space: {genotype.space}  stem: {args.stem}  input: {getattr(args, 'in_channels', 3)}x{side}x{side}"
+          f"  classes: {num_classes}")
+    print(f"parameters: {stats['params']:.3f} M (auxiliary head excluded)")
+    print(f"multiply-adds: {stats['macs']:.1f} M (Conv2d + Linear only, batch of 1)")
     for line in describe_cells(genotype):
         print(line)
     return 0
@@ -218,7 +220,8 @@ def add_info_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                     "only) and the ops of each cell node for a genotype's evaluation network.")
     p.add_argument("genotype", metavar="GENOTYPE_OR_NAME",
                    help="a published name, a genotype file/run directory, or a genotype string")
-    p.add_argument("--C", type=int, default=None, help="initial channels (default 36 cifar / 48 imagenet / 16 NB201)")
+    p.add_argument("--C", type=int, default=None,
+                   help="initial channels (default 36 cifar / 48 imagenet / 16 NB201)")
     p.add_argument("--layers", type=int, default=None,
                    help="cells (default 20 cifar / 14 imagenet); cells per stage for NB201 (default 5)")
     p.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")

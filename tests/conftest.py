@@ -1,0 +1,45 @@
+"""Shared tiny fixtures: C=4 supernets with 3 cells on 8x8 inputs, quick configs, data paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar-10-batches-py"
+
+
+def tiny_config(tmp_path: Path, **sections) -> dict:
+    """A search config small enough for a test: digits, C=4, 3 cells, 2 epochs, 40 images."""
+    d = {
+        "method": {"name": "pc-darts", "warmup_epochs": 1, "k": 2},
+        "space": {"name": "darts", "C": 4, "layers": 3},
+        "data": {"dataset": "digits", "max_samples": 48, "train_portion": 0.5},
+        "search": {"epochs": 2, "batch_size": 8, "lr": 0.05, "lr_min": 0.0},
+        "run": {"seed": 0, "out": str(tmp_path / "run"), "progress": False, "plots": False},
+    }
+    for name, values in sections.items():
+        if name == "method" and "name" in values:
+            d["method"] = dict(values)
+        else:
+            d.setdefault(name, {}).update(values)
+    return d
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda **sections: tiny_config(tmp_path, **sections)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads():
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
