@@ -1,0 +1,127 @@
+"""The command line end to end on tiny settings, and every bad input's error message."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import yaml
+
+from pcdarts.cli import main
+from tests.conftest import SHARED_CIFAR
+
+TINY = ["--space.C", "4", "--space.layers", "3", "--data.max_samples", "48", "--search.epochs", "2",
+        "--search.batch_size", "8", "--method.warmup_epochs", "1", "--method.k", "2", "--no-progress",
+        "--run.plots", "false"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_search_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["search", "--out", str(out), "--seed", "3", *TINY], capsys)
+    assert code == 0, err
+    assert f"run directory: {out}" in stdout and "Genotype(normal=" in stdout
+    for name in ("config.yaml", "manifest.json", "history.jsonl", "genotype.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method"]["name"] == "pc-darts" and cfg["run"]["seed"] == 3 and cfg["space"]["C"] == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and "torch" in manifest["versions"] and manifest["command"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    for h in history:
+        assert h["genotype"].startswith("Genotype(") and h["genotype_params_m"] > 0
+        assert len(h["arch_weights"]["normal"]) == 14 and len(h["arch_weights"]["normal"][0]) == 8
+        assert abs(sum(h["arch_weights"]["normal"][0]) - 1) < 1e-5
+        assert len(h["edge_weights"]["reduce"]) == 14
+    assert history[0]["arch_active"] is False and history[1]["arch_active"] is True
+    assert "valid_acc" in history[-1]
+
+    # derive and show read what search wrote
+    code, stdout, err = run_cli(["derive", str(out)], capsys)
+    assert code == 0 and json.loads((out / "genotype.json").read_text())["str"] in stdout
+    code, stdout, err = run_cli(["show", str(out / "genotype.json")], capsys)
+    assert code == 0 and "node 5 =" in stdout and "parameters:" in stdout
+
+    # an existing run is refused without --overwrite, replaced with it
+    code, _, err = run_cli(["search", "--out", str(out), *TINY], capsys)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    code, _, err = run_cli(["search", "--out", str(out), "--overwrite", *TINY], capsys)
+    assert code == 0, err
+
+
+def test_cli_search_nb201_prints_arch_string(tmp_path, capsys):
+    code, stdout, err = run_cli(["search", "--space", "nb201", "--out", str(tmp_path / "r"), *TINY[2:]]
+                                + ["--space.layers", "1"], capsys)
+    assert code == 0, err
+    assert "|+|" in stdout and "~0|" in stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--space", "dartz"], "unknown search space 'dartz'; choose one of: darts, nb201"),
+    (["--method", "pcdarts"], "unknown method 'pcdarts'; choose one of:"),
+    (["--preset", "nope"], "unknown preset 'nope'; choose one of:"),
+    (["--search.epoch", "3"], "unknown key search.epoch; valid keys of 'search':"),
+    (["--serch.epochs", "3"], "unknown override 'serch.epochs'"),
+    (["--search.epochs", "many"], "search.epochs must be of type int"),
+    (["--method.k", "3"], "K=3 must divide the channel count space.C=8"),
+    (["--method.warmup_epochs", "6"], "warmup_epochs=6 must be smaller than search.epochs=6"),
+    (["--data", "cifar10:/no/such/cifar"], "/no/such/cifar"),
+    (["--data", "imagenet:/x"], "imagenet"),
+    (["--space.channel_mode", "shuffle"], "channel_mode"),
+    (["--data.train_portion", "1.0"], "needs an architecture split"),
+    (["--resume", "/no/such/run"], "no such directory"),
+])
+def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), *args], capsys)
+    assert code == 2
+    assert message in err, err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_resume_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hi")
+    code, _, err = run_cli(["search", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "not a pcdarts run directory" in err and "checkpoint.pt" in err
+
+
+def test_corrupt_cifar_archive_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"this is not a pickle")
+    (folder / "test_batch").write_bytes(pickle.dumps({"x": 1}))
+    code, _, err = run_cli(["search", "--data", f"cifar10:{folder}", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "data_batch_1" in err
+
+
+@pytest.mark.parametrize("text,message", [
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|", "node 2"),
+    ("Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2])", "reduce"),
+])
+def test_show_rejects_malformed_genotypes(capsys, text, message):
+    code, _, err = run_cli(["show", text], capsys)
+    assert code == 2 and message in err
+
+
+def test_show_prints_published_cell(capsys):
+    code, out, _ = run_cli(["show", "PC_DARTS_cifar"], capsys)
+    assert code == 0 and "node 2 = sep_conv_3x3(c_{k-1}) + skip_connect(c_{k-2})" in out
+
+
+@pytest.mark.data
+def test_search_on_real_cifar10_batch(tmp_path, capsys):
+    if not SHARED_CIFAR.is_dir():
+        pytest.skip(f"real CIFAR-10 batch not found at {SHARED_CIFAR}")
+    code, stdout, err = run_cli(["search", "--preset", "pc-darts_nb201", "--data", f"cifar10:{SHARED_CIFAR}",
+                                 "--out", str(tmp_path / "r"), "--space.C", "4", "--space.layers", "1",
+                                 "--data.max_samples", "128", "--search.epochs", "2", "--search.batch_size", "32",
+                                 "--method.warmup_epochs", "1", "--no-progress", "--run.plots", "false"], capsys)
+    assert code == 0, err
+    assert "|+|" in stdout
+    history = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[-1]["arch_active"]
