@@ -71,6 +71,8 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
         run["overwrite"] = True
     if args.no_progress:
         run["progress"] = False
+    if args.nb201_lookup:
+        d.setdefault("search", {})["nb201_lookup"] = True
     for dotted, value in _parse_overrides(overrides):
         apply_override(d, dotted, value)
     return d
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--nb201-lookup", action="store_true",
+                   help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
     s.set_defaults(func=cmd_search, takes_overrides=True)
 
     d = sub.add_parser("derive", help="derive the genotype from a run's checkpoint")

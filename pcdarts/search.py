@@ -343,6 +343,8 @@ class Searcher:
         genotype = self.derive()
         rec["genotype"] = str(genotype)
         rec.update(self._genotype_stats(genotype))
+        if s.nb201_lookup and self.space.name == "nb201":
+            rec["nb201"] = self._nb201_lookup(genotype)
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
         rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
@@ -365,6 +367,19 @@ class Searcher:
             out["genotype_params_m"] = st["params"]
         if "macs" in st:
             out["genotype_macs_m"] = st["macs"]
+        return out
+
+    def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
+        """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
+        from .nb201_bench import DATASETS, BenchmarkError, query
+        out: dict[str, Any] = {}
+        try:
+            for ds in DATASETS:
+                r = query(genotype, ds, table=self.cfg.search.nb201_table)
+                out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
+        except BenchmarkError as e:
+            warnings.warn(f"NAS-Bench-201 lookup disabled: {e}")
+            self.cfg = dataclasses.replace(self.cfg, search=dataclasses.replace(self.cfg.search, nb201_lookup=False))
         return out
 
     def derive(self) -> Genotype:
