@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .config import ConfigError, apply_override, build_config, load_preset, parse_value, preset_names
+from .config import ConfigError, apply_override, build_config, merge_onto_preset, parse_value, preset_names
 from .registry import METHODS, SPACES, UnknownNameError
 
 DEFAULT_PRESET = "quick"
@@ -49,16 +49,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
     """Preset -> shortcut options -> dotted overrides, as one nested dict."""
-    d = load_preset(args.preset or DEFAULT_PRESET)
-    d = {k: dict(v or {}) for k, v in d.items()}
+    picks: dict[str, Any] = {}
     if args.method:
-        METHODS.get(args.method)
-        if d.get("method", {}).get("name") != args.method:
-            d["method"] = {"name": args.method}  # another method: the preset's method knobs do not apply
+        picks["method"] = {"name": METHODS.get(args.method) and args.method}
     if args.space:
-        SPACES.get(args.space)
-        if d.get("space", {}).get("name") != args.space:
-            d["space"] = {"name": args.space}
+        picks["space"] = {"name": SPACES.get(args.space) and args.space}
+    d = merge_onto_preset(args.preset or DEFAULT_PRESET, picks)
     if args.data:
         name, _, path = args.data.partition(":")
         d.setdefault("data", {})["dataset"] = name
@@ -144,34 +140,15 @@ def derive_from_run(run_dir: str | Path) -> Any:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .genotype import DartsGenotype, load_genotype
+    from .genotype import load_genotype
+    from .stats import describe_cells, genotype_stats
     g = load_genotype(args.genotype)
     print(str(g))
-    if isinstance(g, DartsGenotype):
-        for ct in ("normal", "reduce"):
-            cell = getattr(g, ct)
-            print(f"{ct} cell (output = concat of nodes {list(getattr(g, ct + '_concat'))}):")
-            for j in range(len(cell) // 2):
-                (o1, i1), (o2, i2) = cell[2 * j], cell[2 * j + 1]
-                print(f"  node {j + 2} = {o1}({_input_name(i1)}) + {o2}({_input_name(i2)})")
-    else:
-        from .genotype import NB201_EDGES
-        print("cell (output = node 3):")
-        for dst in (1, 2, 3):
-            terms = [f"{g.ops[e]}(node {s})" for e, (s, d) in enumerate(NB201_EDGES) if d == dst]
-            print(f"  node {dst} = " + " + ".join(terms))
-    try:
-        from .stats import genotype_stats
-        st = genotype_stats(g)
-        print(f"parameters: {st['params']:.3f} M (evaluation network, auxiliary head excluded); "
-              f"multiply-adds: {st['macs']:.1f} M")
-    except ImportError:
-        pass
+    print("\n".join(describe_cells(g)))
+    st = genotype_stats(g)
+    print(f"parameters: {st['params']:.3f} M (evaluation network, auxiliary head excluded); "
+          f"multiply-adds: {st['macs']:.1f} M")
     return 0
-
-
-def _input_name(i: int) -> str:
-    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(i, f"node {i}")
 
 
 # ---------------------------------------------------------------- parser

@@ -311,8 +311,18 @@ def build_config(d: dict[str, Any]) -> Config:
     return Config(method_name=method_name, method=method_cfg, **sections)
 
 
-def config_from_dict(d: dict[str, Any]) -> Config:
-    return build_config(d)
+def merge_onto_preset(preset: str, d: dict[str, Any]) -> dict[str, Any]:
+    """The preset's sections updated by ``d``'s. Naming another method (or space) than the
+    preset's drops the preset's knobs of that section: they belong to the other one."""
+    base = {k: dict(v or {}) for k, v in load_preset(preset).items()}
+    for section, values in d.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+        old = base.get(section, {})
+        if section in ("method", "space") and "name" in values and values["name"] != old.get("name"):
+            old = {}
+        base[section] = {**old, **values}
+    return base
 
 
 def load_config_file(path: Union[str, Path]) -> Config:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from . import utils
-from .config import Config, build_config, load_config_file
+from .config import Config, build_config, load_config_file, merge_onto_preset
 from .data import load_dataset, split_indices
 from .distributed import dist_info, resolve_device
 from .genotype import Genotype, save_genotype
@@ -460,12 +460,14 @@ def _fingerprint(labels: torch.Tensor) -> str:
     return hashlib.sha1(labels.numpy().tobytes()).hexdigest()[:12]
 
 
-def search(config: Union[Config, dict[str, Any], None] = None, *, resume: Union[str, Path, None] = None,
-           stop_after_steps: Optional[int] = None) -> SearchResult:
+def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",
+           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None) -> SearchResult:
     """Run an architecture search (the Python twin of ``pcdarts search``).
 
     Args:
-        config: a :class:`Config`, a nested dict (as in a preset YAML) or None for the defaults.
+        config: a :class:`Config` (used as is), or a nested dict of sections (as in a preset
+            YAML) laid over ``preset``; None runs the preset.
+        preset: preset name or YAML path the dict is laid over (default ``quick``, like the CLI).
         resume: a run directory to continue; its saved config is used.
         stop_after_steps: stop after this many steps, checkpointing (for tests and time-boxed runs).
 
@@ -477,7 +479,7 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, resume: Union[
         cfg = load_config_file(run_dir / "config.yaml")
         searcher = Searcher(cfg, run_dir, resume=True)
     else:
-        cfg = config if isinstance(config, Config) else build_config(config or {})
+        cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
         run_dir = prepare_run_dir(cfg) if dist_info().is_main else Path(cfg.run.out or default_run_dir(cfg))
         searcher = Searcher(cfg, run_dir)
     return searcher.run(stop_after_steps=stop_after_steps)

@@ -180,11 +180,12 @@ def describe_cells(genotype: Genotype) -> list[str]:
     for kind in ("normal", "reduce"):
         entries = getattr(genotype, kind)
         concat = getattr(genotype, f"{kind}_concat")
-        lines.append(f"{kind} cell (node n is genotype input index n+2):")
+        # nodes are numbered as the genotype's input indices: 0, 1 = cell inputs, 2.. = nodes
+        lines.append(f"{kind} cell:")
         for step in range(len(entries) // 2):
-            terms = [f"{op}({names.get(i, f'node {i - 2}')})" for op, i in entries[2 * step:2 * step + 2]]
-            lines.append(f"  node {step} = " + " + ".join(terms))
-        outs = ", ".join(names.get(i, f"node {i - 2}") for i in concat)
+            terms = [f"{op}({names.get(i, f'node {i}')})" for op, i in entries[2 * step:2 * step + 2]]
+            lines.append(f"  node {step + 2} = " + " + ".join(terms))
+        outs = ", ".join(names.get(i, f"node {i}") for i in concat)
         lines.append(f"  output = concat({outs})")
     return lines
 

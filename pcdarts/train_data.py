@@ -277,6 +277,7 @@ class StreamSource:
         self.view, self.device, self.channels_last = view, device, channels_last
         self.sampler = _EpochBatches(len(view), batch_size, seed, True, drop_last)
         self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.num_samples = len(view)
         workers = min(workers, os.cpu_count() or 1)
         # a private generator: the loader's worker base seed must not consume the global
         # torch RNG, or drop-path masks would depend on when the iterator was created
