@@ -93,7 +93,8 @@ class SearchConfig:
         grad_clip: global-norm clip of the weight gradients (0 = off).
         step_order: ``arch-first`` (DARTS/PC-DARTS) or ``weight-first`` (NB201/AutoDL code).
         eval_every: evaluate on the whole architecture split every N epochs (0 = only at the end).
-        amp: bf16 autocast on CUDA (ignored on CPU).
+        amp: bf16 autocast on CUDA (ignored on CPU); ``--search.amp false`` opts out.
+        compile: wrap the supernet in ``torch.compile`` (CUDA; recompiles when ops are pruned).
         log_every: progress-bar refresh period in steps (host syncs happen only then).
         checkpoint_every: also write a mid-epoch checkpoint every N steps (0 = epoch ends only).
         nb201_lookup: NB201 space only: look each epoch's genotype up in NAS-Bench-201 and log
@@ -114,6 +115,7 @@ class SearchConfig:
     step_order: str = "arch-first"
     eval_every: int = 0
     amp: bool = True
+    compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 0
     nb201_lookup: bool = False

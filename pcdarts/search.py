@@ -140,6 +140,9 @@ class Searcher:
                                                   in_channels=self.in_channels, masks=masks).to(self.device)
         if self.device.type == "cuda":
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
+        self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
+        if cfg.search.compile:
+            self.model = torch.compile(self.supernet)
         self.method: Method = METHODS.get(cfg.method_name)(cfg.method, self.space, cfg.space, self.device)
         self.objective = OBJECTIVES.get("cross-entropy")().to(self.device)
         s = cfg.search
@@ -199,7 +202,7 @@ class Searcher:
                               momentum_buffers=bufs)
 
     def context(self) -> SearchContext:
-        return SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
+        return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch)
 
     # ------------------------------------------------------------------ steps
@@ -209,7 +212,7 @@ class Searcher:
             mixing = self.method.mixing()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.supernet(x, mixing)
+            logits = self.model(x, mixing)
         loss = self.objective(logits, y)
         extra = self.method.extra_loss(ctx)
         if extra is not None:
