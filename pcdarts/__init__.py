@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import methods, objectives, select  # noqa: F401  (registration)
+from . import data_folder, methods, objectives, select  # noqa: F401  (registration)
 from .config import Config, build_config, load_preset
 from .genotype import DartsGenotype, NB201Genotype, load_genotype, save_genotype
 from .registry import DATASETS, METHODS, OBJECTIVES, SELECTORS, SPACES

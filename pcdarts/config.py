@@ -37,6 +37,8 @@ class DataConfig:
         crop_padding: random-crop padding; None = the dataset's default (4 for CIFAR, 0 for digits).
         flip: random horizontal flip; None = the dataset's default (on for CIFAR, off for digits).
         cutout: cutout square side during search (0 = off).
+        input_size: image side for ``folder`` data (None = the smallest side of a sample image).
+        channels: 1 or 3 for ``folder`` data (None = 3).
     """
 
     dataset: str = "digits"
@@ -46,6 +48,8 @@ class DataConfig:
     crop_padding: Optional[int] = None
     flip: Optional[bool] = None
     cutout: int = 0
+    input_size: Optional[int] = None
+    channels: Optional[int] = None
 
     @property
     def spec(self) -> str:

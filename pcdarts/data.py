@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import inspect
 import pickle
 import tarfile
 import warnings
@@ -78,13 +79,15 @@ class ImageDataset:
 # --------------------------------------------------------------------------- public API
 
 
-def load_dataset(spec: str, split: str = "train") -> ImageDataset:
+def load_dataset(spec: str, split: str = "train", **options: Any) -> ImageDataset:
     """Load a registered dataset.
 
     Args:
         spec: ``"digits"``, or ``"NAME:PATH"`` for sets that live on disk, e.g.
             ``"cifar10:/data/cifar-10-python.tar.gz"`` or ``"cifar100:/data/cifar-100-python"``.
         split: ``"train"`` or ``"test"``.
+        **options: loader-specific settings (``input_size``, ``channels`` for ``folder``); only
+            the options that are not None are passed on.
 
     Returns:
         The requested split as an :class:`ImageDataset`.
@@ -104,7 +107,13 @@ def load_dataset(spec: str, split: str = "train") -> ImageDataset:
         loader = DATASETS.get(name)
     except UnknownNameError as err:
         raise DataError(f"dataset spec {spec!r}: {err}") from None
-    return loader(path.strip() if sep else None, split)
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(loader).parameters
+    unused = [k for k in options if k not in accepted]
+    if unused:
+        raise DataError(f"dataset {name!r} does not take data.{unused[0]} (only image folders are resized); "
+                        f"remove it from the config")
+    return loader(path.strip() if sep else None, split, **options)
 
 
 def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

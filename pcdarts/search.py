@@ -159,7 +159,7 @@ class Searcher:
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        ds = load_dataset(d.spec, "train")
+        ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels)
         images, labels = ds.images, ds.labels
         if d.max_samples is not None and d.max_samples < len(labels):
             g = torch.Generator().manual_seed(cfg.run.seed)

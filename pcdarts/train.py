@@ -13,17 +13,21 @@ exactly. Ctrl-C stops at the next optimiser-step boundary after checkpointing.
 Public API: :func:`train`, :func:`train_seeds`, :func:`evaluate_checkpoint`,
 :class:`TrainResult`, :class:`TrainError`; ``add_subcommands`` adds ``pcdarts train``
 and ``pcdarts eval`` to the CLI.
+
+Split by concern: ``train_config`` (dataclasses, presets, overrides, lr schedule),
+``train_data`` / ``train_stream`` (in-memory and streamed data), ``train_model``
+(network + test pass), ``train_runs`` (run directories, several seeds, eval of a
+checkpoint), ``train_cli`` (the subcommands).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -31,15 +35,13 @@ import torch.nn as nn
 from . import utils
 from .distributed import resolve_device
 from .genotype import Genotype, NB201Genotype, load_genotype, parse_genotype, save_genotype
-from .networks import build_network
 from .stats import count_params, genotype_stats
 from .train_config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
-from .train_data import Batch, TrainData, build_train_data
+from .train_data import TrainData, build_train_data
+from .train_model import autocast, build_model, evaluate, topk_correct
+from .train_runs import (CHECKPOINT, FORMAT, VARIANCE_LABEL, SeedsResult, check_resumable, default_out,
+                         evaluate_checkpoint, prepare_run_dir, train_seeds)
 
-CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.yaml", "manifest.json", "genotype.json", "history.jsonl", CHECKPOINT, "metrics.json")
-FORMAT = "pcdarts-train"
-VARIANCE_LABEL = "training-seed variance of one cell, not search variance"
 
 
 @dataclass
@@ -57,55 +59,6 @@ class TrainResult:
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
-
-
-def build_model(genotype: Genotype, cfg: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The evaluation network of ``genotype`` as configured by ``cfg.model``."""
-    m = cfg.model
-    if isinstance(genotype, NB201Genotype):
-        return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.nb201_C,
-                             layers=m.nb201_N)
-    return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.C, layers=m.layers,
-                         stem=m.stem, auxiliary=m.auxiliary)
-
-
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """How many rows have the label among their ``k`` largest logits (a 0-d tensor, no host sync)."""
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(dim=1).sum()
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, batches: Iterable[Batch], device: torch.device, amp: bool = True
-             ) -> dict[str, Optional[float]]:
-    """Plain cross-entropy, top-1 and top-5 (None below 5 classes) in eval mode.
-
-    Eval mode switches off the auxiliary head and drop-path; the train/eval flag is restored.
-    """
-    was_training = net.training
-    net.eval()
-    tot = torch.zeros(4, dtype=torch.float64, device=device)
-    ce = nn.CrossEntropyLoss(reduction="sum")
-    num_classes = 0
-    for x, y in batches:
-        with _autocast(device, amp):
-            logits, _ = net(x)
-        logits = logits.float()
-        num_classes = logits.shape[1]
-        tot += torch.stack([ce(logits, y).double(), topk_correct(logits, y, 1).double(),
-                            topk_correct(logits, y, 5).double(), torch.tensor(float(y.numel()), device=device,
-                                                                              dtype=torch.float64)])
-    net.train(was_training)
-    loss, c1, c5, n = tot.tolist()
-    n = max(n, 1.0)
-    return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n,
-            "test_top5": 100.0 * c5 / n if num_classes >= 5 else None}
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class _StopFlag:
@@ -144,6 +97,8 @@ class Trainer:
     def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         self.genotype, self.cfg, self.run_dir = genotype, cfg, Path(run_dir)
         self.device = resolve_device(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         utils.seed_everything(cfg.run.seed)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -208,7 +163,7 @@ class Trainer:
         k = self.cfg.train.grad_accum
         if self.step % k == 0:
             self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, self.cfg.train.amp):
             logits, aux = self.net(x)
         loss = self.loss(logits, aux, y)
         (loss * self._micro_weight(self.step, y.numel())).backward()
@@ -284,14 +239,16 @@ class Trainer:
 
     def _postfix(self) -> dict[str, str]:
         n = max(float(self.meters["n"]), 1.0)
-        return {"loss": f"{float(self.meters['loss']) / n:.3f}", "acc": f"{100 * float(self.meters['correct']) / n:.1f}"}
+        loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
+        return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
     def _end_epoch(self) -> None:
         t = self.cfg.train
         m = {k: float(v) for k, v in self.meters.items()}
+        n = max(m["n"], 1.0)
         rec: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
                                "drop_path_prob": float(self.net.drop_path_prob),
-                               "train_loss": m["loss"] / max(m["n"], 1), "train_acc": 100 * m["correct"] / max(m["n"], 1)}
+                               "train_loss": m["loss"] / n, "train_acc": 100 * m["correct"] / n}
         last = self.epoch == t.epochs - 1
         if self.data.test is not None and (last or (self.epoch + 1) % t.eval_every == 0):
             rec.update(evaluate(self.net, self.data.test, self.device, t.amp))
@@ -341,6 +298,11 @@ class Trainer:
             "device": str(self.device),
         }
         utils.write_json(self.run_dir / "metrics.json", metrics)
+        mf = self.run_dir / "manifest.json"
+        if mf.is_file():  # close the manifest: when the run ended and what it reached
+            data = json.loads(mf.read_text())
+            data.update(end_time=utils.now(), final_test_top1=metrics["final_test_top1"])
+            utils.write_json(mf, data)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -391,38 +353,6 @@ def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
     print("  ".join(parts), flush=True)
 
 
-# ---------------------------------------------------------------- run directories
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", CHECKPOINT, "seeds.json"))
-
-
-def prepare_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse one that holds a run unless ``overwrite``."""
-    if is_run_dir(out):
-        if not overwrite:
-            raise TrainError(f"{out} already holds a run; pass --overwrite to replace it, "
-                             f"--resume {out} to continue it, or choose another --out")
-        for name in (*RUN_FILES, "seeds.json", "summary.json"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def default_out(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"train-{cfg.data.dataset}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_resumable(run_dir: Union[str, Path]) -> Path:
-    p = Path(run_dir)
-    if not p.is_dir():
-        raise TrainError(f"--resume {p}: no such directory")
-    missing = [f for f in ("config.yaml", "genotype.json", CHECKPOINT) if not (p / f).is_file()]
-    if missing:
-        raise TrainError(f"--resume {p}: not a pcdarts training run (missing {', '.join(missing)})")
-    return p
-
-
 def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig, dict[str, Any], None] = None, *,
           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None,
           **run_overrides: Any) -> TrainResult:
@@ -459,9 +389,6 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
     return Trainer(g, cfg, run_dir).run(stop_after_steps)
 
 
-from .train_runs import SeedsResult, evaluate_checkpoint, train_seeds  # noqa: E402  (uses the names above)
-
-
 def add_subcommands(subparsers: Any) -> None:
     """Add ``pcdarts train`` and ``pcdarts eval`` (see :mod:`pcdarts.train_cli`)."""
     from .train_cli import add_subcommands as add
@@ -469,4 +396,5 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 __all__ = ["TrainError", "TrainConfig", "TrainResult", "Trainer", "train", "train_seeds", "SeedsResult",
-           "evaluate_checkpoint", "evaluate", "build_model", "add_subcommands", "parse_genotype"]
+           "evaluate_checkpoint", "evaluate", "build_model", "topk_correct", "add_subcommands", "parse_genotype",
+           "CHECKPOINT", "FORMAT", "VARIANCE_LABEL", "check_resumable", "prepare_run_dir", "default_out"]

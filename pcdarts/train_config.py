@@ -172,6 +172,8 @@ class TrainRunConfig:
         overwrite: allow ``out`` to point at an existing run.
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
         progress: progress bar and one summary line per epoch.
+        threads: CPU threads for PyTorch (``torch.set_num_threads``, process-wide); None = PyTorch's
+            default. On a shared or busy machine 1 avoids stalls from oversubscribed threads.
     """
 
     seed: int = 0
@@ -180,6 +182,7 @@ class TrainRunConfig:
     overwrite: bool = False
     deterministic: bool = False
     progress: bool = True
+    threads: Optional[int] = None
 
 
 SECTIONS: dict[str, type] = {"data": TrainDataConfig, "model": ModelConfig, "train": TrainLoopConfig,
@@ -245,6 +248,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(t.cutout >= 0 and t.grad_clip >= 0 and t.weight_decay >= 0 and t.momentum >= 0,
              "train.cutout, train.grad_clip, train.weight_decay and train.momentum must be >= 0")
     _require(not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0")
+    _require(cfg.run.threads is None or cfg.run.threads >= 1, f"run.threads must be >= 1, got {cfg.run.threads}")
     _require(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     _require(m.C >= 1 and m.layers >= 1 and m.nb201_C >= 1 and m.nb201_N >= 1,
              "model.C, model.layers, model.nb201_C and model.nb201_N must be >= 1")

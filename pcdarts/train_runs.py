@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -20,7 +21,12 @@ from .distributed import resolve_device
 from .genotype import Genotype, load_genotype, parse_genotype, save_genotype
 from .train_config import TrainConfig, TrainError, build_train_config
 from .train_data import build_split_batches
+from .train_model import build_model, evaluate
 
+CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("config.yaml", "manifest.json", "genotype.json", "history.jsonl", CHECKPOINT, "metrics.json")
+FORMAT = "pcdarts-train"
+VARIANCE_LABEL = "training-seed variance of one cell, not search variance"
 SEEDS_FILE = "seeds.json"
 SUMMARY_FILE = "summary.json"
 SUMMARY_METRICS = ("final_test_top1", "final_test_top5", "best_test_top1", "train_time_s")
@@ -34,6 +40,38 @@ class SeedsResult:
     run_dir: Path
     per_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+
+
+# ---------------------------------------------------------------- run directories
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", CHECKPOINT, "seeds.json"))
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse one that holds a run unless ``overwrite``."""
+    if is_run_dir(out):
+        if not overwrite:
+            raise TrainError(f"{out} already holds a run; pass --overwrite to replace it, "
+                             f"--resume {out} to continue it, or choose another --out")
+        for name in (*RUN_FILES, "seeds.json", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"train-{cfg.data.dataset}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_resumable(run_dir: Union[str, Path]) -> Path:
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise TrainError(f"--resume {p}: no such directory")
+    missing = [f for f in ("config.yaml", "genotype.json", CHECKPOINT) if not (p / f).is_file()]
+    if missing:
+        raise TrainError(f"--resume {p}: not a pcdarts training run (missing {', '.join(missing)})")
+    return p
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -55,7 +93,6 @@ def _stat(values: list[float]) -> dict[str, Any]:
 
 def summarize(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over training seeds, with the label that says what the ± means."""
-    from .train import VARIANCE_LABEL
     out: dict[str, Any] = {"seeds": sorted(per_seed), "n_seeds": len(per_seed), "variance": VARIANCE_LABEL,
                            "std_kind": "sample standard deviation (n-1) over training seeds"}
     for key in SUMMARY_METRICS:
@@ -70,7 +107,6 @@ def summarize(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """``test accuracy: 97.10 ± 0.08 % (mean ± std over 3 training seeds: training-seed variance ...)``."""
-    from .train import VARIANCE_LABEL
     top1 = summary.get("final_test_top1")
     n = summary.get("n_seeds", 0)
     if not top1:
@@ -89,7 +125,6 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
         seeds: training seeds.
         stop_after_steps: passed to each seed's run (tests).
     """
-    from .train import default_out, prepare_run_dir
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config)
     out = prepare_run_dir(Path(cfg.run.out) if cfg.run.out else default_out(cfg), cfg.run.overwrite)
@@ -114,7 +149,7 @@ def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, 
 
 def _run_seeds(g: Genotype, cfg: TrainConfig, out: Path, seeds: list[int],
                stop_after_steps: Optional[int]) -> SeedsResult:
-    from .train import CHECKPOINT, train
+    from .train import train  # late: pcdarts.train imports this module
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         sub = out / f"seed-{seed}"
@@ -151,7 +186,6 @@ def evaluate_checkpoint(path: Union[str, Path], data: Optional[str] = None, *, s
     Returns:
         ``{"split", "images", "loss", "top1", "top5"}`` (top-5 None below 5 classes).
     """
-    from .train import CHECKPOINT, FORMAT, build_model, evaluate
     p = Path(path)
     file = p / CHECKPOINT if p.is_dir() else p
     if not file.is_file():

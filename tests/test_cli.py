@@ -136,3 +136,21 @@ def test_nb201_lookup_is_logged_per_epoch(tmp_path, capsys):
     for h in history:
         assert set(h["nb201"]) == {"cifar10", "cifar100", "imagenet16-120"}
         assert 0 < h["nb201"]["cifar10"]["valid"] < 100
+
+
+def test_search_on_an_image_folder_is_one_config_block(tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "imgs" / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            arr = (rng.random((20, 20)) * 80 + 60 * c).astype("uint8")
+            Image.fromarray(arr, mode="L").save(tmp_path / "imgs" / f"class{c}" / f"{i}.png")
+    code, stdout, err = run_cli(["search", "--data", f"folder:{tmp_path / 'imgs'}", "--data.input_size", "8",
+                                 "--data.channels", "1", "--out", str(tmp_path / "r"), *TINY], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["data"]["n_weight"] + manifest["data"]["n_arch"] == 36
+    code, _, err = run_cli(["search", "--data.input_size", "8", "--out", str(tmp_path / "r2"), *TINY], capsys)
+    assert code == 2 and "data.input_size" in err
