@@ -226,7 +226,7 @@ def validate(cfg: Config) -> None:
 # ---------------------------------------------------------------- building configs
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("train_"))
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:

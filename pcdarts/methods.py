@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .edges import Mixing
 from .registry import METHODS
-from .select import alpha_beta_scores, normalise_edges
+from .select import normalise_edges
 
 
 @dataclass

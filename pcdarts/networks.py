@@ -134,8 +134,10 @@ class AuxiliaryHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features[0](x)
-        if min(x.shape[-2:]) >= 5:
-            x = self.features[1](x)
+        pool = self.features[1]
+        # the fixed 5x5 pool only where it leaves at least 2x2 for the 2x2 conv that follows
+        if (min(x.shape[-2:]) - pool.kernel_size) // pool.stride + 1 >= 2:
+            x = pool(x)
         else:
             x = F.adaptive_avg_pool2d(x, 2)
         for layer in list(self.features)[2:]:

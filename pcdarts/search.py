@@ -327,7 +327,7 @@ class Searcher:
         return out
 
     def _end_epoch(self, ctx: SearchContext) -> None:
-        cfg, s = self.cfg, self.cfg.search
+        s = self.cfg.search
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
         self.scheduler.step()

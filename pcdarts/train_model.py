@@ -18,40 +18,14 @@ from .train_config import TrainConfig
 from .train_stream import Batch
 
 
-class _SafeAuxPool(nn.Module):
-    """The auxiliary head's fixed 5x5 average pool, falling back to an adaptive 2x2 pool
-    when the fixed pool would leave less than 2x2 (maps of 5-7 px, e.g. 20x20 inputs).
-
-    The head's following 2x2 convolution needs at least 2x2; ``AuxiliaryHead`` already
-    falls back to the adaptive pool below 5 px, this extends the same rule to 5-7 px.
-    It has no parameters, so checkpoints are unaffected.
-    """
-
-    def __init__(self, pool: nn.AvgPool2d) -> None:
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.pool.kernel_size, self.pool.stride
-        k = k if isinstance(k, int) else k[0]
-        s = s if isinstance(s, int) else s[0]
-        if (min(x.shape[-2:]) - k) // s + 1 >= 2:
-            return self.pool(x)
-        return nn.functional.adaptive_avg_pool2d(x, 2)
-
-
 def build_model(genotype: Genotype, cfg: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
     """The evaluation network of ``genotype`` as configured by ``cfg.model``."""
     m = cfg.model
     if isinstance(genotype, NB201Genotype):
         return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.nb201_C,
                              layers=m.nb201_N)
-    net = build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.C, layers=m.layers,
-                        stem=m.stem, auxiliary=m.auxiliary)
-    head = getattr(net, "auxiliary_head", None)
-    if head is not None and isinstance(head.features[1], nn.AvgPool2d):
-        head.features[1] = _SafeAuxPool(head.features[1])  # custom input sizes (see _SafeAuxPool)
-    return net
+    return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.C, layers=m.layers,
+                         stem=m.stem, auxiliary=m.auxiliary)
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:

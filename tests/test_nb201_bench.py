@@ -141,7 +141,7 @@ def test_malformed_arch_string_raises_genotype_error() -> None:
         nb.query("|nor_conv_3x3~0|+|none~0|+|skip_connect~0|none~1|none~2|", table=FAKE)
     with pytest.raises(GenotypeError, match="unknown op 'conv3'"):
         nb.canonical_arch("|conv3~0|+|none~0|none~1|+|none~0|none~1|none~2|")
-    with pytest.raises(nb.BenchmarkError, match="File name too long"):
+    with pytest.raises(GenotypeError, match="is not a genotype file, a genotype string, or a published name"):
         nb.query("x" * 300, table=FAKE)
 
 

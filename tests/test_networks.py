@@ -282,7 +282,7 @@ def test_info_and_plot_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture
     args = parser.parse_args(["info", "DARTS_V2"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "3.349 M" in out and "multiply-adds" in out and "dil_conv_3x3(node 0)" in out
+    assert "3.349 M" in out and "multiply-adds" in out and "dil_conv_3x3(node 2)" in out
     args = parser.parse_args(["info", "NB201_best_cifar10", "--C", "4", "--layers", "1"])
     assert args.func(args) == 0
     args = parser.parse_args(["info", "no_such_cell"])
