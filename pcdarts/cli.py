@@ -23,8 +23,8 @@ EXTRA_COMMANDS: list[tuple[str, str]] = [
     ("pcdarts.train", "add_subcommands"),
     ("pcdarts.stats", "add_info_subcommand"),
     ("pcdarts.plot", "add_plot_subcommand"),
-    ("pcdarts.nb201_bench", "add_subcommand"),
-    ("pcdarts.folders", "add_subset_subcommand"),
+    ("pcdarts.nb201", "add_subcommand"),
+    ("pcdarts.subset", "add_subset_subcommand"),
     ("pcdarts.planner", "add_subcommand"),
 ]
 
@@ -36,7 +36,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .search import RunDirError
     errors: list[type[BaseException]] = [ConfigError, UnknownNameError, GenotypeError, RunDirError, DeviceError,
                                          FileNotFoundError]
-    for mod, name in (("pcdarts.data", "DataError"), ("pcdarts.nb201_bench", "BenchmarkError"),
+    for mod, name in (("pcdarts.data", "DataError"), ("pcdarts.nb201", "BenchmarkError"),
                       ("pcdarts.folders", "FolderError"), ("pcdarts.train", "TrainError")):
         try:
             errors.append(getattr(importlib.import_module(mod), name))

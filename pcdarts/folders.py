@@ -1,46 +1,37 @@
 """Image-folder data (``root/<class_name>/<image>``) without torchvision.
 
-Contents: :class:`ImageFolderDataset`; Pillow + torch transforms and the
-``train_transform`` / ``eval_transform`` presets; :func:`make_folder_loader` (worker
-processes with a fallback to in-process loading); :func:`folder_info` and
-:func:`load_folder_as_tensor` (small datasets decoded once into memory); and
-:func:`build_subset` / :func:`add_subset_subcommand`, the reproducible per-class
-PC-DARTS ImageNet search subsets (``pcdarts subset SRC DST``).
+Contents: :class:`ImageFolderDataset`; :func:`make_folder_loader` (worker processes with
+a fallback to in-process loading); :func:`folder_info` and :func:`load_folder_as_tensor`
+(small datasets decoded once into memory). The transforms and the train/eval presets are
+in :mod:`pcdarts.transforms`; the PC-DARTS search subsets (``pcdarts subset``) in
+:mod:`pcdarts.subset`.
 
-Randomness of the random transforms: each takes ``rng`` (a ``random.Random`` or a
-``torch.Generator``). With ``rng=None`` they draw from Python's global ``random``
-module, which :func:`make_folder_loader` seeds in every worker process; with
-``num_workers=0`` call ``random.seed(s)`` yourself or pass ``rng=random.Random(s)``.
-Transform ``rng`` objects reachable from a dataset are re-seeded per worker too, so
-workers never repeat one another's augmentations.
+Randomness: :func:`make_folder_loader` seeds Python's global ``random`` module (which the
+random transforms use with ``rng=None``) in every worker process, and re-seeds the
+transform ``rng`` objects reachable from a dataset per worker too, so workers never
+repeat one another's augmentations (see :mod:`pcdarts.transforms`).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
-import json
 import os
 import pickle
 import random
-import shutil
-import sys
 import warnings
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .transforms import CenterCrop, Compose, Resize, ToTensor
 
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LAYOUT = "root/<class_name>/<image file>, one sub-folder per class"
-Rng = random.Random | torch.Generator | None
 
 
 class FolderError(ValueError):
@@ -143,239 +134,6 @@ class ImageFolderDataset(Dataset):
     def __repr__(self) -> str:
         return (f"ImageFolderDataset(root={self.root!r}, classes={len(self.classes)}, "
                 f"images={len(self)}, transform={self.transform!r})")
-
-
-# --------------------------------------------------------------------------- transforms
-def _unit(rng: Rng) -> float:
-    """A uniform float in [0, 1) from ``rng`` (or the global ``random`` module)."""
-    if rng is None:
-        return random.random()
-    if isinstance(rng, torch.Generator):
-        return float(torch.rand((), generator=rng, dtype=torch.float64))
-    return rng.random()
-
-
-def _randint(rng: Rng, lo: int, hi: int) -> int:
-    """A uniform integer in [lo, hi] (inclusive)."""
-    return lo + min(int(_unit(rng) * (hi - lo + 1)), hi - lo)
-
-
-def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{name}: size must be positive, got {size}")
-    return int(h), int(w)
-
-
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, x: Any) -> Any:
-        for t in self.transforms:
-            x = t(x)
-        return x
-
-    def __repr__(self) -> str:
-        return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
-
-
-class RandomResizedCrop:
-    """Crop a random area fraction ``scale`` and aspect ratio ``ratio``, resize to ``size``.
-
-    Tries 10 random boxes; if none fits, takes the largest centred box with the
-    aspect ratio clamped to ``ratio``.
-    """
-
-    def __init__(self, size: int | Sequence[int], scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), rng: Rng = None,
-                 interpolation: int = Image.Resampling.BILINEAR) -> None:
-        if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"RandomResizedCrop: need 0 < scale[0] <= scale[1] and 0 < ratio[0] "
-                             f"<= ratio[1], got scale={scale}, ratio={ratio}")
-        self.size, self.scale, self.ratio = _pair(size, "RandomResizedCrop"), scale, ratio
-        self.rng, self.interpolation = rng, interpolation
-
-    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """A random ``(left, top, right, bottom)`` crop box for a ``width`` x ``height`` image."""
-        area = width * height
-        log_lo, log_hi = np.log(self.ratio[0]), np.log(self.ratio[1])
-        for _ in range(10):
-            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _unit(self.rng))
-            aspect = float(np.exp(log_lo + (log_hi - log_lo) * _unit(self.rng)))
-            w, h = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
-            if 0 < w <= width and 0 < h <= height:
-                left, top = _randint(self.rng, 0, width - w), _randint(self.rng, 0, height - h)
-                return left, top, left + w, top + h
-        aspect = width / height
-        if aspect < self.ratio[0]:
-            w, h = width, round(width / self.ratio[0])
-        elif aspect > self.ratio[1]:
-            w, h = round(height * self.ratio[1]), height
-        else:
-            w, h = width, height
-        left, top = (width - w) // 2, (height - h) // 2
-        return left, top, left + w, top + h
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        h, w = self.size
-        return img.resize((w, h), self.interpolation, box=self.box(*img.size))
-
-    def __repr__(self) -> str:
-        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
-
-
-class RandomHorizontalFlip:
-    """Mirror the image left-right with probability ``p``."""
-
-    def __init__(self, p: float = 0.5, rng: Rng = None) -> None:
-        self.p, self.rng = p, rng
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if _unit(self.rng) < self.p else img
-
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
-
-
-class ColorJitter:
-    """Random brightness, contrast, saturation and hue changes, applied in random order.
-
-    Brightness/contrast/saturation factors are drawn from ``[max(0, 1-x), 1+x]`` and
-    applied with ``PIL.ImageEnhance``. Hue is approximated in Pillow's 8-bit HSV space:
-    the H channel is rotated by ``round(f * 255)`` for ``f`` in ``[-hue, hue]`` (so the
-    hue step is 1/256 of a turn). Saturation and hue leave grey (``"L"``) images alone.
-    """
-
-    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.2, rng: Rng = None) -> None:
-        if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
-            raise ValueError("ColorJitter: brightness/contrast/saturation must be >= 0 and hue in "
-                             f"[0, 0.5], got {brightness}, {contrast}, {saturation}, {hue}")
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.rng = rng
-
-    def _factor(self, x: float) -> float:
-        lo = max(0.0, 1.0 - x)
-        return lo + (1.0 + x - lo) * _unit(self.rng)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        keys = [_unit(self.rng) for _ in range(4)]
-        for op in sorted(range(4), key=keys.__getitem__):
-            if op == 0 and self.brightness > 0:
-                img = ImageEnhance.Brightness(img).enhance(self._factor(self.brightness))
-            elif op == 1 and self.contrast > 0:
-                img = ImageEnhance.Contrast(img).enhance(self._factor(self.contrast))
-            elif op == 2 and self.saturation > 0 and img.mode == "RGB":
-                img = ImageEnhance.Color(img).enhance(self._factor(self.saturation))
-            elif op == 3 and self.hue > 0 and img.mode == "RGB":
-                shift = round((2 * _unit(self.rng) - 1) * self.hue * 255)
-                h, s, v = img.convert("HSV").split()
-                h = h.point([(i + shift) % 256 for i in range(256)])
-                img = Image.merge("HSV", (h, s, v)).convert("RGB")
-        return img
-
-    def __repr__(self) -> str:
-        return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
-                f"saturation={self.saturation}, hue={self.hue})")
-
-
-class Resize:
-    """Resize the shorter side to ``size`` keeping the aspect ratio (or to ``(h, w)`` exactly)."""
-
-    def __init__(self, size: int | Sequence[int],
-                 interpolation: int = Image.Resampling.BILINEAR) -> None:
-        _pair(size, "Resize")
-        self.size, self.interpolation = size, interpolation
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        w, h = img.size
-        if isinstance(self.size, int):
-            s = self.size
-            new = (s, max(1, int(s * h / w))) if w <= h else (max(1, int(s * w / h)), s)
-        else:
-            new = (int(self.size[1]), int(self.size[0]))
-        return img if new == (w, h) else img.resize(new, self.interpolation)
-
-    def __repr__(self) -> str:
-        return f"Resize({self.size})"
-
-
-class CenterCrop:
-    """Crop the centre ``size`` (int or ``(h, w)``); smaller images are padded with black."""
-
-    def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = _pair(size, "CenterCrop")
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        (ch, cw), (w, h) = self.size, img.size
-        left, top = int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0))
-        return img.crop((left, top, left + cw, top + ch))
-
-    def __repr__(self) -> str:
-        return f"CenterCrop({self.size})"
-
-
-class ToTensor:
-    """PIL image -> ``[C,H,W]`` tensor: ``uint8`` as is, or a float dtype scaled to [0, 1]."""
-
-    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
-        self.dtype = dtype
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        if img.mode not in ("L", "RGB", "RGBA"):
-            img = img.convert("RGB")
-        arr = np.array(img, dtype=np.uint8, copy=True)
-        t = torch.from_numpy(arr[:, :, None] if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
-        return t if self.dtype == torch.uint8 else t.to(self.dtype).div_(255.0)
-
-    def __repr__(self) -> str:
-        return f"ToTensor(dtype={self.dtype})"
-
-
-class Normalize:
-    """``(x - mean) / std`` per channel of a float ``[C,H,W]`` (or ``[N,C,H,W]``) tensor."""
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"Normalize: mean and std need one value per channel and std > 0, "
-                             f"got mean={tuple(mean)}, std={tuple(std)}")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_floating_point(x):
-            raise TypeError(f"Normalize: needs a float tensor, got {x.dtype}; put ToTensor() "
-                            "(float) before Normalize")
-        if x.shape[-3] != self.mean.shape[0]:
-            raise ValueError(f"Normalize: image has {x.shape[-3]} channels but mean/std have "
-                             f"{self.mean.shape[0]} values; pass one mean/std value per channel")
-        return (x - self.mean.to(x)) / self.std.to(x)
-
-    def __repr__(self) -> str:
-        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
-
-
-def train_transform(size: int, jitter: bool = True, *, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD,
-                    scale: tuple[float, float] = (0.08, 1.0), rng: Rng = None) -> Compose:
-    """RandomResizedCrop + horizontal flip (+ ColorJitter) -> float tensor -> normalise."""
-    steps: list[Callable[[Any], Any]] = [RandomResizedCrop(size, scale=scale, rng=rng),
-                                          RandomHorizontalFlip(rng=rng)]
-    if jitter:
-        steps.append(ColorJitter(rng=rng))
-    return Compose([*steps, ToTensor(), Normalize(mean, std)])
-
-
-def eval_transform(size: int, resize: int | None = None, *, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> Compose:
-    """Resize the shorter side to ``resize`` (default ``int(size / 0.875)``), centre-crop
-    ``size`` -> float tensor -> normalise."""
-    resize = int(size / 0.875) if resize is None else resize
-    return Compose([Resize(resize), CenterCrop(size), ToTensor(), Normalize(mean, std)])
 
 
 # ------------------------------------------------------------------------------ loading
@@ -566,144 +324,3 @@ def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3,
         images[i] = prep(_open_image(path, channels))
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return images, labels, classes
-
-
-# -------------------------------------------------------------------------------- subset
-LINK_MODES = ("symlink", "hardlink", "copy")
-
-
-def _round_half_up(n: int, fraction: float) -> int:
-    return int((Decimal(n) * Decimal(repr(fraction))).to_integral_value(rounding=ROUND_HALF_UP))
-
-
-def _class_rng(seed: int, name: str) -> random.Random:
-    digest = hashlib.sha256(f"pcdarts-subset:{seed}:{name}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def _place(src: Path, dst: Path, link: str) -> None:
-    try:
-        if link == "symlink":
-            os.symlink(src.resolve(), dst)
-        elif link == "hardlink":
-            os.link(src, dst)
-        else:
-            shutil.copy2(src, dst)
-    except OSError as exc:
-        hint = "" if link == "copy" else "; try --link copy"
-        raise OSError(f"cannot {link} {src} -> {dst}: {exc}{hint}") from exc
-
-
-def build_subset(src: str | os.PathLike, dst: str | os.PathLike, train: float = 0.1,
-                 arch: float = 0.025, seed: int = 0, link: str = "symlink",
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Build the per-class PC-DARTS search subsets ``dst/train`` and ``dst/arch``.
-
-    For every class folder of ``src`` with ``n`` images, ``max(1, round_half_up(n *
-    train))`` images go to ``dst/train/<class>/`` and a disjoint ``max(1,
-    round_half_up(n * arch))`` to ``dst/arch/<class>/`` (if rounding makes them exceed
-    ``n``, the arch, then the train count is reduced so both keep >= 1 image). Each
-    class is sampled with its own RNG seeded from sha256(seed, class name), so adding
-    or removing classes leaves the other classes' picks unchanged. ``dst/subset.json``
-    records the seed, fractions, counts, source and chosen files.
-
-    Args:
-        src: ImageNet-style folder ``src/<class>/<image>``.
-        dst: output folder; must be empty or absent unless ``overwrite``.
-        train: fraction of each class for the weight-training split, in (0, 1).
-        arch: fraction for the architecture split, in (0, 1); ``train + arch <= 1``.
-        seed: base seed.
-        link: ``"symlink"`` (default), ``"hardlink"`` or ``"copy"``.
-        overwrite: replace ``dst/train``, ``dst/arch`` and ``dst/subset.json`` (other
-            files in ``dst`` are left alone).
-
-    Returns:
-        The ``subset.json`` content as a dict.
-    """
-    if not (0 < train < 1 and 0 < arch < 1) or train + arch > 1 + 1e-12:
-        raise ValueError(f"subset fractions must each be in (0, 1) with train + arch <= 1, got "
-                         f"train={train}, arch={arch}")
-    if link not in LINK_MODES:
-        raise ValueError(f"subset link must be one of {', '.join(LINK_MODES)}, got {link!r}")
-    src_p, dst_p = Path(src).resolve(), Path(dst).resolve()
-    if dst_p == src_p or src_p in dst_p.parents:
-        raise ValueError(f"subset destination {dst_p} lies inside the source {src_p}; pick a "
-                         "folder outside it")
-    classes, samples = scan_folder(src_p)
-    if dst_p.exists() and not dst_p.is_dir():
-        raise FileExistsError(f"subset destination {dst_p} exists and is not a folder")
-    if dst_p.is_dir() and any(dst_p.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"subset destination {dst_p} is not empty; choose an empty "
-                                  "folder or pass --overwrite (overwrite=True)")
-        for sub in ("train", "arch"):
-            if (dst_p / sub).is_symlink() or (dst_p / sub).is_file():
-                (dst_p / sub).unlink()
-            elif (dst_p / sub).exists():
-                shutil.rmtree(dst_p / sub)
-        (dst_p / "subset.json").unlink(missing_ok=True)
-    by_class: dict[int, list[str]] = {}
-    for path, label in samples:
-        by_class.setdefault(label, []).append(os.path.basename(path))
-    counts: dict[str, dict[str, int]] = {}
-    files: dict[str, dict[str, list[str]]] = {"train": {}, "arch": {}}
-    for label, name in enumerate(classes):
-        names = by_class[label]
-        n = len(names)
-        if n < 2:
-            raise FolderError(f"{src_p / name}: class has {n} image; need at least 2 for disjoint "
-                              "train and arch samples")
-        k_train, k_arch = max(1, _round_half_up(n, train)), max(1, _round_half_up(n, arch))
-        k_arch = min(k_arch, n - k_train)
-        if k_arch < 1:
-            k_train, k_arch = n - 1, 1
-        picked = _class_rng(seed, name).sample(names, k_train + k_arch)
-        files["train"][name], files["arch"][name] = sorted(picked[:k_train]), sorted(picked[k_train:])
-        counts[name] = {"total": n, "train": k_train, "arch": k_arch}
-    for split in ("train", "arch"):
-        for name in classes:
-            out = dst_p / split / name
-            out.mkdir(parents=True, exist_ok=True)
-            for fname in files[split][name]:
-                _place(src_p / name / fname, out / fname, link)
-    record = {"version": 1, "source": str(src_p), "seed": seed,
-              "fractions": {"train": train, "arch": arch}, "link": link,
-              "num_classes": len(classes),
-              "totals": {s: sum(c[s] for c in counts.values()) for s in ("total", "train", "arch")},
-              "counts": counts, "files": files}
-    (dst_p / "subset.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record
-
-
-def _subset_main(args: argparse.Namespace) -> int:
-    try:
-        record = build_subset(args.src, args.dst, train=args.train, arch=args.arch, seed=args.seed,
-                              link=args.link, overwrite=args.overwrite)
-    except (ValueError, OSError) as exc:
-        print(f"pcdarts subset: error: {exc}", file=sys.stderr)
-        return 2
-    t = record["totals"]
-    print(f"pcdarts subset: {record['num_classes']} classes, {t['train']} train + {t['arch']} arch "
-          f"images of {t['total']} ({args.link}) -> {args.dst} (see subset.json)")
-    return 0
-
-
-def add_subset_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``subset SRC DST`` to an argparse subparsers object; sets ``func`` to a handler
-    that takes the parsed args and returns an exit code (0 ok, 2 error)."""
-    p = subparsers.add_parser(
-        "subset", help="build the per-class PC-DARTS ImageNet search subsets",
-        description="Sample, for every class folder of SRC, a fraction of images into "
-                    "DST/train/<class>/ and a disjoint fraction into DST/arch/<class>/, "
-                    "reproducibly per class; writes DST/subset.json.")
-    p.add_argument("src", metavar="SRC", help="image folder laid out as SRC/<class>/<image>")
-    p.add_argument("dst", metavar="DST", help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--train", type=float, default=0.1, help="fraction per class for train (0.1)")
-    p.add_argument("--arch", type=float, default=0.025, help="fraction per class for arch (0.025)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (0)")
-    p.add_argument("--link", choices=LINK_MODES, default="symlink",
-                   help="how files are placed (symlink)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace DST/train, DST/arch and DST/subset.json in a non-empty DST")
-    p.set_defaults(func=_subset_main)
-    return p

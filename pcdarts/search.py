@@ -374,7 +374,7 @@ class Searcher:
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
         """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
-        from .nb201_bench import DATASETS, BenchmarkError, query
+        from .nb201 import DATASETS, BenchmarkError, query
         out: dict[str, Any] = {}
         try:
             for ds in DATASETS:

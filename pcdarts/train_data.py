@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .data import load_dataset
-from .folders import ImageFolderDataset, eval_transform, folder_info, load_folder_as_tensor, make_folder_loader
+from .folders import ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
 from .gpu_loader import Augment, DeviceLoader
 from .train_config import TrainDataConfig, TrainError
 from .train_stream import Batch, StreamSource, DeviceBatches, stream_sets, check_stats, folder_roots
+from .transforms import eval_transform
 
 # dataset -> (crop padding, flip) when the config leaves them unset (DARTS CIFAR: 4, flip)
 AUGMENT_DEFAULTS = {"digits": (0, False)}

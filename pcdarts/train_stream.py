@@ -16,9 +16,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .folders import (IMAGENET_MEAN, IMAGENET_STD, FolderLoader, ImageFolderDataset, eval_transform,
-                      scan_folder, train_transform)
+from .folders import FolderLoader, ImageFolderDataset, scan_folder
 from .train_config import TrainDataConfig, TrainError
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

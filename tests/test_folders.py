@@ -1,4 +1,5 @@
-"""Tests for pcdarts.folders: image-folder dataset, transforms, loader, subsets."""
+"""Tests for pcdarts.folders, pcdarts.transforms and pcdarts.subset: image-folder dataset, transforms,
+loader, subsets."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,11 @@ from PIL import Image
 
 import torch.utils.data.dataloader as dl_module
 from pcdarts import folders
-from pcdarts.folders import (
-    CenterCrop, ColorJitter, Compose, FolderError, ImageFolderDataset, Normalize, RandomHorizontalFlip,
-    RandomResizedCrop, Resize, ToTensor, add_subset_subcommand, build_subset, eval_transform,
-    folder_info, load_folder_as_tensor, make_folder_loader, train_transform,
+from pcdarts.folders import FolderError, ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
+from pcdarts.subset import add_subset_subcommand, build_subset
+from pcdarts.transforms import (
+    CenterCrop, ColorJitter, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToTensor,
+    eval_transform, train_transform,
 )
 
 CLASSES = ("cat", "dog", "emu")

