@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .config import ConfigError, apply_override, build_config, merge_onto_preset, parse_value, preset_names
+from .config import ConfigError, apply_override, build_config, merge_onto_preset, parse_overrides, preset_names
 from .registry import METHODS, SPACES, UnknownNameError
 
 DEFAULT_PRESET = "quick"
@@ -69,30 +69,9 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
         run["progress"] = False
     if args.nb201_lookup:
         d.setdefault("search", {})["nb201_lookup"] = True
-    for dotted, value in _parse_overrides(overrides):
+    for dotted, value in parse_overrides(overrides):
         apply_override(d, dotted, value)
     return d
-
-
-def _parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
-    out, i = [], 0
-    items = list(items)
-    while i < len(items):
-        tok = items[i]
-        if not tok.startswith("--") or "." not in tok:
-            raise ConfigError(f"unrecognised argument {tok!r}; overrides look like --search.epochs 50 "
-                              f"(see pcdarts search --help)")
-        key = tok[2:]
-        if "=" in key:
-            key, _, value = key.partition("=")
-            i += 1
-        else:
-            if i + 1 >= len(items):
-                raise ConfigError(f"override {tok} needs a value, e.g. {tok} 10")
-            value = items[i + 1]
-            i += 2
-        out.append((key, parse_value(value)))
-    return out
 
 
 def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:

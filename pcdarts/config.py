@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -182,14 +182,15 @@ class Config:
         return d
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+        return yaml.safe_dump(plain(self.to_dict()), sort_keys=False)
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
+    """Tuples -> lists, recursively, so YAML stays free of python tags."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     return x
 
 
@@ -246,6 +247,28 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     return d
 
 
+def parse_overrides(tokens: Sequence[str], *, example: str = "--search.epochs 50",
+                    command: str = "pcdarts search") -> list[tuple[str, Any]]:
+    """``["--search.epochs", "2", "--space.C=8"]`` -> ``[("search.epochs", 2), ("space.C", 8)]``."""
+    out: list[tuple[str, Any]] = []
+    items, i = list(tokens), 0
+    while i < len(items):
+        tok = items[i]
+        if not tok.startswith("--") or "." not in tok.split("=", 1)[0]:
+            raise ConfigError(f"unrecognised argument {tok!r}; overrides look like {example} "
+                              f"(see {command} --help)")
+        key = tok[2:]
+        if "=" in key:
+            key, _, text = key.partition("=")
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise ConfigError(f"override {tok} needs a value, e.g. {tok} 10")
+            text, i = items[i + 1], i + 2
+        out.append((key, parse_value(text)))
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A command-line value: YAML scalars (``50``, ``1e-3``, ``true``, ``null``) or the plain string."""
     try:
@@ -264,39 +287,43 @@ def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
     d.setdefault(section, {})[key] = value
 
 
-def _coerce(cls: type, section: str, values: dict[str, Any]) -> Any:
+def coerce_section(cls: type, section: str, values: Any) -> Any:
+    """An instance of the dataclass ``cls`` from YAML values; unknown keys and wrong types
+    raise ConfigError naming ``section.key`` and the valid keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of keys to values, got {values!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     for key in values:
         if key not in names:
             raise ConfigError(f"unknown key {section}.{key}; valid keys of {section!r}: {', '.join(sorted(names))}")
-    out = {}
-    for key, v in values.items():
-        out[key] = _check_type(hints[key], v, f"{section}.{key}")
+    out = {key: check_type(hints[key], v, f"{section}.{key}") for key, v in values.items()}
     try:
         return cls(**out)
     except TypeError as e:
         raise ConfigError(f"section {section!r}: {e}") from None
 
 
-def _check_type(tp: Any, v: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Union:
-        args = [a for a in get_args(tp) if a is not type(None)]
+def check_type(tp: Any, v: Any, where: str) -> Any:
+    """Coerce a YAML value to a dataclass field type (int -> float, numbers -> str, lists ->
+    tuples of floats) or raise ConfigError naming the field."""
+    if get_origin(tp) is Union:
         if v is None:
             return None
-        tp = args[0]
-        origin = get_origin(tp)
-    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    is_num = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is float and is_num:
         return float(v)
     if tp is int and isinstance(v, int) and not isinstance(v, bool):
         return v
     if tp is bool and isinstance(v, bool):
         return v
-    if tp is str and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+    if tp is str and (isinstance(v, str) or is_num):
         return str(v)
-    if origin is tuple and isinstance(v, (list, tuple)):
-        return tuple(v)
+    if get_origin(tp) is tuple:
+        vals = list(v) if isinstance(v, (list, tuple)) else [v]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+            return tuple(float(x) for x in vals)
     if tp is Any:
         return v
     name = getattr(tp, "__name__", str(tp))
@@ -312,8 +339,8 @@ def build_config(d: dict[str, Any]) -> Config:
     m = dict(d.get("method") or {})
     method_name = m.pop("name", "pc-darts")
     method_cls = METHODS.get(method_name)
-    method_cfg = _coerce(method_cls.Config, "method", m)
-    sections = {name: _coerce(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
+    method_cfg = coerce_section(method_cls.Config, "method", m)
+    sections = {name: coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
     return Config(method_name=method_name, method=method_cfg, **sections)
 
 

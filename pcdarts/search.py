@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -89,28 +87,6 @@ def check_resumable(run_dir: Union[str, Path]) -> Path:
     if missing:
         raise RunDirError(f"--resume {p}: not a pcdarts run directory (missing {', '.join(missing)})")
     return p
-
-
-class _StopFlag:
-    """Turns Ctrl-C into a request to stop at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 class Searcher:
@@ -279,7 +255,7 @@ class Searcher:
             self.method.on_search_start(ctx)
         done_steps = 0
         interrupted = False
-        with _StopFlag() as stop:
+        with utils.StopFlag() as stop:
             while self.epoch < s.epochs:
                 ctx.epoch = self.epoch
                 if self.step == 0:

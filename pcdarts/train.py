@@ -22,8 +22,6 @@ checkpoint), ``train_cli`` (the subcommands).
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,29 +57,6 @@ class TrainResult:
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
-
-
-class _StopFlag:
-    """Ctrl-C becomes a request to stop at the next step boundary; a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        # signal handlers can only be installed from the main thread (not under some test runners)
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 class Trainer:
@@ -198,7 +173,7 @@ class Trainer:
         done = 0
         interrupted = False
         self.net.train()
-        with _StopFlag() as stop:
+        with utils.StopFlag() as stop:
             while self.epoch < t.epochs:
                 self._start_epoch()
                 bar = _progress(cfg.run.progress, self.steps, self.step, self.epoch, t.epochs)

@@ -13,9 +13,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Sequence, Union
 
 import yaml
+
+from . import config
 
 PRESET_DIR = Path(__file__).parent / "configs"
 PRESET_PREFIX = "train_"
@@ -202,7 +204,7 @@ class TrainConfig:
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        return {name: config.plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -213,15 +215,6 @@ class TrainConfig:
         for name, values in sections.items():
             d.setdefault(name, {}).update(values)
         return build_train_config(d)
-
-
-def _plain(x: Any) -> Any:
-    """Tuples -> lists so YAML stays free of python tags."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 def _require(ok: bool, message: str) -> None:
@@ -316,27 +309,10 @@ def load_train_preset(name_or_path: str) -> dict[str, Any]:
 
 def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     """``["--train.epochs", "2", "--model.C=8"]`` -> ``[("train.epochs", 2), ("model.C", 8)]``."""
-    out: list[tuple[str, Any]] = []
-    items, i = list(tokens), 0
-    while i < len(items):
-        tok = items[i]
-        if not tok.startswith("--") or "." not in tok.split("=", 1)[0]:
-            raise TrainError(f"unrecognised argument {tok!r}; overrides look like --train.epochs 50 "
-                             f"(sections: {', '.join(SECTIONS)}; see pcdarts train --help)")
-        key = tok[2:]
-        if "=" in key:
-            key, _, text = key.partition("=")
-            i += 1
-        else:
-            if i + 1 >= len(items):
-                raise TrainError(f"override {tok} needs a value, e.g. {tok} 10")
-            text, i = items[i + 1], i + 2
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        out.append((key, value))
-    return out
+    try:
+        return config.parse_overrides(tokens, example="--train.epochs 50", command="pcdarts train")
+    except config.ConfigError as e:
+        raise TrainError(str(e)) from None
 
 
 def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -351,45 +327,15 @@ def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
     d.setdefault(section, {})[key] = value
 
 
-def _check_type(tp: Any, v: Any, where: str) -> Any:
-    """Coerce a YAML value to the dataclass field type or raise a TrainError naming the field."""
-    if get_origin(tp) is Union:
-        if v is None:
-            return None
-        tp = next(a for a in get_args(tp) if a is not type(None))
-    is_num = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is float and is_num:
-        return float(v)
-    if tp is int and isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if tp is bool and isinstance(v, bool):
-        return v
-    if tp is str and (isinstance(v, str) or is_num):
-        return str(v)
-    if get_origin(tp) is tuple:
-        vals = list(v) if isinstance(v, (list, tuple)) else [v]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
-            return tuple(float(x) for x in vals)
-    name = getattr(tp, "__name__", str(tp))
-    raise TrainError(f"{where} must be of type {name}, got {v!r}")
-
-
 def build_train_config(d: dict[str, Any]) -> TrainConfig:
     """A validated :class:`TrainConfig` from a nested dict (preset + overrides)."""
     unknown = set(d) - set(SECTIONS)
     if unknown:
         raise TrainError(f"unknown config section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    built: dict[str, Any] = {}
-    for name, cls in SECTIONS.items():
-        values = d.get(name) or {}
-        if not isinstance(values, dict):
-            raise TrainError(f"section {name!r} must be a mapping of keys to values, got {values!r}")
-        hints = get_type_hints(cls)
-        valid = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in valid:
-                raise TrainError(f"unknown key {name}.{key}; valid keys of {name!r}: {', '.join(sorted(valid))}")
-        built[name] = cls(**{k: _check_type(hints[k], v, f"{name}.{k}") for k, v in values.items()})
+    try:
+        built = {name: config.coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
+    except config.ConfigError as e:
+        raise TrainError(str(e)) from None
     return TrainConfig(**built)
 
 

@@ -5,8 +5,10 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -112,3 +114,30 @@ def manifest(seed: int, device: str, extra: Optional[dict[str, Any]] = None) -> 
         m["gpu"] = torch.cuda.get_device_name(torch.device(device))
     m.update(extra or {})
     return m
+
+
+class StopFlag:
+    """Context manager turning Ctrl-C into a request to stop at the next step boundary.
+
+    The loops check ``requested`` between steps, save a checkpoint and return, so an
+    interruption loses nothing; a second Ctrl-C stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopFlag":
+        # handlers can only be installed from the main thread (not under some test runners)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

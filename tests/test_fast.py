@@ -1,0 +1,308 @@
+"""The fast supernet path against the reference mixed edge (the oracle).
+
+Same outputs, weight gradients, architecture gradients and BN running statistics in
+both spaces, for K in {1, 2, 4}, both strides (the 3-cell DARTS net has two reduction
+cells), every channel mode, with and without masks and edge weights; state_dict
+compatibility; masked ops never run; prune(); the CUDA/bf16 path (gpu-marked).
+Tiny float64 nets: C=8, 3 cells (NB201: one cell per stage), batch 2, 8x8 inputs.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pcdarts.config import SpaceConfig
+from pcdarts.edges import Mixing
+from pcdarts.fast import FastDartsSupernet, FastNB201Supernet, build_fast_darts, build_fast_nb201
+from pcdarts.select import normalise_edges
+from pcdarts.spaces import get_space
+from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
+from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
+
+MODES = ("first+shuffle", "first+shift", "random")
+SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}
+NODE_EDGES = {"darts": darts_node_edges(4), "nb201": NB201_NODE_EDGES}
+
+
+def _nets(space, k=2, mode="first+shuffle", masks=None, recompute=True, dtype=torch.float64):
+    torch.manual_seed(0)
+    if space == "darts":
+        kw = dict(C=8, layers=3, k=k, channel_mode=mode, masks=masks)
+        ref, fast = DartsSupernet(**kw), build_fast_darts(**kw, recompute=recompute)
+    else:
+        kw = dict(C=8, N=1, k=k, channel_mode=mode, masks=masks)
+        ref, fast = NB201Supernet(**kw), build_fast_nb201(**kw, recompute=recompute)
+    fast.load_state_dict(ref.state_dict())
+    return ref.to(dtype), fast.to(dtype)
+
+
+def _arch(space, dtype=torch.float64, seed=1):
+    E, O, cts = SHAPES[space]
+    g = torch.Generator().manual_seed(seed)
+    alphas = {ct: torch.randn(E, O, generator=g, dtype=dtype).requires_grad_() for ct in cts}
+    betas = {ct: torch.randn(E, generator=g, dtype=dtype).requires_grad_() for ct in cts}
+    return alphas, betas
+
+
+def _mixing(space, alphas, betas, edge_weights=True):
+    ops = {ct: torch.softmax(a, -1) for ct, a in alphas.items()}
+    edges = {ct: normalise_edges(b, NODE_EDGES[space]) for ct, b in betas.items()} if edge_weights else None
+    return Mixing(ops=ops, edges=edges)
+
+
+def _loss(out):
+    """A loss whose gradient differs per logit (a plain sum would hide errors)."""
+    w = torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()
+    return (out * w).sum()
+
+
+def _step(net, space, x, alphas, betas, edge_weights=True, what="both"):
+    """Forward + gradients: ``arch`` (autograd.grad on alpha/beta, as the arch step does),
+    ``weight`` (mixing without grad, loss.backward(), as the weight step does) or ``both``."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(7)  # random channel mode: both paths must draw the same permutations
+    if what == "weight":
+        with torch.no_grad():
+            mix = _mixing(space, alphas, betas, edge_weights)
+    else:
+        mix = _mixing(space, alphas, betas, edge_weights)
+    out = net(x, mix)
+    arch = [*alphas.values(), *betas.values()] if edge_weights else list(alphas.values())
+    if what == "arch":
+        grads = torch.autograd.grad(_loss(out), arch)
+        return out.detach(), list(grads), {}
+    if what == "weight":
+        _loss(out).backward()
+        return out.detach(), [], {n: p.grad for n, p in net.named_parameters()}
+    grads = torch.autograd.grad(_loss(out), arch + list(net.parameters()), allow_unused=True)
+    return out.detach(), list(grads[:len(arch)]), dict(zip((n for n, _ in net.named_parameters()), grads[len(arch):]))
+
+
+def _close(a, b, what=""):
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"{what}: {m}")
+
+
+def _compare(space, ref, fast, x, edge_weights=True, what="both"):
+    alphas, betas = _arch(space)
+    out_r, ga_r, gw_r = _step(ref, space, x, alphas, betas, edge_weights, what)
+    out_f, ga_f, gw_f = _step(fast, space, x, alphas, betas, edge_weights, what)
+    _close(out_f, out_r, "output")
+    for i, (a, b) in enumerate(zip(ga_f, ga_r)):
+        _close(a, b, f"arch grad {i}")
+    assert gw_f.keys() == gw_r.keys()
+    for n in gw_r:
+        if gw_r[n] is None:
+            assert gw_f[n] is None or not gw_f[n].any(), n
+        else:
+            _close(gw_f[n], gw_r[n], f"grad of {n}")
+    sr, sf = ref.state_dict(), fast.state_dict()  # BN running statistics moved identically
+    for n in sr:
+        _close(sf[n].double(), sr[n].double(), f"state {n}")
+
+
+def _x(dtype=torch.float64, n=2, size=8):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(3), dtype=dtype)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("k,mode,edge_weights", [
+    (k, m, e) for k, m, e in itertools.product((1, 2, 4), MODES, (True, False))])
+def test_fast_equals_reference(space, k, mode, edge_weights):
+    ref, fast = _nets(space, k, mode)
+    _compare(space, ref, fast, _x(), edge_weights)
+
+
+def _random_masks(space, seed=3):
+    E, O, cts = SHAPES[space]
+    g = torch.Generator().manual_seed(seed)
+    masks = {ct: torch.rand(E, O, generator=g) > 0.5 for ct in cts}
+    for ct in cts:
+        masks[ct][0] = False  # an edge with every op masked: only its bypass remains
+        masks[ct][1, 1:] = True  # and one edge with every op
+    return masks
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("k,mode", [(1, "first+shuffle"), (2, "first+shift"), (4, "first+shuffle"), (4, "random")])
+def test_fast_equals_reference_with_masks(space, k, mode):
+    ref, fast = _nets(space, k, mode, masks=_random_masks(space))
+    _compare(space, ref, fast, _x())
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("what", ["arch", "weight"])
+@pytest.mark.parametrize("recompute", [True, False])
+def test_arch_only_and_weight_only_backward(space, what, recompute):
+    # the custom backward skips gradients nobody asked for: check both halves on their own
+    ref, fast = _nets(space, 4, "first+shuffle", recompute=recompute)
+    _compare(space, ref, fast, _x(), what=what)
+    if what == "arch":
+        assert all(p.grad is None for p in fast.parameters())
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("mode", ["first+shuffle", "random"])
+def test_eval_mode_uses_running_statistics(space, mode):
+    ref, fast = _nets(space, 4, mode)
+    x = _x(n=4)
+    alphas, betas = _arch(space)
+    for net in (ref, fast):  # two training steps move the running statistics
+        for _ in range(2):
+            _step(net, space, x, alphas, betas)
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        out_r = ref(x, _mixing(space, alphas, betas))
+        torch.manual_seed(5)
+        out_f = fast(x, _mixing(space, alphas, betas))
+    _close(out_f, out_r, "eval output")
+
+
+def test_odd_input_size_and_forward_features():
+    ref, fast = _nets("darts", 2)
+    x = _x(size=7)
+    _compare("darts", ref, fast, x)
+    alphas, betas = _arch("darts")
+    with torch.no_grad():
+        fr = ref.forward_features(x, _mixing("darts", alphas, betas))
+        ff = fast.forward_features(x, _mixing("darts", alphas, betas))
+    assert len(fr) == len(ff)
+    for a, b in zip(ff, fr):
+        _close(a, b, "features")
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_state_dict_round_trip(space):
+    ref, fast = _nets(space, 4)
+    sr, sf = ref.state_dict(), fast.state_dict()
+    assert list(sr) == list(sf)
+    assert all(sr[n].shape == sf[n].shape for n in sr)
+    ref2, _ = _nets(space, 4)
+    ref2.load_state_dict(fast.state_dict())
+    assert list(fast.candidate_ops()) and len(list(fast.candidate_ops())) == len(list(ref.candidate_ops()))
+    for (ct, c, e, o, m), (ct2, c2, e2, o2, m2) in zip(fast.candidate_ops(), ref.candidate_ops()):
+        assert (ct, c, e, o) == (ct2, c2, e2, o2) and type(m) is type(m2)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_prune_on_fast_path(space):
+    ref, fast = _nets(space, 2)
+    x = _x()
+    _compare(space, ref, fast, x)  # builds and caches the plans
+    masks = _random_masks(space, seed=11)
+    ref.prune(masks), fast.prune(masks)
+    assert fast.masks.keys() == ref.masks.keys()
+    assert all(torch.equal(fast.masks[ct], ref.masks[ct]) for ct in ref.masks)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    _compare(space, ref, fast, x)
+
+
+class _CountConvs(TorchDispatchMode):
+    """Counts depthwise / grouped convolutions (those of sep_conv and dil_conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.grouped = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[-1] > 1:
+            self.grouped += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_masked_ops_are_never_run():
+    # keep pooling and skip only: the fast path must run no depthwise convolution at all
+    E, O, cts = SHAPES["darts"]
+    masks = {ct: torch.zeros(E, O, dtype=torch.bool) for ct in cts}
+    for ct in cts:
+        masks[ct][:, 1:4] = True  # max_pool, avg_pool, skip_connect
+    ref, fast = _nets("darts", 2, masks=masks)
+    assert not any("op." in n for n, _ in fast.named_parameters() if ".edges." in n)
+    alphas, betas = _arch("darts")
+    counter = _CountConvs()
+    with counter:
+        out = fast(_x(), _mixing("darts", alphas, betas))
+        _loss(out).backward()
+    assert counter.grouped == 0
+    ref, fast = _nets("darts", 2, masks=masks)  # fresh BN statistics
+    _compare("darts", ref, fast, _x())
+
+
+def test_every_parameter_gets_a_gradient():
+    _, fast = _nets("darts", 4)
+    alphas, betas = _arch("darts")
+    _, _, grads = _step(fast, "darts", _x(), alphas, betas, what="weight")
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, missing
+
+
+def test_random_mode_consumes_the_generator_like_the_reference():
+    ref, fast = _nets("darts", 4, "random")
+    alphas, betas = _arch("darts")
+    states = []
+    for net in (ref, fast):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            net(_x(), _mixing("darts", alphas, betas))
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1])
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_space_builds_the_fast_supernet(space):
+    cfg = SpaceConfig(name=space, C=8, layers=3 if space == "darts" else 1, impl="fast")
+    net = get_space(space).build_supernet(cfg, k=2, num_classes=10, in_channels=3)
+    assert isinstance(net, FastDartsSupernet if space == "darts" else FastNB201Supernet)
+
+
+def test_float32_channels_last_output_layout():
+    ref, fast = _nets("darts", 4, dtype=torch.float32)
+    alphas, betas = _arch("darts", torch.float32)
+    with torch.no_grad():
+        feats = fast.forward_features(_x(torch.float32), _mixing("darts", alphas, betas))
+        out_r = ref(_x(torch.float32), _mixing("darts", alphas, betas))
+        out_f = fast(_x(torch.float32), _mixing("darts", alphas, betas))
+    assert feats[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- CUDA
+
+def _grads_on(net, space, x, y, alphas, amp):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        out = net(x, _mixing(space, alphas, {ct: torch.zeros_like(a[:, 0]) for ct, a in alphas.items()}))
+    loss = torch.nn.functional.cross_entropy(out.float(), y)
+    grads = torch.autograd.grad(loss, list(alphas.values()) + list(net.parameters()))
+    return torch.cat([g.flatten().float() for g in grads])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_cuda_fast_path_matches_reference(space):
+    ref, fast = _nets(space, 4, dtype=torch.float32)
+    ref, fast = ref.cuda(), fast.cuda().to(memory_format=torch.channels_last)
+    x = _x(torch.float32, n=8, size=16).cuda()
+    y = torch.arange(8).cuda() % 10
+    alphas = {ct: a.detach().float().cuda().requires_grad_() for ct, a in _arch(space)[0].items()}
+    g_ref32 = _grads_on(ref, space, x, y, alphas, amp=False)
+    g_fast32 = _grads_on(fast, space, x, y, alphas, amp=False)
+    torch.testing.assert_close(g_fast32, g_ref32, rtol=1e-3, atol=1e-4)
+    # bf16 autocast: the fast path must be as close to fp32 as the reference is
+    err_ref = (_grads_on(ref, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
+    err_fast = (_grads_on(fast, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
+    assert err_fast < 3 * err_ref + 1e-2
+
+
+@pytest.mark.gpu
+def test_cuda_search_step_runs(tmp_path):
+    from pcdarts.search import search
+    cfg = {"method": {"name": "pc-darts", "warmup_epochs": 0, "k": 2},
+           "space": {"name": "darts", "C": 4, "layers": 3, "impl": "fast"},
+           "data": {"dataset": "digits", "max_samples": 32},
+           "search": {"epochs": 1, "batch_size": 8},
+           "run": {"device": "cuda", "out": str(tmp_path / "run"), "progress": False, "plots": False}}
+    result = search(cfg)
+    assert result.genotype is not None
