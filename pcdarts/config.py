@@ -138,6 +138,8 @@ class RunConfig:
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
         progress: show a progress bar.
         plots: draw the final cell and the arch-weight curves into the run directory.
+        threads: CPU threads for PyTorch (process-wide); None = PyTorch's default. On a
+            shared or busy machine 1 avoids stalls from oversubscribed threads.
     """
 
     seed: int = 0
@@ -147,6 +149,7 @@ class RunConfig:
     deterministic: bool = False
     progress: bool = True
     plots: bool = True
+    threads: Optional[int] = None
 
 
 SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "run": RunConfig}

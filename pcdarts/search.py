@@ -102,6 +102,8 @@ class Searcher:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = dist_info()
         self.device = resolve_device(cfg.run.device, self.dist)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         utils.seed_everything(cfg.run.seed, self.dist.rank)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
