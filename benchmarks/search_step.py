@@ -1,0 +1,191 @@
+"""Time and memory of one search step, fast path against the reference path.
+
+A search step is what :meth:`pcdarts.search.Searcher.search_step` does: one
+architecture step (Adam on alpha/beta) and one weight step (SGD), optimisers included,
+with batches from the device-resident loader. The Searcher is built exactly as for a
+real run, from a synthetic dataset of random uint8 images (no data needed), once with
+``space.impl=fast`` and once with ``space.impl=reference``.
+
+Timing: both paths live in one process; after warm-up steps, rounds of steps alternate
+between them so both see the same machine conditions. Peak memory: each path runs again
+alone in a fresh subprocess (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on
+CUDA), so the peaks do not mix. One JSON line goes to stdout.
+
+    python benchmarks/search_step.py --space darts --method pc-darts --C 16 --cells 8 --batch 32 --k 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pcdarts.data import ImageDataset  # noqa: E402
+from pcdarts.registry import DATASETS  # noqa: E402
+
+SYNTHETIC = "synthetic"
+
+
+def _synthetic(path: Optional[str], split: str) -> ImageDataset:
+    """Random uint8 images; ``path`` is ``SIZExCHANNELSxCOUNT`` (e.g. ``32x3x256``)."""
+    size, channels, count = (int(v) for v in (path or "32x3x256").split("x"))
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    images = torch.randint(0, 256, (count, channels, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,), generator=g)
+    return ImageDataset(images, labels, 10, (0.5,) * channels, (0.25,) * channels, SYNTHETIC)
+
+
+if SYNTHETIC not in DATASETS:
+    DATASETS.register(SYNTHETIC, description="random uint8 images for benchmarks: synthetic:SIZExCHANNELSxCOUNT")(
+        _synthetic)
+
+
+def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
+    """A Searcher configured like a real run of ``args`` on the synthetic set."""
+    from pcdarts.config import build_config
+    from pcdarts.search import Searcher
+
+    space: dict[str, Any] = {"name": args.space, "C": args.C, "layers": args.cells, "k": args.k, "impl": impl,
+                             "channel_mode": args.channel_mode}
+    cfg = build_config({
+        "method": {"name": args.method},
+        "space": space,
+        "data": {"dataset": SYNTHETIC, "path": f"{args.input_size}x{args.in_channels}x{4 * args.batch}"},
+        "search": {"batch_size": args.batch, "amp": not args.no_amp},
+        "run": {"device": args.device, "progress": False, "plots": False, "seed": 0,
+                "deterministic": args.deterministic},
+    })
+    searcher = Searcher(cfg, Path(run_dir))
+    net = searcher.supernet
+    if impl == "fast" and hasattr(net, "recompute"):
+        net.recompute = not args.no_recompute
+    if args.compile and searcher.device.type == "cuda":
+        searcher.supernet = torch.compile(net)
+    return searcher
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_steps(searcher: Any, ctx: Any, n: int) -> float:
+    """Seconds for ``n`` search steps (architecture step active)."""
+    _sync(searcher.device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        searcher.search_step(True, ctx)
+    _sync(searcher.device)
+    return time.perf_counter() - t0
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One path alone: warm-up, a few steps, peak memory (run in a fresh process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = build_searcher(args, args.child, tmp)
+        ctx = s.context()
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        run_steps(s, ctx, args.warmup)
+        t = run_steps(s, ctx, args.child_steps)
+        return {"impl": args.child, "s_per_step": t / args.child_steps, "peak_mib": peak_mib(s.device)}
+
+
+def measure_peak(impl: str, argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", impl]
+    env = dict(os.environ)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=3600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--space", default="darts", choices=["darts", "nb201"])
+    p.add_argument("--method", default="pc-darts")
+    p.add_argument("--C", type=int, default=16, help="initial channels")
+    p.add_argument("--cells", type=int, default=None, help="DARTS: cells (8); NB201: cells per stage N (5)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--k", type=int, default=4, help="partial-channel factor K")
+    p.add_argument("--channel-mode", default="first+shuffle")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per path")
+    p.add_argument("--rounds", type=int, default=3, help="alternations (steps are split evenly)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--child-steps", type=int, default=2, help="steps of the peak-memory subprocesses")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--impl", default="both", choices=["both", "fast", "reference"])
+    p.add_argument("--no-recompute", action="store_true", help="fast path: keep block activations")
+    p.add_argument("--no-amp", action="store_true", help="CUDA: no bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the supernet")
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--no-peak", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    times = {impl: 0.0 for impl in impls}
+    with tempfile.TemporaryDirectory() as tmp:
+        searchers = {impl: build_searcher(args, impl, f"{tmp}/{impl}") for impl in impls}
+        ctxs = {impl: s.context() for impl, s in searchers.items()}
+        for impl in impls:
+            run_steps(searchers[impl], ctxs[impl], args.warmup)
+        per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
+        for n in per_round:
+            for impl in impls:
+                times[impl] += run_steps(searchers[impl], ctxs[impl], n)
+        device = searchers[impls[0]].device
+    short = {"fast": "fast", "reference": "ref"}
+    rec: dict[str, Any] = {
+        "space": args.space, "method": args.method, "C": args.C, "cells": args.cells, "batch": args.batch,
+        "k": args.k, "channel_mode": args.channel_mode, "input_size": args.input_size, "device": str(device),
+        "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
+        "torch": torch.__version__,
+    }
+    for impl in impls:
+        s = times[impl] / args.steps
+        rec[f"{short[impl]}_s_per_step"] = round(s, 4)
+        rec[f"{short[impl]}_images_per_s"] = round(args.batch / s, 2)  # weight-batch images per second
+    if len(impls) == 2:
+        rec["speedup"] = round(rec["ref_s_per_step"] / rec["fast_s_per_step"], 3)
+    if not args.no_peak:
+        child_argv = [a for a in argv]
+        for impl in impls:
+            res = measure_peak(impl, child_argv, args)
+            rec[f"{short[impl]}_peak_mib"] = round(res["peak_mib"], 1)
+        if len(impls) == 2:
+            rec["peak_ratio"] = round(rec["fast_peak_mib"] / rec["ref_peak_mib"], 3)
+    print(json.dumps(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,362 @@
+"""Memory planner: the peak memory of one search step, estimated before running it.
+
+``plan(...)`` answers "how much memory will a search step (architecture step + weight
+step) need at batch B?" without allocating that step, and suggests the largest batch or
+the smallest partial-channel factor K that fits a budget.
+
+How the estimate is made (no full-size step is ever allocated):
+
+1. **State** is counted exactly from the built objects: parameters, buffers, weight
+   gradients, SGD momentum, architecture parameters and their Adam states.
+2. **Activations**: the real step (the Searcher's arch step and weight step, same
+   supernet, method and optimiser) runs at two tiny batches on the CPU, in a fresh
+   process, under ``torch.profiler`` with memory profiling; the peak of the tensor bytes
+   allocated on top of the state is read from the allocator events. Everything a step allocates
+   (saved activations, gradients in flight, recomputed blocks, optimiser temporaries)
+   scales linearly with the batch at a fixed input size, so the two points give
+   ``activations(B) = fixed + B * per_sample``.
+3. On CUDA with bf16 autocast the tiny steps run under CPU bf16 autocast, so
+   activations are measured at their reduced width. The CUDA caching allocator's
+   rounding and cuDNN workspaces are not modelled (a few percent).
+4. On CPU the process itself (Python, the torch libraries, kernel caches) adds the
+   resident memory of that measuring process less its tensors (``runtime``), reported
+   separately; glibc heap fragmentation can add more on top (``benchmarks/README.md``).
+
+``tests/test_planner.py`` checks the estimate against the tensor peak of a real step
+measured at full batch in a fresh process (within 25%).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+MIB = 2 ** 20
+
+
+@dataclass
+class PlanResult:
+    """A memory estimate of one search step.
+
+    Attributes:
+        peak_mib: estimated peak of the step: tensors plus, on CPU, the process runtime.
+        tensor_mib: the tensor part alone (what ``torch.cuda.max_memory_allocated`` measures).
+        breakdown: MiB per item: params, buffers, grads, optimizer, arch, data,
+            activations, runtime.
+        per_sample_mib / fixed_mib: the activation fit ``fixed + batch * per_sample``.
+        budget_mib, fits: the budget asked about and whether the step fits it.
+        suggest_batch: the largest batch that fits the budget (None without a budget).
+        suggest_k: the smallest K dividing C that fits the budget at ``batch`` (None when
+            none does, or without a budget).
+    """
+
+    space: str
+    method: str
+    device: str
+    batch: int
+    C: int
+    layers: Optional[int]
+    k: int
+    input_size: int
+    impl: str
+    amp: bool
+    peak_mib: float
+    tensor_mib: float
+    breakdown: dict[str, float]
+    per_sample_mib: float
+    fixed_mib: float
+    budget_mib: Optional[float] = None
+    fits: Optional[bool] = None
+    suggest_batch: Optional[int] = None
+    suggest_k: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"search step: {self.space}/{self.method} C={self.C} layers={self.layers} K={self.k} "
+                 f"batch={self.batch} {self.input_size}x{self.input_size} on {self.device} ({self.impl} path"
+                 f"{', bf16' if self.amp else ''})",
+                 f"estimated peak: {self.peak_mib:.0f} MiB (tensors {self.tensor_mib:.0f} MiB)"]
+        lines += [f"  {k:<12} {v:9.1f} MiB" for k, v in self.breakdown.items()]
+        lines.append(f"  activations = {self.fixed_mib:.1f} + batch x {self.per_sample_mib:.2f} MiB")
+        if self.budget_mib is not None:
+            lines.append(f"budget {self.budget_mib:.0f} MiB: {'fits' if self.fits else 'does NOT fit'}; "
+                         f"largest batch {self.suggest_batch}; smallest K {self.suggest_k}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the measured step
+
+def _tensors_mib(tensors: Any) -> float:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values()) / MIB
+
+
+class _Step:
+    """The Searcher's search step (arch step + weight step) at a given batch, on CPU."""
+
+    def __init__(self, space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
+                 in_channels: int, num_classes: int, impl: str, channel_mode: str) -> None:
+        from .config import SearchConfig, SpaceConfig
+        from .methods import SearchContext, WeightStepInfo
+        from .registry import METHODS, OBJECTIVES
+        from .spaces import get_space
+
+        self.space_obj = get_space(space)
+        self.space_cfg = SpaceConfig(name=space, C=C, layers=layers, k=k, impl=impl, channel_mode=channel_mode)
+        self.supernet = self.space_obj.build_supernet(self.space_cfg, k=k, num_classes=num_classes,
+                                                      in_channels=in_channels)
+        method_cls = METHODS.get(method)
+        self.method = method_cls(method_cls.Config(), self.space_obj, self.space_cfg, "cpu")
+        self.objective = OBJECTIVES.get("cross-entropy")()
+        s = SearchConfig()
+        self.grad_clip = s.grad_clip
+        self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.weight_params, lr=s.lr, momentum=s.momentum,
+                                         weight_decay=s.weight_decay, nesterov=s.nesterov)
+
+        def info() -> Any:
+            g = self.optimizer.param_groups[0]
+            bufs = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.weight_params]
+            return WeightStepInfo(lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"],
+                                  momentum_buffers=bufs)
+
+        self.autocast: Any = contextlib.nullcontext
+        self.ctx = SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
+                                 weight_step_info=info, autocast=lambda: self.autocast())
+        self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
+        self.supernet.train()
+
+    def batch(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, self.in_channels, self.input_size, self.input_size, generator=g)
+        return x, torch.randint(0, self.num_classes, (n,), generator=g)
+
+    def run(self, n: int) -> None:
+        """One search step exactly as ``Searcher.search_step`` does it (arch-first order)."""
+        train, arch = self.batch(n, 0), self.batch(n, 1)
+        if self.method.has_arch:
+            self.method.arch_step(self.ctx, train, arch)
+        x, y = train
+        with torch.no_grad():
+            mixing = self.method.mixing()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.supernet(x, mixing)
+        loss = self.objective(logits, y)
+        extra = self.method.extra_loss(self.ctx)
+        if extra is not None:
+            loss = loss + extra
+        loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.weight_params, self.grad_clip)
+        self.optimizer.step()
+
+    def state_mib(self) -> dict[str, float]:
+        """Tensors alive between steps, per kind (MiB)."""
+        net, opt = self.supernet, self.optimizer
+        arch = list(self.method.arch.parameters()) + list(self.method.arch.buffers())
+        arch_opt = getattr(self.method, "optimizer", None)
+        if arch_opt is not None:
+            arch += [v for st in arch_opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        return {
+            "params": _tensors_mib(net.parameters()),
+            "buffers": _tensors_mib(net.buffers()),
+            "grads": _tensors_mib(p.grad for p in net.parameters() if p.grad is not None),
+            "optimizer": _tensors_mib(v for st in opt.state.values() for v in st.values()
+                                      if isinstance(v, torch.Tensor)),
+            "arch": _tensors_mib(arch),
+        }
+
+    def peak_above_state_mib(self, n: int) -> float:
+        """Peak tensor bytes a step at batch ``n`` allocates on top of the state (profiled)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            self.run(n)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "trace.json")
+            prof.export_chrome_trace(path)
+            with open(path) as f:
+                events = json.load(f)["traceEvents"]
+        totals = [e["args"].get("Total Allocated", 0) for e in events
+                  if e.get("name") == "[memory]" and str(e["args"].get("Device Type", 0)) in ("0", "cpu")]
+        return max(totals, default=0) / MIB
+
+
+def measure_activations(step: _Step, batches: tuple[int, int] = (2, 4)) -> tuple[float, float]:
+    """(fixed, per-sample) MiB of a step's transient tensors, from two small profiled steps."""
+    for b in batches:  # warm-up: optimiser states exist, caches are built, grads are at steady state
+        step.run(b)
+    step.peak_above_state_mib(batches[0])  # the first profiled step reads low (profiler start-up)
+    a = step.peak_above_state_mib(batches[0])
+    b = step.peak_above_state_mib(batches[1])
+    per = max((b - a) / (batches[1] - batches[0]), 0.0)
+    return max(a - per * batches[0], 0.0), per
+
+
+def _runtime_mib() -> float:
+    """Resident memory of this process that is not tensors (torch libraries, Python)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+    except (OSError, ValueError):
+        return 0.0
+
+
+# ---------------------------------------------------------------- API
+
+def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int = 16, layers: Optional[int] = None,
+         k: Optional[int] = None, device: str = "cpu", input_size: int = 32, in_channels: int = 3,
+         num_classes: int = 10, budget_mib: Optional[float] = None, *, impl: str = "fast", amp: bool = True,
+         channel_mode: str = "first+shuffle", data_mib: float = 0.0, suggest: bool = True) -> PlanResult:
+    """Estimate the peak memory of one search step (see the module docstring).
+
+    Args:
+        space, method, C, layers, k: as in the config (k None: the method's default K).
+        batch: the batch of each split. device: ``cpu`` or ``cuda`` (what is planned for;
+            the measurement itself always runs small steps on the CPU).
+        input_size, in_channels, num_classes: the data.
+        budget_mib: if given, whether the step fits, the largest batch and the smallest K.
+        impl: ``fast`` or ``reference`` supernet. amp: bf16 autocast (CUDA only).
+        channel_mode: partial-channel mode. data_mib: the dataset resident on the device
+            (the device loader keeps it there), added to the estimate.
+        suggest: compute ``suggest_k`` (one more measurement per candidate K).
+    """
+    from .registry import METHODS
+
+    if k is None:
+        k = int(getattr(METHODS.get(method).Config(), "k", 1))
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    cuda = str(device).startswith("cuda")
+    amp = bool(amp and cuda)
+    state, fixed, per = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp,
+                                 channel_mode)
+    state = dict(state)
+    runtime = state.pop("runtime", 0.0)
+    if cuda:  # the CUDA allocator does not count the process (nor the CUDA context)
+        runtime = 0.0
+    breakdown = dict(state)
+    breakdown["data"] = float(data_mib)
+    breakdown["activations"] = fixed + batch * per
+    breakdown["runtime"] = runtime
+    tensor = sum(v for key, v in breakdown.items() if key != "runtime")
+    notes = []
+    if cuda:
+        notes.append("CUDA: allocator rounding and cuDNN workspaces are not modelled")
+    else:
+        notes.append("CPU: runtime is the resident memory of a process that has built and run the step, less "
+                     "its tensors; the glibc heap can add fragmentation on top (benchmarks/README.md)")
+    res = PlanResult(space, method, str(device), batch, C, layers, k, input_size, impl, amp,
+                     peak_mib=tensor + runtime, tensor_mib=tensor, breakdown=breakdown, per_sample_mib=per,
+                     fixed_mib=fixed, notes=notes)
+    if budget_mib is not None:
+        res.budget_mib = float(budget_mib)
+        res.fits = res.peak_mib <= budget_mib
+        room = budget_mib - (res.peak_mib - batch * per)
+        res.suggest_batch = max(int(math.floor(room / per)), 0) if per > 0 else None
+        if suggest:
+            res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
+                                        impl, amp, channel_mode, budget_mib - runtime - data_mib)
+    return res
+
+
+def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int, in_channels: int,
+             num_classes: int, impl: str, amp: bool, channel_mode: str) -> tuple[dict[str, float], float, float]:
+    """(state MiB per kind, activation fixed MiB, activation MiB per sample), measured in a
+    fresh Python process so that nothing this process did (caches, earlier profiling,
+    other models) leaks into the numbers; the process's resident runtime comes back in
+    the state under ``runtime``."""
+    args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
+                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode)
+    code = "import sys, json; from pcdarts.planner import _measure_local; print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))"
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
+                         timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"planner measurement failed:\n{out.stderr.strip()[-2000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["state"], res["fixed"], res["per"]
+
+
+def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
+                   in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str) -> dict[str, Any]:
+    """The measurement itself (see :func:`_measure`), in this process."""
+    # one thread: the tensors a step allocates do not depend on it, and a planner must not
+    # fight a busy machine (OpenMP threads wait for each other when cores are shared)
+    torch.set_num_threads(1)
+    step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode)
+    if amp:
+        step.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    fixed, per = measure_activations(step)
+    state = step.state_mib()
+    state["runtime"] = max(_runtime_mib() - sum(state.values()), 0.0)
+    return {"state": state, "fixed": fixed, "per": per}
+
+
+def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[int], input_size: int,
+                in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str,
+                budget_tensors: float) -> Optional[int]:
+    for k in [d for d in range(1, C + 1) if C % d == 0]:
+        try:
+            state, fixed, per = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl,
+                                         amp, channel_mode)
+        except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
+            continue
+        if sum(v for key, v in state.items() if key != "runtime") + fixed + batch * per <= budget_tensors:
+            return k
+    return None
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_subcommand(subparsers: Any) -> None:
+    """``pcdarts plan``: estimate the peak memory of a search step (wired by ``pcdarts.cli``)."""
+    p = subparsers.add_parser("plan", help="estimate the peak memory of one search step; suggest batch / K "
+                                           "for a memory budget")
+    p.add_argument("--space", default="darts", help="darts | nb201")
+    p.add_argument("--method", default="pc-darts")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--C", type=int, default=16, dest="C")
+    p.add_argument("--layers", type=int, default=None, help="DARTS cells (8) / NB201 cells per stage (5)")
+    p.add_argument("--k", type=int, default=None, help="partial-channel factor (default: the method's)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (what to plan for)")
+    p.add_argument("--budget-mib", type=float, default=None)
+    p.add_argument("--impl", default="fast", choices=["fast", "reference"])
+    p.add_argument("--no-amp", action="store_true", help="CUDA: plan without bf16 autocast")
+    p.add_argument("--data-mib", type=float, default=0.0, help="dataset kept on the device")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    res = plan(args.space, args.method, args.batch, args.C, args.layers, args.k, args.device, args.input_size,
+               args.in_channels, args.num_classes, args.budget_mib, impl=args.impl, amp=not args.no_amp,
+               data_mib=args.data_mib)
+    print(json.dumps(res.to_dict()) if args.json else res.summary())
+    return 0 if res.fits in (None, True) else 1
+
+
+__all__ = ["PlanResult", "plan", "add_subcommand", "cmd_plan", "measure_activations"]

@@ -1,0 +1,111 @@
+"""The memory planner: estimate vs a measured step, suggestion logic, CLI handler."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcdarts import planner
+from pcdarts.planner import PlanResult, plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a small DARTS/NB201 search step: quick to measure at full batch in a subprocess
+SMALL = dict(C=8, input_size=16, in_channels=3, num_classes=10, k=2)
+
+_MEASURE = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from pcdarts.planner import _Step
+space, impl, layers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+step = _Step(space, "pc-darts", 8, layers, 2, 16, 3, 10, impl, "first+shuffle")
+step.run(batch)  # warm-up: optimiser states exist, as in the middle of a search
+peak = step.peak_above_state_mib(batch)
+print(json.dumps({"tensor_mib": sum(step.state_mib().values()) + peak}))
+"""
+
+
+def _measured_tensor_peak(space: str, impl: str, layers: int, batch: int) -> float:
+    """Tensor peak of one real search step at full batch, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, space, impl, str(layers), str(batch)], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])["tensor_mib"]
+
+
+CASES = [("darts", "fast", 5), ("darts", "reference", 5), ("nb201", "fast", 2)]
+BATCH = 24
+
+
+@pytest.fixture(scope="module")
+def estimates():
+    return {case: plan(case[0], "pc-darts", BATCH, layers=case[2], impl=case[1], **SMALL) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_estimate_within_25_percent_of_measured_step(case, estimates):
+    space, impl, layers = case
+    est = estimates[case]
+    measured = _measured_tensor_peak(space, impl, layers, BATCH)
+    assert abs(est.tensor_mib - measured) <= 0.25 * measured, (est.tensor_mib, measured)
+    assert est.peak_mib >= est.tensor_mib
+    assert set(est.breakdown) == {"params", "buffers", "grads", "optimizer", "arch", "data", "activations", "runtime"}
+    assert est.per_sample_mib > 0
+
+
+def test_fast_path_plans_far_less_memory_than_reference(estimates):
+    fast, ref = estimates[("darts", "fast", 5)], estimates[("darts", "reference", 5)]
+    assert fast.breakdown["activations"] < 0.5 * ref.breakdown["activations"]
+
+
+def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode):
+    """Deterministic stand-in: 10 MiB of state, 100 MiB runtime, activations 2 + batch * 8 / k MiB."""
+    return {"params": 4.0, "buffers": 1.0, "grads": 4.0, "optimizer": 1.0, "arch": 0.0, "runtime": 100.0}, 2.0, 8.0 / k
+
+
+def test_suggestions(monkeypatch):
+    monkeypatch.setattr(planner, "_measure", _fake_measure)
+    r = plan("darts", "pc-darts", batch=64, C=16, k=1, budget_mib=400.0)
+    # peak = 100 runtime + 10 state + 2 + 64 * 8 = 624 > 400
+    assert r.peak_mib == pytest.approx(624.0) and r.tensor_mib == pytest.approx(524.0)
+    assert r.fits is False
+    assert r.suggest_batch == 36  # 112 + 36 * 8 = 400
+    assert r.suggest_k == 2  # 112 + 64 * 4 = 368 <= 400; K=1 does not fit
+    r = plan("darts", "pc-darts", batch=8, C=16, k=1, budget_mib=400.0)
+    assert r.fits is True and r.suggest_k == 1
+    r = plan("darts", "pc-darts", batch=8, C=16, k=1, budget_mib=50.0)
+    assert r.fits is False and r.suggest_batch == 0 and r.suggest_k is None
+    assert "budget 50 MiB: does NOT fit" in r.summary()
+
+
+def test_cuda_plan_has_no_runtime_and_uses_bf16(monkeypatch):
+    seen = {}
+
+    def fake(*args):
+        seen["amp"] = args[9]
+        return _fake_measure(*args)
+
+    monkeypatch.setattr(planner, "_measure", fake)
+    r = plan("darts", "pc-darts", batch=256, device="cuda", k=4)
+    assert r.breakdown["runtime"] == 0.0 and r.amp and seen["amp"] is True
+    assert r.tensor_mib == pytest.approx(10 + 2 + 256 * 2)
+    r = plan("darts", "pc-darts", batch=256, device="cuda", k=4, amp=False)
+    assert not r.amp and seen["amp"] is False
+
+
+def test_cli_handler(monkeypatch, capsys):
+    monkeypatch.setattr(planner, "_measure", _fake_measure)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    planner.add_subcommand(sub)
+    args = parser.parse_args(["plan", "--space", "darts", "--method", "pc-darts", "--batch", "256", "--device", "cuda"])
+    assert args.func(args) == 0
+    assert "estimated peak" in capsys.readouterr().out
+    args = parser.parse_args(["plan", "--batch", "64", "--k", "1", "--device", "cuda", "--budget-mib", "100",
+                              "--json"])
+    assert args.func(args) == 1  # does not fit
+    d = json.loads(capsys.readouterr().out)
+    assert d["fits"] is False and d["suggest_batch"] == 11 and isinstance(PlanResult(**d), PlanResult)
