@@ -92,8 +92,21 @@ def run_steps(searcher: Any, ctx: Any, n: int) -> float:
 
 
 def peak_mib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak, or the peak resident set size.
+
+    On Linux the peak RSS is read from ``VmHWM`` (per address space, so it starts afresh
+    at exec); ``getrusage``'s ``ru_maxrss`` survives exec and would report the parent's
+    resident size for a subprocess started from a big parent.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -165,7 +178,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         device = searchers[impls[0]].device
     short = {"fast": "fast", "reference": "ref"}
     rec: dict[str, Any] = {
-        "space": args.space, "method": args.method, "C": args.C, "cells": args.cells, "batch": args.batch,
+        "space": args.space, "method": args.method, "C": args.C,
+        "cells": args.cells or (8 if args.space == "darts" else 5), "batch": args.batch,
         "k": args.k, "channel_mode": args.channel_mode, "input_size": args.input_size, "device": str(device),
         "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
         "torch": torch.__version__,

@@ -82,7 +82,7 @@ class SpaceConfig:
     k: Optional[int] = None
     channel_mode: str = "first+shuffle"
     track_running_stats: bool = True
-    impl: str = "reference"
+    impl: str = "fast"
 
 
 @dataclass(frozen=True)

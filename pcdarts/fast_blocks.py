@@ -67,17 +67,35 @@ class SourcePlan:
     out_edges: list[int]
     targets: list[int]
     groups: list[tuple[str, int, list[int]]]
+    n_ops: int = 0
     _index: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def index(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Long tensors used for gathering coefficients and channels, cached per device."""
+        """Long tensors used for gathering coefficients and channels, cached per device.
+
+        ``flat{g}`` indexes the flattened [E, O] coefficient matrix at (edge, op) of every
+        slot of group g; ``flatc{g}`` repeats each entry c times (one per channel).
+        """
         key = str(device)
         if key not in self._index:
             d: dict[str, torch.Tensor] = {}
             for g, (kind, o, slots) in enumerate(self.groups):
+                edges = [self.out_edges[t] for t in slots]
                 d[f"slots{g}"] = torch.tensor(slots, dtype=torch.long, device=device)
-                d[f"edges{g}"] = torch.tensor([self.out_edges[t] for t in slots], dtype=torch.long, device=device)
+                d[f"edges{g}"] = torch.tensor(edges, dtype=torch.long, device=device)
                 d[f"arange{g}"] = torch.arange(len(slots), device=device)
+                flat = [e * self.n_ops + o for e in edges]
+                d[f"flat{g}"] = torch.tensor(flat, dtype=torch.long, device=device)
+                d[f"flatc{g}"] = torch.tensor([f for f in flat for _ in range(self.c)], dtype=torch.long,
+                                              device=device)
+            pools = self.of_kind("pool")  # the shared pooling block: row r = pooling kind r
+            d["pool_rows"] = torch.tensor([r for r, g in enumerate(pools) for _ in self.groups[g][2]],
+                                          dtype=torch.long, device=device)
+            d["pool_cols"] = torch.tensor([t for g in pools for t in self.groups[g][2]], dtype=torch.long,
+                                          device=device)
+            d["pool_flat"] = torch.tensor([self.out_edges[t] * self.n_ops + self.groups[g][1]
+                                           for g in pools for t in self.groups[g][2]], dtype=torch.long,
+                                          device=device)
             self._index[key] = d
         return self._index[key]
 
@@ -99,7 +117,8 @@ def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primiti
             if slots:
                 groups.append((kinds[name], o, slots))
         stride = edges[out_edges[0]].stride if out_edges else 1
-        plans.append(SourcePlan(i, stride, C, C // k, out_edges, [edge_list[e][1] for e in out_edges], groups))
+        plans.append(SourcePlan(i, stride, C, C // k, out_edges, [edge_list[e][1] for e in out_edges], groups,
+                                len(primitives)))
     return plans
 
 
@@ -122,12 +141,11 @@ def _mix(out: Optional[torch.Tensor], z: torch.Tensor, A: torch.Tensor, plan: So
     block feeding every outgoing edge, e.g. the shared pooling output).
     """
     rows, cols, coefs = [], [], []
+    ix = plan.index(A.device)
     for g, r0 in entries:
-        ix = plan.index(A.device)
-        _, o, slots = plan.groups[g]
         rows.append(torch.full_like(ix[f"slots{g}"], r0) if shared_rows else ix[f"arange{g}"] + r0)
         cols.append(ix[f"slots{g}"])
-        coefs.append(A[:, o].index_select(0, ix[f"edges{g}"]))
+        coefs.append(A.reshape(-1).index_select(0, ix[f"flat{g}"]))
     n_rows = z.shape[1] // plan.c
     M = fo.mix_matrix(torch.cat(coefs), torch.cat(rows), torch.cat(cols), n_rows, len(plan.out_edges), plan.c)
     return fo.accumulate(out, z, M)
@@ -144,10 +162,8 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
     shared = idx is None and (not has_bn or bns[0][0].training)
     if shared:  # one pooled tensor (and one BN) per op, read by every outgoing edge
         ix = plan.index(A.device)
-        rows = torch.cat([torch.full_like(ix[f"slots{g}"], r) for r, g in enumerate(gs)])
-        cols = torch.cat([ix[f"slots{g}"] for g in gs])
-        vals = torch.cat([A[:, plan.groups[g][1]].index_select(0, ix[f"edges{g}"]) for g in gs])
-        S = vals.new_zeros(len(gs), len(plan.out_edges)).index_put((rows, cols), vals)
+        vals = A.reshape(-1).index_select(0, ix["pool_flat"])
+        S = vals.new_zeros(len(gs), len(plan.out_edges)).index_put((ix["pool_rows"], ix["pool_cols"]), vals)
         y = pool_mix(xs, S, PoolSpec([ms[0].pool for ms in mods], bns if has_bn else None, plan.c))
         return fo.add_into(out, y)
     # one block per edge: each edge has its own channels (random) or running stats (eval)
@@ -252,7 +268,7 @@ def _chain(out: Optional[torch.Tensor], plan: SourcePlan, g: int, x: torch.Tenso
     c = plan.c
     if idx is not None:
         spec.idx = _edge_channels(idx, ix[f"slots{g}"], c)
-    coef = A[:, o].index_select(0, ix[f"edges{g}"]).repeat_interleave(c)
+    coef = A.reshape(-1).index_select(0, ix[f"flatc{g}"])  # a[edge, op] once per channel
     z = fo.mat(conv_chain(x, coef, spec, weights))
     m = len(plan.out_edges)
     # accumulate in place: ``out`` is a fresh sum nobody saved for backward (fewer big
