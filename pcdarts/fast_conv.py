@@ -1,20 +1,26 @@
-"""One autograd node for the convolution ops of all edges leaving a node (fast path).
+"""One autograd node for a convolution op of all edges leaving a node (fast path).
 
 The chain ``ReLU -> conv [-> 1x1] -> BN [-> ReLU -> dw -> 1x1 -> BN] -> * a`` of ``n``
-edges (``sep_conv``, ``dil_conv``, NB201's ``nor_conv``) runs as grouped calls inside
-one :class:`torch.autograd.Function` whose backward is written out with the same ATen
-kernels autograd would call. That buys what generic autograd cannot:
+edges (``sep_conv``, ``dil_conv``, NB201's ``nor_conv``, and FactorizedReduce) runs as
+grouped calls inside one :class:`torch.autograd.Function` whose backward is written out
+with the same ATen kernels autograd would call. That buys what generic autograd cannot:
 
-* memory: only the BatchNorm inputs are kept (one or two tensors per op instead of six
-  to eight); the ReLU outputs, the replicated input, the depthwise outputs and the BN
-  outputs are recomputed in backward from them when needed (elementwise work and the
-  cheap depthwise convolutions only; the 1x1 convolutions are never rerun);
-* compute: in the architecture step (gradients for the mixing weights only) no weight
-  gradient and no depthwise recomputation is done at all; in the weight step the
-  mixing-weight gradient is skipped.
+* memory: the node keeps only its input (which is alive anyway: it is a slice of a
+  cell node) and the BN statistics, instead of six to eight activations per op; in
+  backward it reruns its convolutions. The weight step needs the depthwise outputs and
+  the ReLU outputs for the weight gradients anyway, so on CPU the rerun costs nothing
+  measurable (``recompute=False`` also keeps the last BN input);
+* compute: the backward asks the autograd engine which inputs it will actually use: in
+  the architecture step (``autograd.grad`` w.r.t. the mixing weights) no weight
+  gradient is computed, in the weight step no mixing-weight gradient;
+* the cell's preprocessing (:func:`preprocess`) reads the previous cell's node list, so
+  the 4C-channel cell output is never concatenated nor kept, and it keeps only its own
+  output (with affine=False BN the gradient follows from the normalised output).
 
-Gradients equal autograd's up to floating-point summation order; the equivalence tests
-in ``tests/test_fast.py`` check them against the reference mixed edge.
+Gradients equal autograd's up to floating-point summation order; ``tests/test_fast.py``
+checks them against the reference mixed edge. Under autocast (CUDA bf16) the inputs are
+cast up front and the node runs with autocast off, since its backward calls kernels
+directly.
 """
 from __future__ import annotations
 
@@ -78,7 +84,7 @@ class _Preprocess(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         w, y, *nodes = ctx.saved_tensors
-        train, mean, invstd, rm, rv, eps = ctx.st
+        train, invstd = ctx.st[0], ctx.st[2]
         iv = invstd.view(1, -1, 1, 1).to(gy.dtype)
         if train:  # BN backward from the normalised output y: iv * (g - E[g] - y * E[g * y])
             gp = (gy - gy.mean((0, 2, 3), keepdim=True) - y * (gy * y).mean((0, 2, 3), keepdim=True)) * iv

@@ -7,10 +7,6 @@ work differs. The helpers are pure functions of tensors and of the reference mod
 
 * :func:`group_batch_norm` runs the BatchNorms of several ops as one call: BN is
   per channel, so BN of a channel concatenation equals the concatenation of the BNs.
-* :func:`shared_batch_norm` runs one BN for several modules that see the *same*
-  input (pooling BN of every edge leaving a node): in training mode their outputs are
-  identical, so the output is computed once and every module's running statistics
-  get the same update.
 * :func:`block_diag_1x1` / :func:`multiplier_pointwise` turn the 1x1 convolutions of
   several edges into one 1x1 convolution (see :mod:`pcdarts.fast_conv`);
 * :func:`grids` / :func:`fr_weight` compute FactorizedReduce of several edges as one
@@ -67,10 +63,6 @@ def unmat(m: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
     return m.reshape(n, h, w, m.shape[-1]).permute(0, 3, 1, 2)
 
 
-def cl(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=CL)
-
-
 def replicate(h: torch.Tensor, m: int) -> torch.Tensor:
     """[N, c, H, W] -> [N, m*c, H, W] = cat([h] * m, 1); channels_last in, channels_last out."""
     if m == 1:
@@ -93,7 +85,7 @@ class _Grids(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n, c, h, w = x.shape
+        h, w = x.shape[2], x.shape[3]
         h2, w2 = (h + 1) // 2, (w + 1) // 2
         even = x[:, :, ::2, ::2]
         odd = x[:, :, 1::2, 1::2]
@@ -121,16 +113,22 @@ def grids_backward(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return gx
 
 
-def fr_weight(frs: Sequence[nn.Module]) -> torch.Tensor:
-    """One [n*c, 2c, 1, 1] weight for n FactorizedReduce ops on :func:`grids` input.
+def fr_weight(frs: Sequence[nn.Module], srcs: Optional[Sequence[int]] = None, n_srcs: int = 1) -> torch.Tensor:
+    """One [n*c, 2*n_srcs*c, 1, 1] weight for n FactorizedReduce ops on :func:`grids` input.
 
     A 1x1 stride-2 conv equals subsampling followed by a 1x1 conv, so rows [W1 | 0] and
     [0 | W2] per op give ``cat([conv_1(x), conv_2(shifted x)])`` of every op at once.
+    With several input nodes (``srcs``: the node of each op) the grids input holds the
+    even grids of all nodes, then the odd ones; each op reads its node's columns.
     """
     parts = []
-    for f in frs:
+    for i, f in enumerate(frs):
         w1, w2 = f.conv_1.weight, f.conv_2.weight
-        parts.append(torch.cat([torch.cat([w1, torch.zeros_like(w1)], 1), torch.cat([torch.zeros_like(w2), w2], 1)]))
+        s = 0 if srcs is None else srcs[i]
+        z = torch.zeros_like(w1)
+        cols1 = [w1 if j == s else z for j in range(n_srcs)] + [z] * n_srcs
+        cols2 = [z] * n_srcs + [w2 if j == s else z for j in range(n_srcs)]
+        parts.append(torch.cat([torch.cat(cols1, 1), torch.cat(cols2, 1)]))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -140,10 +138,6 @@ def _bn_factor(bn: nn.BatchNorm2d) -> float:
     if bn.momentum is not None:
         return float(bn.momentum)
     return 1.0 / float(bn.num_batches_tracked)  # cumulative average (after the increment)
-
-
-def _track(bns: Sequence[nn.BatchNorm2d]) -> bool:
-    return bns[0].training and bns[0].running_mean is not None
 
 
 def group_batch_norm(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
@@ -179,35 +173,6 @@ def group_batch_norm(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Te
     return F.batch_norm(x, rm, rv, weight, bias, False, 0.0, bn0.eps)
 
 
-def shared_batch_norm(x: torch.Tensor, groups: Sequence[Sequence[nn.BatchNorm2d]]) -> torch.Tensor:
-    """Training-mode BN(affine=False) of ``x`` for modules that all see the same input.
-
-    ``x`` holds ``len(groups)`` channel blocks; every module of ``groups[g]`` normalises
-    block g. Their outputs are identical, so BN runs once; the batch mean and unbiased
-    variance come out of the same kernel call (running buffers with momentum 1), and
-    every module's running statistics receive the update the reference would make.
-    """
-    bn0 = groups[0][0]
-    if not _track([bn0]):
-        return F.batch_norm(x, None, None, None, None, True, 0.0, bn0.eps)
-    C = x.shape[1]
-    mean = x.new_zeros(C, dtype=bn0.running_mean.dtype)
-    var = x.new_ones(C, dtype=bn0.running_var.dtype)
-    y = F.batch_norm(x, mean, var, None, None, True, 1.0, bn0.eps)  # mean/var <- batch statistics
-    with torch.no_grad():
-        start = 0
-        for group in groups:
-            n = group[0].num_features
-            m, v = mean[start:start + n], var[start:start + n]
-            start += n
-            torch._foreach_add_([b.num_batches_tracked for b in group], 1)
-            for b in group:
-                f = _bn_factor(b)
-                b.running_mean.mul_(1 - f).add_(m, alpha=f)
-                b.running_var.mul_(1 - f).add_(v, alpha=f)
-    return y
-
-
 # ---------------------------------------------------------------- convolutions
 
 def block_diag_1x1(ws: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -221,16 +186,23 @@ def block_diag_1x1(ws: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.block_diag(*[w.flatten(1) for w in ws]).unsqueeze(-1).unsqueeze(-1)
 
 
-def multiplier_pointwise(ws: Sequence[torch.Tensor]) -> torch.Tensor:
+def multiplier_pointwise(ws: Sequence[torch.Tensor], n_srcs: int = 1) -> torch.Tensor:
     """1x1 weight [(t, o), (ch, u)] = delta(t, u) * W_t[o, ch] for a (channel, edge)-ordered input.
 
     A depthwise conv with channel multiplier m outputs channel ch*m + t for edge t; this
-    dense 1x1 weight applies every edge's pointwise conv and returns (edge, channel) order.
+    dense 1x1 weight applies every edge's pointwise conv and returns (edge, channel)
+    order. With several input nodes (m edges each, in node order) the weight is block
+    diagonal over the nodes.
     """
-    wp = torch.stack([p.flatten(1) for p in ws])  # [m, o, ch]
-    m, c = wp.shape[0], wp.shape[1]
-    eye = torch.eye(m, dtype=wp.dtype, device=wp.device)
-    return (wp.unsqueeze(-1) * eye[:, None, None, :]).reshape(m * c, c * m, 1, 1)
+    m = len(ws) // n_srcs
+    blocks = []
+    for s in range(n_srcs):
+        wp = torch.stack([p.flatten(1) for p in ws[s * m:(s + 1) * m]])  # [m, o, ch]
+        c = wp.shape[1]
+        eye = torch.eye(m, dtype=wp.dtype, device=wp.device)
+        blocks.append((wp.unsqueeze(-1) * eye[:, None, None, :]).reshape(m * c, c * m))
+    w = blocks[0] if n_srcs == 1 else torch.block_diag(*blocks)
+    return w.unsqueeze(-1).unsqueeze(-1)
 
 
 # ---------------------------------------------------------------- mixing
@@ -269,6 +241,6 @@ def add_into(out: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     return out.add_(z)
 
 
-__all__ = ["CL", "autocast_dtype", "cast_floats", "mat", "unmat", "cl", "replicate", "gather_channels", "grids", "grids_backward", "fr_weight",
-           "group_batch_norm", "shared_batch_norm", "block_diag_1x1", "multiplier_pointwise", "mix_matrix",
-           "accumulate", "add_into"]
+__all__ = ["CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
+           "grids_backward", "fr_weight", "group_batch_norm", "block_diag_1x1",
+           "multiplier_pointwise", "mix_matrix", "accumulate", "add_into"]

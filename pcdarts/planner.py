@@ -84,9 +84,9 @@ class PlanResult:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"search step: {self.space}/{self.method} C={self.C} layers={self.layers} K={self.k} "
-                 f"batch={self.batch} {self.input_size}x{self.input_size} on {self.device} ({self.impl} path"
-                 f"{', bf16' if self.amp else ''})",
+        lines = [(f"search step: {self.space}/{self.method} C={self.C} layers={self.layers} K={self.k} "
+                  f"batch={self.batch} {self.input_size}x{self.input_size} on {self.device} ({self.impl} path"
+                  f"{', bf16' if self.amp else ''})"),
                  f"estimated peak: {self.peak_mib:.0f} MiB (tensors {self.tensor_mib:.0f} MiB)"]
         lines += [f"  {k:<12} {v:9.1f} MiB" for k, v in self.breakdown.items()]
         lines.append(f"  activations = {self.fixed_mib:.1f} + batch x {self.per_sample_mib:.2f} MiB")
@@ -243,6 +243,8 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
 
     if k is None:
         k = int(getattr(METHODS.get(method).Config(), "k", 1))
+    if layers is None:  # the spaces' defaults (SpaceConfig.layers=None)
+        layers = 8 if space == "darts" else 5
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     cuda = str(device).startswith("cuda")
@@ -271,7 +273,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         res.budget_mib = float(budget_mib)
         res.fits = res.peak_mib <= budget_mib
         room = budget_mib - (res.peak_mib - batch * per)
-        res.suggest_batch = max(int(math.floor(room / per)), 0) if per > 0 else None
+        res.suggest_batch = max(math.floor(room / per), 0) if per > 0 else None
         if suggest:
             res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
                                         impl, amp, channel_mode, budget_mib - runtime - data_mib)
@@ -286,12 +288,13 @@ def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, inp
     the state under ``runtime``."""
     args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
                 num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode)
-    code = "import sys, json; from pcdarts.planner import _measure_local; print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))"
+    code = ("import sys, json; from pcdarts.planner import _measure_local; "
+            "print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))")
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
-                         timeout=3600)
+                         timeout=3600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"planner measurement failed:\n{out.stderr.strip()[-2000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -332,7 +335,10 @@ def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[in
 def add_subcommand(subparsers: Any) -> None:
     """``pcdarts plan``: estimate the peak memory of a search step (wired by ``pcdarts.cli``)."""
     p = subparsers.add_parser("plan", help="estimate the peak memory of one search step; suggest batch / K "
-                                           "for a memory budget")
+                                           "for a memory budget",
+                              description="Estimate the peak memory of one search step (arch step + weight "
+                                          "step) without running it at full size. Exit status 1 when a "
+                                          "--budget-mib is given and the step does not fit.")
     p.add_argument("--space", default="darts", help="darts | nb201")
     p.add_argument("--method", default="pc-darts")
     p.add_argument("--batch", type=int, default=64)

@@ -109,7 +109,8 @@ def _x(dtype=torch.float64, n=2, size=8):
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 @pytest.mark.parametrize("k,mode,edge_weights", [
-    (k, m, e) for k, m, e in itertools.product((1, 2, 4), MODES, (True, False))])
+    # with K=1 every channel mode is the same code path (no partial channels, no draws)
+    (k, m, e) for k, m, e in itertools.product((1, 2, 4), MODES, (True, False)) if k > 1 or m == MODES[0]])
 def test_fast_equals_reference(space, k, mode, edge_weights):
     ref, fast = _nets(space, k, mode)
     _compare(space, ref, fast, _x(), edge_weights)
@@ -130,6 +131,24 @@ def _random_masks(space, seed=3):
 def test_fast_equals_reference_with_masks(space, k, mode):
     ref, fast = _nets(space, k, mode, masks=_random_masks(space))
     _compare(space, ref, fast, _x())
+
+
+def _structured_masks(kind):
+    E, O, cts = SHAPES["darts"]
+    masks = {ct: torch.ones(E, O, dtype=torch.bool) for ct in cts}
+    for ct in cts:
+        if kind == "columns":  # the same ops everywhere: the two input nodes still run as one block
+            masks[ct][:, [1, 7]] = False  # max_pool_3x3, dil_conv_5x5
+        else:  # uneven: dil_conv_3x3 on 3 edges of node 0 but 4 of node 1 (edges 0, 2, 5, 9 leave node 0)
+            masks[ct][2, 6] = False
+    return masks
+
+
+@pytest.mark.parametrize("kind", ["columns", "uneven"])
+def test_merged_input_nodes_with_masks(kind):
+    ref, fast = _nets("darts", 2, masks=_structured_masks(kind))
+    _compare("darts", ref, fast, _x())
+    assert all(cell._fast_plans[2] is not None for cell in fast.cells)  # merged blocks were used
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
@@ -306,3 +325,25 @@ def test_cuda_search_step_runs(tmp_path):
            "run": {"device": "cuda", "out": str(tmp_path / "run"), "progress": False, "plots": False}}
     result = search(cfg)
     assert result.genotype is not None
+
+
+@pytest.mark.parametrize("space,method", [("darts", {"name": "pc-darts", "warmup_epochs": 0, "k": 2}),
+                                          ("darts", {"name": "darts", "order": 2}),
+                                          ("nb201", {"name": "pc-darts", "warmup_epochs": 0, "k": 2})])
+def test_searcher_step_on_fast_path_equals_reference(tiny, space, method):
+    """One whole Searcher step (loader, both optimisers, first/second order) on each path."""
+    from pcdarts.config import build_config
+    from pcdarts.search import Searcher, prepare_run_dir
+
+    states = []
+    for impl in ("reference", "fast"):
+        layers = 3 if space == "darts" else 1
+        cfg = build_config(tiny(method=method, space={"name": space, "layers": layers, "impl": impl},
+                                run={"out": str(tiny()["run"]["out"]) + impl}))
+        s = Searcher(cfg, prepare_run_dir(cfg))
+        s.search_step(arch_active=True, ctx=s.context())
+        states.append(([p.detach().clone() for p in s.weight_params],
+                       [p.detach().clone() for p in s.method.arch_parameters()]))
+    assert type(s.supernet).__name__.startswith("Fast")
+    for a, b in zip(states[0][0] + states[0][1], states[1][0] + states[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
