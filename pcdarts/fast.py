@@ -37,16 +37,12 @@ import torch.nn.functional as F
 
 from . import fast_ops as fo
 from .edges import Mixing
-from .fast_blocks import DARTS_KINDS, NB201_KINDS, SourcePlan, darts_block, merge_plans, nb201_block, source_plans
+from .fast_blocks import DARTS_KINDS, NB201_KINDS, SourcePlan, darts_block, nb201_block, source_plans
 from .fast_conv import preprocess
 from .genotype import NB201_EDGES
 from .ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 from .spaces.darts import DartsSupernet, SearchCell, darts_node_edges
 from .spaces.nb201 import NB201SearchCell, NB201Supernet
-
-
-# run the blocks of a DARTS cell's two input nodes as one (see fast_blocks.merge_plans)
-MERGE_INPUTS = True
 
 
 class FastOptions:
@@ -65,17 +61,15 @@ class FastOptions:
 
 
 def _cell_plans(cell: nn.Module, edge_list: list[tuple[int, int]], primitives: tuple[str, ...],
-                kinds: dict[str, str], n_sources: int, n_in: int) -> tuple[list[SourcePlan], Optional[SourcePlan]]:
-    """Source plans of a cell (and the merged plan of its two input nodes, if they can run
-    together), cached on the cell and rebuilt when its built ops change (prune)."""
+                kinds: dict[str, str], n_sources: int) -> list[SourcePlan]:
+    """Source plans of a cell, cached on the cell and rebuilt when its built ops change (prune)."""
     sig = tuple(tuple(e.active) for e in cell.edges)
     cached = getattr(cell, "_fast_plans", None)
     if cached is None or cached[0] != sig:
         e0 = cell.edges[0]
         plans = source_plans(edge_list, cell.edges, primitives, kinds, n_sources, e0.C, e0.k)
-        merged = merge_plans(plans[0], plans[1]) if n_in == 2 and MERGE_INPUTS else None
-        cell._fast_plans = (sig, plans, merged)  # plain attribute: not a parameter, not in state_dict
-    return cell._fast_plans[1], cell._fast_plans[2]
+        cell._fast_plans = (sig, plans)  # plain attribute: not a parameter, not in state_dict
+    return cell._fast_plans[1]
 
 
 def _coefficients(weights: torch.Tensor, edge_weights: Optional[torch.Tensor], per_edge: bool) -> torch.Tensor:
@@ -112,27 +106,13 @@ def _assemble(proc: Optional[torch.Tensor], rest: Optional[torch.Tensor], mode: 
     return torch.cat([pr, rs], 4).reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
-def _split(x: torch.Tensor, c: int, random: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(the channels the ops read, the bypass channels) of a node.
-
-    Split once: slicing a node per consumer would make autograd build a zero-filled
-    (NCHW) gradient per slice; split's backward is one cat.
-    """
-    C = x.shape[1]
-    if random or c == C:
-        return x, None
-    head, tail = torch.split(x, [c, C - c], 1)
-    return head, tail
-
-
-def _run_cell(cell: nn.Module, plans: list[SourcePlan], merged: Optional[SourcePlan], block: Any,
-              states: list[torch.Tensor], node_edges: list[list[int]], edge_list: list[tuple[int, int]],
-              weights: torch.Tensor, edge_weights: Optional[torch.Tensor], recompute: bool) -> list[torch.Tensor]:
+def _run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[torch.Tensor],
+              node_edges: list[list[int]], edge_list: list[tuple[int, int]], weights: torch.Tensor,
+              edge_weights: Optional[torch.Tensor], recompute: bool) -> list[torch.Tensor]:
     """Compute the intermediate nodes of a cell from its input nodes ``states``.
 
-    Sources are processed in node order (the two input nodes together when ``merged``);
-    node j is assembled as soon as every edge entering it has been computed, i.e. just
-    before it becomes a source itself.
+    Sources are processed in node order; node j is assembled as soon as every edge
+    entering it has been computed, i.e. just before it becomes a source itself.
     """
     e0 = cell.edges[0]
     C, k, mode = e0.C, e0.k, e0.channel_mode
@@ -157,7 +137,6 @@ def _run_cell(cell: nn.Module, plans: list[SourcePlan], merged: Optional[SourceP
         else:
             d[j] = d[j] + t if scale is None else torch.addcmul(d[j], t, scale)
 
-    merge = merged is not None and not random
     for i in range(n_nodes):
         if i >= n_in:
             if random:
@@ -165,47 +144,43 @@ def _run_cell(cell: nn.Module, plans: list[SourcePlan], merged: Optional[SourceP
             else:
                 states.append(_assemble(proc[i], rest[i], mode, k, shapes[i], states[0]))
             proc[i] = rest[i] = None  # free
-        if i >= len(plans) or (merge and i == 1):
+        if i >= len(plans):
             continue
-        plan = merged if merge and i == 0 else plans[i]
-        srcs = [0, 1] if plan is merged and merge else [i]
+        plan = plans[i]
+        x = states[i]
         if not plan.out_edges:
             continue
-        parts = [_split(states[s], c, random) for s in srcs]
-        if random:
-            x_in = states[i]
-        elif len(parts) > 1:  # the nodes' c channels side by side (one copy)
-            x_in = torch.cat([h for h, _ in parts], 1)
-        else:
-            # a contiguous copy: elementwise kernels on a strided channel slice run ~10x
-            # slower on CPU (ReLU masks, mostly), and in the weight step the node's other
-            # channels then need not stay alive for backward
-            x_in = parts[0][0] if parts[0][1] is None else parts[0][0].contiguous(memory_format=fo.CL)
         idx = torch.cat([perms[e] for e in plan.out_edges]) if random else None
-        y = block(plan, cell.edges, x_in, A, idx, recompute)
+        # split each node once: slicing it per consumer would make autograd build a
+        # zero-filled (NCHW) gradient per slice; split's backward is one cat. The head (the
+        # channels every op reads) is made contiguous: elementwise kernels on a strided
+        # channel slice run ~10x slower on CPU (ReLU masks, mostly), and in the weight step
+        # the node's other channels then need not stay alive for backward
+        head, tail = (x, None) if random or k == 1 else torch.split(x, [c, C - c], 1)
+        if head is not x:
+            head = head.contiguous(memory_format=fo.CL)
+        y = block(plan, cell.edges, x if random else head, A, idx, recompute)
         ys_all = [None] * len(plan.out_edges) if y is None else y.split(c, 1)
-        x0 = states[srcs[0]]
-        N = x0.shape[0]
-        H = (x0.shape[2] + plan.stride - 1) // plan.stride
-        W = (x0.shape[3] + plan.stride - 1) // plan.stride
-        byp: dict[int, torch.Tensor] = {}
+        byp = None
+        N = x.shape[0]
+        H = (x.shape[2] + plan.stride - 1) // plan.stride
+        W = (x.shape[3] + plan.stride - 1) // plan.stride
         for t, (e, j) in enumerate(zip(plan.out_edges, plan.targets)):
             shapes[j] = (N, C, H, W)
             ys = ys_all[t]
-            src = srcs[plan.slot_src[t]]
             ew = None if edge_weights is None else edge_weights[e]
             if random:  # per edge, as the reference: processed channels back to their places
-                if src not in byp:
-                    byp[src] = _bypass(states[src], plan.stride)
-                ye = fo.unmat(ys, N, H, W) if ys is not None else byp[src].new_zeros(N, c, H, W)
-                add(rest, j, byp[src].index_copy(1, perms[e], ye), ew)
+                if byp is None:
+                    byp = _bypass(x, plan.stride)
+                ye = fo.unmat(ys, N, H, W) if ys is not None else byp.new_zeros(N, c, H, W)
+                add(rest, j, byp.index_copy(1, perms[e], ye), ew)
                 continue
             if ys is not None:
                 add(proc, j, ys)
             if k > 1:
-                if src not in byp:  # once per node, not per edge
-                    byp[src] = _bypass(parts[plan.slot_src[t]][1], plan.stride)
-                add(rest, j, byp[src], ew)
+                if byp is None:
+                    byp = _bypass(tail, plan.stride)  # once per node, not per edge
+                add(rest, j, byp, ew)
     return states
 
 
@@ -222,9 +197,9 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
                      edge_weights: Optional[torch.Tensor]) -> list[torch.Tensor]:
         """A cell on node lists: inputs and output are the nodes whose concatenation is the
         reference cell's input/output (the concatenation itself is never materialised)."""
-        plans, merged = _cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2, 2)
+        plans = _cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2)
         states = [preprocess(cell.preprocess0, s0), preprocess(cell.preprocess1, s1)]
-        states = _run_cell(cell, plans, merged, darts_block, states, darts_node_edges(self.nodes), self._edge_list,
+        states = _run_cell(cell, plans, darts_block, states, darts_node_edges(self.nodes), self._edge_list,
                            weights, edge_weights, self.recompute)
         return states[2:]
 
@@ -262,8 +237,8 @@ class FastNB201Supernet(NB201Supernet, FastOptions):
     def cell_forward(self, cell: NB201SearchCell, x: torch.Tensor, weights: torch.Tensor,
                      edge_weights: Optional[torch.Tensor]) -> torch.Tensor:
         edge_list = list(NB201_EDGES)
-        plans, _ = _cell_plans(cell, edge_list, NB201_PRIMITIVES, NB201_KINDS, 3, 1)
-        states = _run_cell(cell, plans, None, nb201_block, [x], NB201_NODE_EDGE_GROUPS, edge_list, weights,
+        plans = _cell_plans(cell, edge_list, NB201_PRIMITIVES, NB201_KINDS, 3)
+        states = _run_cell(cell, plans, nb201_block, [x], NB201_NODE_EDGE_GROUPS, edge_list, weights,
                            edge_weights, self.recompute)
         return states[-1]
 

@@ -59,9 +59,6 @@ class SourcePlan:
         targets: the node each out edge enters.
         groups: (kind, op index, slots having the op) for every op that is built.
         n_ops: number of primitives (the O of the [E, O] coefficients).
-        slot_src, n_srcs: for a plan of several nodes processed together (the two input
-            nodes of a DARTS cell, :func:`merge_plans`), the node each slot leaves; the
-            block input is then the concatenation of the nodes' c channels.
     """
 
     src: int
@@ -72,13 +69,7 @@ class SourcePlan:
     targets: list[int]
     groups: list[tuple[str, int, list[int]]]
     n_ops: int = 0
-    slot_src: list[int] = field(default_factory=list)
-    n_srcs: int = 1
     _index: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.slot_src:
-            self.slot_src = [0] * len(self.out_edges)
 
     def index(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Long tensors used for gathering coefficients and channels, cached per device.
@@ -98,14 +89,9 @@ class SourcePlan:
                 d[f"flat{g}"] = torch.tensor(flat, dtype=torch.long, device=device)
                 d[f"flatc{g}"] = torch.tensor([f for f in flat for _ in range(self.c)], dtype=torch.long,
                                               device=device)
-                srcs = [self.slot_src[t] for t in slots]
-                d[f"src{g}"] = torch.tensor(srcs, dtype=torch.long, device=device)
-                # the input channels each slot reads (several nodes: node s owns channels s*c..)
-                d[f"chan{g}"] = torch.tensor([s * self.c + j for s in srcs for j in range(self.c)], dtype=torch.long,
-                                             device=device)
-            pools = self.of_kind("pool")  # the shared pooling block: row = (pooling kind, node)
-            d["pool_rows"] = torch.tensor([r * self.n_srcs + self.slot_src[t] for r, g in enumerate(pools)
-                                           for t in self.groups[g][2]], dtype=torch.long, device=device)
+            pools = self.of_kind("pool")  # the shared pooling block: row r = pooling kind r
+            d["pool_rows"] = torch.tensor([r for r, g in enumerate(pools) for _ in self.groups[g][2]],
+                                          dtype=torch.long, device=device)
             d["pool_cols"] = torch.tensor([t for g in pools for t in self.groups[g][2]], dtype=torch.long,
                                           device=device)
             d["pool_flat"] = torch.tensor([self.out_edges[t] * self.n_ops + self.groups[g][1]
@@ -137,26 +123,6 @@ def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primiti
     return plans
 
 
-def merge_plans(p0: SourcePlan, p1: SourcePlan) -> Optional[SourcePlan]:
-    """One plan for two nodes whose edges can run together, or None.
-
-    The two input nodes of a DARTS cell are both ready when the cell starts and (with
-    4 intermediate nodes) have 4 outgoing edges each: running them as one block halves
-    the kernel calls for 8 of the 14 edges (fewer, larger kernels; the per-call cost
-    dominates on the small late-stage tensors). Requires the same stride and, so that no
-    op runs for a node that masked it, the same set of built ops on both nodes.
-    """
-    if not (p0.out_edges and p1.out_edges) or p0.stride != p1.stride or p0.c != p1.c:
-        return None
-    if [o for _, o, _ in p0.groups] != [o for _, o, _ in p1.groups]:
-        return None
-    m0 = len(p0.out_edges)
-    groups = [(kind, o, slots0 + [t + m0 for t in slots1])
-              for (kind, o, slots0), (_, _, slots1) in zip(p0.groups, p1.groups)]
-    return SourcePlan(p0.src, p0.stride, p0.C, p0.c, p0.out_edges + p1.out_edges, p0.targets + p1.targets, groups,
-                      p0.n_ops, [0] * m0 + [1] * len(p1.out_edges), 2)
-
-
 def _ops(plan: SourcePlan, edges: nn.ModuleList, g: int) -> list[nn.Module]:
     _, o, slots = plan.groups[g]
     return [edges[plan.out_edges[t]].ops[str(o)] for t in slots]
@@ -172,13 +138,13 @@ def _mix(out: Optional[torch.Tensor], z: torch.Tensor, A: torch.Tensor, plan: So
     """Add the op-group outputs ``z`` (blocks of c channels) weighted by ``A`` into ``out``.
 
     ``entries`` lists (group, row offset) pairs: group g's slots use rows starting at the
-    offset, one row per slot, or, with ``shared_rows``, the row of the node the slot
-    leaves (one block feeding every edge of that node, e.g. the identity).
+    offset, one row per slot, or the same row for all slots when ``shared_rows`` (one
+    block feeding every outgoing edge, e.g. the identity).
     """
     rows, cols, coefs = [], [], []
     ix = plan.index(A.device)
     for g, r0 in entries:
-        rows.append(ix[f"src{g}"] + r0 if shared_rows else ix[f"arange{g}"] + r0)
+        rows.append(torch.full_like(ix[f"slots{g}"], r0) if shared_rows else ix[f"arange{g}"] + r0)
         cols.append(ix[f"slots{g}"])
         coefs.append(A.reshape(-1).index_select(0, ix[f"flat{g}"]))
     n_rows = z.shape[1] // plan.c
@@ -198,13 +164,8 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
     if shared:  # one pooled tensor (and one BN) per op, read by every outgoing edge
         ix = plan.index(A.device)
         vals = A.reshape(-1).index_select(0, ix["pool_flat"])
-        S = vals.new_zeros(len(gs) * plan.n_srcs, len(plan.out_edges)).index_put(
-            (ix["pool_rows"], ix["pool_cols"]), vals)
-        groups = None
-        if has_bn:  # BN modules per (kind, node) block, in the row order of S
-            groups = [[b for b, t in zip(bn_list, plan.groups[g][2]) if plan.slot_src[t] == s]
-                      for g, bn_list in zip(gs, bns) for s in range(plan.n_srcs)]
-        y = pool_mix(xs, S, PoolSpec([ms[0].pool for ms in mods], groups, plan.c))
+        S = vals.new_zeros(len(gs), len(plan.out_edges)).index_put((ix["pool_rows"], ix["pool_cols"]), vals)
+        y = pool_mix(xs, S, PoolSpec([ms[0].pool for ms in mods], bns if has_bn else None, plan.c))
         return fo.add_into(out, y)
     # one block per edge: each edge has its own channels (random) or running stats (eval)
     parts, entries, r = [], [], 0
@@ -212,8 +173,6 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
         ix = plan.index(A.device)
         if idx is not None:
             parts.append(fo.gather_channels(ms[0].pool(x), _edge_channels(idx, ix[f"slots{g}"], plan.c)))
-        elif plan.n_srcs > 1:  # each edge the pooled channels of its own node
-            parts.append(fo.gather_channels(ms[0].pool(xs), ix[f"chan{g}"]))
         else:
             parts.append(fo.replicate(ms[0].pool(xs), len(ms)))
         entries.append((g, r))
@@ -240,7 +199,7 @@ def _skip(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional[
     # FactorizedReduce of every edge: one conv on the two pixel grids (fast_ops.fr_weight)
     frs = _ops(plan, edges, g)
     n, c = len(frs), plan.c
-    w = fo.fr_weight(frs, [plan.slot_src[t] for t in plan.groups[g][2]], plan.n_srcs)
+    w = fo.fr_weight(frs)
     if idx is None:  # one chain node: grids of the shared ReLU input, conv, BN, mixing
         spec = ChainSpec("grids", n, c, [_spec(None, 1)], [], [[f.bn for f in frs]], recompute=True)
         return _chain(out, plan, g, xs, A, None, spec, [w])
@@ -272,21 +231,14 @@ def darts_block(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torc
         seqs = [m.op for m in _ops(plan, edges, g)]
         n = len(seqs)
         dw, pw = [s[1] for s in seqs], [s[2].weight for s in seqs]
-        srcs = [plan.slot_src[t] for t in plan.groups[g][2]]
-        per_src = [srcs.count(s) for s in range(plan.n_srcs)]
         if idx is not None:
             prep = "gather"
-        elif n == 1 or dw_strategy(dw[0]) == "replicate" or len(set(per_src)) > 1:
-            # each edge its own copy of its input; several nodes: gather each edge's node
-            prep = "replicate" if plan.n_srcs == 1 else "gather"
         else:
-            prep = "shared"
-        if prep == "shared":  # depthwise with channel multiplier: output order (node, channel, edge)
-            m = per_src[0]
-            w1 = torch.cat([torch.stack([d.weight for d in dw[s * m:(s + 1) * m]], 1).flatten(0, 1)
-                            for s in range(plan.n_srcs)])
-            w2 = fo.multiplier_pointwise(pw, plan.n_srcs)
-            stage_a = [_spec(dw[0], c * plan.n_srcs), _spec(None, 1)]
+            prep = "replicate" if n == 1 or dw_strategy(dw[0]) == "replicate" else "shared"
+        if prep == "shared":  # depthwise with channel multiplier n: output order (channel, edge)
+            w1 = torch.stack([d.weight for d in dw], 1).flatten(0, 1)
+            w2 = fo.multiplier_pointwise(pw)
+            stage_a = [_spec(dw[0], c), _spec(None, 1)]
         else:
             w1 = torch.cat([d.weight for d in dw]) if n > 1 else dw[0].weight
             w2 = fo.block_diag_1x1(pw)
@@ -317,8 +269,6 @@ def _chain(out: Optional[torch.Tensor], plan: SourcePlan, g: int, x: torch.Tenso
     c = plan.c
     if idx is not None:
         spec.idx = _edge_channels(idx, ix[f"slots{g}"], c)
-    elif spec.prep == "gather":  # several nodes: the channels of each edge's node
-        spec.idx = ix[f"chan{g}"]
     coef = A.reshape(-1).index_select(0, ix[f"flatc{g}"])  # a[edge, op] once per channel
     z = fo.mat(conv_chain(x, coef, spec, weights))
     m = len(plan.out_edges)
@@ -356,5 +306,5 @@ def nb201_block(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torc
     return out
 
 
-__all__ = ["SourcePlan", "source_plans", "merge_plans", "darts_block", "nb201_block", "DARTS_KINDS", "NB201_KINDS",
+__all__ = ["SourcePlan", "source_plans", "darts_block", "nb201_block", "DARTS_KINDS", "NB201_KINDS",
            "DW_STRATEGY", "dw_strategy"]

@@ -113,22 +113,16 @@ def grids_backward(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return gx
 
 
-def fr_weight(frs: Sequence[nn.Module], srcs: Optional[Sequence[int]] = None, n_srcs: int = 1) -> torch.Tensor:
-    """One [n*c, 2*n_srcs*c, 1, 1] weight for n FactorizedReduce ops on :func:`grids` input.
+def fr_weight(frs: Sequence[nn.Module]) -> torch.Tensor:
+    """One [n*c, 2c, 1, 1] weight for n FactorizedReduce ops on :func:`grids` input.
 
     A 1x1 stride-2 conv equals subsampling followed by a 1x1 conv, so rows [W1 | 0] and
     [0 | W2] per op give ``cat([conv_1(x), conv_2(shifted x)])`` of every op at once.
-    With several input nodes (``srcs``: the node of each op) the grids input holds the
-    even grids of all nodes, then the odd ones; each op reads its node's columns.
     """
     parts = []
-    for i, f in enumerate(frs):
+    for f in frs:
         w1, w2 = f.conv_1.weight, f.conv_2.weight
-        s = 0 if srcs is None else srcs[i]
-        z = torch.zeros_like(w1)
-        cols1 = [w1 if j == s else z for j in range(n_srcs)] + [z] * n_srcs
-        cols2 = [z] * n_srcs + [w2 if j == s else z for j in range(n_srcs)]
-        parts.append(torch.cat([torch.cat(cols1, 1), torch.cat(cols2, 1)]))
+        parts.append(torch.cat([torch.cat([w1, torch.zeros_like(w1)], 1), torch.cat([torch.zeros_like(w2), w2], 1)]))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -186,23 +180,16 @@ def block_diag_1x1(ws: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.block_diag(*[w.flatten(1) for w in ws]).unsqueeze(-1).unsqueeze(-1)
 
 
-def multiplier_pointwise(ws: Sequence[torch.Tensor], n_srcs: int = 1) -> torch.Tensor:
+def multiplier_pointwise(ws: Sequence[torch.Tensor]) -> torch.Tensor:
     """1x1 weight [(t, o), (ch, u)] = delta(t, u) * W_t[o, ch] for a (channel, edge)-ordered input.
 
     A depthwise conv with channel multiplier m outputs channel ch*m + t for edge t; this
-    dense 1x1 weight applies every edge's pointwise conv and returns (edge, channel)
-    order. With several input nodes (m edges each, in node order) the weight is block
-    diagonal over the nodes.
+    dense 1x1 weight applies every edge's pointwise conv and returns (edge, channel) order.
     """
-    m = len(ws) // n_srcs
-    blocks = []
-    for s in range(n_srcs):
-        wp = torch.stack([p.flatten(1) for p in ws[s * m:(s + 1) * m]])  # [m, o, ch]
-        c = wp.shape[1]
-        eye = torch.eye(m, dtype=wp.dtype, device=wp.device)
-        blocks.append((wp.unsqueeze(-1) * eye[:, None, None, :]).reshape(m * c, c * m))
-    w = blocks[0] if n_srcs == 1 else torch.block_diag(*blocks)
-    return w.unsqueeze(-1).unsqueeze(-1)
+    wp = torch.stack([p.flatten(1) for p in ws])  # [m, o, ch]
+    m, c = wp.shape[0], wp.shape[1]
+    eye = torch.eye(m, dtype=wp.dtype, device=wp.device)
+    return (wp.unsqueeze(-1) * eye[:, None, None, :]).reshape(m * c, c * m, 1, 1)
 
 
 # ---------------------------------------------------------------- mixing

@@ -24,9 +24,8 @@ aten = torch.ops.aten
 
 @dataclass
 class PoolSpec:
-    """pools: the pooling modules (one per kind, e.g. max then avg); bns: per block of c
-    channels of the pooled tensor (kind, then node), the BN modules of every edge that
-    reads it (None: no BN, as in NB201); c: channels per block."""
+    """pools: the pooling modules (one per kind, e.g. max then avg); bns: per kind, the BN
+    modules of every edge that has that op (None: no BN, as in NB201); c: channels."""
 
     pools: list[nn.Module]
     bns: Optional[list[list[nn.BatchNorm2d]]]
@@ -133,7 +132,7 @@ class _PoolMix(torch.autograd.Function):
                 mean, invstd, eps = ctx.stats
                 gy = aten.native_batch_norm_backward(gy, z, None, None, None, mean, invstd, True, eps,
                                                      [True, False, False])[0]
-            w = x.shape[1]  # channels per pooling kind (c, or c per node for merged nodes)
+            w = x.shape[1]  # channels per pooling kind
             for k, (p, (_, ind)) in enumerate(zip(spec.pools, outs)):
                 gk = gy[:, k * w:(k + 1) * w]
                 gk = _pool_backward(_to_planes(gk) if planes else gk, xin, p, ind)

@@ -133,24 +133,6 @@ def test_fast_equals_reference_with_masks(space, k, mode):
     _compare(space, ref, fast, _x())
 
 
-def _structured_masks(kind):
-    E, O, cts = SHAPES["darts"]
-    masks = {ct: torch.ones(E, O, dtype=torch.bool) for ct in cts}
-    for ct in cts:
-        if kind == "columns":  # the same ops everywhere: the two input nodes still run as one block
-            masks[ct][:, [1, 7]] = False  # max_pool_3x3, dil_conv_5x5
-        else:  # uneven: dil_conv_3x3 on 3 edges of node 0 but 4 of node 1 (edges 0, 2, 5, 9 leave node 0)
-            masks[ct][2, 6] = False
-    return masks
-
-
-@pytest.mark.parametrize("kind", ["columns", "uneven"])
-def test_merged_input_nodes_with_masks(kind):
-    ref, fast = _nets("darts", 2, masks=_structured_masks(kind))
-    _compare("darts", ref, fast, _x())
-    assert all(cell._fast_plans[2] is not None for cell in fast.cells)  # merged blocks were used
-
-
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 @pytest.mark.parametrize("what", ["arch", "weight"])
 @pytest.mark.parametrize("recompute", [True, False])
