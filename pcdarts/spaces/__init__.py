@@ -45,7 +45,8 @@ class SearchSpace:
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
                        input_size: int) -> dict[str, float]:
         """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
-        raise NotImplementedError
+        from ..stats import genotype_stats  # late: stats builds evaluation networks
+        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
 
 def masked_scores(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

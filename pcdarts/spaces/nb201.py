@@ -124,8 +124,3 @@ class NB201Space(SearchSpace):
     def derive(self, scores: dict[str, torch.Tensor],
                masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
         return derive_nb201(scores, masks, self.primitives)
-
-    def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
-                       input_size: int) -> dict[str, float]:
-        from ..stats import genotype_stats
-        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
