@@ -32,24 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pcdarts.data import ImageDataset  # noqa: E402
-from pcdarts.registry import DATASETS  # noqa: E402
-
-SYNTHETIC = "synthetic"
-
-
-def _synthetic(path: Optional[str], split: str) -> ImageDataset:
-    """Random uint8 images; ``path`` is ``SIZExCHANNELSxCOUNT`` (e.g. ``32x3x256``)."""
-    size, channels, count = (int(v) for v in (path or "32x3x256").split("x"))
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
-    images = torch.randint(0, 256, (count, channels, size, size), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, 10, (count,), generator=g)
-    return ImageDataset(images, labels, 10, (0.5,) * channels, (0.25,) * channels, SYNTHETIC)
-
-
-if SYNTHETIC not in DATASETS:
-    DATASETS.register(SYNTHETIC, description="random uint8 images for benchmarks: synthetic:SIZExCHANNELSxCOUNT")(
-        _synthetic)
+SYNTHETIC = "synthetic"  # pcdarts.data: random uint8 images, SIZExCHANNELSxCOUNT
 
 
 def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:

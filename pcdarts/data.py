@@ -216,6 +216,24 @@ def load_digits_dataset(path: str | None, split: str) -> ImageDataset:
     )
 
 
+@DATASETS.register("synthetic", description="random uint8 images, 10 classes, for benchmarks and memory tests: "
+                                             "synthetic:SIZExCHANNELSxCOUNT (default 32x3x256)")
+def load_synthetic(path: str | None, split: str) -> ImageDataset:
+    """Seeded random images (no signal to learn): ``path`` is ``SIZExCHANNELSxCOUNT``."""
+    text = path or "32x3x256"
+    try:
+        size, channels, count = (int(v) for v in text.lower().split("x"))
+        if min(size, channels, count) < 1:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"dataset 'synthetic:{text}': expected SIZExCHANNELSxCOUNT with positive integers, "
+                        f"e.g. 'synthetic:32x3x256'") from None
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    images = torch.randint(0, 256, (count, channels, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,), generator=g)
+    return ImageDataset(images, labels, 10, (0.5,) * channels, (0.25,) * channels, "synthetic")
+
+
 # --------------------------------------------------------------------------- CIFAR
 
 

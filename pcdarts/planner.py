@@ -18,12 +18,17 @@ How the estimate is made (no full-size step is ever allocated):
 3. On CUDA with bf16 autocast the tiny steps run under CPU bf16 autocast, so
    activations are measured at their reduced width. The CUDA caching allocator's
    rounding and cuDNN workspaces are not modelled (a few percent).
-4. On CPU the process itself (Python, the torch libraries, kernel caches) adds the
-   resident memory of that measuring process less its tensors (``runtime``), reported
-   separately; glibc heap fragmentation can add more on top (``benchmarks/README.md``).
+4. On CPU what counts is the peak resident set size (RSS), and it is far more than the
+   tensors: the process itself (Python, the torch libraries, oneDNN caches) plus what the
+   glibc heap keeps after frees (fragmentation grows with the batch: about 4x the
+   tensor bytes per sample on the fast path). So the same measuring process also runs
+   the real step, unprofiled, at batches 8 and 16 and reads its peak RSS (``VmHWM``)
+   after each: ``rss(B) = rss_fixed + B * rss_per_sample``. The CPU headline is that
+   line; ``runtime`` in the breakdown is what it adds on top of the tensors.
 
-``tests/test_planner.py`` checks the estimate against the tensor peak of a real step
-measured at full batch in a fresh process (within 25%).
+``tests/test_planner.py`` checks the tensor estimate against the tensor peak of a real
+step measured at full batch in a fresh process, and the CPU headline against the peak
+RSS of a real search step in a fresh process (both within 25%).
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ from typing import Any, Optional
 
 import torch
 
+from .search import weight_step
+
 MIB = 2 ** 20
 
 
@@ -48,11 +55,13 @@ class PlanResult:
     """A memory estimate of one search step.
 
     Attributes:
-        peak_mib: estimated peak of the step: tensors plus, on CPU, the process runtime.
+        peak_mib: estimated peak of the step: on CUDA the tensors, on CPU the peak RSS.
         tensor_mib: the tensor part alone (what ``torch.cuda.max_memory_allocated`` measures).
         breakdown: MiB per item: params, buffers, grads, optimizer, arch, data,
-            activations, runtime.
+            activations, runtime (CPU: process and heap beyond the tensors; CUDA: 0).
         per_sample_mib / fixed_mib: the activation fit ``fixed + batch * per_sample``.
+        rss_per_sample_mib / rss_fixed_mib: CPU only, the peak-RSS fit
+            ``rss_fixed + batch * rss_per_sample`` (None on CUDA).
         budget_mib, fits: the budget asked about and whether the step fits it.
         suggest_batch: the largest batch that fits the budget (None without a budget).
         suggest_k: the smallest K dividing C that fits the budget at ``batch`` (None when
@@ -74,6 +83,8 @@ class PlanResult:
     breakdown: dict[str, float]
     per_sample_mib: float
     fixed_mib: float
+    rss_per_sample_mib: Optional[float] = None
+    rss_fixed_mib: Optional[float] = None
     budget_mib: Optional[float] = None
     fits: Optional[bool] = None
     suggest_batch: Optional[int] = None
@@ -90,6 +101,8 @@ class PlanResult:
                  f"estimated peak: {self.peak_mib:.0f} MiB (tensors {self.tensor_mib:.0f} MiB)"]
         lines += [f"  {k:<12} {v:9.1f} MiB" for k, v in self.breakdown.items()]
         lines.append(f"  activations = {self.fixed_mib:.1f} + batch x {self.per_sample_mib:.2f} MiB")
+        if self.rss_per_sample_mib is not None:
+            lines.append(f"  peak RSS    = {self.rss_fixed_mib:.1f} + batch x {self.rss_per_sample_mib:.2f} MiB")
         if self.budget_mib is not None:
             lines.append(f"budget {self.budget_mib:.0f} MiB: {'fits' if self.fits else 'does NOT fit'}; "
                          f"largest batch {self.suggest_batch}; smallest K {self.suggest_k}")
@@ -153,20 +166,8 @@ class _Step:
         train, arch = self.batch(n, 0), self.batch(n, 1)
         if self.method.has_arch:
             self.method.arch_step(self.ctx, train, arch)
-        x, y = train
-        with torch.no_grad():
-            mixing = self.method.mixing()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            logits = self.supernet(x, mixing)
-        loss = self.objective(logits, y)
-        extra = self.method.extra_loss(self.ctx)
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.weight_params, self.grad_clip)
-        self.optimizer.step()
+        weight_step(self.supernet, self.method, self.objective, self.optimizer, self.weight_params, train, self.ctx,
+                    grad_clip=self.grad_clip, autocast=self.autocast)
 
     def state_mib(self) -> dict[str, float]:
         """Tensors alive between steps, per kind (MiB)."""
@@ -211,13 +212,30 @@ def measure_activations(step: _Step, batches: tuple[int, int] = (2, 4)) -> tuple
     return max(a - per * batches[0], 0.0), per
 
 
-def _runtime_mib() -> float:
-    """Resident memory of this process that is not tensors (torch libraries, Python)."""
+RSS_BATCHES = (8, 16)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (``VmHWM``; 0 where unreadable)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except (OSError, ValueError):
-        return 0.0
+        pass
+    return 0.0
+
+
+def measure_rss(step: _Step, batches: tuple[int, int] = RSS_BATCHES, repeats: int = 2) -> tuple[float, float]:
+    """(fixed, per-sample) MiB of the peak RSS of real steps at two batches (unprofiled)."""
+    peaks = []
+    for b in batches:
+        for _ in range(repeats):
+            step.run(b)
+        peaks.append(peak_rss_mib())
+    per = max((peaks[1] - peaks[0]) / (batches[1] - batches[0]), 0.0)
+    return peaks[0] - per * batches[0], per
 
 
 # ---------------------------------------------------------------- API
@@ -249,43 +267,63 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         raise ValueError(f"batch must be >= 1, got {batch}")
     cuda = str(device).startswith("cuda")
     amp = bool(amp and cuda)
-    state, fixed, per = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp,
-                                 channel_mode)
-    state = dict(state)
-    runtime = state.pop("runtime", 0.0)
-    if cuda:  # the CUDA allocator does not count the process (nor the CUDA context)
-        runtime = 0.0
-    breakdown = dict(state)
+    m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode)
+    breakdown = dict(m.state)
     breakdown["data"] = float(data_mib)
-    breakdown["activations"] = fixed + batch * per
-    breakdown["runtime"] = runtime
-    tensor = sum(v for key, v in breakdown.items() if key != "runtime")
-    notes = []
+    breakdown["activations"] = m.fixed + batch * m.per
+    tensor = sum(breakdown.values())
+    peak = m.peak(batch, cuda) + data_mib
+    breakdown["runtime"] = peak - tensor  # CUDA: 0 (the allocator counts no process, no CUDA context)
     if cuda:
-        notes.append("CUDA: allocator rounding and cuDNN workspaces are not modelled")
+        notes = ["CUDA: allocator rounding and cuDNN workspaces are not modelled"]
     else:
-        notes.append("CPU: runtime is the resident memory of a process that has built and run the step, less "
-                     "its tensors; the glibc heap can add fragmentation on top (benchmarks/README.md)")
+        notes = ["CPU: the peak is the process's peak RSS (tensors, libraries, glibc heap), fitted from real "
+                 f"steps at batches {RSS_BATCHES[0]} and {RSS_BATCHES[1]}; the tensors alone are tensor_mib"]
     res = PlanResult(space, method, str(device), batch, C, layers, k, input_size, impl, amp,
-                     peak_mib=tensor + runtime, tensor_mib=tensor, breakdown=breakdown, per_sample_mib=per,
-                     fixed_mib=fixed, notes=notes)
+                     peak_mib=peak, tensor_mib=tensor, breakdown=breakdown, per_sample_mib=m.per,
+                     fixed_mib=m.fixed, rss_per_sample_mib=None if cuda else m.rss_per,
+                     rss_fixed_mib=None if cuda else m.rss_fixed, notes=notes)
     if budget_mib is not None:
         res.budget_mib = float(budget_mib)
         res.fits = res.peak_mib <= budget_mib
-        room = budget_mib - (res.peak_mib - batch * per)
-        res.suggest_batch = max(math.floor(room / per), 0) if per > 0 else None
+        res.suggest_batch = m.largest_batch(budget_mib - data_mib, cuda)
         if suggest:
             res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
-                                        impl, amp, channel_mode, budget_mib - runtime - data_mib)
+                                        impl, amp, channel_mode, cuda, budget_mib - data_mib)
     return res
 
 
+@dataclass
+class _Measured:
+    """What one measuring process reports, in MiB: the tensors alive between steps per
+    kind, the activation fit ``fixed + B * per`` and (CPU) the peak-RSS fit."""
+
+    state: dict[str, float]
+    fixed: float
+    per: float
+    rss_fixed: float = 0.0
+    rss_per: float = 0.0
+
+    def _line(self, cuda: bool) -> tuple[float, float]:
+        tensors = (sum(self.state.values()) + self.fixed, self.per)
+        if cuda or self.rss_per <= 0:
+            return tensors
+        return max(self.rss_fixed, tensors[0]), max(self.rss_per, tensors[1])  # RSS holds the tensors
+
+    def peak(self, batch: int, cuda: bool) -> float:
+        """The headline peak at ``batch``, without data kept on the device."""
+        fixed, per = self._line(cuda)
+        return fixed + batch * per
+
+    def largest_batch(self, budget: float, cuda: bool) -> Optional[int]:
+        fixed, per = self._line(cuda)
+        return max(math.floor((budget - fixed) / per), 0) if per > 0 else None
+
+
 def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int, in_channels: int,
-             num_classes: int, impl: str, amp: bool, channel_mode: str) -> tuple[dict[str, float], float, float]:
-    """(state MiB per kind, activation fixed MiB, activation MiB per sample), measured in a
-    fresh Python process so that nothing this process did (caches, earlier profiling,
-    other models) leaks into the numbers; the process's resident runtime comes back in
-    the state under ``runtime``."""
+             num_classes: int, impl: str, amp: bool, channel_mode: str) -> _Measured:
+    """The measurement (see :class:`_Measured`), made in a fresh Python process so that
+    nothing this process did (caches, earlier profiling, other models) leaks into it."""
     args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
                 num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode)
     code = ("import sys, json; from pcdarts.planner import _measure_local; "
@@ -297,8 +335,7 @@ def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, inp
                          timeout=3600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"planner measurement failed:\n{out.stderr.strip()[-2000:]}")
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    return res["state"], res["fixed"], res["per"]
+    return _Measured(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
@@ -310,22 +347,21 @@ def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: in
     step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode)
     if amp:
         step.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    # CPU: the peak RSS first, before any profiling (bf16 autocast is only planned for CUDA)
+    rss_fixed, rss_per = (0.0, 0.0) if amp else measure_rss(step)
     fixed, per = measure_activations(step)
-    state = step.state_mib()
-    state["runtime"] = max(_runtime_mib() - sum(state.values()), 0.0)
-    return {"state": state, "fixed": fixed, "per": per}
+    return asdict(_Measured(step.state_mib(), fixed, per, rss_fixed, rss_per))
 
 
 def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[int], input_size: int,
-                in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str,
-                budget_tensors: float) -> Optional[int]:
+                in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str, cuda: bool,
+                budget: float) -> Optional[int]:
     for k in [d for d in range(1, C + 1) if C % d == 0]:
         try:
-            state, fixed, per = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl,
-                                         amp, channel_mode)
+            m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode)
         except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
             continue
-        if sum(v for key, v in state.items() if key != "runtime") + fixed + batch * per <= budget_tensors:
+        if m.peak(batch, cuda) <= budget:
             return k
     return None
 

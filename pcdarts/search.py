@@ -89,6 +89,31 @@ def check_resumable(run_dir: Union[str, Path]) -> Path:
     return p
 
 
+def weight_step(model: nn.Module, method: Any, objective: Any, optimizer: torch.optim.Optimizer,
+                weight_params: list[torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext, *,
+                grad_clip: float, autocast: Any = contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the supernet weights at the method's current mixing weights.
+
+    The one weight step of every search: the Searcher, the memory planner and the
+    benchmark all call it. Returns (loss, logits), both still on the device.
+    """
+    x, y = batch
+    with torch.no_grad():  # the weight step needs no graph through the architecture
+        mixing = method.mixing()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        logits = model(x, mixing)
+    loss = objective(logits, y)
+    extra = method.extra_loss(ctx)
+    if extra is not None:
+        loss = loss + extra
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(weight_params, grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
 class Searcher:
     """Builds data, supernet, method and optimisers from a Config and runs the search.
 
@@ -186,19 +211,8 @@ class Searcher:
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
         x, y = batch
-        with torch.no_grad():  # the weight step needs no graph through the architecture
-            mixing = self.method.mixing()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            logits = self.model(x, mixing)
-        loss = self.objective(logits, y)
-        extra = self.method.extra_loss(ctx)
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        if self.cfg.search.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.weight_params, self.cfg.search.grad_clip)
-        self.optimizer.step()
+        loss, logits = weight_step(self.model, self.method, self.objective, self.optimizer, self.weight_params,
+                                   batch, ctx, grad_clip=self.cfg.search.grad_clip, autocast=self._autocast)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
         m["correct"] += (logits.detach().argmax(1) == y).sum()

@@ -93,6 +93,16 @@ def test_load_dataset_errors():
         load_dataset("digits:/tmp")
 
 
+def test_synthetic_dataset_is_seeded_and_checks_its_spec():
+    a, b = load_dataset("synthetic:8x3x20"), load_dataset("synthetic:8x3x20")
+    assert a.images.shape == (20, 3, 8, 8) and a.images.dtype == torch.uint8 and a.num_classes == 10
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, load_dataset("synthetic:8x3x20", "test").images)
+    for bad in ("synthetic:8x3", "synthetic:8x3x0", "synthetic:axbxc"):
+        with pytest.raises(DataError, match="SIZExCHANNELSxCOUNT"):
+            load_dataset(bad)
+
+
 def test_split_indices():
     a, b = split_indices(101, 0.5, seed=3)
     assert len(a) == round(101 * 0.5) and len(a) + len(b) == 101

@@ -56,21 +56,45 @@ def test_estimate_within_25_percent_of_measured_step(case, estimates):
     assert est.per_sample_mib > 0
 
 
+def _benchmark_peak_rss(space: str, impl: str, layers: int, batch: int) -> float:
+    """Peak RSS of real search steps (the Searcher, synthetic data) in a fresh process, as
+    ``benchmarks/search_step.py`` measures it."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "search_step.py"), "--space", space, "--C", "8", "--cells",
+           str(layers), "--k", "2", "--batch", str(batch), "--input-size", "16", "--threads", "1",
+           "--child", impl, "--child-steps", "2", "--warmup", "1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+@pytest.mark.parametrize("case", [("darts", "fast", 5), ("darts", "reference", 5)])
+def test_cpu_headline_within_25_percent_of_benchmark_peak_rss(case, estimates):
+    """The CPU headline is a peak RSS: compare it with what the benchmark measures."""
+    space, impl, layers = case
+    est = estimates[case]
+    measured = _benchmark_peak_rss(space, impl, layers, BATCH)
+    assert abs(est.peak_mib - measured) <= 0.25 * measured, (est.peak_mib, measured)
+    assert est.rss_per_sample_mib >= est.per_sample_mib  # the heap holds at least the tensors
+    assert est.breakdown["runtime"] == pytest.approx(est.peak_mib - est.tensor_mib)
+
+
 def test_fast_path_plans_far_less_memory_than_reference(estimates):
     fast, ref = estimates[("darts", "fast", 5)], estimates[("darts", "reference", 5)]
     assert fast.breakdown["activations"] < 0.5 * ref.breakdown["activations"]
 
 
 def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode):
-    """Deterministic stand-in: 10 MiB of state, 100 MiB runtime, activations 2 + batch * 8 / k MiB."""
-    return {"params": 4.0, "buffers": 1.0, "grads": 4.0, "optimizer": 1.0, "arch": 0.0, "runtime": 100.0}, 2.0, 8.0 / k
+    """Deterministic stand-in: 10 MiB of state, activations 2 + batch * 8 / k MiB, peak RSS
+    112 + batch * 8 / k (100 MiB of process and heap beyond the tensors)."""
+    state = {"params": 4.0, "buffers": 1.0, "grads": 4.0, "optimizer": 1.0, "arch": 0.0}
+    return planner._Measured(state, 2.0, 8.0 / k, rss_fixed=112.0, rss_per=8.0 / k)
 
 
 def test_suggestions(monkeypatch):
     monkeypatch.setattr(planner, "_measure", _fake_measure)
     r = plan("darts", "pc-darts", batch=64, C=16, k=1, budget_mib=400.0)
-    # peak = 100 runtime + 10 state + 2 + 64 * 8 = 624 > 400
+    # peak RSS = 112 + 64 * 8 = 624 > 400; tensors 10 state + 2 + 64 * 8 = 524
     assert r.peak_mib == pytest.approx(624.0) and r.tensor_mib == pytest.approx(524.0)
+    assert r.breakdown["runtime"] == pytest.approx(100.0)
     assert r.fits is False
     assert r.suggest_batch == 36  # 112 + 36 * 8 = 400
     assert r.suggest_k == 2  # 112 + 64 * 4 = 368 <= 400; K=1 does not fit
