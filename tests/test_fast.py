@@ -273,7 +273,7 @@ def test_float32_channels_last_output_layout():
 # ---------------------------------------------------------------- CUDA
 
 def _grads_on(net, space, x, y, alphas, amp):
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         out = net(x, _mixing(space, alphas, {ct: torch.zeros_like(a[:, 0]) for ct, a in alphas.items()}))
     loss = torch.nn.functional.cross_entropy(out.float(), y)
     grads = torch.autograd.grad(loss, list(alphas.values()) + list(net.parameters()))
@@ -295,6 +295,22 @@ def test_cuda_fast_path_matches_reference(space):
     err_ref = (_grads_on(ref, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
     err_fast = (_grads_on(fast, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
     assert err_fast < 3 * err_ref + 1e-2
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_bf16_autocast_on_cpu_fast_path_as_close_as_reference(space):
+    """The autocast handling of the fast path (inputs cast up front, backward recomputes
+    with autocast off) is device-independent: check it under CPU bf16 autocast."""
+    ref, fast = _nets(space, 4, dtype=torch.float32)
+    fast = fast.to(memory_format=torch.channels_last)
+    x = _x(torch.float32, n=8, size=16)
+    y = torch.arange(8) % 10
+    alphas = {ct: a.detach().float().requires_grad_() for ct, a in _arch(space)[0].items()}
+    g_ref32 = _grads_on(ref, space, x, y, alphas, amp=False)
+    torch.testing.assert_close(_grads_on(fast, space, x, y, alphas, amp=False), g_ref32, rtol=1e-3, atol=1e-4)
+    err_ref = (_grads_on(ref, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
+    err_fast = (_grads_on(fast, space, x, y, alphas, amp=True) - g_ref32).norm() / g_ref32.norm()
+    assert 0 < err_fast < 3 * err_ref + 1e-2, (err_fast, err_ref)
 
 
 @pytest.mark.gpu
