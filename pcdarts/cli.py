@@ -32,10 +32,10 @@ EXTRA_COMMANDS: list[tuple[str, str]] = [
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input rather than a bug."""
     from .genotype import GenotypeError
-    from .distributed import DeviceError
+    from .distributed import DeviceError, DistributedError
     from .search import RunDirError
     errors: list[type[BaseException]] = [ConfigError, UnknownNameError, GenotypeError, RunDirError, DeviceError,
-                                         FileNotFoundError]
+                                         DistributedError, FileNotFoundError]
     for mod, name in (("pcdarts.data", "DataError"), ("pcdarts.nb201", "BenchmarkError"),
                       ("pcdarts.folders", "FolderError"), ("pcdarts.train", "TrainError")):
         try:

@@ -37,6 +37,25 @@ class DeviceError(ValueError):
     pass
 
 
+class DistributedError(RuntimeError):
+    """Raised where a command cannot run under several processes (yet)."""
+
+
+def require_single_process(what: str, info: DistInfo | None = None) -> None:
+    """Refuse to run ``what`` in a multi-process (torchrun) launch.
+
+    Several processes would each run their own copy on a shard of the data without
+    averaging gradients, and rank 0 would report its copy as the result: a silently
+    wrong run. Until multi-process search and training land, say so up front.
+    """
+    info = info or dist_info()
+    if info.is_distributed:
+        raise DistributedError(
+            f"{what} under torchrun is not supported yet (WORLD_SIZE={info.world_size}, RANK={info.rank}): "
+            f"launch one process, e.g. `pcdarts {what} ...` without torchrun, and pick the GPU with "
+            f"--run.device cuda:N")
+
+
 def resolve_device(name: str = "auto", info: DistInfo | None = None) -> torch.device:
     """``auto`` -> CUDA (this process's local rank) when available, else CPU."""
     info = info or dist_info()

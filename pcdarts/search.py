@@ -25,7 +25,7 @@ import torch.nn as nn
 from . import utils
 from .config import Config, build_config, load_config_file, merge_onto_preset
 from .data import load_dataset, split_indices
-from .distributed import dist_info, resolve_device
+from .distributed import dist_info, require_single_process, resolve_device
 from .genotype import Genotype, save_genotype
 from .gpu_loader import Augment, DeviceLoader
 from .methods import Method, SearchContext, WeightStepInfo
@@ -126,6 +126,7 @@ class Searcher:
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = dist_info()
+        require_single_process("search", self.dist)
         self.device = resolve_device(cfg.run.device, self.dist)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -469,6 +470,7 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
     Returns:
         SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
     """
+    require_single_process("search")
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_config_file(run_dir / "config.yaml")

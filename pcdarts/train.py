@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from . import utils
-from .distributed import resolve_device
+from .distributed import require_single_process, resolve_device
 from .genotype import Genotype, NB201Genotype, load_genotype, parse_genotype, save_genotype
 from .stats import count_params, genotype_stats
 from .train_config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
@@ -71,6 +71,7 @@ class Trainer:
 
     def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
         self.genotype, self.cfg, self.run_dir = genotype, cfg, Path(run_dir)
+        require_single_process("train")
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -344,6 +345,7 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
     Returns:
         TrainResult with ``.metrics`` (the content of metrics.json) and ``.run_dir``.
     """
+    require_single_process("train")
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_train_config_file(run_dir / "config.yaml")

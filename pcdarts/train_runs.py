@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from . import utils
-from .distributed import resolve_device
+from .distributed import require_single_process, resolve_device
 from .genotype import Genotype, load_genotype, parse_genotype, save_genotype
 from .train_config import TrainConfig, TrainError, build_train_config
 from .train_data import build_split_batches
@@ -125,6 +125,7 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
         seeds: training seeds.
         stop_after_steps: passed to each seed's run (tests).
     """
+    require_single_process("train")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config)
     out = prepare_run_dir(Path(cfg.run.out) if cfg.run.out else default_out(cfg), cfg.run.overwrite)

@@ -84,6 +84,16 @@ def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("command", [["search"], ["train", "DARTS_V2", "--preset", "short"]])
+def test_torchrun_launch_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, command):
+    """Several processes would each search/train on a shard without averaging gradients."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run_cli([*command, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "under torchrun is not supported yet (WORLD_SIZE=2" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_on_a_directory_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hi")
     code, _, err = run_cli(["search", "--resume", str(tmp_path)], capsys)
