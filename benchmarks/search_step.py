@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from pcdarts.utils import peak_rss_mib  # noqa: E402
 
 SYNTHETIC = "synthetic"  # pcdarts.data: random uint8 images, SIZExCHANNELSxCOUNT
 
@@ -75,22 +76,10 @@ def run_steps(searcher: Any, ctx: Any, n: int) -> float:
 
 
 def peak_mib(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak, or the peak resident set size.
-
-    On Linux the peak RSS is read from ``VmHWM`` (per address space, so it starts afresh
-    at exec); ``getrusage``'s ``ru_maxrss`` survives exec and would report the parent's
-    resident size for a subprocess started from a big parent.
-    """
+    """Peak memory of this process: CUDA allocator peak, or the peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mib()
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from typing import Any, Optional
 import torch
 
 from .search import weight_step
+from .utils import peak_rss_mib
 
 MIB = 2 ** 20
 
@@ -215,18 +216,6 @@ def measure_activations(step: _Step, batches: tuple[int, int] = (2, 4)) -> tuple
 RSS_BATCHES = (8, 16)
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (``VmHWM``; 0 where unreadable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
-
-
 def measure_rss(step: _Step, batches: tuple[int, int] = RSS_BATCHES, repeats: int = 2) -> tuple[float, float]:
     """(fixed, per-sample) MiB of the peak RSS of real steps at two batches (unprofiled)."""
     peaks = []
@@ -267,7 +256,8 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         raise ValueError(f"batch must be >= 1, got {batch}")
     cuda = str(device).startswith("cuda")
     amp = bool(amp and cuda)
-    m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode)
+    m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode,
+                 not cuda)
     breakdown = dict(m.state)
     breakdown["data"] = float(data_mib)
     breakdown["activations"] = m.fixed + batch * m.per
@@ -306,7 +296,7 @@ class _Measured:
 
     def _line(self, cuda: bool) -> tuple[float, float]:
         tensors = (sum(self.state.values()) + self.fixed, self.per)
-        if cuda or self.rss_per <= 0:
+        if cuda:
             return tensors
         return max(self.rss_fixed, tensors[0]), max(self.rss_per, tensors[1])  # RSS holds the tensors
 
@@ -321,11 +311,12 @@ class _Measured:
 
 
 def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int, in_channels: int,
-             num_classes: int, impl: str, amp: bool, channel_mode: str) -> _Measured:
-    """The measurement (see :class:`_Measured`), made in a fresh Python process so that
-    nothing this process did (caches, earlier profiling, other models) leaks into it."""
+             num_classes: int, impl: str, amp: bool, channel_mode: str, rss: bool) -> _Measured:
+    """The measurement (see :class:`_Measured`; the peak-RSS fit only with ``rss``), made
+    in a fresh Python process so that nothing this process did (caches, earlier
+    profiling, other models) leaks into it."""
     args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
-                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode)
+                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode, rss=rss)
     code = ("import sys, json; from pcdarts.planner import _measure_local; "
             "print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))")
     env = dict(os.environ)
@@ -339,7 +330,8 @@ def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, inp
 
 
 def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
-                   in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str) -> dict[str, Any]:
+                   in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str,
+                   rss: bool) -> dict[str, Any]:
     """The measurement itself (see :func:`_measure`), in this process."""
     # one thread: the tensors a step allocates do not depend on it, and a planner must not
     # fight a busy machine (OpenMP threads wait for each other when cores are shared)
@@ -347,8 +339,7 @@ def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: in
     step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode)
     if amp:
         step.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    # CPU: the peak RSS first, before any profiling (bf16 autocast is only planned for CUDA)
-    rss_fixed, rss_per = (0.0, 0.0) if amp else measure_rss(step)
+    rss_fixed, rss_per = measure_rss(step) if rss else (0.0, 0.0)  # first: before any profiling
     fixed, per = measure_activations(step)
     return asdict(_Measured(step.state_mib(), fixed, per, rss_fixed, rss_per))
 
@@ -358,7 +349,8 @@ def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[in
                 budget: float) -> Optional[int]:
     for k in [d for d in range(1, C + 1) if C % d == 0]:
         try:
-            m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode)
+            m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode,
+                         not cuda)
         except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
             continue
         if m.peak(batch, cuda) <= budget:

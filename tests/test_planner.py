@@ -82,7 +82,7 @@ def test_fast_path_plans_far_less_memory_than_reference(estimates):
     assert fast.breakdown["activations"] < 0.5 * ref.breakdown["activations"]
 
 
-def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode):
+def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode, rss):
     """Deterministic stand-in: 10 MiB of state, activations 2 + batch * 8 / k MiB, peak RSS
     112 + batch * 8 / k (100 MiB of process and heap beyond the tensors)."""
     state = {"params": 4.0, "buffers": 1.0, "grads": 4.0, "optimizer": 1.0, "arch": 0.0}
