@@ -477,6 +477,6 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
         searcher = Searcher(cfg, run_dir, resume=True)
     else:
         cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
-        run_dir = prepare_run_dir(cfg) if dist_info().is_main else Path(cfg.run.out or default_run_dir(cfg))
+        run_dir = prepare_run_dir(cfg)
         searcher = Searcher(cfg, run_dir)
     return searcher.run(stop_after_steps=stop_after_steps)
