@@ -206,8 +206,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"search.batch_size must be >= 1, got {s.batch_size}")
     if s.step_order not in ("arch-first", "weight-first"):
         raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
+    method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
     warmup = getattr(cfg.method, "warmup_epochs", 0)
-    if getattr(type(cfg.method), "has_arch", True) and warmup >= s.epochs:
+    if method_cls.has_arch and warmup >= s.epochs:
         raise ConfigError(f"method.warmup_epochs={warmup} must be smaller than search.epochs={s.epochs}: "
                           "the architecture would never be updated")
     k = cfg.k
@@ -222,7 +223,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {sp.stem!r}")
     if not 0.0 < d.train_portion <= 1.0:
         raise ConfigError(f"data.train_portion must be in (0, 1], got {d.train_portion}")
-    if getattr(type(cfg.method), "needs_arch_split", True) and d.train_portion >= 1.0:
+    if method_cls.needs_arch_split and d.train_portion >= 1.0:
         raise ConfigError(f"method {cfg.method_name!r} needs an architecture split: data.train_portion "
                           f"must be < 1, got {d.train_portion}")
 

@@ -127,3 +127,21 @@ def test_resume_equals_uninterrupted_run(tiny, method, stop):
     ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k
+
+
+def test_config_checks_read_the_method_class_flags(monkeypatch):
+    """validate() asks the Method class (not its config dataclass) whether it has an
+    architecture and needs an architecture split."""
+    from pcdarts.methods import PCDarts
+
+    base = {"search": {"epochs": 2}, "method": {"warmup_epochs": 2}}
+    with pytest.raises(pcdarts.config.ConfigError, match="warmup_epochs=2 must be smaller"):
+        build_config(base)
+    monkeypatch.setattr(PCDarts, "has_arch", False)
+    build_config(base)  # a method without architecture parameters has nothing to warm up
+    split = {"data": {"train_portion": 1.0}}
+    monkeypatch.setattr(PCDarts, "has_arch", True)
+    with pytest.raises(pcdarts.config.ConfigError, match="needs an architecture split"):
+        build_config(split)
+    monkeypatch.setattr(PCDarts, "needs_arch_split", False)
+    build_config(split)
