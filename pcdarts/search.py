@@ -176,17 +176,20 @@ class Searcher:
                       flip=flip if d.flip is None else d.flip, cutout=d.cutout)
         common = dict(mean=ds.mean, std=ds.std, device=self.device, rank=self.dist.rank,
                       world_size=self.dist.world_size, channels_last=self.device.type == "cuda")
+        # one device copy per split: the loaders that read the same split share it
         if METHODS.get(cfg.method_name).needs_arch_split:
             w_idx, a_idx = split_indices(len(labels), d.train_portion, cfg.run.seed)
+            weight_split = images[w_idx].to(self.device), labels[w_idx].to(self.device)
+            arch_split = images[a_idx].to(self.device), labels[a_idx].to(self.device)
         else:
-            w_idx, a_idx = torch.arange(len(labels)), torch.arange(len(labels))
+            w_idx = a_idx = torch.arange(len(labels))
+            weight_split = arch_split = images.to(self.device), labels.to(self.device)
         s = cfg.search
-        self.train_loader = DeviceLoader(images[w_idx], labels[w_idx], s.batch_size, augment=aug,
-                                         seed=cfg.run.seed, **common)
-        self.arch_loader = DeviceLoader(images[a_idx], labels[a_idx], s.arch_batch_size or s.batch_size,
-                                        augment=aug, seed=cfg.run.seed + 1, **common)
-        self.eval_loader = DeviceLoader(images[a_idx], labels[a_idx], max(s.batch_size, 256), augment=None,
-                                        shuffle=False, drop_last=False, **common)
+        self.train_loader = DeviceLoader(*weight_split, s.batch_size, augment=aug, seed=cfg.run.seed, **common)
+        self.arch_loader = DeviceLoader(*arch_split, s.arch_batch_size or s.batch_size, augment=aug,
+                                        seed=cfg.run.seed + 1, **common)
+        self.eval_loader = DeviceLoader(*arch_split, max(s.batch_size, 256), augment=None, shuffle=False,
+                                        drop_last=False, **common)
         self.data_info = {"dataset": d.spec, "fingerprint": _fingerprint(labels), "n_weight": len(w_idx),
                           "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
 

@@ -47,6 +47,13 @@ def test_warmup_freezes_architecture_and_skips_arch_data(tiny):
     assert s.method.is_arch_active(1)
 
 
+def test_arch_and_eval_loaders_share_one_copy_of_the_arch_split(tiny):
+    s = _searcher(tiny())
+    assert s.arch_loader.images.data_ptr() == s.eval_loader.images.data_ptr()
+    assert s.train_loader.images.data_ptr() != s.arch_loader.images.data_ptr()
+    assert len(s.train_loader.labels) + len(s.arch_loader.labels) == s.data_info["n_weight"] + s.data_info["n_arch"]
+
+
 def test_pc_darts_defaults_are_the_authors():
     c = METHODS.get("pc-darts").Config()
     assert (c.k, c.edge_norm, c.warmup_epochs, c.arch_lr, c.arch_weight_decay) == (4, True, 15, 6e-4, 1e-3)
