@@ -98,6 +98,20 @@ class Method:
     def extra_loss(self, ctx: SearchContext) -> Optional[torch.Tensor]:
         return None
 
+    def loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor],
+             mixing: Mixing) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of the supernet at ``mixing`` on ``batch``: the objective plus
+        :meth:`extra_loss`. The one loss of both steps: the weight step passes a detached
+        mixing, the architecture step a live one."""
+        x, y = batch
+        with ctx.autocast():
+            logits = ctx.supernet(x, mixing)
+        loss = ctx.objective(logits, y)
+        extra = self.extra_loss(ctx)
+        if extra is not None:
+            loss = loss + extra
+        return loss, logits
+
     def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
                   arch_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One update of the architecture state; returns detached metrics (loss, correct)."""
@@ -201,14 +215,7 @@ class Darts(Method):
 
     # ---- the architecture step ---------------------------------------------
     def _loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        with ctx.autocast():
-            logits = ctx.supernet(x, self.mixing())
-        loss = ctx.objective(logits, y)
-        extra = self.extra_loss(ctx)
-        if extra is not None:
-            loss = loss + extra
-        return loss, logits
+        return self.loss(ctx, batch, self.mixing())  # the mixing with its graph to alpha/beta
 
     def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
                   arch_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 import torch
 
-from .search import weight_step
+from .search import weight_optimizer, weight_step, weight_step_info
 from .utils import peak_rss_mib
 
 MIB = 2 ** 20
@@ -128,7 +128,7 @@ class _Step:
     def __init__(self, space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
                  in_channels: int, num_classes: int, impl: str, channel_mode: str) -> None:
         from .config import SearchConfig, SpaceConfig
-        from .methods import SearchContext, WeightStepInfo
+        from .methods import SearchContext
         from .registry import METHODS, OBJECTIVES
         from .spaces import get_space
 
@@ -142,18 +142,11 @@ class _Step:
         s = SearchConfig()
         self.grad_clip = s.grad_clip
         self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.weight_params, lr=s.lr, momentum=s.momentum,
-                                         weight_decay=s.weight_decay, nesterov=s.nesterov)
-
-        def info() -> Any:
-            g = self.optimizer.param_groups[0]
-            bufs = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.weight_params]
-            return WeightStepInfo(lr=g["lr"], momentum=g["momentum"], weight_decay=g["weight_decay"],
-                                  momentum_buffers=bufs)
-
+        self.optimizer = weight_optimizer(self.weight_params, s)
         self.autocast: Any = contextlib.nullcontext
         self.ctx = SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
-                                 weight_step_info=info, autocast=lambda: self.autocast())
+                                 weight_step_info=lambda: weight_step_info(self.optimizer, self.weight_params),
+                                 autocast=lambda: self.autocast())
         self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
         self.supernet.train()
 
@@ -167,8 +160,7 @@ class _Step:
         train, arch = self.batch(n, 0), self.batch(n, 1)
         if self.method.has_arch:
             self.method.arch_step(self.ctx, train, arch)
-        weight_step(self.supernet, self.method, self.objective, self.optimizer, self.weight_params, train, self.ctx,
-                    grad_clip=self.grad_clip, autocast=self.autocast)
+        weight_step(self.method, self.optimizer, train, self.ctx, grad_clip=self.grad_clip)
 
     def state_mib(self) -> dict[str, float]:
         """Tensors alive between steps, per kind (MiB)."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import utils
-from .config import Config, build_config, load_config_file, merge_onto_preset
+from .config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
 from .data import load_dataset, split_indices
 from .distributed import dist_info, require_single_process, resolve_device
 from .genotype import Genotype, save_genotype
@@ -89,27 +89,34 @@ def check_resumable(run_dir: Union[str, Path]) -> Path:
     return p
 
 
-def weight_step(model: nn.Module, method: Any, objective: Any, optimizer: torch.optim.Optimizer,
-                weight_params: list[torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext, *,
-                grad_clip: float, autocast: Any = contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step of the supernet weights at the method's current mixing weights.
+def weight_optimizer(params: list[nn.Parameter], s: SearchConfig) -> torch.optim.SGD:
+    """The SGD of the supernet weights, as the search config sets it."""
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov)
 
-    The one weight step of every search: the Searcher, the memory planner and the
-    benchmark all call it. Returns (loss, logits), both still on the device.
+
+def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> WeightStepInfo:
+    """The weight optimiser's current settings and momenta (for the 2nd-order virtual step)."""
+    group = optimizer.param_groups[0]
+    bufs = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    return WeightStepInfo(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                          momentum_buffers=bufs)
+
+
+def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
+                ctx: SearchContext, *, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the supernet weights (``ctx.weight_params``) at the method's
+    current mixing weights.
+
+    The one weight step of every search: the Searcher (hence the benchmark) and the
+    memory planner call it. Returns (loss, logits), both still on the device.
     """
-    x, y = batch
     with torch.no_grad():  # the weight step needs no graph through the architecture
         mixing = method.mixing()
     optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        logits = model(x, mixing)
-    loss = objective(logits, y)
-    extra = method.extra_loss(ctx)
-    if extra is not None:
-        loss = loss + extra
+    loss, logits = method.loss(ctx, batch, mixing)
     loss.backward()
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(weight_params, grad_clip)
+        nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip)
     optimizer.step()
     return loss, logits
 
@@ -151,8 +158,7 @@ class Searcher:
         self.objective = OBJECTIVES.get("cross-entropy")().to(self.device)
         s = cfg.search
         self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.weight_params, lr=s.lr, momentum=s.momentum,
-                                         weight_decay=s.weight_decay, nesterov=s.nesterov)
+        self.optimizer = weight_optimizer(self.weight_params, s)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
@@ -203,10 +209,7 @@ class Searcher:
         return contextlib.nullcontext()
 
     def _weight_step_info(self) -> WeightStepInfo:
-        group = self.optimizer.param_groups[0]
-        bufs = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.weight_params]
-        return WeightStepInfo(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
-                              momentum_buffers=bufs)
+        return weight_step_info(self.optimizer, self.weight_params)
 
     def context(self) -> SearchContext:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
@@ -215,8 +218,7 @@ class Searcher:
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
         x, y = batch
-        loss, logits = weight_step(self.model, self.method, self.objective, self.optimizer, self.weight_params,
-                                   batch, ctx, grad_clip=self.cfg.search.grad_clip, autocast=self._autocast)
+        loss, logits = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
         m["correct"] += (logits.detach().argmax(1) == y).sum()
