@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .data import DataError, ImageDataset
-from .folders import folder_info, load_folder_as_tensor
+from .folders import folder_info, load_folder_as_tensor, scan_folder
 from .registry import DATASETS
 
 
@@ -47,8 +47,9 @@ def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def load_folder_dataset(path: Optional[str], split: str, input_size: Optional[int] = None,
                         channels: Optional[int] = None) -> ImageDataset:
     root = _root(path, split)
-    size = input_size or min(folder_info(root)["sample_image_size"])
-    images, labels, classes = load_folder_as_tensor(root, size, channels or 3)
+    scan = scan_folder(root)  # listed once, for the size and the images
+    size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
+    images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan)
     mean, std = _stats(images)
     return ImageDataset(images=images, labels=labels, num_classes=len(classes), mean=mean, std=std,
                         name=f"folder:{root}", classes=list(classes))

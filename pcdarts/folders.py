@@ -2,9 +2,11 @@
 
 Contents: :class:`ImageFolderDataset`; :func:`make_folder_loader` (worker processes with
 a fallback to in-process loading); :func:`folder_info` and :func:`load_folder_as_tensor`
-(small datasets decoded once into memory). The transforms and the train/eval presets are
-in :mod:`pcdarts.transforms`; the PC-DARTS search subsets (``pcdarts subset``) in
-:mod:`pcdarts.subset`.
+(small datasets decoded once into memory). Listing a big folder takes seconds to minutes,
+so these three accept an already-made :func:`scan_folder` result (``scan=``), and
+:func:`select_classes` re-labels one, to list each folder only once. The transforms and the
+train/eval presets are in :mod:`pcdarts.transforms`; the PC-DARTS search subsets
+(``pcdarts subset``) in :mod:`pcdarts.subset`.
 
 Randomness: :func:`make_folder_loader` seeds Python's global ``random`` module (which the
 random transforms use with ``rng=None``) in every worker process, and re-seeds the
@@ -32,6 +34,7 @@ from .transforms import CenterCrop, Compose, Resize, ToTensor
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = "root/<class_name>/<image file>, one sub-folder per class"
+Scan = tuple[list[str], list[tuple[str, int]]]  # what scan_folder returns: (classes, [(path, label), ...])
 
 
 class FolderError(ValueError):
@@ -61,9 +64,13 @@ def _images_in(folder: Path, extensions: Sequence[str]) -> list[str]:
                   if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(exts))
 
 
+def _missing_class(folder: Path, name: str) -> FolderError:
+    return FolderError(f"{folder}: class folder of class_to_idx entry {name!r} is missing;"
+                       f" expected the layout {LAYOUT}")
+
+
 def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS,
-                class_to_idx: dict[str, int] | None = None,
-                ) -> tuple[list[str], list[tuple[str, int]]]:
+                class_to_idx: dict[str, int] | None = None) -> Scan:
     """Classes and sorted ``(path, label)`` samples of an image folder.
 
     Raises:
@@ -77,8 +84,7 @@ def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSI
     for name, idx in sorted(class_to_idx.items(), key=lambda kv: (kv[1], kv[0])):
         folder = path / name
         if not folder.is_dir():
-            raise FolderError(f"{folder}: class folder of class_to_idx entry {name!r} is missing;"
-                              f" expected the layout {LAYOUT}")
+            raise _missing_class(folder, name)
         files = _images_in(folder, extensions)
         if not files:
             raise FolderError(f"{folder}: class folder has no images with extensions "
@@ -86,6 +92,25 @@ def scan_folder(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSI
                               f"(expected the layout {LAYOUT})")
         samples.extend((str(folder / f), idx) for f in files)
     return sorted(class_to_idx, key=class_to_idx.__getitem__), samples
+
+
+def select_classes(root: str | os.PathLike, scan: Scan, class_to_idx: dict[str, int]) -> Scan:
+    """``scan_folder(root, class_to_idx=class_to_idx)`` made from ``scan``, a full scan of
+    ``root``, without listing the folder again: the classes named in ``class_to_idx``, labelled by it.
+
+    Raises:
+        FolderError: a class named in ``class_to_idx`` has no folder in ``scan``.
+    """
+    classes, samples = scan
+    paths: dict[str, list[str]] = {c: [] for c in classes}
+    for path, label in samples:
+        paths[classes[label]].append(path)
+    selected: list[tuple[str, int]] = []
+    for name, idx in sorted(class_to_idx.items(), key=lambda kv: (kv[1], kv[0])):
+        if name not in paths:
+            raise _missing_class(Path(root) / name, name)
+        selected.extend((path, idx) for path in paths[name])
+    return sorted(class_to_idx, key=class_to_idx.__getitem__), selected
 
 
 def _open_image(path: str, channels: int = 3) -> Image.Image:
@@ -109,17 +134,20 @@ class ImageFolderDataset(Dataset):
         extensions: accepted file-name endings (case-insensitive).
         class_to_idx: explicit class -> label mapping (only these classes are used).
         channels: 3 (RGB) or 1 (grey).
+        scan: ``root``'s :func:`scan_folder` result for these ``extensions`` and
+            ``class_to_idx``, when the caller has it already; then the folder is not listed again.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
                  extensions: Sequence[str] = IMG_EXTENSIONS,
-                 class_to_idx: dict[str, int] | None = None, *, channels: int = 3) -> None:
+                 class_to_idx: dict[str, int] | None = None, *, channels: int = 3,
+                 scan: Scan | None = None) -> None:
         if channels not in (1, 3):
             raise ValueError(f"ImageFolderDataset: channels must be 1 or 3, got {channels}")
         self.root = str(root)
         self.transform = transform if transform is not None else ToTensor()
         self.channels = channels
-        self.classes, self.samples = scan_folder(root, extensions, class_to_idx)
+        self.classes, self.samples = scan if scan is not None else scan_folder(root, extensions, class_to_idx)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)} if class_to_idx is None \
             else dict(class_to_idx)
         self.targets = [label for _, label in self.samples]
@@ -275,11 +303,12 @@ class _WorkerInit:
 
 
 # ------------------------------------------------------------------------ in-memory data
-def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> dict[str, Any]:
+def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS, *,
+                scan: Scan | None = None) -> dict[str, Any]:
     """Summary of an image folder: ``num_classes``, ``classes``, ``counts`` (per class),
     ``num_images``, ``sample_image_size`` ((width, height) of the first image) and
-    ``sample_image_mode``."""
-    classes, samples = scan_folder(root, extensions)
+    ``sample_image_mode``. ``scan``: the folder's :func:`scan_folder` result, if already made."""
+    classes, samples = scan if scan is not None else scan_folder(root, extensions)
     counts = {c: 0 for c in classes}
     for _, label in samples:
         counts[classes[label]] += 1
@@ -294,13 +323,14 @@ def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSI
 
 def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3, *,
                           resize: int | None = None, max_bytes: int = 4 * 2**30,
-                          extensions: Sequence[str] = IMG_EXTENSIONS,
+                          extensions: Sequence[str] = IMG_EXTENSIONS, scan: Scan | None = None,
                           ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode a whole image folder once into memory for the fast device-resident loader.
 
     Each image has its shorter side resized to ``resize`` (default ``size``) and its
     centre ``size`` x ``size`` cropped. Memory cost: ``N * channels * size * size``
-    bytes (uint8), e.g. 50,000 RGB images at 64 px take ~0.6 GB.
+    bytes (uint8), e.g. 50,000 RGB images at 64 px take ~0.6 GB. ``scan``: the folder's
+    :func:`scan_folder` result, if already made (the folder is then not listed again).
 
     Returns:
         ``(images uint8 [N,C,size,size], labels int64 [N], classes)``.
@@ -310,7 +340,7 @@ def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3,
     """
     if channels not in (1, 3):
         raise ValueError(f"load_folder_as_tensor: channels must be 1 or 3, got {channels}")
-    classes, samples = scan_folder(root, extensions)
+    classes, samples = scan if scan is not None else scan_folder(root, extensions)
     need = len(samples) * channels * size * size
     if need > max_bytes:
         raise FolderError(f"{root}: {len(samples)} images at {channels}x{size}x{size} need "

@@ -8,7 +8,8 @@ Two kinds of source behind one interface (:class:`BatchSource`), both resumable 
 * **streaming** (ImageNet-sized folders): :class:`pcdarts.train_stream.StreamSource`.
 
 Custom data is one config block (PEOPLE_ASK 23): ``data: {dataset: folder, path: DIR,
-input_size: 64, channels: 1}``; the class count comes from the folder.
+input_size: 64, channels: 1}``; the class count comes from the folder. Each folder is listed
+once per command (:class:`_TrainFolder` carries the training folder's listing to every step).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .data import load_dataset
-from .folders import ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
+from .folders import (ImageFolderDataset, Scan, folder_info, load_folder_as_tensor, make_folder_loader,
+                      scan_folder)
 from .gpu_loader import Augment, DeviceLoader
 from .train_config import TrainDataConfig, TrainError
 from .train_stream import Batch, StreamSource, DeviceBatches, stream_sets, check_stats, folder_roots
@@ -121,9 +123,32 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(float(v) for v in mean), tuple(max(float(v), 1e-3) for v in std)
 
 
-def _folder_arrays(d: TrainDataConfig, size: int, channels: int) -> _Arrays:
-    train_root, test_root = folder_roots(d)
-    x, y, classes = load_folder_as_tensor(train_root, size, channels)
+@dataclass
+class _TrainFolder:
+    """The training folder of a ``folder`` dataset, listed once, and the input shape the run uses."""
+
+    root: Path
+    scan: Scan
+    size: int
+    channels: int
+
+    @property
+    def num_images(self) -> int:
+        return len(self.scan[1])
+
+
+def _train_folder(d: TrainDataConfig) -> _TrainFolder:
+    root = folder_roots(d)[0]
+    scan = scan_folder(root)
+    size = d.input_size or min(folder_info(root, scan=scan)["sample_image_size"])
+    return _TrainFolder(root, scan, size, d.channels or 3)
+
+
+def _folder_arrays(d: TrainDataConfig, folder: _TrainFolder) -> _Arrays:
+    """Both splits of a folder in memory; mean/std are left empty for :func:`load_arrays`."""
+    test_root = folder_roots(d)[1]
+    size, channels = folder.size, folder.channels
+    x, y, classes = load_folder_as_tensor(folder.root, size, channels, scan=folder.scan)
     if test_root is None:
         # no split folders: a seeded hold-out, fixed by data.split_seed (not by the training seed)
         n_test = max(1, int(round(len(y) * d.test_portion)))
@@ -134,8 +159,7 @@ def _folder_arrays(d: TrainDataConfig, size: int, channels: int) -> _Arrays:
     else:
         tx, ty, test_classes = load_folder_as_tensor(test_root, size, channels)
         ty = _remap(ty, test_classes, classes, test_root)
-    mean, std = channel_stats(x)
-    return _Arrays(x, y, tx, ty, len(classes), mean, std, classes)
+    return _Arrays(x, y, tx, ty, len(classes), (), (), classes)
 
 
 def _remap(labels: torch.Tensor, names: list[str], train_names: list[str], where: Path) -> torch.Tensor:
@@ -149,13 +173,19 @@ def _remap(labels: torch.Tensor, names: list[str], train_names: list[str], where
     return table[labels]
 
 
-def load_arrays(d: TrainDataConfig) -> tuple[_Arrays, int, int]:
-    """Both splits in memory, shaped as configured; returns (arrays, channels, input_size)."""
+def load_arrays(d: TrainDataConfig, folder: Optional[_TrainFolder] = None) -> tuple[_Arrays, int, int]:
+    """Both splits in memory, shaped as configured; returns (arrays, channels, input_size).
+
+    ``folder``: the training folder already listed by the caller (``folder`` datasets only).
+    """
+    measure = d.mean is None or d.std is None  # given data.mean/std replace measured statistics
     if d.dataset == "folder":
-        train_root, _ = folder_roots(d)
-        size = d.input_size or min(folder_info(train_root)["sample_image_size"])
-        channels = d.channels or 3
-        arr = _folder_arrays(d, size, channels)
+        if folder is None:
+            folder = _train_folder(d)
+        size, channels = folder.size, folder.channels
+        arr = _folder_arrays(d, folder)
+        if measure:
+            arr.mean, arr.std = channel_stats(arr.train_x)
     else:
         train, test = load_dataset(d.spec, "train"), load_dataset(d.spec, "test")
         size = d.input_size or train.input_size
@@ -164,12 +194,12 @@ def load_arrays(d: TrainDataConfig) -> tuple[_Arrays, int, int]:
                       train.mean, train.std, train.classes)
         if channels != train.in_channels or size != train.input_size:
             arr.train_x, arr.test_x = _adapt(arr.train_x, channels, size), _adapt(arr.test_x, channels, size)
-            if channels != train.in_channels:  # the dataset's statistics describe other channels
+            if channels != train.in_channels and measure:  # the dataset's statistics describe other channels
                 arr.mean, arr.std = channel_stats(arr.train_x)
     arr.train_x, arr.train_y = _subset(arr.train_x, arr.train_y, d.max_samples, d.split_seed)
     arr.test_x, arr.test_y = _subset(arr.test_x, arr.test_y, d.max_test_samples, d.split_seed + 1)
     arr.num_classes = _num_classes(d, arr.num_classes, arr.train_y, arr.test_y)
-    if d.mean is not None and d.std is not None:
+    if not measure:
         arr.mean, arr.std = check_stats(d, channels)
     return arr, channels, size
 
@@ -188,13 +218,12 @@ def _fingerprint(labels: torch.Tensor) -> str:
     return hashlib.sha1(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:12]
 
 
-def _use_stream(d: TrainDataConfig, size: int, channels: int) -> bool:
-    if d.dataset != "folder" or d.loader == "memory":
+def _use_stream(d: TrainDataConfig, folder: _TrainFolder) -> bool:
+    if d.loader == "memory":
         return False
     if d.loader == "stream":
         return True
-    n = folder_info(folder_roots(d)[0])["num_images"]
-    return n * channels * size * size > MEMORY_LIMIT
+    return folder.num_images * folder.channels * folder.size * folder.size > MEMORY_LIMIT
 
 
 # ---------------------------------------------------------------- entry points
@@ -214,25 +243,23 @@ def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: in
         with_test: also build the test batches.
     """
     channels_last = device.type == "cuda"
-    if d.dataset == "folder":
-        train_root, _ = folder_roots(d)
-        size = d.input_size or min(folder_info(train_root)["sample_image_size"])
-        channels = d.channels or 3
-        if _use_stream(d, size, channels):
-            view, test, classes, mean, std = stream_sets(d, size, channels, seed)
-            num_classes = d.num_classes or len(classes)
-            if d.num_classes is not None and d.num_classes < len(classes):
-                raise TrainError(f"data.num_classes={d.num_classes} but {train_root} has {len(classes)} class "
-                                 "folders; raise it or leave it null")
-            src = StreamSource(view, batch_size, seed=seed, drop_last=drop_last, workers=d.workers,
-                               device=device, channels_last=channels_last)
-            test_batches = DeviceBatches(make_folder_loader(test, eval_batch_size, shuffle=False,
-                                                             num_workers=min(d.workers, os.cpu_count() or 1),
-                                                             seed=seed), device, channels_last) if with_test else None
-            info = {"dataset": d.spec, "loader": "stream", "n_train": len(view), "n_test": len(test),  # type: ignore
-                    "classes": classes, "mean": list(mean), "std": list(std)}
-            return TrainData(src, test_batches, num_classes, channels, size, info)
-    arr, channels, size = load_arrays(d)
+    folder = _train_folder(d) if d.dataset == "folder" else None
+    if folder is not None and _use_stream(d, folder):
+        size, channels = folder.size, folder.channels
+        view, test, classes, mean, std = stream_sets(d, size, channels, seed, train_scan=folder.scan)
+        num_classes = d.num_classes or len(classes)
+        if d.num_classes is not None and d.num_classes < len(classes):
+            raise TrainError(f"data.num_classes={d.num_classes} but {folder.root} has {len(classes)} class "
+                             "folders; raise it or leave it null")
+        src = StreamSource(view, batch_size, seed=seed, drop_last=drop_last, workers=d.workers,
+                           device=device, channels_last=channels_last)
+        test_batches = DeviceBatches(make_folder_loader(test, eval_batch_size, shuffle=False,
+                                                         num_workers=min(d.workers, os.cpu_count() or 1),
+                                                         seed=seed), device, channels_last) if with_test else None
+        info = {"dataset": d.spec, "loader": "stream", "n_train": len(view), "n_test": len(test),  # type: ignore
+                "classes": classes, "mean": list(mean), "std": list(std)}
+        return TrainData(src, test_batches, num_classes, channels, size, info)
+    arr, channels, size = load_arrays(d, folder)
     pad_default, flip_default = AUGMENT_DEFAULTS.get(d.dataset, (max(1, size // 8), True))
     aug = Augment(crop_padding=pad_default if d.crop_padding is None else d.crop_padding,
                   flip=flip_default if d.flip is None else d.flip, cutout=cutout)
@@ -264,17 +291,18 @@ def build_split_batches(d: TrainDataConfig, split: str, *, batch_size: int, devi
     channels_last = device.type == "cuda"
     size, channels = d.input_size, d.channels
     assert size is not None and channels is not None
-    if _use_stream(d, size, channels):
-        view, test, classes, mean, std = stream_sets(d, size, channels, 0)
+    folder = _train_folder(d) if d.dataset == "folder" else None
+    if folder is not None and _use_stream(d, folder):
+        view, test, classes, mean, std = stream_sets(d, size, channels, 0, train_scan=folder.scan)
         if split == "train":  # evaluate the training images with the test-time transform
             ev = eval_transform(size, mean=mean, std=std)
-            ds: Dataset = torch.utils.data.Subset(ImageFolderDataset(view.base.root, ev, channels=channels),
-                                                  view.indices)
+            base = ImageFolderDataset(view.base.root, ev, channels=channels, scan=folder.scan)
+            ds: Dataset = torch.utils.data.Subset(base, view.indices)
         else:
             ds = test
         loader = make_folder_loader(ds, batch_size, shuffle=False, num_workers=min(d.workers, os.cpu_count() or 1))
         return DeviceBatches(loader, device, channels_last), len(ds), len(classes)  # type: ignore[arg-type]
-    arr, _, _ = load_arrays(d)
+    arr, _, _ = load_arrays(d, folder)
     x, y = (arr.train_x, arr.train_y) if split == "train" else (arr.test_x, arr.test_y)
     if not len(y):
         raise TrainError(f"the {split} split of {d.spec} is empty")

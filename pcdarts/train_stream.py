@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .folders import FolderLoader, ImageFolderDataset, scan_folder
+from .folders import FolderLoader, ImageFolderDataset, Scan, scan_folder, select_classes
 from .train_config import TrainDataConfig, TrainError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -157,8 +157,10 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y.to(device, non_blocking=True)
 
 
-def stream_sets(d: TrainDataConfig, size: int, channels: int, seed: int
-                 ) -> tuple[_SeededView, Dataset, list[str], tuple[float, ...], tuple[float, ...]]:
+def stream_sets(d: TrainDataConfig, size: int, channels: int, seed: int, train_scan: Optional[Scan] = None
+                ) -> tuple[_SeededView, Dataset, list[str], tuple[float, ...], tuple[float, ...]]:
+    """(training view, test dataset, classes, mean, std) of a streamed folder; each folder is
+    listed once (the training folder not at all when ``train_scan``, its scan, is given)."""
     train_root, test_root = folder_roots(d)
     if d.mean is not None:
         mean, std = check_stats(d, channels)
@@ -166,7 +168,7 @@ def stream_sets(d: TrainDataConfig, size: int, channels: int, seed: int
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
     rng = random.Random(0)
     base = ImageFolderDataset(train_root, train_transform(size, d.color_jitter, mean=mean, std=std, rng=rng),
-                              channels=channels)
+                              channels=channels, scan=train_scan)
     classes = base.classes
     ev = eval_transform(size, mean=mean, std=std)
     n = len(base)
@@ -174,12 +176,14 @@ def stream_sets(d: TrainDataConfig, size: int, channels: int, seed: int
         n_test = max(1, int(round(n * d.test_portion)))
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).tolist()
         train_idx, test_idx = sorted(perm[n_test:]), sorted(perm[:n_test])
-        test: Dataset = torch.utils.data.Subset(ImageFolderDataset(train_root, ev, channels=channels), test_idx)
+        test: Dataset = torch.utils.data.Subset(
+            ImageFolderDataset(train_root, ev, channels=channels, scan=(classes, base.samples)), test_idx)
     else:
         train_idx = list(range(n))
-        scan_folder(test_root)  # a clear error for a bad test folder before anything trains
-        test = ImageFolderDataset(test_root, ev, class_to_idx={c: i for i, c in enumerate(classes)},
-                                  channels=channels)
+        test_scan = scan_folder(test_root)  # all of it: a clear error for a bad test folder before anything trains
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        test = ImageFolderDataset(test_root, ev, class_to_idx=class_to_idx, channels=channels,
+                                  scan=select_classes(test_root, test_scan, class_to_idx))
     train_idx = _subset_list(train_idx, d.max_samples, d.split_seed)
     if d.max_test_samples is not None and d.max_test_samples < len(test):  # type: ignore[arg-type]
         test = torch.utils.data.Subset(test, _subset_list(list(range(len(test))),  # type: ignore[arg-type]

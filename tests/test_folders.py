@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import warnings
 from pathlib import Path
 
@@ -239,6 +240,39 @@ def test_load_folder_as_tensor(folder: Path) -> None:
     assert grey.shape == (30, 1, 8, 8)
     with pytest.raises(FolderError, match="streaming loader"):
         load_folder_as_tensor(folder, 12, max_bytes=30 * 3 * 12 * 12 - 1)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("loader", ["memory", "stream", "auto"])
+def test_train_data_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           loader: str, split: bool) -> None:
+    # listing an ImageNet-sized folder takes seconds to minutes: build_train_data must do it once per folder
+    from pcdarts import train_data
+    from pcdarts.train_config import TrainDataConfig
+
+    root = tmp_path / "imgs"
+    if split:
+        make_folder(root / "train", per_class=4)
+        make_folder(root / "val", per_class=2)
+    else:
+        make_folder(root, per_class=4)
+    scans: dict[Path, int] = {}
+    real_scan = folders.scan_folder
+
+    def counting_scan(path, *args, **kwargs):
+        scans[Path(path)] = scans.get(Path(path), 0) + 1
+        return real_scan(path, *args, **kwargs)
+
+    for name, module in list(sys.modules.items()):  # wherever it was imported
+        if name.startswith("pcdarts") and getattr(module, "scan_folder", None) is real_scan:
+            monkeypatch.setattr(module, "scan_folder", counting_scan)
+    d = TrainDataConfig(dataset="folder", path=str(root), loader=loader, workers=0)  # input_size from the images
+    data = train_data.build_train_data(d, batch_size=4, eval_batch_size=4, seed=0, cutout=0, drop_last=False,
+                                       device=torch.device("cpu"))
+    assert scans == ({root / "train": 1, root / "val": 1} if split else {root: 1})
+    assert data.info["loader"] == ("stream" if loader == "stream" else "memory")
+    assert (data.info["n_train"], data.info["n_test"]) == ((12, 6) if split else (11, 1))
+    assert (data.num_classes, data.in_channels, data.input_size) == (3, 3, 20)
 
 
 # -------------------------------------------------------------------------------- subset
