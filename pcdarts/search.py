@@ -284,7 +284,7 @@ class Searcher:
                     self.method.on_epoch_start(self.epoch, ctx)
                     self._epoch_t0 = time.time()
                 arch_active = self.method.is_arch_active(self.epoch)
-                bar = _progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
+                bar = utils.epoch_progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
                 while self.step < steps:
                     self.search_step(arch_active, ctx)
                     self.step += 1
@@ -390,13 +390,7 @@ class Searcher:
         genotype = self.derive()
         if self.dist.is_main:
             save_genotype(genotype, self.run_dir / "genotype.json")
-            mf = self.run_dir / "manifest.json"
-            if mf.is_file():
-                import json
-                data = json.loads(mf.read_text())
-                data["end_time"] = utils.now()
-                data["genotype"] = str(genotype)
-                utils.write_json(mf, data)
+            utils.close_manifest(self.run_dir, genotype=str(genotype))
             if self.cfg.run.plots:
                 self._plots(genotype)
         return SearchResult(genotype, self.history, self.run_dir, self.cfg)
@@ -442,18 +436,7 @@ class Searcher:
         self.meters = {k: v.to(self.device) for k, v in ck["meters"].items()}
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         utils.set_rng_state(ck["rng"])
-        hist = [r for r in utils.read_jsonl(self.run_dir / "history.jsonl") if r["epoch"] < self.epoch]
-        self.history = hist
-        if self.dist.is_main:  # drop lines written after this checkpoint (a crash between the two)
-            text = "".join(__import__("json").dumps(r) + "\n" for r in hist)
-            utils.atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
-
-
-def _progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
 
 
 def _fingerprint(labels: torch.Tensor) -> str:

@@ -177,7 +177,7 @@ class Trainer:
         with utils.StopFlag() as stop:
             while self.epoch < t.epochs:
                 self._start_epoch()
-                bar = _progress(cfg.run.progress, self.steps, self.step, self.epoch, t.epochs)
+                bar = utils.epoch_progress(cfg.run.progress, self.steps, self.step, self.epoch, t.epochs)
                 t0 = time.perf_counter()
                 while self.step < self.steps:
                     x, y = self.data.train.next()
@@ -274,11 +274,7 @@ class Trainer:
             "device": str(self.device),
         }
         utils.write_json(self.run_dir / "metrics.json", metrics)
-        mf = self.run_dir / "manifest.json"
-        if mf.is_file():  # close the manifest: when the run ended and what it reached
-            data = json.loads(mf.read_text())
-            data.update(end_time=utils.now(), final_test_top1=metrics["final_test_top1"])
-            utils.write_json(mf, data)
+        utils.close_manifest(self.run_dir, final_test_top1=metrics["final_test_top1"])
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -306,17 +302,7 @@ class Trainer:
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         self.best, self.train_time = dict(ck.get("best") or {}), float(ck.get("train_time", 0.0))
         utils.set_rng_state(ck["rng"])
-        # keep the history lines of finished epochs only (a crash may leave a later line)
-        self.history = [r for r in utils.read_jsonl(self.run_dir / "history.jsonl") if r["epoch"] < self.epoch]
-        text = "".join(json.dumps(r) + "\n" for r in self.history)
-        utils.atomic_write_bytes(self.run_dir / "history.jsonl", text.encode())
-
-
-def _progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch)
 
 
 def _print_epoch(rec: dict[str, Any], epochs: int) -> None:

@@ -120,6 +120,33 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def epoch_progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
+    """A tqdm bar over one epoch's steps (None when progress bars are off)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+def history_until(path: Path, epoch: int, *, rewrite: bool = True) -> list[dict[str, Any]]:
+    """The ``history.jsonl`` records of the epochs before ``epoch`` (the ones a checkpoint
+    at ``epoch`` has finished); with ``rewrite`` the file is cut back to them, dropping
+    lines a crash between history and checkpoint left behind."""
+    records = [r for r in read_jsonl(path) if r["epoch"] < epoch]
+    if rewrite:
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return records
+
+
+def close_manifest(run_dir: Path, **fields: Any) -> None:
+    """Record the end time (and ``fields``) in ``run_dir/manifest.json``, if there is one."""
+    path = Path(run_dir) / "manifest.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        data.update(end_time=now(), **fields)
+        write_json(path, data)
+
+
 def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
 
