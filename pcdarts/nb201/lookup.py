@@ -164,7 +164,9 @@ class NB201Table:
     @property
     def source(self) -> str:
         """Human-readable description of where the numbers come from."""
-        data = self._any_data()
+        return self._source_of(self._any_data())
+
+    def _source_of(self, data: _TableData) -> str:
         if self.path is None or data.source in ("", str(self.path)):
             return data.source or str(self.path)
         return f"{self.path} ({data.source})"
@@ -239,9 +241,10 @@ class NB201Table:
         test_accs = _runs(data.test.get(ds), row)
         v_mean, v_std = _mean_std(valid_accs)
         t_mean, t_std = _mean_std(test_accs)
-        return QueryResult(arch=arch_str, dataset=ds, source=self.source, valid_acc_mean=v_mean,
+        # source and hp from the data at hand: no other dataset's file is read for them
+        return QueryResult(arch=arch_str, dataset=ds, source=self._source_of(data), valid_acc_mean=v_mean,
                            valid_acc_std=v_std, valid_accs=valid_accs, test_acc_mean=t_mean, test_acc_std=t_std,
-                           test_accs=test_accs, matched_arch=_arch_of(matched), hp=self.hp)
+                           test_accs=test_accs, matched_arch=_arch_of(matched), hp=data.hp)
 
     def best(self, dataset: str = "cifar10", split: str = "valid") -> QueryResult:
         """The cell with the highest mean accuracy over runs (the benchmark optimum).
@@ -259,7 +262,7 @@ class NB201Table:
         data = self._data(ds)
         arr = (data.valid if split == "valid" else data.test).get(ds)
         if arr is None:
-            raise BenchmarkError(f"{self.source} has no {split} accuracies for {ds}")
+            raise BenchmarkError(f"{self._source_of(data)} has no {split} accuracies for {ds}")
         counts = (~np.isnan(arr)).sum(axis=1)
         means = np.where(counts > 0, np.nansum(arr, axis=1) / np.maximum(counts, 1), -np.inf)
         return self.query(_arch_of(int(data.codes[int(np.argmax(means))])), ds, hp=self.hp)
