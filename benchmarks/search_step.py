@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pcdarts.spaces import get_space  # noqa: E402
 from pcdarts.utils import peak_rss_mib  # noqa: E402
 
 SYNTHETIC = "synthetic"  # pcdarts.data: random uint8 images, SIZExCHANNELSxCOUNT
@@ -151,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     short = {"fast": "fast", "reference": "ref"}
     rec: dict[str, Any] = {
         "space": args.space, "method": args.method, "C": args.C,
-        "cells": args.cells or (8 if args.space == "darts" else 5), "batch": args.batch,
+        "cells": args.cells or get_space(args.space).default_layers, "batch": args.batch,
         "k": args.k, "channel_mode": args.channel_mode, "input_size": args.input_size, "device": str(device),
         "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
         "torch": torch.__version__,

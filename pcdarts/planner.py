@@ -239,11 +239,12 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         suggest: compute ``suggest_k`` (one more measurement per candidate K).
     """
     from .registry import METHODS
+    from .spaces import get_space
 
     if k is None:
         k = int(getattr(METHODS.get(method).Config(), "k", 1))
-    if layers is None:  # the spaces' defaults (SpaceConfig.layers=None)
-        layers = 8 if space == "darts" else 5
+    if layers is None:  # the space's default (SpaceConfig.layers=None)
+        layers = get_space(space).default_layers
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     cuda = str(device).startswith("cuda")
@@ -271,7 +272,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         res.suggest_batch = m.largest_batch(budget_mib - data_mib, cuda)
         if suggest:
             res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
-                                        impl, amp, channel_mode, cuda, budget_mib - data_mib)
+                                        impl, amp, channel_mode, cuda, budget_mib - data_mib, {k: m})
     return res
 
 
@@ -338,13 +339,16 @@ def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: in
 
 def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[int], input_size: int,
                 in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str, cuda: bool,
-                budget: float) -> Optional[int]:
+                budget: float, measured: dict[int, _Measured]) -> Optional[int]:
+    """The smallest K dividing C whose step fits ``budget``; ``measured``: the Ks already measured."""
     for k in [d for d in range(1, C + 1) if C % d == 0]:
-        try:
-            m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode,
-                         not cuda)
-        except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
-            continue
+        m = measured.get(k)
+        if m is None:
+            try:
+                m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp,
+                             channel_mode, not cuda)
+            except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
+                continue
         if m.peak(batch, cuda) <= budget:
             return k
     return None

@@ -21,6 +21,7 @@ class SearchSpace:
     name: str = ""
     primitives: tuple[str, ...] = ()
     cell_types: tuple[str, ...] = ()
+    default_layers: int = 1  # space.layers when the config leaves it None
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         """Edge indices entering each intermediate node (the edge-normalisation groups)."""

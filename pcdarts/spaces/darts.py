@@ -186,13 +186,14 @@ class DartsSpace(SearchSpace):
     name = "darts"
     primitives = DARTS_PRIMITIVES
     cell_types = ("normal", "reduce")
+    default_layers = 8  # cells of the CIFAR supernet
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))
 
     def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
                        masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
-        kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or 8, num_classes=num_classes, in_channels=in_channels,
+        kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or self.default_layers, num_classes=num_classes, in_channels=in_channels,
                       nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier, stem=space_cfg.stem,
                       k=k, channel_mode=space_cfg.channel_mode, masks=masks)
         if getattr(space_cfg, "impl", "reference") == "fast":

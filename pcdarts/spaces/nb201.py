@@ -107,13 +107,14 @@ class NB201Space(SearchSpace):
     name = "nb201"
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
+    default_layers = 5  # cells per stage, N
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return [list(g) for g in NB201_NODE_EDGES]
 
     def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
                        masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
-        kwargs = dict(C=space_cfg.C, N=space_cfg.layers or 5, num_classes=num_classes, in_channels=in_channels, k=k,
+        kwargs = dict(C=space_cfg.C, N=space_cfg.layers or self.default_layers, num_classes=num_classes, in_channels=in_channels, k=k,
                       channel_mode=space_cfg.channel_mode, track_running_stats=space_cfg.track_running_stats,
                       masks=masks)
         if getattr(space_cfg, "impl", "reference") == "fast":
