@@ -9,7 +9,7 @@ loads a preset and then applies dotted overrides such as ``--search.epochs 50``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
@@ -372,20 +372,8 @@ def load_config_file(path: Union[str, Path]) -> Config:
     return build_config(d)
 
 
-def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of ``cfg`` with some section fields replaced, e.g. ``search={"epochs": 2}``."""
-    d = cfg.to_dict()
-    for name, values in sections.items():
-        d.setdefault(name, {}).update(values)
-    return build_config(d)
-
-
-def is_config_dataclass(x: Any) -> bool:
-    return is_dataclass(x) and not isinstance(x, type)
-
-
 __all__ = [
     "Config", "ConfigError", "DataConfig", "SpaceConfig", "SearchConfig", "RunConfig", "build_config",
-    "load_preset", "apply_override", "parse_value", "preset_names", "load_config_file", "with_overrides",
+    "load_preset", "apply_override", "parse_value", "preset_names", "load_config_file",
     "replace",
 ]

@@ -164,7 +164,6 @@ class _DartsNetwork(nn.Module):
         if not isinstance(genotype, DartsGenotype):
             raise TypeError(f"genotype must be a DartsGenotype, got {type(genotype).__name__}; "
                             "use NB201Network (or build_network) for NAS-Bench-201 cells")
-        self._layers = layers
         self._aux_index = 2 * layers // 3
         C_pp, C_p, C_curr = C_stem_pp, C_stem_p, C
         self.cells = nn.ModuleList()

@@ -358,17 +358,9 @@ class Searcher:
         self.save_checkpoint()
 
     def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
-        try:
-            st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
-                                           input_size=self.input_size)
-        except ImportError:  # the statistics module is optional at this layer
-            return {}
-        out: dict[str, Any] = {}
-        if "params" in st:
-            out["genotype_params_m"] = st["params"]
-        if "macs" in st:
-            out["genotype_macs_m"] = st["macs"]
-        return out
+        st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
+                                       input_size=self.input_size)
+        return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"]}
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
         """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""

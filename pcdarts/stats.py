@@ -57,11 +57,6 @@ def count_params(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> i
     return sum(p.numel() for name, p in model.named_parameters() if not _excluded(name, exclude))
 
 
-def count_params_mb(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> float:
-    """:func:`count_params` in millions (the "MB" of the original DARTS code)."""
-    return count_params(model, exclude) / 1e6
-
-
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-adds of the Conv2d and Linear layers for one input of ``input_size`` (C, H, W).
 
