@@ -33,16 +33,15 @@ from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import fast_ops as fo
-from .edges import Mixing
+from .edges import Mixing, bypass
 from .fast_blocks import DARTS_KINDS, NB201_KINDS, SourcePlan, darts_block, nb201_block, source_plans
 from .fast_conv import preprocess
 from .genotype import NB201_EDGES
 from .ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 from .spaces.darts import DartsSupernet, SearchCell, darts_node_edges
-from .spaces.nb201 import NB201SearchCell, NB201Supernet
+from .spaces.nb201 import NB201_NODE_EDGES, NB201SearchCell, NB201Supernet
 
 
 class FastOptions:
@@ -78,10 +77,6 @@ def _coefficients(weights: torch.Tensor, edge_weights: Optional[torch.Tensor], p
     if edge_weights is None or per_edge:
         return weights
     return weights * edge_weights.unsqueeze(1)
-
-
-def _bypass(x: torch.Tensor, stride: int) -> torch.Tensor:
-    return x if stride == 1 else F.max_pool2d(x, 2, 2, ceil_mode=True)
 
 
 def _assemble(proc: Optional[torch.Tensor], rest: Optional[torch.Tensor], mode: str, k: int,
@@ -171,7 +166,7 @@ def _run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list
             ew = None if edge_weights is None else edge_weights[e]
             if random:  # per edge, as the reference: processed channels back to their places
                 if byp is None:
-                    byp = _bypass(x, plan.stride)
+                    byp = bypass(x, plan.stride)
                 ye = fo.unmat(ys, N, H, W) if ys is not None else byp.new_zeros(N, c, H, W)
                 add(rest, j, byp.index_copy(1, perms[e], ye), ew)
                 continue
@@ -179,7 +174,7 @@ def _run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list
                 add(proc, j, ys)
             if k > 1:
                 if byp is None:
-                    byp = _bypass(tail, plan.stride)  # once per node, not per edge
+                    byp = bypass(tail, plan.stride)  # once per node, not per edge
                 add(rest, j, byp, ew)
     return states
 
@@ -224,9 +219,6 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
         return self.classifier(torch.cat([self.global_pooling(n).flatten(1) for n in nodes], 1))
 
 
-NB201_NODE_EDGE_GROUPS = [[0], [1, 2], [3, 4, 5]]
-
-
 class FastNB201Supernet(NB201Supernet, FastOptions):
     """:class:`NB201Supernet` with the fast cell forward (same modules, same state_dict)."""
 
@@ -238,7 +230,7 @@ class FastNB201Supernet(NB201Supernet, FastOptions):
                      edge_weights: Optional[torch.Tensor]) -> torch.Tensor:
         edge_list = list(NB201_EDGES)
         plans = _cell_plans(cell, edge_list, NB201_PRIMITIVES, NB201_KINDS, 3)
-        states = _run_cell(cell, plans, nb201_block, [x], NB201_NODE_EDGE_GROUPS, edge_list, weights,
+        states = _run_cell(cell, plans, nb201_block, [x], NB201_NODE_EDGES, edge_list, weights,
                            edge_weights, self.recompute)
         return states[-1]
 

@@ -53,17 +53,15 @@ class SourcePlan:
     """What the edges leaving one node compute.
 
     Attributes:
-        src: the node; stride: 1, or 2 for the inputs of a reduction cell.
-        C: channels of the node; c: channels the ops see (C/K).
+        stride: 1, or 2 for the inputs of a reduction cell.
+        c: channels the ops see (C/K).
         out_edges: cell edge indices leaving the node (slot t = position in this list).
         targets: the node each out edge enters.
         groups: (kind, op index, slots having the op) for every op that is built.
         n_ops: number of primitives (the O of the [E, O] coefficients).
     """
 
-    src: int
     stride: int
-    C: int
     c: int
     out_edges: list[int]
     targets: list[int]
@@ -83,7 +81,6 @@ class SourcePlan:
             for g, (kind, o, slots) in enumerate(self.groups):
                 edges = [self.out_edges[t] for t in slots]
                 d[f"slots{g}"] = torch.tensor(slots, dtype=torch.long, device=device)
-                d[f"edges{g}"] = torch.tensor(edges, dtype=torch.long, device=device)
                 d[f"arange{g}"] = torch.arange(len(slots), device=device)
                 flat = [e * self.n_ops + o for e in edges]
                 d[f"flat{g}"] = torch.tensor(flat, dtype=torch.long, device=device)
@@ -118,7 +115,7 @@ def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primiti
             if slots:
                 groups.append((kinds[name], o, slots))
         stride = edges[out_edges[0]].stride if out_edges else 1
-        plans.append(SourcePlan(i, stride, C, C // k, out_edges, [edge_list[e][1] for e in out_edges], groups,
+        plans.append(SourcePlan(stride, C // k, out_edges, [edge_list[e][1] for e in out_edges], groups,
                                 len(primitives)))
     return plans
 
@@ -152,8 +149,8 @@ def _mix(out: Optional[torch.Tensor], z: torch.Tensor, A: torch.Tensor, plan: So
     return fo.accumulate(out, z, M)
 
 
-def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional[torch.Tensor], A: torch.Tensor,
-           idx: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torch.Tensor, idx: Optional[torch.Tensor],
+           out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     gs = plan.of_kind("pool")
     if not gs:
         return out
@@ -165,7 +162,7 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
         ix = plan.index(A.device)
         vals = A.reshape(-1).index_select(0, ix["pool_flat"])
         S = vals.new_zeros(len(gs), len(plan.out_edges)).index_put((ix["pool_rows"], ix["pool_cols"]), vals)
-        y = pool_mix(xs, S, PoolSpec([ms[0].pool for ms in mods], bns if has_bn else None, plan.c))
+        y = pool_mix(x, S, PoolSpec([ms[0].pool for ms in mods], bns if has_bn else None, plan.c))
         return fo.add_into(out, y)
     # one block per edge: each edge has its own channels (random) or running stats (eval)
     parts, entries, r = [], [], 0
@@ -174,7 +171,7 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
         if idx is not None:
             parts.append(fo.gather_channels(ms[0].pool(x), _edge_channels(idx, ix[f"slots{g}"], plan.c)))
         else:
-            parts.append(fo.replicate(ms[0].pool(xs), len(ms)))
+            parts.append(fo.replicate(ms[0].pool(x), len(ms)))
         entries.append((g, r))
         r += len(ms)
     z = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
@@ -183,8 +180,7 @@ def _pools(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional
     return _mix(out, z, A, plan, entries, shared_rows=False)
 
 
-def _skip(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional[torch.Tensor],
-          A: torch.Tensor, idx: Optional[torch.Tensor],
+def _skip(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torch.Tensor, idx: Optional[torch.Tensor],
           out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     gs = plan.of_kind("skip")
     if not gs:
@@ -193,7 +189,7 @@ def _skip(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional[
     ix = plan.index(A.device)
     if plan.stride == 1:  # identity
         if idx is None:
-            return _mix(out, xs, A, plan, [(g, 0)], shared_rows=True)
+            return _mix(out, x, A, plan, [(g, 0)], shared_rows=True)
         z = fo.gather_channels(x, _edge_channels(idx, ix[f"slots{g}"], plan.c))
         return _mix(out, z, A, plan, [(g, 0)], shared_rows=False)
     # FactorizedReduce of every edge: one conv on the two pixel grids (fast_ops.fr_weight)
@@ -202,7 +198,7 @@ def _skip(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, xs: Optional[
     w = fo.fr_weight(frs)
     if idx is None:  # one chain node: grids of the shared ReLU input, conv, BN, mixing
         spec = ChainSpec("grids", n, c, [_spec(None, 1)], [], [[f.bn for f in frs]], recompute=True)
-        return _chain(out, plan, g, xs, A, None, spec, [w])
+        return _chain(out, plan, g, x, A, None, spec, [w])
     else:  # per-edge inputs: reorder ([even], [odd]) x edges to edges x ([even], [odd]); grouped conv
         gr = fo.grids(fo.gather_channels(torch.relu(x), _edge_channels(idx, ix[f"slots{g}"], c)))
         N, _, H2, W2 = gr.shape
@@ -224,9 +220,8 @@ def darts_block(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torc
         recompute: the conv chains keep only their input (see :class:`fast_conv.ChainSpec`).
     """
     c = plan.c
-    xs = x if idx is None else None
-    out = _pools(plan, edges, x, xs, A, idx, None)
-    out = _skip(plan, edges, x, xs, A, idx, out)
+    out = _pools(plan, edges, x, A, idx, None)
+    out = _skip(plan, edges, x, A, idx, out)
     for g in plan.of_kind("sep", "dil"):
         seqs = [m.op for m in _ops(plan, edges, g)]
         n = len(seqs)
@@ -292,9 +287,8 @@ def nb201_block(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torc
     outgoing edges are one conv with stacked weights (output already in edge order).
     """
     c = plan.c
-    xs = x if idx is None else None
-    out = _pools(plan, edges, x, xs, A, idx, None)
-    out = _skip(plan, edges, x, xs, A, idx, out)
+    out = _pools(plan, edges, x, A, idx, None)
+    out = _skip(plan, edges, x, A, idx, out)
     for g in plan.of_kind("conv"):
         seqs = [m.op for m in _ops(plan, edges, g)]
         conv, n = seqs[0][1], len(seqs)

@@ -156,26 +156,16 @@ class ChainSpec:
 def _bn_forward(p: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, tuple[Any, ...]]:
     """BN(affine=False) of the grouped modules: output and what backward needs.
 
-    Running statistics are updated exactly like :func:`fast_ops.group_batch_norm` (the
-    same kernel updates the concatenated buffers, which are copied back).
+    Running statistics are updated like :func:`fast_ops.group_batch_norm`
+    (:func:`fast_ops.train_running_stats`).
     """
     bn0 = bns[0]
     eps = bn0.eps
     track = bn0.running_mean is not None
     if bn0.training or not track:
         if track:
-            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
-            factor = bn0.momentum if bn0.momentum is not None else 1.0 / float(bn0.num_batches_tracked)
-            if len(bns) == 1:
-                rm, rv = bn0.running_mean, bn0.running_var
-            else:
-                rm = torch.cat([b.running_mean for b in bns])
-                rv = torch.cat([b.running_var for b in bns])
-            y, mean, invstd = aten.native_batch_norm(p, None, None, rm, rv, True, factor, eps)
-            if len(bns) > 1:
-                sizes = [b.num_features for b in bns]
-                torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(sizes)))
-                torch._foreach_copy_([b.running_var for b in bns], list(rv.split(sizes)))
+            y, mean, invstd = fo.train_running_stats(
+                bns, lambda rm, rv, f: aten.native_batch_norm(p, None, None, rm, rv, True, f, eps))
         else:
             y, mean, invstd = aten.native_batch_norm(p, None, None, None, None, True, 0.0, eps)
         return y, (True, mean, invstd, None, None, eps)

@@ -19,7 +19,7 @@ No device logic and no search-loop logic here.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -128,10 +128,32 @@ def fr_weight(frs: Sequence[nn.Module]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- BatchNorm
 
-def _bn_factor(bn: nn.BatchNorm2d) -> float:
+def bn_factor(bn: nn.BatchNorm2d) -> float:
+    """The running-stat update factor of ``bn`` (call after incrementing num_batches_tracked)."""
     if bn.momentum is not None:
         return float(bn.momentum)
     return 1.0 / float(bn.num_batches_tracked)  # cumulative average (after the increment)
+
+
+def train_running_stats(bns: Sequence[nn.BatchNorm2d],
+                        kernel: Callable[[torch.Tensor, torch.Tensor, float], Any]) -> Any:
+    """Count the batch on every module, run ``kernel(running_mean, running_var, factor)`` (a
+    training-mode BN call, which updates the buffers it is given) on the concatenated
+    running buffers of ``bns`` and copy them back; returns what ``kernel`` returns."""
+    bn0 = bns[0]
+    with torch.no_grad():
+        torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+    factor = bn_factor(bn0)
+    if len(bns) == 1:
+        return kernel(bn0.running_mean, bn0.running_var, factor)
+    rm = torch.cat([b.running_mean for b in bns])
+    rv = torch.cat([b.running_var for b in bns])
+    out = kernel(rm, rv, factor)
+    sizes = [b.num_features for b in bns]
+    with torch.no_grad():
+        torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(sizes)))
+        torch._foreach_copy_([b.running_var for b in bns], list(rv.split(sizes)))
+    return out
 
 
 def group_batch_norm(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
@@ -149,19 +171,7 @@ def group_batch_norm(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Te
     if bn0.running_mean is None:  # track_running_stats=False: batch statistics, always
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn0.eps)
     if bn0.training:
-        with torch.no_grad():
-            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
-        factor = _bn_factor(bn0)
-        if len(bns) == 1:
-            return F.batch_norm(x, bn0.running_mean, bn0.running_var, weight, bias, True, factor, bn0.eps)
-        rm = torch.cat([b.running_mean for b in bns])
-        rv = torch.cat([b.running_var for b in bns])
-        y = F.batch_norm(x, rm, rv, weight, bias, True, factor, bn0.eps)
-        sizes = [b.num_features for b in bns]
-        with torch.no_grad():
-            torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(sizes)))
-            torch._foreach_copy_([b.running_var for b in bns], list(rv.split(sizes)))
-        return y
+        return train_running_stats(bns, lambda rm, rv, f: F.batch_norm(x, rm, rv, weight, bias, True, f, bn0.eps))
     rm = torch.cat([b.running_mean for b in bns]) if len(bns) > 1 else bn0.running_mean
     rv = torch.cat([b.running_var for b in bns]) if len(bns) > 1 else bn0.running_var
     return F.batch_norm(x, rm, rv, weight, bias, False, 0.0, bn0.eps)
@@ -202,9 +212,13 @@ def mix_matrix(coef: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n_row
     the weighted mixing sum of many ops and edges as one GEMM. Zero entries add
     exact zeros, so the result equals the plain weighted sum up to summation order.
     """
-    S = coef.new_zeros(n_rows, n_cols).index_put((rows, cols), coef, accumulate=True)
-    eye = torch.eye(c, dtype=coef.dtype, device=coef.device)
-    return (S[:, None, :, None] * eye[None, :, None, :]).reshape(n_rows * c, n_cols * c)
+    return kron_eye(coef.new_zeros(n_rows, n_cols).index_put((rows, cols), coef, accumulate=True), c)
+
+
+def kron_eye(S: torch.Tensor, c: int) -> torch.Tensor:
+    """kron(S, I_c): [a, b] -> [a*c, b*c], block (i, j) = S[i, j] * I_c."""
+    eye = torch.eye(c, dtype=S.dtype, device=S.device)
+    return (S[:, None, :, None] * eye[None, :, None, :]).reshape(S.shape[0] * c, S.shape[1] * c)
 
 
 def accumulate(out: Optional[torch.Tensor], z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -229,5 +243,6 @@ def add_into(out: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
-           "grids_backward", "fr_weight", "group_batch_norm", "block_diag_1x1",
-           "multiplier_pointwise", "mix_matrix", "accumulate", "add_into"]
+           "grids_backward", "fr_weight", "bn_factor", "train_running_stats",
+           "group_batch_norm", "block_diag_1x1", "multiplier_pointwise", "mix_matrix", "kron_eye", "accumulate",
+           "add_into"]

@@ -52,12 +52,6 @@ def _pair(v: Any) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def _matrix(S: torch.Tensor, c: int) -> torch.Tensor:
-    """kron(S, I_c): [kinds*c, slots*c]."""
-    eye = torch.eye(c, dtype=S.dtype, device=S.device)
-    return (S[:, None, :, None] * eye[None, :, None, :]).reshape(S.shape[0] * c, S.shape[1] * c)
-
-
 # below this many channels the pooling kernels (vectorised over channels in channels_last)
 # run on the batch folded into the channels: [N, c, H, W] -> [1, N*c, H, W] (measured on
 # CPU: 3x3 max-pooling of [32, 4, 32, 32] goes from ~1.3 ms to ~0.2 ms including copies)
@@ -102,7 +96,7 @@ class _PoolMix(torch.autograd.Function):
             z = y
         ctx.save_for_backward(x, S)
         ctx.spec, ctx.stats, ctx.shape, ctx.planes = spec, stats, z.shape, planes
-        return fo.mat(z) @ _matrix(S, spec.c)
+        return fo.mat(z) @ fo.kron_eye(S, spec.c)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
@@ -116,7 +110,7 @@ class _PoolMix(torch.autograd.Function):
         z = torch.cat([o[0] for o in outs], 1) if K > 1 else outs[0][0]
         if planes:
             z = _blocks_from_planes(z, N, K)
-        M = _matrix(S, c)
+        M = fo.kron_eye(S, c)
         gy = (g @ M.t()).view(N, H, W, C).permute(0, 3, 1, 2)
         gS = None
         if ctx.needs_input_grad[1]:
@@ -150,7 +144,7 @@ def _update_running(groups: Sequence[Sequence[nn.BatchNorm2d]], mean: torch.Tens
             m, v = mean[k * c:(k + 1) * c], var[k * c:(k + 1) * c]
             torch._foreach_add_([b.num_batches_tracked for b in group], 1)
             for b in group:
-                f = b.momentum if b.momentum is not None else 1.0 / float(b.num_batches_tracked)
+                f = fo.bn_factor(b)
                 b.running_mean.mul_(1 - f).add_(m, alpha=f)
                 b.running_var.mul_(1 - f).add_(v, alpha=f)
 
