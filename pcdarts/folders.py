@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from .errors import PcdartsError
 from .transforms import CenterCrop, Compose, Resize, ToTensor
 
 IMG_EXTENSIONS: tuple[str, ...] = (
@@ -37,7 +38,7 @@ LAYOUT = "root/<class_name>/<image file>, one sub-folder per class"
 Scan = tuple[list[str], list[tuple[str, int]]]  # what scan_folder returns: (classes, [(path, label), ...])
 
 
-class FolderError(ValueError):
+class FolderError(PcdartsError, ValueError):
     """A folder that is missing, empty or not laid out as ``root/<class>/<image>``,
     or an image that cannot be read; the message names the path and the fix."""
 

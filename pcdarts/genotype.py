@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from .errors import PcdartsError
 from .ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 
 
-class GenotypeError(ValueError):
+class GenotypeError(PcdartsError, ValueError):
     """A genotype (file, string or dict) that cannot be read; the message names the field."""
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional, Sequence
+from typing import Annotated, Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .edges import Mixing
+from .errors import ConfigError
+from .ranges import Count, NonNegInt, Positive, Range, Rate
 from .registry import METHODS
 from .select import normalise_edges
 
@@ -140,23 +142,23 @@ class DartsConfig:
         hvp_eps: the finite-difference radius is hvp_eps / ||v|| (second order).
     """
 
-    order: int = 1
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    arch_grad_clip: float = 0.0
-    warmup_epochs: int = 0
+    order: Count = 1
+    arch_lr: Rate = 3e-4
+    arch_betas: Annotated[tuple[float, float], Range(0, 1, hi_open=True)] = (0.5, 0.999)
+    arch_weight_decay: Rate = 1e-3
+    arch_grad_clip: Rate = 0.0
+    warmup_epochs: NonNegInt = 0
     edge_norm: bool = False
-    k: int = 1
-    init_scale: float = 1e-3
+    k: Count = 1
+    init_scale: Rate = 1e-3
     selector: str = "alpha"
-    hvp_eps: float = 0.01
+    hvp_eps: Positive = 0.01
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
-            raise ValueError(f"method.order must be 1 (first order) or 2 (second order), got {self.order}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"method.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            raise ConfigError(f"method.order must be 1 (first order) or 2 (second order), got {self.order}")
+        if len(self.arch_betas) != 2:
+            raise ConfigError(f"method.arch_betas must be two numbers (Adam's beta1, beta2), got {list(self.arch_betas)}")
 
 
 @METHODS.register("darts", description="DARTS, first (order=1) or second (order=2) order")
@@ -295,10 +297,10 @@ class Darts(Method):
 class PCDartsConfig(DartsConfig):
     """PC-DARTS (ALGORITHMS §2.4): K=4, edge normalisation, arch frozen for 15 epochs, arch lr 6e-4."""
 
-    arch_lr: float = 6e-4
-    warmup_epochs: int = 15
+    arch_lr: Rate = 6e-4
+    warmup_epochs: NonNegInt = 15
     edge_norm: bool = True
-    k: int = 4
+    k: Count = 4
 
 
 @METHODS.register("pc-darts", description="PC-DARTS: partial channels + edge normalisation")

@@ -11,6 +11,7 @@ backend. Output files for ``path_prefix`` P:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import shutil
 import subprocess
@@ -326,10 +327,7 @@ def plot_arch_weights(history: list[dict], path: Union[str, Path]) -> Path:
 def _plot(args: argparse.Namespace) -> int:
     try:
         genotype = load_genotype(args.genotype)
-        prefix = args.out
-        if prefix is None:
-            name = Path(args.genotype).name
-            prefix = name if name.isidentifier() else "genotype"
+        prefix = args.out if args.out is not None else default_prefix(args.genotype, genotype)
         paths = plot_genotype(genotype, prefix, formats=(args.format,), backend=args.backend)
     except (GenotypeError, ValueError, RuntimeError, ImportError) as e:
         print(f"pcdarts plot: error: {e}", file=sys.stderr)
@@ -337,6 +335,25 @@ def _plot(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     return 0
+
+
+def default_prefix(source: str, genotype: Genotype) -> Path:
+    """Where ``pcdarts plot`` draws when no ``--out`` is given: next to the genotype.
+
+    A run directory's pictures go into it (``RUN/genotype_normal.png``, the names the
+    search uses), a genotype file's beside it (``DIR/STEM_normal.png``); a published
+    name draws as ``NAME_*`` and a pasted string as ``genotype-<hash>_*`` in the current
+    folder, so that two different cells never overwrite each other's pictures.
+    """
+    p = Path(source)
+    if p.is_dir():
+        return p / "genotype"
+    if p.is_file():
+        return p.with_suffix("")
+    if source.isidentifier():
+        return Path(source)
+    digest = hashlib.sha1(str(genotype).encode()).hexdigest()[:8]
+    return Path(f"genotype-{digest}")
 
 
 def add_plot_subcommand(subparsers: Any) -> argparse.ArgumentParser:
@@ -347,7 +364,9 @@ def add_plot_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                     "PREFIX_normal.FMT and PREFIX_reduce.FMT (DARTS) or PREFIX_cell.FMT (NB201).")
     p.add_argument("genotype", metavar="GENOTYPE_OR_NAME",
                    help="a published name, a genotype file/run directory, or a genotype string")
-    p.add_argument("--out", default=None, help="output prefix (default: the published name, else 'genotype')")
+    p.add_argument("--out", default=None, help="output prefix (default: next to the genotype: a run directory's "
+                                               "pictures go into it; a published name or pasted string is drawn "
+                                               "in the current folder as NAME_* or genotype-<hash>_*)")
     p.add_argument("--format", choices=FORMATS, default="png")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.set_defaults(func=_plot)

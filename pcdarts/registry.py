@@ -9,10 +9,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from .errors import PcdartsError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(PcdartsError, KeyError):
     """An unknown registry name; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the message

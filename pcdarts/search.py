@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,26 +21,22 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import utils
+from . import runs, utils
 from .config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
 from .data import load_dataset, split_indices
 from .distributed import dist_info, require_single_process, resolve_device
+from .errors import DivergenceError
 from .genotype import Genotype, save_genotype
 from .gpu_loader import Augment, DeviceLoader
 from .methods import Method, SearchContext, WeightStepInfo
 from .registry import METHODS, OBJECTIVES
 from .spaces import get_space
 
-CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.yaml", "manifest.json", "history.jsonl", "genotype.json", CHECKPOINT)
+CHECKPOINT = runs.CHECKPOINT
 
 # dataset name -> (crop padding, horizontal flip) used when the config leaves them unset
 AUGMENT_DEFAULTS = {"digits": (0, False)}
 DEFAULT_AUGMENT = (4, True)
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used (missing, not a run, or an existing run)."""
 
 
 @dataclass
@@ -61,32 +56,16 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.space.name}-{cfg.method_name}-{cfg.data.dataset}-s{cfg.run.seed}-{stamp}"
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", CHECKPOINT))
+def new_run_dir(cfg: Config) -> runs.RunDir:
+    """The run directory of a new search: checked now (an existing run needs ``run.overwrite``),
+    claimed only when the run starts, after its data, supernet and method are built."""
+    return runs.RunDir(Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg), overwrite=cfg.run.overwrite,
+                       command="pcdarts search")
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run directory; refuse an existing run unless ``run.overwrite``."""
-    run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
-    if is_run_dir(run_dir):
-        if not cfg.run.overwrite:
-            raise RunDirError(f"{run_dir} already holds a run; pass --overwrite to replace it, "
-                              f"--resume {run_dir} to continue it, or choose another --out")
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "plots", ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def check_resumable(run_dir: Union[str, Path]) -> Path:
-    p = Path(run_dir)
-    if not p.is_dir():
-        raise RunDirError(f"--resume {p}: no such directory")
-    missing = [f for f in ("config.yaml", CHECKPOINT) if not (p / f).is_file()]
-    if missing:
-        raise RunDirError(f"--resume {p}: not a pcdarts run directory (missing {', '.join(missing)})")
-    return p
+def check_resumable(run_dir: Union[str, Path], command: str = "pcdarts search --resume") -> Path:
+    """A search run directory that can be resumed or derived from (one-line RunDirError otherwise)."""
+    return runs.check_resumable(run_dir, "search", command)
 
 
 def weight_optimizer(params: list[nn.Parameter], s: SearchConfig) -> torch.optim.SGD:
@@ -126,12 +105,15 @@ class Searcher:
 
     Args:
         cfg: the run's configuration.
-        run_dir: where files go (created by :func:`prepare_run_dir`).
+        run_dir: where files go: a :class:`~pcdarts.runs.RunDir` (see :func:`new_run_dir`) or a
+            path. Nothing is written there before :meth:`run` starts.
         resume: load ``run_dir/checkpoint.pt`` and continue from it.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False) -> None:
+        self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
+            run_dir, overwrite=True, resume=resume)
+        self.cfg, self.run_dir = cfg, self.rundir.path
         self.dist = dist_info()
         require_single_process("search", self.dist)
         self.device = resolve_device(cfg.run.device, self.dist)
@@ -145,7 +127,8 @@ class Searcher:
 
         self.space = get_space(cfg.space.name)
         self._build_data()
-        checkpoint = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False) if resume else None
+        checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume") \
+            if resume else None
         masks = checkpoint["masks"] if checkpoint else None
         self.supernet = self.space.build_supernet(cfg.space, k=cfg.k, num_classes=self.num_classes,
                                                   in_channels=self.in_channels, masks=masks).to(self.device)
@@ -162,6 +145,7 @@ class Searcher:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
+        self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
         self.history: list[dict[str, Any]] = []
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
@@ -219,6 +203,7 @@ class Searcher:
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
         x, y = batch
         loss, logits = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
+        self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
         m["correct"] += (logits.detach().argmax(1) == y).sum()
@@ -234,6 +219,7 @@ class Searcher:
             elif arch_batch is not None:
                 out = self.method.arch_step(ctx, batch, arch_batch)
                 if out:
+                    self.watch.observe("arch", out["loss"])
                     m = self.meters
                     m["arch_loss"] += out["loss"].double() * out["n"].to(self.device)
                     m["arch_correct"] += out["correct"].to(self.device)
@@ -259,17 +245,33 @@ class Searcher:
     def run(self, stop_after_steps: Optional[int] = None) -> SearchResult:
         """Run (or continue) the search to the last epoch.
 
+        The run directory is claimed here (an old run in it is moved aside and deleted
+        once this run's first checkpoint exists); a failure before that puts it back.
+
         Args:
             stop_after_steps: stop after this many steps of this call, saving a mid-epoch
                 checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
         """
+        self.rundir.open()
+        failed = True
+        try:
+            result = self._run(stop_after_steps)
+            failed = False
+            return result
+        finally:
+            self.rundir.finish(failed)
+
+    def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search
         main = self.dist.is_main
+        if main and self.rundir.resume and cfg.run.progress:
+            print(runs.resume_message(self.epoch, s.epochs, self.step, self.train_loader.steps_per_epoch), flush=True)
         if main and self.epoch == 0 and self.step == 0:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
             utils.write_json(self.run_dir / "manifest.json",
                              utils.manifest(cfg.run.seed, str(self.device),
-                                            {"world_size": self.dist.world_size, "data": self.data_info}))
+                                            {"kind": "search", "world_size": self.dist.world_size,
+                                             "data": self.data_info, "network": self._shape_info()}))
         steps = self.train_loader.steps_per_epoch
         ctx = self.context()
         self.supernet.train()
@@ -277,7 +279,7 @@ class Searcher:
             self.method.on_search_start(ctx)
         done_steps = 0
         interrupted = False
-        with utils.StopFlag() as stop:
+        with runs.StopFlag() as stop:
             while self.epoch < s.epochs:
                 ctx.epoch = self.epoch
                 if self.step == 0:
@@ -289,6 +291,8 @@ class Searcher:
                     self.search_step(arch_active, ctx)
                     self.step += 1
                     done_steps += 1
+                    if self.watch.due(self.step):
+                        self._check_finite()
                     if bar is not None:
                         bar.update(1)
                         if self.step % max(1, s.log_every) == 0 or self.step == steps:
@@ -311,8 +315,8 @@ class Searcher:
                     break
         if interrupted:
             if main and cfg.run.progress:
-                print(f"stopped at epoch {self.epoch} step {self.step}; state saved. "
-                      f"Continue with: pcdarts search --resume {self.run_dir}")
+                print(runs.stop_message("pcdarts search", self.run_dir, self.epoch, s.epochs, self.step, steps,
+                                        stop.signal_name), flush=True)
             return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True)
         return self._finish()
 
@@ -324,8 +328,30 @@ class Searcher:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
 
+    def _check_finite(self) -> None:
+        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite."""
+        bad = self.watch.first_bad()
+        arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
+        if bad is None and not arch_bad:
+            return
+        steps = self.train_loader.steps_per_epoch
+        where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
+        if bad == "weight":
+            what, hint = "the weight step's loss", (f"the weight learning rate is probably too high "
+                                                     f"(search.lr={self.cfg.search.lr:g}); lower it and start again")
+        else:
+            what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
+            lr = getattr(self.cfg.method, "arch_lr", None)
+            hint = ("the architecture learning rate is probably too high"
+                    + (f" (method.arch_lr={lr:g})" if lr is not None else "") + "; lower it and start again")
+        raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
+
+    def _shape_info(self) -> dict[str, int]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
+
     def _end_epoch(self, ctx: SearchContext) -> None:
         s = self.cfg.search
+        self._check_finite()
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
         self.scheduler.step()
@@ -360,7 +386,7 @@ class Searcher:
     def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
         st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
                                        input_size=self.input_size)
-        return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"]}
+        return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
         """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
@@ -413,12 +439,12 @@ class Searcher:
         }
 
     def save_checkpoint(self) -> None:
+        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
         if self.dist.is_main:
-            utils.atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
+            runs.save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT)
+            self.rundir.commit()
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
-        if ck.get("format") != "pcdarts-search":
-            raise RunDirError(f"{self.run_dir / CHECKPOINT} is not a pcdarts search checkpoint")
         self.supernet.load_state_dict(ck["supernet"])
         self.method.load_state_dict(ck["method"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -454,9 +480,8 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_config_file(run_dir / "config.yaml")
-        searcher = Searcher(cfg, run_dir, resume=True)
+        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True)
     else:
         cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
-        run_dir = prepare_run_dir(cfg)
-        searcher = Searcher(cfg, run_dir)
+        searcher = Searcher(cfg, new_run_dir(cfg))  # builds everything before the directory is touched
     return searcher.run(stop_after_steps=stop_after_steps)

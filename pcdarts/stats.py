@@ -30,6 +30,7 @@ cheap and never consumes the global torch RNG.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from functools import lru_cache
 from typing import Any, Optional, Sequence
@@ -158,7 +159,39 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
     size = _default_size(stem) if input_size is None else int(input_size)
     params, macs = _stats_cached(genotype.space, str(genotype), int(num_classes), int(in_channels), size,
                                  C, layers, stem)
-    return {"params": params / 1e6, "macs": macs / 1e6, "n_params": params, "n_macs": macs, "input_size": size}
+    return {"params": params / 1e6, "macs": macs / 1e6, "n_params": params, "n_macs": macs, "input_size": size,
+            "network": network_label(genotype, num_classes=num_classes, in_channels=in_channels, input_size=size,
+                                     C=C, layers=layers, stem=stem)}
+
+
+def network_label(genotype: Genotype, *, num_classes: int, in_channels: int, input_size: int,
+                  C: Optional[int] = None, layers: Optional[int] = None, stem: str = "cifar") -> str:
+    """Which evaluation network a parameter / multiply-add figure refers to, in words
+    (the defaults of :func:`pcdarts.networks.build_network` filled in)."""
+    shape = f"{num_classes} classes, {in_channels}x{input_size}x{input_size} input"
+    if isinstance(genotype, NB201Genotype):
+        return f"NAS-Bench-201 network C={C or 16}, N={layers or 5} cells per stage, {shape}"
+    if stem == "imagenet":
+        return f"DARTS ImageNet network C={C or 48}, {layers or 14} cells, {shape}"
+    return f"DARTS CIFAR network C={C or 36}, {layers or 20} cells, {shape}"
+
+
+def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]]) -> dict[str, float]:
+    """How far op weights moved from uniform: ``{"entropy", "max", "uniform"}`` or ``{}``.
+
+    ``entropy`` is the mean over edges (all cell types) of the per-edge entropy divided by
+    log(number of ops): 1.0 = uniform, 0.0 = one op per edge. ``max`` is the mean of the
+    per-edge largest weight; ``uniform`` the weight of one op under a uniform choice.
+    """
+    if not arch_weights:
+        return {}
+    rows = [row for cell in arch_weights.values() for row in cell if len(row) > 1]
+    if not rows:
+        return {}
+    w = torch.tensor(rows, dtype=torch.float64).clamp_min(0)
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    ent = -(w * w.clamp_min(1e-12).log()).sum(1) / math.log(w.shape[1])
+    return {"entropy": float(ent.mean()), "max": float(w.max(1).values.mean()), "uniform": 1.0 / w.shape[1]}
 
 
 def describe_cells(genotype: Genotype) -> list[str]:

@@ -30,15 +30,16 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import utils
+from . import runs, utils
 from .distributed import require_single_process, resolve_device
 from .genotype import Genotype, NB201Genotype, load_genotype, parse_genotype, save_genotype
 from .stats import count_params, genotype_stats
 from .train_config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
 from .train_data import TrainData, build_train_data
 from .train_model import autocast, build_model, evaluate, topk_correct
+from .errors import DivergenceError
 from .train_runs import (CHECKPOINT, FORMAT, VARIANCE_LABEL, SeedsResult, check_resumable, default_out,
-                         evaluate_checkpoint, prepare_run_dir, train_seeds)
+                         evaluate_checkpoint, new_run_dir, train_seeds)
 
 
 
@@ -65,12 +66,16 @@ class Trainer:
     Args:
         genotype: the cell to train.
         cfg: the run's configuration.
-        run_dir: where the run's files go (must exist).
+        run_dir: where the run's files go: a :class:`~pcdarts.runs.RunDir` or a path; nothing is
+            written there before :meth:`run` starts.
         resume: continue from ``run_dir/checkpoint.pt``.
     """
 
-    def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> None:
-        self.genotype, self.cfg, self.run_dir = genotype, cfg, Path(run_dir)
+    def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Union[Path, str, runs.RunDir], *,
+                 resume: bool = False) -> None:
+        self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
+            run_dir, overwrite=True, resume=resume)
+        self.genotype, self.cfg, self.run_dir = genotype, cfg, self.rundir.path
         require_single_process("train")
         self.device = resolve_device(cfg.run.device)
         if cfg.run.threads:
@@ -98,9 +103,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded), across resumes
+        self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
         if resume:
-            ck = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-            self._load_checkpoint(ck)
+            self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume"))
 
     # ------------------------------------------------------------------ steps
     def _zero_meters(self) -> dict[str, torch.Tensor]:
@@ -142,6 +147,7 @@ class Trainer:
         with autocast(self.device, self.cfg.train.amp):
             logits, aux = self.net(x)
         loss = self.loss(logits, aux, y)
+        self.watch.observe("train", loss)
         (loss * self._micro_weight(self.step, y.numel())).backward()
         if (self.step + 1) % k == 0 or self.step + 1 == self.steps:
             if self.cfg.train.grad_clip > 0:
@@ -163,18 +169,33 @@ class Trainer:
     def run(self, stop_after_steps: Optional[int] = None) -> TrainResult:
         """Train (or continue) to the last epoch.
 
+        The run directory is claimed here (an old run in it is moved aside and deleted
+        once this run's first checkpoint exists); a failure before that puts it back.
+
         Args:
             stop_after_steps: stop after this many micro-batches of this call, at a step
                 boundary, checkpointing first (what Ctrl-C does; used by tests).
         """
+        self.rundir.open()
+        failed = True
+        try:
+            result = self._run(stop_after_steps)
+            failed = False
+            return result
+        finally:
+            self.rundir.finish(failed)
+
+    def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
+        if self.rundir.resume and cfg.run.progress:
+            print(runs.resume_message(self.epoch, t.epochs, self.step, self.steps), flush=True)
         if self.epoch == 0 and self.step == 0 and not self.history:
             self._write_run_files()
         k = t.grad_accum
         done = 0
         interrupted = False
         self.net.train()
-        with utils.StopFlag() as stop:
+        with runs.StopFlag() as stop:
             while self.epoch < t.epochs:
                 self._start_epoch()
                 bar = utils.epoch_progress(cfg.run.progress, self.steps, self.step, self.epoch, t.epochs)
@@ -184,6 +205,8 @@ class Trainer:
                     self.train_step(x, y)
                     self.step += 1
                     done += 1
+                    if self.watch.due(self.step):
+                        self._check_finite()
                     if bar is not None:
                         bar.update(1)
                         if self.step % max(1, t.log_every) == 0 or self.step == self.steps:
@@ -208,8 +231,8 @@ class Trainer:
                     break
         if interrupted:
             if cfg.run.progress:
-                print(f"stopped at epoch {self.epoch} step {self.step}; state saved. "
-                      f"Continue with: pcdarts train --resume {self.run_dir}")
+                print(runs.stop_message("pcdarts train", self.run_dir, self.epoch, t.epochs, self.step, self.steps,
+                                        stop.signal_name), flush=True)
             return TrainResult({}, self.run_dir, self.history, interrupted=True)
         return TrainResult(self._finish(), self.run_dir, self.history)
 
@@ -218,8 +241,18 @@ class Trainer:
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
+    def _check_finite(self) -> None:
+        """Stop with a one-line DivergenceError if the training loss went non-finite."""
+        if self.watch.first_bad() is None:
+            return
+        where = f"by epoch {self.epoch + 1}/{self.cfg.train.epochs} step {self.step}/{self.steps}"
+        hint = (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
+                "(or raise train.warmup_epochs) and start again")
+        raise DivergenceError(runs.divergence_message("the training loss", where, hint, self.run_dir / CHECKPOINT))
+
     def _end_epoch(self) -> None:
         t = self.cfg.train
+        self._check_finite()
         m = {k: float(v) for k, v in self.meters.items()}
         n = max(m["n"], 1.0)
         rec: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -290,11 +323,11 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        utils.atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
+        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        runs.save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT)
+        self.rundir.commit()
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
-        if ck.get("format") != FORMAT:
-            raise TrainError(f"{self.run_dir / CHECKPOINT} is not a pcdarts training checkpoint")
         self.net.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.data.train.load_state_dict(ck["loader"])
@@ -333,7 +366,7 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
     """
     require_single_process("train")
     if resume is not None:
-        run_dir = check_resumable(resume)
+        run_dir = check_resumable(resume, "pcdarts train --resume")
         cfg = load_train_config_file(run_dir / "config.yaml")
         if run_overrides:
             cfg = cfg.replace(run=run_overrides)
@@ -341,15 +374,14 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
             metrics = json.loads((run_dir / "metrics.json").read_text())
             return TrainResult(metrics, run_dir, utils.read_jsonl(run_dir / "history.jsonl"))
         g = load_genotype(run_dir)
-        return Trainer(g, cfg, run_dir, resume=True).run(stop_after_steps)
+        return Trainer(g, cfg, runs.RunDir(run_dir, resume=True), resume=True).run(stop_after_steps)
     if genotype is None:
         raise TrainError("train() needs a genotype (a published name like DARTS_V2, a genotype file or string)")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config or {})
     if run_overrides:
         cfg = cfg.replace(run=run_overrides)
-    run_dir = prepare_run_dir(Path(cfg.run.out) if cfg.run.out else default_out(cfg), cfg.run.overwrite)
-    return Trainer(g, cfg, run_dir).run(stop_after_steps)
+    return Trainer(g, cfg, new_run_dir(cfg)).run(stop_after_steps)  # built before the directory is touched
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -360,4 +392,4 @@ def add_subcommands(subparsers: Any) -> None:
 
 __all__ = ["TrainError", "TrainConfig", "TrainResult", "Trainer", "train", "train_seeds", "SeedsResult",
            "evaluate_checkpoint", "evaluate", "build_model", "topk_correct", "add_subcommands", "parse_genotype",
-           "CHECKPOINT", "FORMAT", "VARIANCE_LABEL", "check_resumable", "prepare_run_dir", "default_out"]
+           "CHECKPOINT", "FORMAT", "VARIANCE_LABEL", "check_resumable", "new_run_dir", "default_out"]

@@ -13,11 +13,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Annotated, Any, Optional, Sequence, Union
 
 import yaml
 
 from . import config
+from .errors import ConfigError
+from .ranges import Count, Fraction, NonNegInt, Positive, Range, Rate, Seed, check_ranges
 
 PRESET_DIR = Path(__file__).parent / "configs"
 PRESET_PREFIX = "train_"
@@ -26,7 +28,7 @@ SCHEDULES = ("cosine", "exponential", "linear")
 FOLDER_LOADERS = ("auto", "memory", "stream")
 
 
-class TrainError(ValueError):
+class TrainError(ConfigError):
     """A training configuration, run directory or input that cannot be used.
 
     The message names the file or config field and says how to fix it.
@@ -67,21 +69,21 @@ class TrainDataConfig:
     dataset: str = "digits"
     path: Optional[str] = None
     test_path: Optional[str] = None
-    test_portion: float = 0.1
-    split_seed: int = 0
-    input_size: Optional[int] = None
-    channels: Optional[int] = None
-    num_classes: Optional[int] = None
-    mean: Optional[tuple[float, ...]] = None
-    std: Optional[tuple[float, ...]] = None
-    max_samples: Optional[int] = None
-    max_test_samples: Optional[int] = None
-    crop_padding: Optional[int] = None
+    test_portion: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.1
+    split_seed: Seed = 0
+    input_size: Optional[Count] = None
+    channels: Optional[Count] = None
+    num_classes: Optional[Annotated[int, Range(2)]] = None
+    mean: Optional[Annotated[tuple[float, ...], Range()]] = None
+    std: Optional[Annotated[tuple[float, ...], Range(0, lo_open=True)]] = None
+    max_samples: Optional[Count] = None
+    max_test_samples: Optional[Count] = None
+    crop_padding: Optional[NonNegInt] = None
     flip: Optional[bool] = None
     loader: str = "auto"
-    workers: int = 4
+    workers: NonNegInt = 4
     color_jitter: bool = True
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: Optional[Count] = None
 
     @property
     def spec(self) -> str:
@@ -105,14 +107,14 @@ class ModelConfig:
         nb201_N: cells per stage of a NAS-Bench-201 network (benchmark: 5).
     """
 
-    C: int = 36
-    layers: int = 20
+    C: Count = 36
+    layers: Count = 20
     stem: str = "cifar"
     auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    drop_path_prob: float = 0.2
-    nb201_C: int = 16
-    nb201_N: int = 5
+    auxiliary_weight: Rate = 0.4
+    drop_path_prob: Annotated[float, Range(0, 1, hi_open=True)] = 0.2
+    nb201_C: Count = 16
+    nb201_N: Count = 5
 
 
 @dataclass(frozen=True)
@@ -143,24 +145,24 @@ class TrainLoopConfig:
         log_every: progress-bar refresh period in steps (host syncs happen only then).
     """
 
-    epochs: int = 600
-    batch_size: int = 96
-    grad_accum: int = 1
-    lr: float = 0.025
+    epochs: Count = 600
+    batch_size: Count = 96
+    grad_accum: Count = 1
+    lr: Positive = 0.025
     lr_schedule: str = "cosine"
-    lr_min: float = 0.0
-    lr_gamma: float = 0.97
-    warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
+    lr_min: Rate = 0.0
+    lr_gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.97
+    warmup_epochs: NonNegInt = 0
+    momentum: Fraction = 0.9
+    weight_decay: Rate = 3e-4
     nesterov: bool = False
-    grad_clip: float = 5.0
-    label_smoothing: float = 0.0
-    cutout: int = 0
+    grad_clip: Rate = 5.0
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
+    cutout: NonNegInt = 0
     amp: bool = True
     drop_last: bool = False
-    eval_every: int = 1
-    log_every: int = 10
+    eval_every: Count = 1
+    log_every: Count = 10
 
 
 @dataclass(frozen=True)
@@ -178,13 +180,13 @@ class TrainRunConfig:
             default. On a shared or busy machine 1 avoids stalls from oversubscribed threads.
     """
 
-    seed: int = 0
+    seed: Seed = 0
     out: Optional[str] = None
     device: str = "auto"
     overwrite: bool = False
     deterministic: bool = False
     progress: bool = True
-    threads: Optional[int] = None
+    threads: Optional[Count] = None
 
 
 SECTIONS: dict[str, type] = {"data": TrainDataConfig, "model": ModelConfig, "train": TrainLoopConfig,
@@ -225,6 +227,11 @@ def _require(ok: bool, message: str) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Cross-field checks; each message names the field and the fix."""
     d, m, t = cfg.data, cfg.model, cfg.train
+    for name in SECTIONS:
+        try:
+            check_ranges(getattr(cfg, name), name)
+        except ConfigError as e:
+            raise TrainError(str(e)) from None
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,

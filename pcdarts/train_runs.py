@@ -14,18 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import torch
 
-from . import utils
+from . import runs, utils
 from .distributed import require_single_process, resolve_device
 from .genotype import Genotype, load_genotype, parse_genotype, save_genotype
 from .train_config import TrainConfig, TrainError, build_train_config
 from .train_data import build_split_batches
 from .train_model import build_model, evaluate
 
-CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.yaml", "manifest.json", "genotype.json", "history.jsonl", CHECKPOINT, "metrics.json")
-FORMAT = "pcdarts-train"
+CHECKPOINT = runs.CHECKPOINT
+FORMAT = runs.FORMATS["train"]
 VARIANCE_LABEL = "training-seed variance of one cell, not search variance"
 SEEDS_FILE = "seeds.json"
 SUMMARY_FILE = "summary.json"
@@ -44,34 +42,20 @@ class SeedsResult:
 
 # ---------------------------------------------------------------- run directories
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", CHECKPOINT, "seeds.json"))
-
-
-def prepare_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse one that holds a run unless ``overwrite``."""
-    if is_run_dir(out):
-        if not overwrite:
-            raise TrainError(f"{out} already holds a run; pass --overwrite to replace it, "
-                             f"--resume {out} to continue it, or choose another --out")
-        for name in (*RUN_FILES, "seeds.json", "summary.json"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def new_run_dir(cfg: TrainConfig) -> runs.RunDir:
+    """The run directory of a new training run (or ``--seeds`` folder): checked now, claimed
+    when the run starts, after its data and network are built."""
+    return runs.RunDir(Path(cfg.run.out) if cfg.run.out else default_out(cfg), overwrite=cfg.run.overwrite,
+                       command="pcdarts train")
 
 
 def default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / f"train-{cfg.data.dataset}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_resumable(run_dir: Union[str, Path]) -> Path:
-    p = Path(run_dir)
-    if not p.is_dir():
-        raise TrainError(f"--resume {p}: no such directory")
-    missing = [f for f in ("config.yaml", "genotype.json", CHECKPOINT) if not (p / f).is_file()]
-    if missing:
-        raise TrainError(f"--resume {p}: not a pcdarts training run (missing {', '.join(missing)})")
-    return p
+def check_resumable(run_dir: Union[str, Path], command: str = "pcdarts train --resume") -> Path:
+    """A training run directory that can be resumed (one-line RunDirError otherwise)."""
+    return runs.check_resumable(run_dir, "train", command, required=("config.yaml", "genotype.json", CHECKPOINT))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -128,10 +112,17 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
     require_single_process("train")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config)
-    out = prepare_run_dir(Path(cfg.run.out) if cfg.run.out else default_out(cfg), cfg.run.overwrite)
-    utils.write_json(out / SEEDS_FILE, {"seeds": list(seeds), "genotype": str(g), "config": cfg.to_dict()})
-    save_genotype(g, out / "genotype.json")
-    return _run_seeds(g, cfg, out, list(seeds), stop_after_steps)
+    run = new_run_dir(cfg)
+    out = run.open()
+    failed = True
+    try:
+        utils.write_json(out / SEEDS_FILE, {"seeds": list(seeds), "genotype": str(g), "config": cfg.to_dict()})
+        save_genotype(g, out / "genotype.json")
+        result = _run_seeds(g, cfg, out, list(seeds), stop_after_steps)
+        failed = False
+        return result
+    finally:
+        run.finish(failed)
 
 
 def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, **run: Any) -> SeedsResult:
@@ -188,14 +179,13 @@ def evaluate_checkpoint(path: Union[str, Path], data: Optional[str] = None, *, s
         ``{"split", "images", "loss", "top1", "top5"}`` (top-5 None below 5 classes).
     """
     p = Path(path)
+    if p.is_dir():
+        runs.check_resumable(p, "train", "pcdarts eval", required=(CHECKPOINT,))
     file = p / CHECKPOINT if p.is_dir() else p
     if not file.is_file():
-        raise TrainError(f"{p}: no training checkpoint here (expected a run directory holding {CHECKPOINT} "
-                         "or the checkpoint file itself)")
-    ck = torch.load(file, map_location="cpu", weights_only=False)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise TrainError(f"{file} is not a pcdarts training checkpoint (search checkpoints hold a supernet; "
-                         "train the derived genotype with pcdarts train first)")
+        raise TrainError(f"pcdarts eval {p}: no training checkpoint here (expected a run directory holding "
+                         f"{CHECKPOINT} or the checkpoint file itself)")
+    ck = runs.load_checkpoint(file, "train", "pcdarts eval")
     cfg = build_train_config(ck["config"])
     g = parse_genotype(ck["genotype"])
     shape = ck["network"]

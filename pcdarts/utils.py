@@ -6,10 +6,8 @@ import os
 import platform
 import random
 import resource
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -78,13 +76,6 @@ def now() -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Save via a temporary file and rename, so a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -159,30 +150,3 @@ def manifest(seed: int, device: str, extra: Optional[dict[str, Any]] = None) -> 
         m["gpu"] = torch.cuda.get_device_name(torch.device(device))
     m.update(extra or {})
     return m
-
-
-class StopFlag:
-    """Context manager turning Ctrl-C into a request to stop at the next step boundary.
-
-    The loops check ``requested`` between steps, save a checkpoint and return, so an
-    interruption loses nothing; a second Ctrl-C stops at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "StopFlag":
-        # handlers can only be installed from the main thread (not under some test runners)
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

@@ -97,7 +97,7 @@ def test_torchrun_launch_is_refused_before_anything_is_written(tmp_path, capsys,
 def test_resume_on_a_directory_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hi")
     code, _, err = run_cli(["search", "--resume", str(tmp_path)], capsys)
-    assert code == 2 and "not a pcdarts run directory" in err and "checkpoint.pt" in err
+    assert code == 2 and "not a pcdarts search run directory" in err and "checkpoint.pt" in err
 
 
 def test_corrupt_cifar_archive_names_the_file(tmp_path, capsys):

@@ -331,14 +331,14 @@ def test_cuda_search_step_runs(tmp_path):
 def test_searcher_step_on_fast_path_equals_reference(tiny, space, method):
     """One whole Searcher step (loader, both optimisers, first/second order) on each path."""
     from pcdarts.config import build_config
-    from pcdarts.search import Searcher, prepare_run_dir
+    from pcdarts.search import Searcher, new_run_dir
 
     states = []
     for impl in ("reference", "fast"):
         layers = 3 if space == "darts" else 1
         cfg = build_config(tiny(method=method, space={"name": space, "layers": layers, "impl": impl},
                                 run={"out": str(tiny()["run"]["out"]) + impl}))
-        s = Searcher(cfg, prepare_run_dir(cfg))
+        s = Searcher(cfg, new_run_dir(cfg))
         s.search_step(arch_active=True, ctx=s.context())
         states.append(([p.detach().clone() for p in s.weight_params],
                        [p.detach().clone() for p in s.method.arch_parameters()]))

@@ -9,13 +9,13 @@ import pcdarts
 from pcdarts.config import SpaceConfig, build_config
 from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
 from pcdarts.registry import METHODS, SPACES
-from pcdarts.search import Searcher, prepare_run_dir
+from pcdarts.search import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 
 
 def _searcher(cfg_dict):
     cfg = build_config(cfg_dict)
-    return Searcher(cfg, prepare_run_dir(cfg))
+    return Searcher(cfg, new_run_dir(cfg))
 
 
 @pytest.mark.parametrize("space", SPACES.names())

@@ -39,10 +39,11 @@ from ..genotype import (
     load_genotype,
     parse_genotype,
 )
+from ..errors import PcdartsError
 from ..ops import NB201_PRIMITIVES
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(PcdartsError, ValueError):
     """A benchmark lookup that cannot be answered; the message names the file/arch/field and the fix."""
 
 

@@ -1,0 +1,30 @@
+"""The error types a user can fix: every one prints as a single ``error:`` line.
+
+Each carries a message that names the file, field or command at fault and how to fix
+it. The CLI catches :class:`PcdartsError` (and nothing broader) and prints it without a
+traceback; ``PCDARTS_DEBUG=1`` shows the traceback.
+"""
+from __future__ import annotations
+
+
+class PcdartsError(Exception):
+    """Base of every error caused by input a user can change."""
+
+
+class ConfigError(PcdartsError, ValueError):
+    """A configuration value or key that cannot be used; the message names the key and the fix."""
+
+
+class RunDirError(PcdartsError, ValueError):
+    """A run directory that cannot be used (missing, not a run, a run of another kind, or an existing run)."""
+
+
+class CheckpointError(PcdartsError, ValueError):
+    """A checkpoint file that is missing, truncated, corrupt or of another kind."""
+
+
+class DivergenceError(PcdartsError, RuntimeError):
+    """A loss or the architecture weights became non-finite; the run was stopped."""
+
+
+__all__ = ["PcdartsError", "ConfigError", "RunDirError", "CheckpointError", "DivergenceError"]

@@ -1,0 +1,325 @@
+"""Run directories, checkpoints and stop signals, shared by search and training.
+
+A run directory is claimed only after the new run has built its data, model and
+method (so bad input never leaves an empty folder), and an old run in it is moved
+aside rather than deleted until the new run has written its first checkpoint (so a
+failed ``--overwrite`` loses nothing). Checkpoints are written atomically and the
+previous one is kept as ``checkpoint.prev.pt``; a damaged file is reported in one
+line that names it and the older one. Ctrl-C and SIGTERM both ask the loops to stop
+at the next step boundary.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+
+from .errors import CheckpointError, RunDirError
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+BACKUP_PREFIX = ".replaced-"
+
+# what a run of either kind writes; an overwritten run's entries matching these are moved aside
+RUN_ENTRIES = ("config.yaml", "manifest.json", "history.jsonl", "genotype.json", CHECKPOINT, PREVIOUS,
+               CHECKPOINT + ".tmp", "metrics.json", "seeds.json", "summary.json", "seed-*", "genotype_*.*",
+               "genotype.*", "arch_weights.*", "plots")
+
+# kind -> (what it is called, how to continue it, what else to do with it)
+KINDS = {
+    "search": ("a search run", "pcdarts search --resume {p}",
+               "derive its cell with `pcdarts derive {p}` or train it with `pcdarts train {p}`"),
+    "train": ("a training run", "pcdarts train --resume {p}", "evaluate it with `pcdarts eval {p}`"),
+}
+FORMATS = {"search": "pcdarts-search", "train": "pcdarts-train"}
+
+
+def run_kind(path: Union[str, Path]) -> Optional[str]:
+    """``"search"``, ``"train"`` or None (not a pcdarts run) for a directory."""
+    p = Path(path)
+    if (p / "seeds.json").is_file():
+        return "train"
+    try:
+        d = yaml.safe_load((p / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        d = None
+    if isinstance(d, dict):
+        if "model" in d or "train" in d:
+            return "train"
+        if {"search", "method", "space"} & set(d):
+            return "search"
+    return None
+
+
+def is_run_dir(path: Union[str, Path]) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in ("config.yaml", CHECKPOINT, PREVIOUS, "seeds.json"))
+
+
+def wrong_kind_message(p: Path, found: str, command: str) -> str:
+    label, resume, other = KINDS[found]
+    return (f"{command} {p}: this is {label}; continue it with `{resume.format(p=p)}` "
+            f"or {other.format(p=p)}")
+
+
+def check_resumable(path: Union[str, Path], kind: str, command: str,
+                    required: tuple[str, ...] = ("config.yaml", CHECKPOINT)) -> Path:
+    """The run directory ``path`` of ``kind``, ready to be resumed or read by ``command``.
+
+    Raises RunDirError naming the command actually used: no such directory, not a run,
+    a run of the other kind (with the command that fits it), or missing files.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise RunDirError(f"{command} {p}: no such directory")
+    found = run_kind(p)
+    if found is not None and found != kind:
+        raise RunDirError(wrong_kind_message(p, found, command))
+    missing = [f for f in required if not (p / f).is_file()]
+    if missing:
+        what = f"a pcdarts {kind} run directory" if found is None else f"a complete {KINDS[kind][0]}"
+        hint = ""
+        if CHECKPOINT in missing and (p / PREVIOUS).is_file():
+            hint = f"; an older checkpoint is kept: rename {p / PREVIOUS} to {p / CHECKPOINT} to continue from it"
+        raise RunDirError(f"{command} {p}: not {what} (missing {', '.join(missing)}){hint}")
+    return p
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` atomically; the checkpoint it replaces is kept as ``checkpoint.prev.pt``.
+
+    There is a complete ``checkpoint.pt`` at every moment: the new file is written
+    beside it, the old one is hard-linked (copied where links fail) to the previous
+    name, and the new one is renamed over it.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    if path.is_file():
+        prev = path.with_name(PREVIOUS)
+        prev_tmp = prev.with_name(prev.name + ".tmp")
+        prev_tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, prev_tmp)
+        except OSError:
+            shutil.copyfile(path, prev_tmp)
+        os.replace(prev_tmp, prev)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Union[str, Path], kind: str, command: str) -> dict[str, Any]:
+    """Read a checkpoint of ``kind``; a damaged file or one of another kind raises CheckpointError
+    in one line that names the file and what to do (the older checkpoint, if one is kept)."""
+    path = Path(path)
+    prev = path.with_name(PREVIOUS)
+    older = (f"an older checkpoint is kept: rename {prev} to {path} to continue from it"
+             if prev.is_file() and prev != path else "no older checkpoint is kept; start the run again")
+    if not path.is_file():
+        raise CheckpointError(f"{command}: {path} does not exist; {older}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{command}: {path} is damaged (empty file); {older}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{command}: {path} is damaged (truncated or corrupt: {reason}); {older}") from None
+    found = next((k for k, f in FORMATS.items() if isinstance(ck, dict) and ck.get("format") == f), None)
+    if found != kind:
+        if found is not None:
+            raise CheckpointError(wrong_kind_message(path.parent, found, command))
+        raise CheckpointError(f"{command}: {path} is not a pcdarts {kind} checkpoint")
+    return ck
+
+
+# ---------------------------------------------------------------- claiming a run directory
+
+class RunDir:
+    """The directory of one run: checked before anything is built, claimed after.
+
+    Args:
+        path: the run directory.
+        overwrite: a new run may replace an existing run in ``path``.
+        resume: the run continues the one in ``path`` (nothing is moved).
+
+    For a new run, :meth:`open` moves an existing run's files into a hidden
+    ``.replaced-<time>`` folder and creates the directory; :meth:`commit` (after the
+    first checkpoint, or at the end) deletes that folder; :meth:`abort` (a failure
+    before any checkpoint) removes what the new run wrote and puts the old run back.
+    """
+
+    def __init__(self, path: Union[str, Path], *, overwrite: bool = False, resume: bool = False,
+                 command: str = "pcdarts") -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self.opened = resume
+        self._backup: Optional[Path] = None
+        self._created = False
+        if resume:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{command}: --out {self.path} is a file, not a directory; choose another --out")
+        if is_run_dir(self.path) and not overwrite:
+            raise RunDirError(f"{self.path} already holds a run; pass --overwrite to replace it, "
+                              f"--resume {self.path} to continue it, or choose another --out")
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def open(self) -> Path:
+        """Claim the directory for the new run (idempotent)."""
+        if self.opened:
+            return self.path
+        if is_run_dir(self.path):
+            backup = self.path / f"{BACKUP_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            backup.mkdir()
+            for pattern in RUN_ENTRIES:
+                for entry in sorted(self.path.glob(pattern)):
+                    os.replace(entry, backup / entry.name)
+            self._backup = backup
+        elif not self.path.exists():
+            self.path.mkdir(parents=True)
+            self._created = True
+        self.opened = True
+        return self.path
+
+    def commit(self) -> None:
+        """The new run has a checkpoint: the replaced run can go."""
+        if self._backup is not None:
+            shutil.rmtree(self._backup, ignore_errors=True)
+            self._backup = None
+        for stale in self.path.glob(f"{BACKUP_PREFIX}*"):  # left by a run killed before its first checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def abort(self) -> None:
+        """The new run failed before its first checkpoint: remove what it wrote, restore the old run."""
+        if not self.opened or self.resume:
+            return
+        for pattern in RUN_ENTRIES:
+            for entry in self.path.glob(pattern):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        if self._backup is not None:
+            for entry in self._backup.iterdir():
+                os.replace(entry, self.path / entry.name)
+            self._backup.rmdir()
+            self._backup = None
+        elif self._created and not any(self.path.iterdir()):
+            self.path.rmdir()
+        self.opened = False
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file() or any(self.path.glob(f"seed-*/{CHECKPOINT}"))
+
+    def finish(self, failed: bool) -> None:
+        """End of a run call: commit when a checkpoint exists, else abort (on failure) or commit."""
+        if failed and not self.has_checkpoint():
+            self.abort()
+        elif self.opened:
+            self.commit()
+
+
+# ---------------------------------------------------------------- stop signals
+
+class StopFlag:
+    """Context manager turning Ctrl-C and SIGTERM into a request to stop at the next step boundary.
+
+    The loops check ``requested`` between steps, save a checkpoint and return, so an
+    interruption loses nothing; a second Ctrl-C stops at once. SIGTERM is what SLURM
+    and Kubernetes send before they kill a job.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        # handlers can only be installed from the main thread (not under some test runners)
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+def stop_message(command: str, run_dir: Path, epoch: int, epochs: int, step: int, steps: int,
+                 signal_name: str = "") -> str:
+    """The one line printed when a run stops early; epochs and steps are 1-based as on the progress bar."""
+    why = f"{signal_name}: " if signal_name else ""
+    if step == 0:
+        where = f"after epoch {epoch}/{epochs}"
+    else:
+        where = f"in epoch {epoch + 1}/{epochs} after step {step}/{steps}"
+    return f"{why}stopped {where}; state saved. Continue with: {command} --resume {run_dir}"
+
+
+def resume_message(epoch: int, epochs: int, step: int, steps: int) -> str:
+    """Where a resumed run continues, 1-based like the progress bar."""
+    return f"resuming at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}"
+
+
+
+
+# ---------------------------------------------------------------- divergence
+
+class NonFiniteWatch:
+    """Flags non-finite losses on the device, without a host sync per step.
+
+    ``observe`` ORs ``~isfinite(loss)`` into a device flag; the loop reads the flags
+    (one sync) every ``period`` steps and before every checkpoint. On the CPU a read
+    costs nothing, so the period is 1 there and a bad step is caught at once.
+    """
+
+    def __init__(self, names: tuple[str, ...], device: torch.device, period: int) -> None:
+        self.names = names
+        self.flags = torch.zeros(len(names), dtype=torch.bool, device=device)
+        self.period = 1 if torch.device(device).type == "cpu" else max(1, int(period))
+
+    def observe(self, name: str, loss: torch.Tensor) -> None:
+        i = self.names.index(name)
+        self.flags[i] |= ~torch.isfinite(loss.detach()).all()
+
+    def due(self, step: int) -> bool:
+        return step % self.period == 0
+
+    def first_bad(self) -> Optional[str]:
+        bad = self.flags.tolist()
+        return next((n for n, b in zip(self.names, bad) if b), None)
+
+
+def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> str:
+    """One line: which loss went non-finite, where, the likely cause, and what was kept."""
+    kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.is_file()
+            else "no checkpoint was written")
+    return f"{what} became non-finite (NaN or inf) {where}: {hint}; {kept}, no genotype was derived from it"
+
+
+__all__ = ["CHECKPOINT", "PREVIOUS", "NonFiniteWatch", "RunDir", "StopFlag", "check_resumable", "divergence_message",
+           "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint", "stop_message",
+           "wrong_kind_message"]
