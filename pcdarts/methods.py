@@ -237,7 +237,7 @@ class Darts(Method):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         correct = (logits.detach().argmax(1) == arch_batch[1]).sum()
-        return {"loss": loss.detach(), "correct": correct, "n": torch.tensor(arch_batch[1].numel())}
+        return {"loss": loss.detach(), "correct": correct, "n": arch_batch[1].numel()}
 
     def _second_order_grads(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
                             arch_batch: tuple[torch.Tensor, torch.Tensor]

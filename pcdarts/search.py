@@ -221,9 +221,9 @@ class Searcher:
                 if out:
                     self.watch.observe("arch", out["loss"])
                     m = self.meters
-                    m["arch_loss"] += out["loss"].double() * out["n"].to(self.device)
-                    m["arch_correct"] += out["correct"].to(self.device)
-                    m["arch_n"] += out["n"].to(self.device)
+                    m["arch_loss"] += out["loss"].double() * out["n"]
+                    m["arch_correct"] += out["correct"]
+                    m["arch_n"] += out["n"]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

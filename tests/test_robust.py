@@ -457,3 +457,26 @@ def test_default_search_moves_the_architecture_weights(tmp_path):
     moved = arch_weight_summary(res.history[-1]["arch_weights"])
     assert moved["entropy"] < 0.9, moved
 
+
+
+@pytest.mark.gpu
+def test_search_steps_make_no_host_sync_on_cuda(tmp_path):
+    """The divergence watch (and the whole step) must not sync the host with the GPU per step:
+    CUDA's sync debug mode turns any synchronising call inside the steps into an error."""
+    from pcdarts.config import build_config
+    from tests.conftest import tiny_config
+    cfg = build_config(tiny_config(tmp_path, run={"device": "cuda"}, method={"name": "pc-darts",
+                                                                               "warmup_epochs": 0, "k": 2},
+                                   search={"log_every": 1000}))
+    s = search_mod.Searcher(cfg, tmp_path / "r")
+    ctx = s.context()
+    s.search_step(True, ctx)  # warm-up: first-call allocations and lazy initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2, 5):
+            s.search_step(True, ctx)
+            assert not s.watch.due(step)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert s.watch.first_bad() is None
