@@ -14,7 +14,13 @@ from .registry import SELECTORS
 
 def normalise_edges(beta: torch.Tensor, node_edges: Sequence[Sequence[int]]) -> torch.Tensor:
     """Softmax of the edge logits over the edges entering each node (PC-DARTS, §2.2). [E] -> [E]."""
-    out = torch.empty_like(beta)
+    flat = [e for group in node_edges for e in group]
+    if flat == list(range(beta.shape[0])):  # both spaces: consecutive blocks, sliced without index tensors
+        bounds = [0]
+        for group in node_edges:
+            bounds.append(bounds[-1] + len(group))
+        return torch.cat([torch.softmax(beta[a:b], dim=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    out = torch.empty_like(beta)  # any other grouping (an index tensor per group: a host-to-device copy)
     for group in node_edges:
         idx = torch.as_tensor(list(group), device=beta.device)
         out = out.index_copy(0, idx, torch.softmax(beta.index_select(0, idx), dim=0))
