@@ -34,13 +34,13 @@ if str(REPO) not in sys.path:
 from pcdarts.spaces import get_space  # noqa: E402
 from pcdarts.utils import peak_rss_mib  # noqa: E402
 
-SYNTHETIC = "synthetic"  # pcdarts.data: random uint8 images, SIZExCHANNELSxCOUNT
+SYNTHETIC = "synthetic"  # pcdarts.data.sources: random uint8 images, SIZExCHANNELSxCOUNT
 
 
 def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
     """A Searcher configured like a real run of ``args`` on the synthetic set."""
     from pcdarts.config import build_config
-    from pcdarts.search import Searcher
+    from pcdarts.search.searcher import Searcher
 
     space: dict[str, Any] = {"name": args.space, "C": args.C, "layers": args.cells, "k": args.k, "impl": impl,
                              "channel_mode": args.channel_mode}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data_folder, methods, objectives, select  # noqa: F401  (registration)
-from .config import Config, build_config, load_preset
-from .genotype import DartsGenotype, NB201Genotype, load_genotype, save_genotype
-from .registry import DATASETS, METHODS, OBJECTIVES, SELECTORS, SPACES
-from .search import SearchResult, search
-from .spaces import get_space
+from pcdarts import data, methods, objectives, scorers  # noqa: F401  (registration)
+from pcdarts.config import Config, build_config, load_preset
+from pcdarts.genotype import DartsGenotype, NB201Genotype, load_genotype, save_genotype
+from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SELECTORS, SPACES
+from pcdarts.search.searcher import SearchResult, search
+from pcdarts.spaces import get_space
 
 __all__ = [
     "__version__", "search", "SearchResult", "Config", "build_config", "load_preset",

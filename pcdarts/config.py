@@ -15,9 +15,9 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 
 import yaml
 
-from .errors import ConfigError
-from .ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges
-from .registry import METHODS, SPACES
+from pcdarts.errors import ConfigError
+from pcdarts.ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges
+from pcdarts.registry import METHODS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 

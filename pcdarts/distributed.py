@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import PcdartsError
+from pcdarts.errors import PcdartsError
 
 
 @dataclass(frozen=True)

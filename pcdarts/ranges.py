@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
+from pcdarts.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import PcdartsError
+from pcdarts.errors import PcdartsError
 
 T = TypeVar("T")
 

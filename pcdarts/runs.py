@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 import torch
 import yaml
 
-from .errors import CheckpointError, RunDirError
+from pcdarts.errors import CheckpointError, RunDirError
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"

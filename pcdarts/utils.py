@@ -24,6 +24,11 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is a lower precision (bf16, fp16); float64 stays float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG state a run depends on (for exact resume)."""
     state: dict[str, Any] = {
@@ -58,7 +63,7 @@ def git_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    from . import __version__
+    from pcdarts import __version__
     v: dict[str, Any] = {
         "pcdarts": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(),

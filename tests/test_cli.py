@@ -70,7 +70,7 @@ def test_cli_search_nb201_prints_arch_string(tmp_path, capsys):
     (["--serch.epochs", "3"], "unknown override 'serch.epochs'"),
     (["--search.epochs", "many"], "search.epochs must be of type int"),
     (["--method.k", "3"], "K=3 must divide the channel count space.C=8"),
-    (["--method.warmup_epochs", "6"], "warmup_epochs=6 must be smaller than search.epochs=6"),
+    (["--method.warmup_epochs", "6", "--search.epochs", "6"], "warmup_epochs=6 must be smaller than search.epochs=6"),
     (["--data", "cifar10:/no/such/cifar"], "/no/such/cifar"),
     (["--data", "imagenet:/x"], "imagenet"),
     (["--space.channel_mode", "shuffle"], "channel_mode"),

@@ -1,4 +1,4 @@
-"""Dataset sources (pcdarts.data) and the device-resident loader (pcdarts.gpu_loader)."""
+"""Dataset sources (pcdarts.data.sources) and the device-resident loader (pcdarts.data.device_loader)."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcdarts.data import DataError, ImageDataset, dataset_fingerprint, load_dataset, split_indices
-from pcdarts.gpu_loader import Augment, DeviceLoader
+from pcdarts.data.sources import DataError, ImageDataset, dataset_fingerprint, load_dataset, split_indices
+from pcdarts.data.device_loader import Augment, DeviceLoader
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
 

@@ -15,9 +15,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pcdarts.config import SpaceConfig
-from pcdarts.edges import Mixing
-from pcdarts.fast import FastDartsSupernet, FastNB201Supernet, build_fast_darts, build_fast_nb201
-from pcdarts.select import normalise_edges
+from pcdarts.nn.edges import MixedEdge, Mixing
+from pcdarts.nn.ops import FactorizedReduce
+from pcdarts.spaces.darts import FastDartsSupernet
+from pcdarts.spaces.nb201 import FastNB201Supernet
+from pcdarts.scorers.alpha import normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
 from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
@@ -27,14 +29,14 @@ SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}
 NODE_EDGES = {"darts": darts_node_edges(4), "nb201": NB201_NODE_EDGES}
 
 
-def _nets(space, k=2, mode="first+shuffle", masks=None, recompute=True, dtype=torch.float64):
+def _nets(space, k=2, mode="first+shuffle", masks=None, recompute=True, dtype=torch.float64, aux_skip=False):
     torch.manual_seed(0)
     if space == "darts":
-        kw = dict(C=8, layers=3, k=k, channel_mode=mode, masks=masks)
-        ref, fast = DartsSupernet(**kw), build_fast_darts(**kw, recompute=recompute)
+        kw = dict(C=8, layers=3, k=k, channel_mode=mode, masks=masks, aux_skip=aux_skip)
+        ref, fast = DartsSupernet(**kw), FastDartsSupernet(**kw, recompute=recompute)
     else:
-        kw = dict(C=8, N=1, k=k, channel_mode=mode, masks=masks)
-        ref, fast = NB201Supernet(**kw), build_fast_nb201(**kw, recompute=recompute)
+        kw = dict(C=8, N=1, k=k, channel_mode=mode, masks=masks, aux_skip=aux_skip)
+        ref, fast = NB201Supernet(**kw), FastNB201Supernet(**kw, recompute=recompute)
     fast.load_state_dict(ref.state_dict())
     return ref.to(dtype), fast.to(dtype)
 
@@ -47,10 +49,10 @@ def _arch(space, dtype=torch.float64, seed=1):
     return alphas, betas
 
 
-def _mixing(space, alphas, betas, edge_weights=True):
+def _mixing(space, alphas, betas, edge_weights=True, aux=None):
     ops = {ct: torch.softmax(a, -1) for ct, a in alphas.items()}
     edges = {ct: normalise_edges(b, NODE_EDGES[space]) for ct, b in betas.items()} if edge_weights else None
-    return Mixing(ops=ops, edges=edges)
+    return Mixing(ops=ops, edges=edges, aux_skip=aux)
 
 
 def _loss(out):
@@ -59,16 +61,16 @@ def _loss(out):
     return (out * w).sum()
 
 
-def _step(net, space, x, alphas, betas, edge_weights=True, what="both"):
+def _step(net, space, x, alphas, betas, edge_weights=True, what="both", aux=None):
     """Forward + gradients: ``arch`` (autograd.grad on alpha/beta, as the arch step does),
     ``weight`` (mixing without grad, loss.backward(), as the weight step does) or ``both``."""
     net.zero_grad(set_to_none=True)
     torch.manual_seed(7)  # random channel mode: both paths must draw the same permutations
     if what == "weight":
         with torch.no_grad():
-            mix = _mixing(space, alphas, betas, edge_weights)
+            mix = _mixing(space, alphas, betas, edge_weights, aux)
     else:
-        mix = _mixing(space, alphas, betas, edge_weights)
+        mix = _mixing(space, alphas, betas, edge_weights, aux)
     out = net(x, mix)
     arch = [*alphas.values(), *betas.values()] if edge_weights else list(alphas.values())
     if what == "arch":
@@ -85,10 +87,10 @@ def _close(a, b, what=""):
     torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=lambda m: f"{what}: {m}")
 
 
-def _compare(space, ref, fast, x, edge_weights=True, what="both"):
+def _compare(space, ref, fast, x, edge_weights=True, what="both", aux=None):
     alphas, betas = _arch(space)
-    out_r, ga_r, gw_r = _step(ref, space, x, alphas, betas, edge_weights, what)
-    out_f, ga_f, gw_f = _step(fast, space, x, alphas, betas, edge_weights, what)
+    out_r, ga_r, gw_r = _step(ref, space, x, alphas, betas, edge_weights, what, aux)
+    out_f, ga_f, gw_f = _step(fast, space, x, alphas, betas, edge_weights, what, aux)
     _close(out_f, out_r, "output")
     for i, (a, b) in enumerate(zip(ga_f, ga_r)):
         _close(a, b, f"arch grad {i}")
@@ -319,7 +321,7 @@ def test_bf16_autocast_on_cpu_fast_path_as_close_as_reference(space):
 
 @pytest.mark.gpu
 def test_cuda_search_step_runs(tmp_path):
-    from pcdarts.search import search
+    from pcdarts.search.searcher import search
     cfg = {"method": {"name": "pc-darts", "warmup_epochs": 0, "k": 2},
            "space": {"name": "darts", "C": 4, "layers": 3, "impl": "fast"},
            "data": {"dataset": "digits", "max_samples": 32},
@@ -335,7 +337,7 @@ def test_cuda_search_step_runs(tmp_path):
 def test_searcher_step_on_fast_path_equals_reference(tiny, space, method):
     """One whole Searcher step (loader, both optimisers, first/second order) on each path."""
     from pcdarts.config import build_config
-    from pcdarts.search import Searcher, new_run_dir
+    from pcdarts.search.searcher import Searcher, new_run_dir
 
     states = []
     for impl in ("reference", "fast"):
@@ -349,3 +351,28 @@ def test_searcher_step_on_fast_path_equals_reference(tiny, space, method):
     assert type(s.supernet).__name__.startswith("Fast")
     for a, b in zip(states[0][0] + states[0][1], states[1][0] + states[1][1]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("k,mode,edge_weights", [(1, "first+shuffle", False), (2, "first+shuffle", True),
+                                                 (4, "first+shift", True), (2, "random", False)])
+@pytest.mark.parametrize("what", ["both", "weight"])
+def test_fast_equals_reference_with_the_aux_skip(space, k, mode, edge_weights, what):
+    """The DARTS- auxiliary skip (identity; non-affine FactorizedReduce on stride-2 edges) is the
+    same term on both paths: outputs, weight gradients (the FactorizedReduce convs) and BN state."""
+    ref, fast = _nets(space, k, mode, aux_skip=True)
+    assert any(isinstance(m.aux, FactorizedReduce) for m in ref.modules() if isinstance(m, MixedEdge)) \
+        == (space == "darts")
+    _compare(space, ref, fast, _x(), edge_weights, what, aux=0.7)
+
+
+def test_aux_skip_changes_the_output_and_needs_the_modules():
+    ref, _ = _nets("darts", 2, aux_skip=True)
+    alphas, betas = _arch("darts")
+    with torch.no_grad():
+        a = ref(_x(), _mixing("darts", alphas, betas, True, None))
+        b = ref(_x(), _mixing("darts", alphas, betas, True, 0.5))
+    assert not torch.allclose(a, b)
+    plain, _ = _nets("darts", 2)
+    with pytest.raises(ValueError, match="aux_skip=True"):
+        plain(_x(), _mixing("darts", alphas, betas, True, 0.5))

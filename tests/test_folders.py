@@ -1,4 +1,4 @@
-"""Tests for pcdarts.folders, pcdarts.transforms and pcdarts.subset: image-folder dataset, transforms,
+"""Tests for pcdarts.data.folders, pcdarts.data.transforms and pcdarts.data.subset: image-folder dataset, transforms,
 loader, subsets."""
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 import torch.utils.data.dataloader as dl_module
-from pcdarts import folders
-from pcdarts.folders import FolderError, ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
-from pcdarts.subset import add_subset_subcommand, build_subset
-from pcdarts.transforms import (
+from pcdarts.data import folders
+from pcdarts.data.folders import FolderError, ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
+from pcdarts.cli.tools import add_subset_subcommand
+from pcdarts.data.subset import build_subset
+from pcdarts.data.transforms import (
     CenterCrop, ColorJitter, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToTensor,
     eval_transform, train_transform,
 )
@@ -247,8 +248,8 @@ def test_load_folder_as_tensor(folder: Path) -> None:
 def test_train_data_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            loader: str, split: bool) -> None:
     # listing an ImageNet-sized folder takes seconds to minutes: build_train_data must do it once per folder
-    from pcdarts import train_data
-    from pcdarts.train_config import TrainDataConfig
+    from pcdarts.train import data as train_data
+    from pcdarts.train.config import TrainDataConfig
 
     root = tmp_path / "imgs"
     if split:

@@ -8,8 +8,9 @@ from torch.func import functional_call
 import pcdarts
 from pcdarts.config import SpaceConfig, build_config
 from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
+from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, SPACES
-from pcdarts.search import Searcher, new_run_dir
+from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 
 
@@ -84,7 +85,8 @@ def test_second_order_hypergradient_matches_double_backward():
     xt, yt = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
     xv, yv = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
     w_before = [p.detach().clone() for p in W]
-    hyper, _, _ = method._second_order_grads(ctx, (xt, yt), (xv, yv))
+    hyper, _, _ = second_order_grads(lambda b: method.loss(ctx, b, method.mixing()), method.arch_parameters(), W,
+                                     info, (xt, yt), (xv, yv), hvp_eps=1e-6, supernet=net)
     assert all(torch.equal(a, b) for a, b in zip(w_before, W)), "weights not restored exactly"
 
     # exact: d/d alpha L_val(w - lr * (mu m + dL_tr/dw + wd w), alpha), by double backward
@@ -152,3 +154,123 @@ def test_config_checks_read_the_method_class_flags(monkeypatch):
         build_config(split)
     monkeypatch.setattr(PCDarts, "needs_arch_split", False)
     build_config(split)
+
+
+def test_second_order_step_updates_batchnorm_stats_three_times_like_the_published_code(tiny):
+    """The published code evaluates the virtual weights on a copy: the live BN statistics see
+    the virtual-step forward and the two finite-difference forwards (3), never the validation batch."""
+    s = _searcher(tiny(method={"name": "darts", "order": 2}, space={"name": "nb201", "layers": 1}))
+    bns = [m for m in s.supernet.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats]
+    assert bns
+    before = [int(m.num_batches_tracked) for m in bns]
+    batch, arch_batch = s.train_loader.next(), s.arch_loader.next()
+    s.method.arch_step(s.context(), batch, arch_batch)
+    assert [int(m.num_batches_tracked) - b for m, b in zip(bns, before)] == [3] * len(bns)
+
+
+def test_objective_keeps_float64_and_lifts_bf16():
+    from pcdarts.registry import OBJECTIVES
+    ce = OBJECTIVES.get("cross-entropy")()
+    y = torch.tensor([0, 1])
+    assert ce(torch.randn(2, 3, dtype=torch.float64), y).dtype == torch.float64
+    assert ce(torch.randn(2, 3).bfloat16(), y).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- DARTS-
+
+def test_darts_minus_beta_schedule():
+    from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
+    lin = DartsMinusConfig()
+    assert aux_beta(lin, 0, 50) == 1.0 and aux_beta(lin, 49, 50) == pytest.approx(0.02)
+    assert aux_beta(DartsMinusConfig(beta_schedule="cosine"), 49, 50) == pytest.approx(0.00099, abs=1e-5)
+    assert aux_beta(DartsMinusConfig(beta_schedule="slow-cosine"), 49, 50) == pytest.approx(0.031, abs=1e-3)
+    # the released code's quirk: with a decay start, the epoch number itself is used
+    quirk = DartsMinusConfig(decay_start=10)
+    assert aux_beta(quirk, 9, 50) == 1.0 and aux_beta(quirk, 10, 50) == pytest.approx(0.8)
+    smooth = DartsMinusConfig(decay_start=10, decay_from_start=True)
+    assert aux_beta(smooth, 10, 50) == 1.0 and aux_beta(smooth, 30, 50) == pytest.approx(0.5)
+
+
+def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tiny, tmp_path):
+    import pcdarts
+    res = pcdarts.search(tiny(method={"name": "darts-minus", "warmup_epochs": 0}, search={"epochs": 3}))
+    betas = [h["aux_beta"] for h in res.history]
+    assert betas == pytest.approx([1.0, 2 / 3, 1 / 3])
+    s = _searcher(tiny(method={"name": "darts-minus"}, run={"out": str(tmp_path / "b")}))
+    assert all(edge.aux is not None for cell in s.supernet.cells for edge in cell.edges)
+    assert s.method.mixing().aux_skip == 1.0
+    # derivation reads softmax(alpha) only: the skip is not a candidate op
+    assert s.derive() == s.space.derive(s.method.scores(), s.supernet.masks)
+    with pytest.raises(Exception, match="order must be 1"):
+        build_config(tiny(method={"name": "darts-minus", "order": 2}))
+
+
+@pytest.mark.parametrize("preset", ["darts-minus_cifar10", "darts-minus_nb201"])
+def test_darts_minus_presets(preset):
+    from pcdarts.config import load_preset
+    cfg = build_config(load_preset(preset))
+    assert cfg.method_name == "darts-minus" and cfg.method.beta0 == 1.0 and cfg.search.epochs == 50
+
+
+# ---------------------------------------------------------------- DrNAS
+
+def test_dirichlet_sample_gradient_equals_torch_rsample():
+    from pcdarts.methods.drnas import dirichlet_rsample
+    conc = (torch.rand(5, 4, dtype=torch.float64) * 3 + 0.2).requires_grad_()
+    w = torch.randn(5, 4, dtype=torch.float64)
+    torch.manual_seed(3)
+    ours = dirichlet_rsample(conc)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), conc)
+    torch.manual_seed(3)
+    ref = torch.distributions.Dirichlet(conc).rsample()
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), conc)
+    assert torch.equal(ours, ref) and torch.allclose(g_ours, g_ref)
+    g = torch.Generator().manual_seed(1)
+    a = dirichlet_rsample(conc, g)
+    g.manual_seed(1)
+    assert torch.equal(a, dirichlet_rsample(conc, g))
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_drnas_mixing_is_one_sample_per_step_from_the_run_generator(tiny, space):
+    s = _searcher(tiny(method={"name": "drnas"}, space={"name": space, "layers": 3 if space == "darts" else 1}))
+    m1, m2 = s.method.mixing(), s.method.mixing()
+    for ct, w in m1.ops.items():
+        assert torch.allclose(w.sum(-1), torch.ones(w.shape[0]))
+        assert not torch.equal(w, m2.ops[ct])  # a fresh sample per step
+        none = s.space.primitives.index("none")
+        assert (w[:, none] == 0).all() == (space == "darts")  # DARTS space: none is not a candidate
+    s.arch_generator.manual_seed(5)
+    a = s.method.mixing()
+    s.arch_generator.manual_seed(5)
+    b = s.method.mixing()
+    assert all(torch.equal(a.ops[ct], b.ops[ct]) for ct in a.ops)
+    # the genotype ranks by softmax(eta) over the candidates
+    g = s.derive()
+    assert g == s.space.derive(s.method.scores(), s.supernet.masks)
+
+
+def test_drnas_regularisers(tiny):
+    l2 = _searcher(tiny(method={"name": "drnas"}))
+    assert l2.method.optimizer.param_groups[0]["weight_decay"] == 1e-3
+    kl = _searcher(tiny(method={"name": "drnas", "reg_type": "kl"}, run={"out": tiny()["run"]["out"] + "kl"}))
+    assert kl.method.optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert float(kl.method.kl_to_uniform().detach()) == pytest.approx(0.0, abs=1e-3)  # eta ~ 0: beta ~ 1
+    kl.search_step(True, kl.context())
+    assert all(torch.isfinite(p).all() for p in kl.method.arch_parameters())
+
+
+def test_drnas_resume_equals_uninterrupted_run(tiny):
+    base = tiny(method={"name": "drnas"}, search={"epochs": 2}, space={"name": "nb201", "layers": 1})
+    base["run"]["out"] += "-full"
+    full = pcdarts.search(base)
+    part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
+    first = pcdarts.search(part, stop_after_steps=4)
+    resumed = pcdarts.search(resume=first.run_dir)
+    assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
+
+
+def test_drnas_preset():
+    from pcdarts.config import load_preset
+    cfg = build_config(load_preset("drnas_nb201"))
+    assert (cfg.method_name, cfg.search.epochs, cfg.method.arch_lr, cfg.k) == ("drnas", 100, 3e-4, 1)

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 
 from pcdarts.genotype import DartsGenotype, NB201Genotype
-from pcdarts.networks import (AuxiliaryHead, DartsCell, NB201Network, NetworkCIFAR, NetworkImageNet,
+from pcdarts.nn.networks import (AuxiliaryHead, DartsCell, NB201Network, NetworkCIFAR, NetworkImageNet,
                               build_network, drop_path)
-from pcdarts.published import PUBLISHED
-from pcdarts.stats import add_info_subcommand, count_macs, count_params, genotype_stats
+from pcdarts.genotype.published import PUBLISHED
+from pcdarts.analysis.stats import count_macs, count_params, genotype_stats
+from pcdarts.cli.tools import add_info_subcommand
 
 V2 = PUBLISHED["DARTS_V2"]
 assert isinstance(V2, DartsGenotype)
@@ -220,7 +221,7 @@ def _is_png(p: Path) -> bool:
 
 def test_plot_genotype_matplotlib(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pcdarts.plot import plot_genotype
+    from pcdarts.analysis.plot import plot_genotype
 
     paths = plot_genotype(V2, tmp_path / "v2", formats=("png", "svg"), backend="matplotlib")
     names = sorted(p.name for p in paths)
@@ -235,7 +236,7 @@ def test_plot_genotype_matplotlib(tmp_path: Path) -> None:
 
 def test_plot_genotype_dot_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The dot path, with a stand-in ``dot`` that checks its input and writes the -o file."""
-    from pcdarts.plot import plot_genotype
+    from pcdarts.analysis.plot import plot_genotype
 
     fake = tmp_path / "bin" / "dot"
     fake.parent.mkdir()
@@ -250,7 +251,7 @@ def test_plot_genotype_dot_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz dot not installed")
 def test_plot_genotype_real_dot(tmp_path: Path) -> None:
-    from pcdarts.plot import plot_genotype
+    from pcdarts.analysis.plot import plot_genotype
 
     paths = plot_genotype(V2, tmp_path / "v2", formats=("png", "svg"), backend="dot")
     assert all(p.stat().st_size > 0 for p in paths) and len(paths) == 4
@@ -258,7 +259,7 @@ def test_plot_genotype_real_dot(tmp_path: Path) -> None:
 
 def test_plot_arch_weights(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pcdarts.plot import plot_arch_weights
+    from pcdarts.analysis.plot import plot_arch_weights
 
     prims = ["none", "skip_connect", "sep_conv_3x3"]
     history = [{"epoch": e, "primitives": prims,
@@ -273,7 +274,7 @@ def test_plot_arch_weights(tmp_path: Path) -> None:
 
 def test_info_and_plot_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    from pcdarts.plot import add_plot_subcommand
+    from pcdarts.cli.tools import add_plot_subcommand
 
     parser = argparse.ArgumentParser(prog="pcdarts")
     sub = parser.add_subparsers(dest="command")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pcdarts import planner
-from pcdarts.planner import PlanResult, plan
+from pcdarts.cli.tools import add_plan_subcommand
+from pcdarts.search import planner
+from pcdarts.search.planner import PlanResult, plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ SMALL = dict(C=8, input_size=16, in_channels=3, num_classes=10, k=2)
 _MEASURE = r"""
 import json, sys, torch
 torch.set_num_threads(1)
-from pcdarts.planner import _Step
+from pcdarts.search.planner import _Step
 space, impl, layers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 step = _Step(space, "pc-darts", 8, layers, 2, 16, 3, 10, impl, "first+shuffle")
 step.run(batch)  # warm-up: optimiser states exist, as in the middle of a search
@@ -124,7 +125,7 @@ def test_cli_handler(monkeypatch, capsys):
     monkeypatch.setattr(planner, "_measure", _fake_measure)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    planner.add_subcommand(sub)
+    add_plan_subcommand(sub)
     args = parser.parse_args(["plan", "--space", "darts", "--method", "pc-darts", "--batch", "256", "--device", "cuda"])
     assert args.func(args) == 0
     assert "estimated peak" in capsys.readouterr().out

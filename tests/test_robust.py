@@ -20,10 +20,10 @@ from pcdarts.config import SECTIONS, build_config, load_config_file
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import check_ranges, field_range, range_hints
 from pcdarts.registry import METHODS
-from pcdarts.search import search
-from pcdarts.train_config import SECTIONS as TRAIN_SECTIONS, build_train_config
+from pcdarts.search.searcher import search
+from pcdarts.train.config import SECTIONS as TRAIN_SECTIONS, build_train_config
 
-search_mod = importlib.import_module("pcdarts.search")  # the package exports a function of that name
+search_mod = importlib.import_module("pcdarts.search.searcher")  # the package exports a function of that name
 
 TINY = ["--space.C", "4", "--space.layers", "3", "--data.max_samples", "48", "--search.epochs", "2",
         "--search.batch_size", "8", "--method.warmup_epochs", "1", "--method.k", "2", "--no-progress",
@@ -333,7 +333,7 @@ def test_signal_saves_a_mid_epoch_checkpoint_and_says_how_to_resume(tmp_path, ca
 
 
 def test_sigterm_stops_training_too(tmp_path, capsys, monkeypatch):
-    train_mod = importlib.import_module("pcdarts.train")
+    train_mod = importlib.import_module("pcdarts.train.trainer")
     real = train_mod.Trainer.train_step
     calls = []
 
@@ -442,7 +442,7 @@ def test_matplotlib_is_a_core_dependency():
 
 
 def test_arch_weight_summary():
-    from pcdarts.stats import arch_weight_summary
+    from pcdarts.analysis.stats import arch_weight_summary
     assert arch_weight_summary({"normal": [[0.25] * 4] * 3})["entropy"] == pytest.approx(1.0)
     s = arch_weight_summary({"normal": [[1.0, 0, 0, 0]], "reduce": [[0.25] * 4]})
     assert s["entropy"] == pytest.approx(0.5) and s["max"] == pytest.approx(0.625) and s["uniform"] == 0.25
@@ -452,7 +452,7 @@ def test_arch_weight_summary():
 @pytest.mark.slow
 def test_default_search_moves_the_architecture_weights(tmp_path):
     """The main job (the quick preset) must end clearly away from uniform weights."""
-    from pcdarts.stats import arch_weight_summary
+    from pcdarts.analysis.stats import arch_weight_summary
     res = search({"run": {"out": str(tmp_path / "q"), "progress": False, "plots": False}})
     moved = arch_weight_summary(res.history[-1]["arch_weights"])
     assert moved["entropy"] < 0.9, moved

@@ -8,10 +8,10 @@ import torch
 
 from pcdarts.genotype import (DartsGenotype, GenotypeError, NB201Genotype, load_genotype, parse_genotype,
                               save_genotype)
-from pcdarts.ops import DARTS_PRIMITIVES as P
-from pcdarts.ops import NB201_PRIMITIVES as Q
-from pcdarts.published import PUBLISHED
-from pcdarts.select import alpha_beta_scores, normalise_edges
+from pcdarts.nn.ops import DARTS_PRIMITIVES as P
+from pcdarts.nn.ops import NB201_PRIMITIVES as Q
+from pcdarts.genotype.published import PUBLISHED
+from pcdarts.scorers.alpha import alpha_beta_scores, normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import darts_node_edges
 

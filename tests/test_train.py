@@ -1,4 +1,4 @@
-"""Tests for pcdarts.train: the from-scratch Trainer, presets, resume, seeds, eval and the CLI.
+"""Tests for pcdarts.train.trainer: the from-scratch Trainer, presets, resume, seeds, eval and the CLI.
 
 Every run is tiny (C=4, 3 cells, a few dozen images) so the file stays well under a minute on 2 CPU cores.
 """
@@ -15,8 +15,10 @@ from PIL import Image
 
 from pcdarts.cli import main
 from pcdarts.genotype import load_genotype
-from pcdarts.train import CHECKPOINT, Trainer, TrainError, evaluate, train, train_seeds
-from pcdarts.train_config import build_train_config, load_train_preset, lr_at, train_preset_names
+from pcdarts.train.model import evaluate
+from pcdarts.train.seeds import train_seeds
+from pcdarts.train.trainer import CHECKPOINT, Trainer, TrainError, train
+from pcdarts.train.config import build_train_config, load_train_preset, lr_at, train_preset_names
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
 
@@ -238,7 +240,7 @@ def test_eval_command_prints_accuracy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["eval", str(res.run_dir / CHECKPOINT), "--data", "digits", "--split", "train",
                  "--batch-size", "64"]) == 0
     text = capsys.readouterr().out
-    from pcdarts.data import load_dataset
+    from pcdarts.data.sources import load_dataset
     assert f"train split, {len(load_dataset('digits', 'train'))} images" in text  # --data: the whole split
 
 

@@ -34,11 +34,11 @@ Isomorphic cells: :mod:`.arch` (:func:`canonical_arch`); the lookup rule and the
 """
 from __future__ import annotations
 
-from .arch import BenchmarkError, canonical_arch, isomorphic_archs
-from .cli import add_subcommand
-from .lookup import NB201Table, QueryResult, get_table, query
-from .official import build_table_from_official
-from .tables import DATASETS, write_table
+from pcdarts.nb201.arch import BenchmarkError, canonical_arch, isomorphic_archs
+from pcdarts.nb201.cli import add_subcommand
+from pcdarts.nb201.lookup import NB201Table, QueryResult, get_table, query
+from pcdarts.nb201.official import build_table_from_official
+from pcdarts.nb201.tables import DATASETS, write_table
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,4 @@
 """``python -m pcdarts.nb201 {query|convert} ...``."""
-from .cli import _main
+from pcdarts.nb201.cli import _main
 
 raise SystemExit(_main())

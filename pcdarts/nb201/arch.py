@@ -32,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from ..genotype import (
+from pcdarts.genotype import (
     NB201_EDGES,
     DartsGenotype,
     NB201Genotype,
     load_genotype,
     parse_genotype,
 )
-from ..errors import PcdartsError
-from ..ops import NB201_PRIMITIVES
+from pcdarts.errors import PcdartsError
+from pcdarts.nn.ops import NB201_PRIMITIVES
 
 
 class BenchmarkError(PcdartsError, ValueError):

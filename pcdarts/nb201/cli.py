@@ -7,12 +7,12 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from ..genotype import GenotypeError
-from .arch import BenchmarkError, canonical_arch
-from .lookup import NB201Table, get_table
-from .official import build_table_from_official
-from .package import _INSTALL_HINT, _PACKAGE
-from .tables import DATASETS
+from pcdarts.genotype import GenotypeError
+from pcdarts.nb201.arch import BenchmarkError, canonical_arch
+from pcdarts.nb201.lookup import NB201Table, get_table
+from pcdarts.nb201.official import build_table_from_official
+from pcdarts.nb201.package import _INSTALL_HINT, _PACKAGE
+from pcdarts.nb201.tables import DATASETS
 
 # --------------------------------------------------------------------------- CLI
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..genotype import GenotypeError
-from .arch import (
+from pcdarts.genotype import GenotypeError
+from pcdarts.nb201.arch import (
     ArchLike,
     BenchmarkError,
     _arch_of,
@@ -26,8 +26,8 @@ from .arch import (
     _class_members,
     _code_of,
 )
-from .package import _PACKAGE, _package_table
-from .tables import (
+from pcdarts.nb201.package import _PACKAGE, _package_table
+from pcdarts.nb201.tables import (
     _TABLE_SUFFIXES,
     DATASETS,
     _check_dataset,

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .arch import BenchmarkError
-from .tables import _TABLE_SUFFIXES, _norm_hp, _records_to_table, _write
+from pcdarts.nb201.arch import BenchmarkError
+from pcdarts.nb201.tables import _TABLE_SUFFIXES, _norm_hp, _records_to_table, _write
 
 # Official layouts (NAS-Bench-201 API v1.x and NATS-Bench api_utils/api_topology):
 # * every architecture is an ``ArchResults`` state dict: {"arch_index", "arch_str",

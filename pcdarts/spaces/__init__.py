@@ -11,8 +11,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..genotype import Genotype
-from ..registry import SPACES
+from pcdarts.genotype import Genotype
+from pcdarts.registry import SPACES
 
 
 class SearchSpace:
@@ -35,7 +35,7 @@ class SearchSpace:
         return self.num_edges(space_cfg), len(self.primitives)
 
     def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
-                       masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+                       masks: Optional[dict[str, torch.Tensor]] = None, aux_skip: bool = False) -> nn.Module:
         raise NotImplementedError
 
     def derive(self, scores: dict[str, torch.Tensor],
@@ -46,7 +46,7 @@ class SearchSpace:
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
                        input_size: int) -> dict[str, float]:
         """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
-        from ..stats import genotype_stats  # late: stats builds evaluation networks
+        from pcdarts.analysis.stats import genotype_stats  # late: stats builds evaluation networks
         return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
 
@@ -62,6 +62,6 @@ def get_space(name: str) -> SearchSpace:
     return SPACES.get(name)()
 
 
-from . import darts, nb201  # noqa: E402,F401  (registration)
+from pcdarts.spaces import darts, nb201  # noqa: E402,F401  (registration)
 
 __all__ = ["SearchSpace", "get_space", "masked_scores", "SPACES"]

@@ -6,11 +6,15 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from ..edges import MixedEdge, Mixing
-from ..genotype import DartsGenotype, Genotype
-from ..ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
-from ..registry import SPACES
-from . import SearchSpace, masked_scores
+from pcdarts.nn.edges import MixedEdge, Mixing
+from pcdarts.genotype import DartsGenotype, Genotype
+from pcdarts.nn.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
+from pcdarts.nn.fast import kernels as fo
+from pcdarts.nn.fast.blocks import DARTS_KINDS, darts_block
+from pcdarts.nn.fast.cells import FastOptions, cell_plans, run_cell
+from pcdarts.nn.fast.conv import preprocess
+from pcdarts.registry import SPACES
+from pcdarts.spaces import SearchSpace, masked_scores
 
 
 def darts_node_edges(nodes: int) -> list[list[int]]:
@@ -26,7 +30,7 @@ class SearchCell(nn.Module):
     """A DARTS search cell: two preprocessed inputs, ``nodes`` intermediate nodes, 4C output."""
 
     def __init__(self, nodes: int, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
-                 k: int, channel_mode: str, masks: Optional[torch.Tensor] = None) -> None:
+                 k: int, channel_mode: str, masks: Optional[torch.Tensor] = None, aux_skip: bool = False) -> None:
         super().__init__()
         self.reduction, self.nodes = reduction, nodes
         if reduction_prev:
@@ -40,18 +44,19 @@ class SearchCell(nn.Module):
             for i in range(j + 2):
                 stride = 2 if reduction and i < 2 else 1
                 mask = None if masks is None else masks[e].tolist()
-                self.edges.append(MixedEdge(C, stride, DARTS_PRIMITIVES, OPS["darts_search"], k, channel_mode, mask))
+                self.edges.append(MixedEdge(C, stride, DARTS_PRIMITIVES, OPS["darts_search"], k, channel_mode, mask,
+                                            aux_skip))
                 e += 1
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: Optional[torch.Tensor]) -> torch.Tensor:
+                edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         e = 0
         for j in range(self.nodes):
             s = None
             for i, h in enumerate(states):
                 ew = None if edge_weights is None else edge_weights[e]
-                y = self.edges[e](h, weights[e], ew)
+                y = self.edges[e](h, weights[e], ew, aux_coef)
                 s = y if s is None else s + y
                 e += 1
             states.append(s)
@@ -67,13 +72,15 @@ class DartsSupernet(nn.Module):
         stem: ``cifar`` (conv3x3 -> BN, ``stem_multiplier * C`` channels) or ``imagenet``
             (three stride-2 3x3 convs; the first cell then preprocesses as after a reduction).
         masks: cell type -> [E, O] booleans of ops to build (None = all).
+        aux_skip: build an auxiliary skip module on every edge (DARTS-; see :class:`MixedEdge`).
     """
 
     cell_types = ("normal", "reduce")
 
     def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
                  nodes: int = 4, stem_multiplier: int = 3, stem: str = "cifar", k: int = 1,
-                 channel_mode: str = "first+shuffle", masks: Optional[dict[str, torch.Tensor]] = None) -> None:
+                 channel_mode: str = "first+shuffle", masks: Optional[dict[str, torch.Tensor]] = None,
+                 aux_skip: bool = False) -> None:
         super().__init__()
         self.nodes = nodes
         E = sum(j + 2 for j in range(nodes))
@@ -103,7 +110,7 @@ class DartsSupernet(nn.Module):
                 C_cur *= 2
             ct = "reduce" if reduction else "normal"
             self.cells.append(SearchCell(nodes, C_pp, C_p, C_cur, reduction, reduction_prev, k, channel_mode,
-                                         self.masks[ct]))
+                                         self.masks[ct], aux_skip))
             reduction_prev = reduction
             C_pp, C_p = C_p, nodes * C_cur
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -119,7 +126,7 @@ class DartsSupernet(nn.Module):
         feats = []
         for cell in self.cells:
             ct = self.cell_type(cell)
-            s0, s1 = s1, cell(s0, s1, mixing.ops[ct], mixing.edge_weights(ct))
+            s0, s1 = s1, cell(s0, s1, mixing.ops[ct], mixing.edge_weights(ct), mixing.aux_skip)
             feats.append(s1)
         return feats
 
@@ -181,6 +188,46 @@ def _nodes_for_edges(E: int) -> int:
     return n
 
 
+class FastDartsSupernet(DartsSupernet, FastOptions):
+    """:class:`DartsSupernet` with the fast cell forward (same modules, same state_dict)."""
+
+    def __init__(self, *args: Any, recompute: bool = True, channels_last: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recompute, self.channels_last = recompute, channels_last
+        self._edge_list = [(i, j + 2) for j, group in enumerate(darts_node_edges(self.nodes))
+                           for i in range(len(group))]
+
+    def cell_forward(self, cell: SearchCell, s0: list[torch.Tensor], s1: list[torch.Tensor], weights: torch.Tensor,
+                     edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None) -> list[torch.Tensor]:
+        """A cell on node lists: inputs and output are the nodes whose concatenation is the
+        reference cell's input/output (the concatenation itself is never materialised)."""
+        plans = cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2)
+        states = [preprocess(cell.preprocess0, s0), preprocess(cell.preprocess1, s1)]
+        states = run_cell(cell, plans, darts_block, states, darts_node_edges(self.nodes), self._edge_list,
+                           weights, edge_weights, self.recompute, aux_coef)
+        return states[2:]
+
+    def _run(self, x: torch.Tensor, mixing: Mixing) -> Iterator[list[torch.Tensor]]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=fo.CL)
+        s0 = self.stem(x)
+        s1 = self.stem1(s0) if self.stem1 is not None else s0
+        n0, n1 = [s0], [s1]
+        for cell in self.cells:
+            ct = self.cell_type(cell)
+            n0, n1 = n1, self.cell_forward(cell, n0, n1, mixing.ops[ct], mixing.edge_weights(ct), mixing.aux_skip)
+            yield n1
+
+    def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:
+        return [torch.cat(nodes, dim=1) for nodes in self._run(x, mixing)]
+
+    def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+        for nodes in self._run(x, mixing):
+            pass
+        # global average pooling of a concatenation = concatenation of the per-node poolings
+        return self.classifier(torch.cat([self.global_pooling(n).flatten(1) for n in nodes], 1))
+
+
 @SPACES.register("darts", description="DARTS cell space: 8 ops, 4-node normal and reduction cells")
 class DartsSpace(SearchSpace):
     name = "darts"
@@ -192,13 +239,12 @@ class DartsSpace(SearchSpace):
         return darts_node_edges(getattr(space_cfg, "nodes", 4))
 
     def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
-                       masks: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
-        kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or self.default_layers, num_classes=num_classes, in_channels=in_channels,
-                      nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier, stem=space_cfg.stem,
-                      k=k, channel_mode=space_cfg.channel_mode, masks=masks)
+                       masks: Optional[dict[str, torch.Tensor]] = None, aux_skip: bool = False) -> nn.Module:
+        kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or self.default_layers, num_classes=num_classes,
+                      in_channels=in_channels, nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier,
+                      stem=space_cfg.stem, k=k, channel_mode=space_cfg.channel_mode, masks=masks, aux_skip=aux_skip)
         if getattr(space_cfg, "impl", "reference") == "fast":
-            from ..fast import build_fast_darts  # the optimised path (same parameters, same maths)
-            return build_fast_darts(**kwargs)
+            return FastDartsSupernet(**kwargs)  # the optimised path (same parameters, same maths)
         return DartsSupernet(**kwargs)
 
     def derive(self, scores: dict[str, torch.Tensor],

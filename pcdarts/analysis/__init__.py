@@ -1,0 +1,1 @@
+"""Analysis of genotypes and runs: parameter / multiply-add counts and pictures."""

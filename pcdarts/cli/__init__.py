@@ -1,0 +1,264 @@
+"""Command line: ``pcdarts search | derive | show | ...``.
+
+Turns presets, options and dotted overrides into configs and calls the library; no
+search logic lives here. Errors a user can fix (every :class:`~pcdarts.errors.PcdartsError`)
+are printed as one ``error:`` line (exit code 2), warnings as one ``warning:`` line; set
+PCDARTS_DEBUG=1 to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pcdarts.config import ConfigError, apply_override, build_config, merge_onto_preset, parse_overrides, preset_names
+from pcdarts.errors import PcdartsError
+from pcdarts.registry import METHODS, SPACES
+
+DEFAULT_PRESET = "quick"
+
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
+
+
+def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                      line: Any = None) -> None:
+    """Warnings reach a user as ``warning: ...``, without a source path and line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the dotted overrides with their values) of a command line.
+
+    ``--SECTION.KEY VALUE`` and ``--SECTION.KEY=VALUE`` are taken out before argparse
+    sees the line, so an override's value is never mistaken for a positional argument
+    (``pcdarts train --train.lr 1e-3`` has no genotype rather than the genotype ``1e-3``).
+    """
+    rest: list[str] = []
+    overrides: list[str] = []
+    items, i = list(argv), 0
+    while i < len(items):
+        tok = items[i]
+        key = tok[2:].split("=", 1)[0]
+        if tok.startswith("--") and "." in key and key.split(".", 1)[0].isidentifier():
+            overrides.append(tok)
+            if "=" not in tok and i + 1 < len(items):
+                overrides.append(items[i + 1])
+                i += 1
+        else:
+            rest.append(tok)
+        i += 1
+    return rest, overrides
+
+
+# ---------------------------------------------------------------- search
+
+def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
+    """Preset -> shortcut options -> dotted overrides, as one nested dict."""
+    picks: dict[str, Any] = {}
+    if args.method:
+        picks["method"] = {"name": METHODS.get(args.method) and args.method}
+    if args.space:
+        picks["space"] = {"name": SPACES.get(args.space) and args.space}
+    d = merge_onto_preset(args.preset or DEFAULT_PRESET, picks)
+    if args.data:
+        name, _, path = args.data.partition(":")
+        d.setdefault("data", {})["dataset"] = name
+        d["data"]["path"] = path or None
+    run = d.setdefault("run", {})
+    for key in ("seed", "out", "device"):
+        if getattr(args, key) is not None:
+            run[key] = getattr(args, key)
+    if args.overwrite:
+        run["overwrite"] = True
+    if args.no_progress:
+        run["progress"] = False
+    if args.nb201_lookup:
+        d.setdefault("search", {})["nb201_lookup"] = True
+    for dotted, value in parse_overrides(overrides):
+        apply_override(d, dotted, value)
+    return d
+
+
+def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from pcdarts.search.searcher import search
+    if args.resume:
+        if overrides or args.preset:
+            raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides")
+        result = search(resume=args.resume)
+    else:
+        cfg = build_config(search_config_dict(args, overrides))
+        result = search(cfg)
+    if result.interrupted:
+        return 130
+    for line in search_summary(result):
+        print(line)
+    return 0
+
+
+def search_summary(result: Any) -> list[str]:
+    """The lines printed when a search ends: where it is, the cell, its size, how far the
+    architecture weights moved from uniform, and what to run next."""
+    from pcdarts.analysis.stats import arch_weight_summary
+    run_dir, cfg = result.run_dir, result.config
+    last = result.history[-1] if result.history else {}
+    lines = [f"run directory: {run_dir}", f"genotype:      {run_dir / 'genotype.json'}", str(result.genotype)]
+    if "genotype_params_m" in last:
+        lines.append(f"cell size:     {last['genotype_params_m']:.3f} M parameters, {last['genotype_macs_m']:.1f} M "
+                     f"multiply-adds ({last.get('genotype_network', 'evaluation network')})")
+    moved = arch_weight_summary(last.get("arch_weights"))
+    if moved:
+        lines.append(f"arch weights:  mean entropy {moved['entropy']:.2f} of uniform (1.00 = not moved), "
+                     f"strongest op {moved['max']:.2f} on average (uniform {moved['uniform']:.2f})")
+    for ds, acc in (last.get("nb201") or {}).items():
+        test = f", test {acc['test']:.2f}" if acc.get("test") is not None else ""
+        lines.append(f"NAS-Bench-201: {ds} valid {acc['valid']:.2f}{test}")
+    g = run_dir / "genotype.json"
+    if cfg.space.name == "nb201":
+        lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {cfg.data.spec}")
+    elif cfg.data.dataset == "digits":
+        lines.append(f"next:          pcdarts train {g} --preset short")
+    else:
+        lines.append(f"next:          pcdarts train {g} --preset cifar10_paper --data {cfg.data.spec}")
+    return lines
+
+
+# ---------------------------------------------------------------- derive / show
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    from pcdarts.genotype import save_genotype
+    genotype = derive_from_run(args.run_dir)
+    print(str(genotype))
+    if args.out:
+        save_genotype(genotype, Path(args.out))
+        print(f"written to {args.out}")
+    return 0
+
+
+def derive_from_run(run_dir: str | Path) -> Any:
+    """The genotype of a run's latest checkpoint (works on unfinished runs too)."""
+    from pcdarts.config import load_config_file
+    from pcdarts.runs import CHECKPOINT, check_resumable, load_checkpoint
+    from pcdarts.spaces import get_space
+    p = check_resumable(run_dir, "search", "pcdarts derive")
+    cfg = load_config_file(p / "config.yaml")
+    ck = load_checkpoint(p / CHECKPOINT, "search", "pcdarts derive")
+    space = get_space(cfg.space.name)
+    method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
+    method.load_state_dict(ck["method"])
+    return space.derive(method.scores(), ck.get("masks") or None)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pcdarts.genotype import load_genotype
+    from pcdarts.analysis.stats import describe_cells, genotype_stats
+    g = load_genotype(args.genotype)
+    print(str(g))
+    print("\n".join(describe_cells(g)))
+    st = genotype_stats(g, **run_network_shape(args.genotype))
+    print(f"parameters: {st['params']:.3f} M (auxiliary head excluded); multiply-adds: {st['macs']:.1f} M "
+          f"({st['network']})")
+    return 0
+
+
+def run_network_shape(source: str) -> dict[str, int]:
+    """The data shape (classes, channels, input side) of the run a genotype comes from, read
+    from its manifest.json, so that ``pcdarts show RUN`` reports the network that the run's
+    history.jsonl reports; empty (the CIFAR defaults) for anything else."""
+    p = Path(source)
+    run_dir = p if p.is_dir() else p.parent
+    try:
+        shape = json.loads((run_dir / "manifest.json").read_text()).get("network") or {}
+    except (OSError, ValueError):
+        return {}
+    keys = ("num_classes", "in_channels", "input_size")
+    return {k: int(shape[k]) for k in keys if k in shape} if p.exists() else {}
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcdarts", description="Differentiable architecture search (PC-DARTS family).")
+    from pcdarts import __version__
+    p.add_argument("--version", action="version", version=f"pcdarts {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("search", help="run an architecture search (default: short PC-DARTS search on digits)",
+                       description="Run an architecture search. Any config field can be overridden with "
+                                   "--SECTION.KEY VALUE, e.g. --search.epochs 50 --method.arch_lr 1e-3 "
+                                   f"--space.C 8. Presets: {', '.join(preset_names())}.")
+    s.add_argument("--preset", help=f"YAML preset name or file (default: {DEFAULT_PRESET})")
+    s.add_argument("--space", help=f"search space: {', '.join(SPACES.names())}")
+    s.add_argument("--method", help=f"method: {', '.join(METHODS.names())}")
+    s.add_argument("--data", help="dataset, e.g. digits, cifar10:PATH, cifar100:PATH")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--out", help="run directory (default runs/<space>-<method>-<data>-s<seed>-<time>)")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--nb201-lookup", action="store_true",
+                   help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
+    s.set_defaults(func=cmd_search, takes_overrides=True)
+
+    d = sub.add_parser("derive", help="derive the genotype from a run's checkpoint")
+    d.add_argument("run_dir")
+    d.add_argument("--out", help="also write the genotype JSON here")
+    d.set_defaults(func=cmd_derive)
+
+    sh = sub.add_parser("show", help="print a genotype: ops per node and parameter count")
+    sh.add_argument("genotype", help="genotype.json, run directory, genotype string or published name")
+    sh.set_defaults(func=cmd_show)
+
+    from pcdarts.cli import tools, train
+    from pcdarts.nb201.cli import add_subcommand as add_nb201
+    train.add_subcommands(sub)
+    tools.add_subcommands(sub)
+    add_nb201(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("PCDARTS_DEBUG"))
+    try:
+        parser = build_parser()
+    except ImportError as e:  # a broken install: say which module, not a traceback
+        if debug:
+            raise
+        print(f"error: pcdarts is not installed correctly: {e}; reinstall it with pip install -e .", file=sys.stderr)
+        return 1
+    if not argv:
+        argv = ["search"]  # `pcdarts` alone runs the default search
+    rest, overrides = split_overrides(argv)
+    args = parser.parse_args(rest)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        try:
+            if getattr(args, "takes_overrides", False):
+                return int(args.func(args, overrides))
+            if overrides:
+                parser.error(f"unrecognised arguments: {' '.join(overrides)}")
+            return int(args.func(args) or 0)
+        except USER_ERRORS as e:
+            if debug:
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Candidate operation names of the spaces, in their canonical order (ALGORITHMS §1.1, §3.1).
+
+Plain data (no torch), so genotypes can be validated without building any network.
+"""
+from __future__ import annotations
+
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+NB201_PRIMITIVES: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

@@ -1,0 +1,215 @@
+"""Genotypes: the discrete result of a search, for both spaces.
+
+* :class:`DartsGenotype` prints as the familiar
+  ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], ...)``
+  and parses that text back, so published cells can be pasted in.
+* :class:`NB201Genotype` round-trips the canonical NAS-Bench-201 arch string
+  ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
+
+Both read and write JSON. No torch imports here.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Union
+
+from pcdarts.errors import PcdartsError
+from pcdarts.genotype.primitives import DARTS_PRIMITIVES, NB201_PRIMITIVES
+
+
+class GenotypeError(PcdartsError, ValueError):
+    """A genotype (file, string or dict) that cannot be read; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DartsGenotype:
+    """A DARTS cell pair. Entries 2k and 2k+1 are the inputs of node k+2.
+
+    Each entry is ``(op, input)`` with input 0 = c_{k-2}, 1 = c_{k-1}, 2.. = earlier nodes.
+    """
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+    space = "darts"
+
+    def __post_init__(self) -> None:
+        for field in ("normal", "reduce"):
+            _check_darts_cell(getattr(self, field), field)
+        for field in ("normal_concat", "reduce_concat"):
+            cells = self.normal if field == "normal_concat" else self.reduce
+            concat = getattr(self, field)
+            n_nodes = len(cells) // 2
+            if not concat or any(not isinstance(i, int) or i < 0 or i >= n_nodes + 2 for i in concat):
+                raise GenotypeError(f"{field}={list(concat)} must list node indices in 0..{n_nodes + 1}")
+
+    def __str__(self) -> str:
+        def cell(c: tuple[tuple[str, int], ...]) -> str:
+            return "[" + ", ".join(f"({op!r}, {i})" for op, i in c) + "]"
+
+        return (f"Genotype(normal={cell(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={cell(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "space": "darts",
+            "normal": [[op, i] for op, i in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, i] for op, i in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DartsGenotype":
+        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
+        if missing:
+            raise GenotypeError(f"DARTS genotype is missing field(s) {missing}")
+        parts: dict[str, Any] = {}
+        for field in ("normal", "reduce"):
+            entries = d[field]
+            if not isinstance(entries, (list, tuple)):
+                raise GenotypeError(f"field {field!r} must be a list of [op, input] pairs, got {entries!r}")
+            pairs = []
+            for k, e in enumerate(entries):
+                if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str)
+                        and isinstance(e[1], int)):
+                    raise GenotypeError(f"field {field!r} entry {k} must be [op_name, input_index], got {e!r}")
+                pairs.append((e[0], int(e[1])))
+            parts[field] = tuple(pairs)
+        for field in ("normal_concat", "reduce_concat"):
+            v = d[field]
+            if isinstance(v, range):
+                v = list(v)
+            if not isinstance(v, (list, tuple)):
+                raise GenotypeError(f"field {field!r} must be a list of node indices, got {v!r}")
+            parts[field] = tuple(v)
+        return cls(**parts)
+
+    @classmethod
+    def parse(cls, text: str) -> "DartsGenotype":
+        """Parse ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``."""
+        m = re.fullmatch(r"\s*Genotype\s*\((.*)\)\s*", text, flags=re.S)
+        if not m:
+            raise GenotypeError("a DARTS genotype string must look like Genotype(normal=[...], "
+                                "normal_concat=[...], reduce=[...], reduce_concat=[...])")
+        try:
+            call = ast.parse(f"f({m.group(1)})", mode="eval").body
+            assert isinstance(call, ast.Call)
+            fields: dict[str, Any] = {}
+            for kw in call.keywords:
+                node = kw.value
+                # range(2, 6) is how the original code writes the concat lists
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "range":
+                    fields[str(kw.arg)] = list(range(*[ast.literal_eval(a) for a in node.args]))
+                else:
+                    fields[str(kw.arg)] = ast.literal_eval(node)
+        except (SyntaxError, ValueError, AssertionError) as e:
+            raise GenotypeError(f"cannot parse DARTS genotype string: {e}") from None
+        return cls.from_dict(fields)
+
+
+def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
+    if len(cell) == 0 or len(cell) % 2:
+        raise GenotypeError(f"field {field!r} must hold two (op, input) pairs per node, got {len(cell)} entries")
+    for k, (op, inp) in enumerate(cell):
+        if op not in DARTS_PRIMITIVES or op == "none":
+            valid = ", ".join(p for p in DARTS_PRIMITIVES if p != "none")
+            raise GenotypeError(f"field {field!r} entry {k}: unknown op {op!r}; valid ops: {valid}")
+        node = k // 2 + 2
+        if not 0 <= inp < node:
+            raise GenotypeError(f"field {field!r} entry {k}: input {inp} must be in 0..{node - 1} for node {node}")
+
+
+NB201_EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+"""(source, target) of the 6 NB201 edges in canonical order."""
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """One op per NB201 edge, in the canonical order of :data:`NB201_EDGES`."""
+
+    ops: tuple[str, ...]
+    space = "nb201"
+
+    def __post_init__(self) -> None:
+        if len(self.ops) != len(NB201_EDGES):
+            raise GenotypeError(f"an NB201 cell has 6 edges, got {len(self.ops)} ops")
+        for k, op in enumerate(self.ops):
+            if op not in NB201_PRIMITIVES:
+                src, dst = NB201_EDGES[k]
+                raise GenotypeError(f"edge {src}->{dst}: unknown op {op!r}; valid ops: {', '.join(NB201_PRIMITIVES)}")
+
+    def arch_str(self) -> str:
+        nodes = []
+        for dst in (1, 2, 3):
+            items = [f"{self.ops[k]}~{src}" for k, (src, d) in enumerate(NB201_EDGES) if d == dst]
+            nodes.append("|" + "|".join(items) + "|")
+        return "+".join(nodes)
+
+    __str__ = arch_str
+
+    @classmethod
+    def from_arch_str(cls, text: str) -> "NB201Genotype":
+        s = text.strip()
+        segments = s.split("+")
+        if len(segments) != 3:
+            raise GenotypeError(f"NB201 arch string {text!r} must have 3 '+'-separated node segments, "
+                                f"like |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+        ops: dict[tuple[int, int], str] = {}
+        for dst, seg in enumerate(segments, start=1):
+            if not (seg.startswith("|") and seg.endswith("|")):
+                raise GenotypeError(f"node {dst} segment {seg!r} must start and end with '|'")
+            items = seg[1:-1].split("|")
+            if len(items) != dst:
+                raise GenotypeError(f"node {dst} segment {seg!r} must list {dst} incoming edge(s), got {len(items)}")
+            for item in items:
+                op, _, src = item.partition("~")
+                if not src.isdigit() or int(src) >= dst:
+                    raise GenotypeError(f"node {dst}: edge {item!r} must be op~source with source < {dst}")
+                ops[(int(src), dst)] = op
+        if len(ops) != 6:
+            raise GenotypeError(f"NB201 arch string {text!r} repeats a source node")
+        return cls(tuple(ops[e] for e in NB201_EDGES))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": "nb201", "arch": self.arch_str()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NB201Genotype":
+        if "arch" not in d or not isinstance(d["arch"], str):
+            raise GenotypeError("NB201 genotype needs a string field 'arch' (the |op~0|+... arch string)")
+        return cls.from_arch_str(d["arch"])
+
+
+Genotype = Union[DartsGenotype, NB201Genotype]
+
+
+def genotype_from_dict(d: Any) -> Genotype:
+    if not isinstance(d, dict):
+        raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
+    space = d.get("space")
+    if space == "nb201" or (space is None and "arch" in d):
+        return NB201Genotype.from_dict(d)
+    if space in ("darts", None):
+        return DartsGenotype.from_dict(d)
+    raise GenotypeError(f"field 'space' is {space!r}; expected 'darts' or 'nb201'")
+
+
+def parse_genotype(text: str) -> Genotype:
+    """A genotype from a string: NB201 arch string, DARTS ``Genotype(...)``, or JSON."""
+    s = text.strip()
+    if s.startswith("|"):
+        return NB201Genotype.from_arch_str(s)
+    if s.startswith("Genotype"):
+        return DartsGenotype.parse(s)
+    if s.startswith("{"):
+        try:
+            return genotype_from_dict(json.loads(s))
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"invalid genotype JSON: {e}") from None
+    raise GenotypeError(f"cannot read {s[:60]!r} as a genotype: expected an NB201 arch string (|op~0|+...), "
+                        "a DARTS Genotype(...) string, JSON, a file, or a published name")

@@ -1,0 +1,14 @@
+"""Search methods: one file per method (its config dataclass, its presets in ``configs/``).
+
+:mod:`.base` holds the interface (``Method``, ``SearchContext``), :mod:`.hypergrad` the
+reusable second-order gradient. Importing this package registers every method in ``METHODS``.
+"""
+from __future__ import annotations
+
+from pcdarts.methods.base import Method, SearchContext, WeightStepInfo
+from pcdarts.methods.darts import Darts, DartsConfig, PCDarts, PCDartsConfig
+from pcdarts.methods.darts_minus import DartsMinus, DartsMinusConfig
+from pcdarts.methods.drnas import DrNAS, DrNASConfig
+
+__all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
+           "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]

@@ -1,0 +1,139 @@
+"""The method interface: the architecture state, its optimiser, and the Mixing it emits each step.
+
+A method owns its architecture parameters (registered ``nn.Parameter``s kept out of
+the weight optimiser, weight decay and gradient clipping), implements ``arch_step``
+and a small closed set of hooks. Each method registers with its own frozen config
+dataclass whose defaults are the authors' values. No data loading or search-loop
+logic here.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from pcdarts.nn.edges import Mixing
+
+
+@dataclass
+class WeightStepInfo:
+    """Read-only view of the weight optimiser that second-order DARTS needs for its virtual step."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    momentum_buffers: list[Optional[torch.Tensor]]
+
+
+@dataclass
+class SearchContext:
+    """What hooks and arch steps may use; built by the Searcher.
+
+    Attributes:
+        supernet: the (possibly DDP-wrapped) supernet; call as ``supernet(x, mixing)``.
+        objective: ``objective(logits, y) -> loss``.
+        weight_params: the supernet weights, in optimiser order.
+        weight_step_info: returns the current :class:`WeightStepInfo`.
+        autocast: context-manager factory for mixed precision (a no-op on CPU).
+        epoch: the current epoch (0-based).
+        epochs: the search's total epochs; steps_per_epoch: weight steps per epoch.
+        generator: the generator every architecture random draw should use (Dirichlet
+            samples, random masks), seeded from the run seed and kept in the checkpoint.
+        all_reduce_grads: averages architecture gradients across processes (no-op on one).
+    """
+
+    supernet: nn.Module
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight_params: list[nn.Parameter]
+    weight_step_info: Callable[[], WeightStepInfo]
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    epoch: int = 0
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    generator: Optional[torch.Generator] = None
+    all_reduce_grads: Callable[[Sequence[torch.Tensor]], None] = lambda grads: None
+
+
+class Method:
+    """Base class. Subclasses set ``Config`` and override what differs."""
+
+    Config: type = object
+    # the generator of every architecture random draw; the Searcher sets it (None = torch's default)
+    generator: Optional[torch.Generator] = None
+    has_arch = True          # has architecture parameters updated by arch_step
+    needs_arch_split = True  # needs a held-out split to train them
+
+    def __init__(self, cfg: Any, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
+        self.cfg, self.space, self.space_cfg = cfg, space, space_cfg
+        self.node_edges = space.node_edges(space_cfg)
+        self.arch = nn.Module()  # a Module, so the arch state has a state_dict and a device
+        self.arch.to(device)
+
+    @classmethod
+    def supernet_options(cls, cfg: Any) -> dict[str, Any]:
+        """Extra keyword arguments of ``space.build_supernet`` this method needs (e.g.
+        ``{"aux_skip": True}`` for DARTS-); the Searcher and every builder pass them on."""
+        return {}
+
+    # ---- architecture state ------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.parameters())
+
+    def mixing(self) -> Mixing:
+        raise NotImplementedError
+
+    def is_arch_active(self, epoch: int) -> bool:
+        return self.has_arch and epoch >= getattr(self.cfg, "warmup_epochs", 0)
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Final [E, O] scores per cell type for ``space.derive``."""
+        raise NotImplementedError
+
+    def arch_weights(self) -> dict[str, Any]:
+        """JSON-friendly architecture weights for history.jsonl: ``{"arch_weights": {cell type: [E][O]},
+        "edge_weights": {cell type: [E]}}`` (the latter only with edge normalisation)."""
+        return {}
+
+    # ---- hooks (the closed set) ----------------------------------------------
+    def on_search_start(self, ctx: SearchContext) -> None:
+        pass
+
+    def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, ctx: SearchContext) -> None:
+        pass
+
+    def extra_loss(self, ctx: SearchContext) -> Optional[torch.Tensor]:
+        return None
+
+    def loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor],
+             mixing: Mixing) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of the supernet at ``mixing`` on ``batch``: the objective plus
+        :meth:`extra_loss`. The one loss of both steps: the weight step passes a detached
+        mixing, the architecture step a live one."""
+        x, y = batch
+        with ctx.autocast():
+            logits = ctx.supernet(x, mixing)
+        loss = ctx.objective(logits, y)
+        extra = self.extra_loss(ctx)
+        if extra is not None:
+            loss = loss + extra
+        return loss, logits
+
+    def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
+                  arch_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One update of the architecture state; returns detached metrics (loss, correct)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.arch.load_state_dict(state["arch"])
+
+
+__all__ = ["Method", "SearchContext", "WeightStepInfo"]

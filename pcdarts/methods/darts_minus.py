@@ -1,0 +1,111 @@
+"""DARTS- (Chu et al., ICLR 2021; ALGORITHMS §5): DARTS first order plus an auxiliary skip
+connection outside the softmax on every edge, with a fixed coefficient beta decayed per epoch.
+
+    mixed(x) = sum_o softmax(alpha)_o * o(x) + beta_e * aux(x)
+
+``aux`` is the identity on stride-1 edges and a non-affine FactorizedReduce on stride-2
+edges (built by the supernet when a method asks for it, :meth:`Method.supernet_options`).
+beta is not learned: it is set at the start of each epoch (epoch 0 uses beta0) by the
+schedule, ``linear`` ``beta0 * (T - e) / T`` by default (the released script), so it is
+1.0 at epoch 0 and 0.02 at epoch 49 of 50 and never reaches 0 while training. The skip
+is discarded at derivation (the DARTS rule on softmax(alpha)).
+
+Code quirk kept as an option: with ``decay_start > 0`` the released code keeps beta0 until
+the start epoch and then uses the epoch number itself (not epoch - start), so beta jumps
+there (``decay_from_start=False``, the default); ``True`` decays continuously from the start.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pcdarts.errors import ConfigError
+from pcdarts.methods.base import SearchContext
+from pcdarts.methods.darts import Darts, DartsConfig
+from pcdarts.nn.edges import Mixing
+from pcdarts.ranges import Count, NonNegInt, Rate
+from pcdarts.registry import METHODS
+
+SCHEDULES = ("linear", "cosine", "slow-cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DartsMinusConfig(DartsConfig):
+    """DARTS- (authors' values): DARTS first order, beta0 = 1 decayed linearly over T = 50 epochs.
+
+    Attributes:
+        beta0: initial coefficient of the auxiliary skip.
+        beta_schedule: ``linear`` (released script), ``cosine``, ``slow-cosine`` or ``constant``.
+        decay_epochs: T of the schedule; None = the search's epochs.
+        decay_start: epochs that keep beta0 before the decay starts (0 in the paper).
+        decay_from_start: with ``decay_start > 0``, decay from the start epoch continuously
+            (True) or, as the released code, use the epoch number itself (False).
+    """
+
+    beta0: Rate = 1.0
+    beta_schedule: str = "linear"
+    decay_epochs: Count | None = None
+    decay_start: NonNegInt = 0
+    decay_from_start: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta_schedule not in SCHEDULES:
+            raise ConfigError(f"method.beta_schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {self.beta_schedule!r}")
+        if self.order != 1:
+            raise ConfigError("darts-minus is DARTS first order (method.order must be 1)")
+
+
+def aux_beta(cfg: DartsMinusConfig, epoch: int, epochs: int) -> float:
+    """The auxiliary-skip coefficient of ``epoch`` (0-based) in a search of ``epochs`` epochs."""
+    T = cfg.decay_epochs or epochs
+    if cfg.beta_schedule == "constant" or epoch < cfg.decay_start:
+        return cfg.beta0
+    e = epoch - cfg.decay_start if cfg.decay_from_start else epoch
+    if cfg.decay_from_start:
+        T = max(T - cfg.decay_start, 1)
+    e = min(e, T)
+    if cfg.beta_schedule == "linear":
+        return cfg.beta0 * (T - e) / T
+    if cfg.beta_schedule == "cosine":
+        return cfg.beta0 * (1 + math.cos(math.pi * e / T)) / 2
+    # slow cosine: a quarter period, beta0 * cos(pi e / (2T)) (0.031 at epoch 49 of 50)
+    return cfg.beta0 * math.cos(math.pi * e / (2 * T))
+
+
+@METHODS.register("darts-minus", description="DARTS-: auxiliary skip outside the softmax, decayed (ICLR 2021)")
+class DartsMinus(Darts):
+    """DARTS first order whose Mixing carries the decayed auxiliary-skip coefficient."""
+
+    Config = DartsMinusConfig
+
+    def __init__(self, cfg: DartsMinusConfig, space: Any, space_cfg: Any, device: Any = "cpu") -> None:
+        super().__init__(cfg, space, space_cfg, device)
+        self.beta = cfg.beta0
+
+    @classmethod
+    def supernet_options(cls, cfg: Any) -> dict[str, Any]:
+        return {"aux_skip": True}
+
+    def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        self.beta = aux_beta(self.cfg, epoch, ctx.epochs)
+
+    def mixing(self) -> Mixing:
+        mix = super().mixing()
+        mix.aux_skip = self.beta
+        return mix
+
+    def arch_weights(self) -> dict[str, Any]:
+        return {**super().arch_weights(), "aux_beta": self.beta}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.beta = float(state.get("beta", self.cfg.beta0))
+
+
+__all__ = ["DartsMinus", "DartsMinusConfig", "aux_beta"]

@@ -1,0 +1,184 @@
+"""The fast path's cell runner: same modules and parameters as the reference, faster forward.
+
+The spaces' fast supernets (``FastDartsSupernet`` in :mod:`pcdarts.spaces.darts`,
+``FastNB201Supernet`` in :mod:`pcdarts.spaces.nb201`) subclass the reference
+supernets and keep every module, so ``state_dict()`` keys and shapes are identical
+(``fast.load_state_dict(ref.state_dict())`` just works), ``candidate_ops()`` yields the
+real op modules and ``prune()`` is inherited. Only the cell forward differs; it computes
+the mathematics of :class:`pcdarts.nn.edges.MixedEdge` (the oracle of ``tests/test_fast.py``):
+
+* per node, not per edge (:mod:`pcdarts.nn.fast.blocks`): every edge leaving a node reads
+  the same channels, so pooling (and its BN) runs once per node, the same op of all
+  outgoing edges runs as one grouped call, and the weighted op sums of all outgoing
+  edges are one GEMM; ``none`` and masked ops are not in the plan, so they never run;
+* conv ops as single autograd nodes (:mod:`pcdarts.nn.fast.conv`, :mod:`pcdarts.nn.fast.pool`)
+  that keep only their input and recompute the rest in backward (activation memory of
+  a search step drops >10x against the reference), and skip the weight gradients in
+  the architecture step;
+* no per-edge cat + shuffle: every edge entering node j uses the same channel
+  permutation, so ``x_j = P(cat[sum_e a_e y_e, sum_e b_e rest_e])`` is assembled once
+  per node with one strided copy, and the 2x2 max-pool bypass of stride-2 edges runs
+  once per node; a cell's output concatenation is never materialised (the next cells'
+  preprocessing reads the node list);
+* channels_last activations: mkldnn's depthwise, pooling and BN kernels are several
+  times faster in that layout on CPU.
+
+Channel modes: ``first+shuffle`` / ``first+shift`` as above; ``random`` draws the same
+``torch.randperm(C)`` calls in the same order as the reference (all edges of a cell, in
+edge order, before the cell runs), so equal seeds give equal results on both paths.
+``Mixing.aux_skip`` is ignored, exactly like the reference supernets.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from pcdarts.nn.fast import kernels as fo
+from pcdarts.nn.edges import bypass
+from pcdarts.nn.fast.blocks import SourcePlan, source_plans
+
+
+class FastOptions:
+    """Switches of the fast path (attributes of the fast supernets).
+
+    Attributes:
+        recompute: conv chains keep only their input and rerun their convolutions in
+            backward (the weight step needs most of them anyway: measured cost ~0 on CPU);
+            False also keeps the input of their last BatchNorm (more memory).
+        channels_last: run the network on channels_last tensors (keep True: every kernel
+            choice of the fast path was measured in that layout).
+    """
+
+    recompute: bool = True
+    channels_last: bool = True
+
+
+def cell_plans(cell: nn.Module, edge_list: list[tuple[int, int]], primitives: tuple[str, ...],
+                kinds: dict[str, str], n_sources: int) -> list[SourcePlan]:
+    """Source plans of a cell, cached on the cell and rebuilt when its built ops change (prune)."""
+    sig = tuple(tuple(e.active) for e in cell.edges)
+    cached = getattr(cell, "_fast_plans", None)
+    if cached is None or cached[0] != sig:
+        e0 = cell.edges[0]
+        plans = source_plans(edge_list, cell.edges, primitives, kinds, n_sources, e0.C, e0.k)
+        cell._fast_plans = (sig, plans)  # plain attribute: not a parameter, not in state_dict
+    return cell._fast_plans[1]
+
+
+def _coefficients(weights: torch.Tensor, edge_weights: Optional[torch.Tensor], per_edge: bool) -> torch.Tensor:
+    """[E, O] mixing coefficients: op weight times edge weight, unless the edge weight is
+    applied after the per-edge scatter (random mode)."""
+    if edge_weights is None or per_edge:
+        return weights
+    return weights * edge_weights.unsqueeze(1)
+
+
+def _assemble(proc: Optional[torch.Tensor], rest: Optional[torch.Tensor], mode: str, k: int,
+              shape: tuple[int, int, int, int], like: torch.Tensor) -> torch.Tensor:
+    """Node x_j from its processed part [N*H*W, c] and bypass part [N, C-c, H, W].
+
+    ``first+shuffle``: the reference shuffles cat([y, rest]) with K groups on every edge;
+    output channel q*K + g takes input g*c + q, so in NHWC memory the node is
+    ``cat([proc[..., :, None], rest.view(..., K-1, c).transpose], -1)``: one strided copy
+    per node instead of a cat and a shuffle per edge. ``first+shift``: cat([rest, y]).
+    """
+    N, C, H, W = shape
+    c = C // k
+    if proc is None:
+        proc = like.new_zeros(N * H * W, c)  # every op of every entering edge is pruned
+    if k == 1:
+        return fo.unmat(proc, N, H, W)
+    if mode == "first+shift":
+        return torch.cat([rest, fo.unmat(proc, N, H, W)], 1)
+    pr = proc.reshape(N, H, W, c, 1)
+    rs = rest.permute(0, 2, 3, 1).reshape(N, H, W, k - 1, c).transpose(3, 4)
+    return torch.cat([pr, rs], 4).reshape(N, H, W, C).permute(0, 3, 1, 2)
+
+
+def run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[torch.Tensor],
+              node_edges: list[list[int]], edge_list: list[tuple[int, int]], weights: torch.Tensor,
+              edge_weights: Optional[torch.Tensor], recompute: bool, aux_coef: Optional[object] = None
+              ) -> list[torch.Tensor]:
+    """Compute the intermediate nodes of a cell from its input nodes ``states``.
+
+    Sources are processed in node order; node j is assembled as soon as every edge
+    entering it has been computed, i.e. just before it becomes a source itself. With
+    ``aux_coef`` every edge also adds ``aux_coef * edge.aux(source)`` to its target (the
+    DARTS- auxiliary skip, outside the op and edge weights, as :class:`MixedEdge`).
+    """
+    e0 = cell.edges[0]
+    C, k, mode = e0.C, e0.k, e0.channel_mode
+    c = C // k
+    random = mode == "random" and k > 1
+    E = len(edge_list)
+    # the reference draws one randperm per edge, in edge order, as the cell runs; drawing
+    # them all up front consumes the generator identically
+    perms = [torch.randperm(C, device=states[0].device)[:c] for _ in range(E)] if random else None
+    A = _coefficients(weights, edge_weights, random)
+    n_in = len(states)
+    n_nodes = n_in + len(node_edges)
+    proc: dict[int, Optional[torch.Tensor]] = {j: None for j in range(n_in, n_nodes)}
+    rest: dict[int, Optional[torch.Tensor]] = {j: None for j in range(n_in, n_nodes)}
+    shapes: dict[int, tuple[int, int, int, int]] = {}
+    aux: dict[int, Optional[torch.Tensor]] = {j: None for j in range(n_in, n_nodes)}
+
+    def add(d: dict[int, Optional[torch.Tensor]], j: int, t: torch.Tensor,
+            scale: Optional[torch.Tensor] = None) -> None:
+        """d[j] += t * scale (one fused op per term)."""
+        if d[j] is None:
+            d[j] = t if scale is None else t * scale
+        else:
+            d[j] = d[j] + t if scale is None else torch.addcmul(d[j], t, scale)
+
+    for i in range(n_nodes):
+        if i >= n_in:
+            node = rest[i] if random else _assemble(proc[i], rest[i], mode, k, shapes[i], states[0])
+            states.append(node if aux[i] is None else node + aux[i])
+            proc[i] = rest[i] = aux[i] = None  # free
+        if aux_coef is not None:
+            for e, (src, j) in enumerate(edge_list):
+                if src == i:
+                    add(aux, j, cell.edges[e].aux_module()(states[i]) * aux_coef)
+        if i >= len(plans):
+            continue
+        plan = plans[i]
+        x = states[i]
+        if not plan.out_edges:
+            continue
+        idx = torch.cat([perms[e] for e in plan.out_edges]) if random else None
+        # split each node once: slicing it per consumer would make autograd build a
+        # zero-filled (NCHW) gradient per slice; split's backward is one cat. The head (the
+        # channels every op reads) is made contiguous: elementwise kernels on a strided
+        # channel slice run ~10x slower on CPU (ReLU masks, mostly), and in the weight step
+        # the node's other channels then need not stay alive for backward
+        head, tail = (x, None) if random or k == 1 else torch.split(x, [c, C - c], 1)
+        if head is not x:
+            head = head.contiguous(memory_format=fo.CL)
+        y = block(plan, cell.edges, x if random else head, A, idx, recompute)
+        ys_all = [None] * len(plan.out_edges) if y is None else y.split(c, 1)
+        byp = None
+        N = x.shape[0]
+        H = (x.shape[2] + plan.stride - 1) // plan.stride
+        W = (x.shape[3] + plan.stride - 1) // plan.stride
+        for t, (e, j) in enumerate(zip(plan.out_edges, plan.targets)):
+            shapes[j] = (N, C, H, W)
+            ys = ys_all[t]
+            ew = None if edge_weights is None else edge_weights[e]
+            if random:  # per edge, as the reference: processed channels back to their places
+                if byp is None:
+                    byp = bypass(x, plan.stride)
+                ye = fo.unmat(ys, N, H, W) if ys is not None else byp.new_zeros(N, c, H, W)
+                add(rest, j, byp.index_copy(1, perms[e], ye), ew)
+                continue
+            if ys is not None:
+                add(proc, j, ys)
+            if k > 1:
+                if byp is None:
+                    byp = bypass(tail, plan.stride)  # once per node, not per edge
+                add(rest, j, byp, ew)
+    return states
+
+
+__all__ = ["FastOptions", "cell_plans", "run_cell"]

@@ -1,0 +1,5 @@
+"""Scorers: architecture state (and, for some, the supernet and data) -> scores shaped like
+the architecture, read by ``space.derive``. One scorer per file; each registers in ``SELECTORS``."""
+from __future__ import annotations
+
+from pcdarts.scorers import alpha  # noqa: F401  (registration)

@@ -1,0 +1,497 @@
+"""The Searcher: the one search loop (ALGORITHMS §1.4, STYLE §2.4).
+
+Per step: a weight batch, and (while the architecture is being trained) an
+architecture batch from a persistent cycling iterator; the arch step and the weight
+step in the configured order. Per epoch: hooks, one line of ``history.jsonl`` with
+the architecture weights, the genotype of that epoch and its parameter count, and a
+checkpoint that holds everything needed to resume exactly (weights, architecture
+state, both optimisers, scheduler, RNG states, data positions). Ctrl-C stops at the
+next step boundary and saves a mid-epoch checkpoint first.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from pcdarts import runs, utils
+from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
+from pcdarts.data.sources import load_dataset, split_indices
+from pcdarts.distributed import dist_info, require_single_process, resolve_device
+from pcdarts.errors import DivergenceError
+from pcdarts.genotype import Genotype, save_genotype
+from pcdarts.data.device_loader import Augment, DeviceLoader
+from pcdarts.methods import Method, SearchContext, WeightStepInfo
+from pcdarts.registry import METHODS, OBJECTIVES
+from pcdarts.spaces import get_space
+
+CHECKPOINT = runs.CHECKPOINT
+
+# dataset name -> (crop padding, horizontal flip) used when the config leaves them unset
+AUGMENT_DEFAULTS = {"digits": (0, False)}
+DEFAULT_AUGMENT = (4, True)
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the final genotype, the per-epoch history and where it all is."""
+
+    genotype: Genotype
+    history: list[dict[str, Any]]
+    run_dir: Path
+    config: Config
+    interrupted: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.space.name}-{cfg.method_name}-{cfg.data.dataset}-s{cfg.run.seed}-{stamp}"
+
+
+def new_run_dir(cfg: Config) -> runs.RunDir:
+    """The run directory of a new search: checked now (an existing run needs ``run.overwrite``),
+    claimed only when the run starts, after its data, supernet and method are built."""
+    return runs.RunDir(Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg), overwrite=cfg.run.overwrite,
+                       command="pcdarts search")
+
+
+def check_resumable(run_dir: Union[str, Path], command: str = "pcdarts search --resume") -> Path:
+    """A search run directory that can be resumed or derived from (one-line RunDirError otherwise)."""
+    return runs.check_resumable(run_dir, "search", command)
+
+
+def weight_optimizer(params: list[nn.Parameter], s: SearchConfig) -> torch.optim.SGD:
+    """The SGD of the supernet weights, as the search config sets it."""
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov)
+
+
+def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> WeightStepInfo:
+    """The weight optimiser's current settings and momenta (for the 2nd-order virtual step)."""
+    group = optimizer.param_groups[0]
+    bufs = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    return WeightStepInfo(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                          momentum_buffers=bufs)
+
+
+def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
+                ctx: SearchContext, *, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the supernet weights (``ctx.weight_params``) at the method's
+    current mixing weights.
+
+    The one weight step of every search: the Searcher (hence the benchmark) and the
+    memory planner call it. Returns (loss, logits), both still on the device.
+    """
+    with torch.no_grad():  # the weight step needs no graph through the architecture
+        mixing = method.mixing()
+    optimizer.zero_grad(set_to_none=True)
+    loss, logits = method.loss(ctx, batch, mixing)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+class Searcher:
+    """Builds data, supernet, method and optimisers from a Config and runs the search.
+
+    Args:
+        cfg: the run's configuration.
+        run_dir: where files go: a :class:`~pcdarts.runs.RunDir` (see :func:`new_run_dir`) or a
+            path. Nothing is written there before :meth:`run` starts.
+        resume: load ``run_dir/checkpoint.pt`` and continue from it.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False) -> None:
+        self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
+            run_dir, overwrite=True, resume=resume)
+        self.cfg, self.run_dir = cfg, self.rundir.path
+        self.dist = dist_info()
+        require_single_process("search", self.dist)
+        self.device = resolve_device(cfg.run.device, self.dist)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        utils.seed_everything(cfg.run.seed, self.dist.rank)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.run.deterministic
+
+        self.space = get_space(cfg.space.name)
+        self._build_data()
+        checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume") \
+            if resume else None
+        masks = checkpoint["masks"] if checkpoint else None
+        options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
+        self.supernet = self.space.build_supernet(cfg.space, k=cfg.k, num_classes=self.num_classes,
+                                                  in_channels=self.in_channels, masks=masks,
+                                                  **options).to(self.device)
+        if self.device.type == "cuda":
+            self.supernet = self.supernet.to(memory_format=torch.channels_last)
+        self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
+        if cfg.search.compile:
+            self.model = torch.compile(self.supernet)
+        self.method: Method = METHODS.get(cfg.method_name)(cfg.method, self.space, cfg.space, self.device)
+        # every architecture random draw (Dirichlet samples, random masks) comes from here
+        self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
+        self.method.generator = self.arch_generator
+        self.objective = OBJECTIVES.get("cross-entropy")().to(self.device)
+        s = cfg.search
+        self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
+        self.optimizer = weight_optimizer(self.weight_params, s)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
+        self.epoch, self.step = 0, 0
+        self.meters = self._zero_meters()
+        self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
+        self.history: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------------ setup
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels)
+        images, labels = ds.images, ds.labels
+        if d.max_samples is not None and d.max_samples < len(labels):
+            g = torch.Generator().manual_seed(cfg.run.seed)
+            keep = torch.randperm(len(labels), generator=g)[: d.max_samples]
+            images, labels = images[keep], labels[keep]
+        self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
+        self.input_size = images.shape[-1]
+        pad, flip = AUGMENT_DEFAULTS.get(d.dataset, DEFAULT_AUGMENT)
+        aug = Augment(crop_padding=pad if d.crop_padding is None else d.crop_padding,
+                      flip=flip if d.flip is None else d.flip, cutout=d.cutout)
+        common = dict(mean=ds.mean, std=ds.std, device=self.device, rank=self.dist.rank,
+                      world_size=self.dist.world_size, channels_last=self.device.type == "cuda")
+        # one device copy per split: the loaders that read the same split share it
+        if METHODS.get(cfg.method_name).needs_arch_split:
+            w_idx, a_idx = split_indices(len(labels), d.train_portion, cfg.run.seed)
+            weight_split = images[w_idx].to(self.device), labels[w_idx].to(self.device)
+            arch_split = images[a_idx].to(self.device), labels[a_idx].to(self.device)
+        else:
+            w_idx = a_idx = torch.arange(len(labels))
+            weight_split = arch_split = images.to(self.device), labels.to(self.device)
+        s = cfg.search
+        self.train_loader = DeviceLoader(*weight_split, s.batch_size, augment=aug, seed=cfg.run.seed, **common)
+        self.arch_loader = DeviceLoader(*arch_split, s.arch_batch_size or s.batch_size, augment=aug,
+                                        seed=cfg.run.seed + 1, **common)
+        self.eval_loader = DeviceLoader(*arch_split, max(s.batch_size, 256), augment=None, shuffle=False,
+                                        drop_last=False, **common)
+        self.data_info = {"dataset": d.spec, "fingerprint": _fingerprint(labels), "n_weight": len(w_idx),
+                          "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
+
+    def _zero_meters(self) -> dict[str, torch.Tensor]:
+        return {k: torch.zeros((), device=self.device, dtype=torch.float64)
+                for k in ("loss", "correct", "n", "arch_loss", "arch_correct", "arch_n")}
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda" and self.cfg.search.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _weight_step_info(self) -> WeightStepInfo:
+        return weight_step_info(self.optimizer, self.weight_params)
+
+    def context(self) -> SearchContext:
+        return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
+                             weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
+                             epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
+                             generator=self.arch_generator)
+
+    # ------------------------------------------------------------------ steps
+    def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
+        x, y = batch
+        loss, logits = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
+        self.watch.observe("weight", loss)
+        m = self.meters
+        m["loss"] += loss.detach() * y.numel()
+        m["correct"] += (logits.detach().argmax(1) == y).sum()
+        m["n"] += y.numel()
+
+    def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
+        batch = self.train_loader.next()
+        arch_batch = self.arch_loader.next() if arch_active else None  # no arch data during warm-up
+        order = ["arch", "weight"] if self.cfg.search.step_order == "arch-first" else ["weight", "arch"]
+        for what in order:
+            if what == "weight":
+                self.weight_step(batch, ctx)
+            elif arch_batch is not None:
+                out = self.method.arch_step(ctx, batch, arch_batch)
+                if out:
+                    self.watch.observe("arch", out["loss"])
+                    m = self.meters
+                    m["arch_loss"] += out["loss"].double() * out["n"]
+                    m["arch_correct"] += out["correct"]
+                    m["arch_n"] += out["n"]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the current supernet on the whole architecture split (eval mode)."""
+        self.supernet.eval()
+        mixing = self.method.mixing()
+        tot = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for x, y in self.eval_loader:
+            with self._autocast():
+                logits = self.supernet(x, mixing)
+            tot += torch.stack([self.objective(logits, y).double() * y.numel(),
+                                (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), device=self.device,
+                                                                                      dtype=torch.float64)])
+        self.supernet.train()
+        loss, correct, n = tot.tolist()
+        return {"valid_loss": loss / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop_after_steps: Optional[int] = None) -> SearchResult:
+        """Run (or continue) the search to the last epoch.
+
+        The run directory is claimed here (an old run in it is moved aside and deleted
+        once this run's first checkpoint exists); a failure before that puts it back.
+
+        Args:
+            stop_after_steps: stop after this many steps of this call, saving a mid-epoch
+                checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
+        """
+        self.rundir.open()
+        failed = True
+        try:
+            result = self._run(stop_after_steps)
+            failed = False
+            return result
+        finally:
+            self.rundir.finish(failed)
+
+    def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
+        cfg, s = self.cfg, self.cfg.search
+        main = self.dist.is_main
+        if main and self.rundir.resume and cfg.run.progress:
+            print(runs.resume_message(self.epoch, s.epochs, self.step, self.train_loader.steps_per_epoch), flush=True)
+        if main and self.epoch == 0 and self.step == 0:
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            utils.write_json(self.run_dir / "manifest.json",
+                             utils.manifest(cfg.run.seed, str(self.device),
+                                            {"kind": "search", "world_size": self.dist.world_size,
+                                             "data": self.data_info, "network": self._shape_info()}))
+        steps = self.train_loader.steps_per_epoch
+        ctx = self.context()
+        self.supernet.train()
+        if self.epoch == 0 and self.step == 0:
+            self.method.on_search_start(ctx)
+        done_steps = 0
+        interrupted = False
+        with runs.StopFlag() as stop:
+            while self.epoch < s.epochs:
+                ctx.epoch = self.epoch
+                if self.step == 0:
+                    self.method.on_epoch_start(self.epoch, ctx)
+                    self._epoch_t0 = time.time()
+                arch_active = self.method.is_arch_active(self.epoch)
+                bar = utils.epoch_progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
+                while self.step < steps:
+                    self.search_step(arch_active, ctx)
+                    self.step += 1
+                    done_steps += 1
+                    if self.watch.due(self.step):
+                        self._check_finite()
+                    if bar is not None:
+                        bar.update(1)
+                        if self.step % max(1, s.log_every) == 0 or self.step == steps:
+                            bar.set_postfix(self._postfix(), refresh=False)
+                    halt = stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps)
+                    if halt and self.step < steps:
+                        break
+                    if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < steps:
+                        self.save_checkpoint()
+                if bar is not None:
+                    bar.close()
+                if self.step < steps:  # stopped mid-epoch
+                    self.save_checkpoint()
+                    interrupted = True
+                    break
+                self._end_epoch(ctx)
+                if stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps
+                                      and self.epoch < s.epochs):
+                    interrupted = True
+                    break
+        if interrupted:
+            if main and cfg.run.progress:
+                print(runs.stop_message("pcdarts search", self.run_dir, self.epoch, s.epochs, self.step, steps,
+                                        stop.signal_name), flush=True)
+            return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True)
+        return self._finish()
+
+    def _postfix(self) -> dict[str, str]:
+        m = self.meters
+        n = max(float(m["n"]), 1.0)
+        out = {"loss": f"{float(m['loss']) / n:.3f}", "acc": f"{100 * float(m['correct']) / n:.1f}"}
+        if float(m["arch_n"]) > 0:
+            out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
+        return out
+
+    def _check_finite(self) -> None:
+        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite."""
+        bad = self.watch.first_bad()
+        arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
+        if bad is None and not arch_bad:
+            return
+        steps = self.train_loader.steps_per_epoch
+        where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
+        if bad == "weight":
+            what, hint = "the weight step's loss", (f"the weight learning rate is probably too high "
+                                                     f"(search.lr={self.cfg.search.lr:g}); lower it and start again")
+        else:
+            what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
+            lr = getattr(self.cfg.method, "arch_lr", None)
+            hint = ("the architecture learning rate is probably too high"
+                    + (f" (method.arch_lr={lr:g})" if lr is not None else "") + "; lower it and start again")
+        raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
+
+    def _shape_info(self) -> dict[str, int]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
+
+    def _end_epoch(self, ctx: SearchContext) -> None:
+        s = self.cfg.search
+        self._check_finite()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.method.on_epoch_end(self.epoch, ctx)
+        self.scheduler.step()
+        m = {k: float(v) for k, v in self.meters.items()}
+        rec: dict[str, Any] = {
+            "epoch": self.epoch, "lr": lr,
+            "train_loss": m["loss"] / max(m["n"], 1), "train_acc": 100 * m["correct"] / max(m["n"], 1),
+            "arch_active": self.method.is_arch_active(self.epoch),
+        }
+        if m["arch_n"] > 0:
+            rec["arch_loss"] = m["arch_loss"] / m["arch_n"]
+            rec["arch_acc"] = 100 * m["arch_correct"] / m["arch_n"]
+        last = self.epoch == s.epochs - 1
+        if last or (s.eval_every and (self.epoch + 1) % s.eval_every == 0):
+            rec.update(self.evaluate())
+        genotype = self.derive()
+        rec["genotype"] = str(genotype)
+        rec.update(self._genotype_stats(genotype))
+        if s.nb201_lookup and self.space.name == "nb201":
+            rec["nb201"] = self._nb201_lookup(genotype)
+        rec["primitives"] = list(self.space.primitives)
+        rec.update(self.method.arch_weights())
+        rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
+        self.history.append(rec)
+        if self.dist.is_main:
+            utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+        self.epoch += 1
+        self.step = 0
+        self.meters = self._zero_meters()
+        self.save_checkpoint()
+
+    def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
+        st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
+                                       input_size=self.input_size)
+        return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
+
+    def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
+        """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
+        from pcdarts.nb201 import DATASETS, BenchmarkError, query
+        out: dict[str, Any] = {}
+        try:
+            for ds in DATASETS:
+                r = query(genotype, ds, table=self.cfg.search.nb201_table)
+                out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
+        except BenchmarkError as e:
+            warnings.warn(f"NAS-Bench-201 lookup disabled: {e}")
+            self.cfg = dataclasses.replace(self.cfg, search=dataclasses.replace(self.cfg.search, nb201_lookup=False))
+        return out
+
+    def derive(self) -> Genotype:
+        return self.space.derive(self.method.scores(), getattr(self.supernet, "masks", None))
+
+    def _finish(self) -> SearchResult:
+        genotype = self.derive()
+        if self.dist.is_main:
+            save_genotype(genotype, self.run_dir / "genotype.json")
+            utils.close_manifest(self.run_dir, genotype=str(genotype))
+            if self.cfg.run.plots:
+                self._plots(genotype)
+        return SearchResult(genotype, self.history, self.run_dir, self.cfg)
+
+    def _plots(self, genotype: Genotype) -> None:
+        try:
+            from pcdarts.analysis.plot import plot_arch_weights, plot_genotype
+            plot_genotype(genotype, self.run_dir / "genotype")
+            if self.history:
+                plot_arch_weights(self.history, self.run_dir / "arch_weights.png")
+        except Exception as e:  # pictures are a convenience; never lose a finished search over them
+            warnings.warn(f"could not draw the run's pictures: {e}")
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "pcdarts-search", "version": 1,
+            "epoch": self.epoch, "step": self.step,
+            "supernet": self.supernet.state_dict(),
+            "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loaders": {"train": self.train_loader.state_dict(), "arch": self.arch_loader.state_dict()},
+            "meters": {k: v.detach().cpu() for k, v in self.meters.items()},
+            "rng": utils.rng_state(),
+            "arch_rng": self.arch_generator.get_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        if self.dist.is_main:
+            runs.save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT)
+            self.rundir.commit()
+
+    def _load_checkpoint(self, ck: dict[str, Any]) -> None:
+        self.supernet.load_state_dict(ck["supernet"])
+        self.method.load_state_dict(ck["method"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.train_loader.load_state_dict(ck["loaders"]["train"])
+        self.arch_loader.load_state_dict(ck["loaders"]["arch"])
+        self.meters = {k: v.to(self.device) for k, v in ck["meters"].items()}
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        utils.set_rng_state(ck["rng"])
+        if "arch_rng" in ck:
+            self.arch_generator.set_state(ck["arch_rng"])
+        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
+
+
+def _fingerprint(labels: torch.Tensor) -> str:
+    import hashlib
+    return hashlib.sha1(labels.numpy().tobytes()).hexdigest()[:12]
+
+
+def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",
+           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None) -> SearchResult:
+    """Run an architecture search (the Python twin of ``pcdarts search``).
+
+    Args:
+        config: a :class:`Config` (used as is), or a nested dict of sections (as in a preset
+            YAML) laid over ``preset``; None runs the preset.
+        preset: preset name or YAML path the dict is laid over (default ``quick``, like the CLI).
+        resume: a run directory to continue; its saved config is used.
+        stop_after_steps: stop after this many steps, checkpointing (for tests and time-boxed runs).
+
+    Returns:
+        SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
+    """
+    require_single_process("search")
+    if resume is not None:
+        run_dir = check_resumable(resume)
+        cfg = load_config_file(run_dir / "config.yaml")
+        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True)
+    else:
+        cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
+        searcher = Searcher(cfg, new_run_dir(cfg))  # builds everything before the directory is touched
+    return searcher.run(stop_after_steps=stop_after_steps)

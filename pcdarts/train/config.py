@@ -1,0 +1,365 @@
+"""Configuration of ``pcdarts train``: frozen dataclasses, YAML presets, dotted overrides.
+
+Mirrors :mod:`pcdarts.config` (the search configuration) but with the sections of a
+from-scratch training run: ``data``, ``model``, ``train`` and ``run``. Presets live in
+``pcdarts/configs/train_<name>.yaml``; the ``train_`` prefix keeps them apart from the
+search presets in the same folder, and users name them without it
+(``--preset cifar10_paper``). Defaults follow the DARTS evaluation protocol
+(ALGORITHMS §1.7); each preset states where its numbers come from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence, Union
+
+import yaml
+
+from pcdarts import config
+from pcdarts.errors import ConfigError
+from pcdarts.ranges import Count, Fraction, NonNegInt, Positive, Range, Rate, Seed, check_ranges
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESET_PREFIX = "train_"
+DEFAULT_PRESET = "short"
+SCHEDULES = ("cosine", "exponential", "linear")
+FOLDER_LOADERS = ("auto", "memory", "stream")
+
+
+class TrainError(ConfigError):
+    """A training configuration, run directory or input that cannot be used.
+
+    The message names the file or config field and says how to fix it.
+    """
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """Where the images come from and how they are augmented.
+
+    Attributes:
+        dataset: ``digits``, ``cifar10``, ``cifar100`` (tensor datasets) or ``folder``
+            (an image folder: ``path/train`` + ``path/test`` or ``path/val`` with one
+            sub-folder per class; a path without such split folders is split 90/10).
+        path: archive or folder of datasets that need one.
+        test_path: explicit test folder (``folder`` only); then ``path`` is the train folder.
+        test_portion: fraction held out as the test split when a folder has no split folders.
+        split_seed: seed of that held-out split and of ``max_*_samples`` subsets. It is
+            separate from ``run.seed`` so that several training seeds see the same test set.
+        input_size: square input side; None = the dataset's own (folder: first image's shorter side).
+            Tensor datasets are resized once when it differs.
+        channels: 1 or 3; None = the dataset's own (folder: 3). Tensor datasets are
+            converted (grey = channel mean, RGB = replicated grey) when it differs.
+        num_classes: classifier outputs; None = from the dataset (folder: number of class folders).
+        mean, std: per-channel normalisation in [0, 1] units; None = the dataset's
+            (folder: measured on the training images in memory, ImageNet values when streaming).
+        max_samples, max_test_samples: seeded subsets for quick runs; None = all.
+        crop_padding: pad-and-crop padding; None = 4 for CIFAR and folders in memory, 0 for digits.
+        flip: horizontal flip; None = on for CIFAR and folders, off for digits.
+        loader: folders only: ``memory`` (decode once into a tensor, fast device loader),
+            ``stream`` (decode per batch with worker processes, RandomResizedCrop + flip
+            [+ colour jitter]; for ImageNet-sized data) or ``auto`` (memory when it fits in 2 GiB).
+        workers: worker processes of the streaming loader (0 = load in this process).
+        color_jitter: streaming only: ColorJitter(0.4, 0.4, 0.4, 0.2) as in the DARTS/PC-DARTS ImageNet code.
+        eval_batch_size: batch of the test pass; None = max(256, train batch).
+    """
+
+    dataset: str = "digits"
+    path: Optional[str] = None
+    test_path: Optional[str] = None
+    test_portion: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.1
+    split_seed: Seed = 0
+    input_size: Optional[Count] = None
+    channels: Optional[Count] = None
+    num_classes: Optional[Annotated[int, Range(2)]] = None
+    mean: Optional[Annotated[tuple[float, ...], Range()]] = None
+    std: Optional[Annotated[tuple[float, ...], Range(0, lo_open=True)]] = None
+    max_samples: Optional[Count] = None
+    max_test_samples: Optional[Count] = None
+    crop_padding: Optional[NonNegInt] = None
+    flip: Optional[bool] = None
+    loader: str = "auto"
+    workers: NonNegInt = 4
+    color_jitter: bool = True
+    eval_batch_size: Optional[Count] = None
+
+    @property
+    def spec(self) -> str:
+        """``NAME`` or ``NAME:PATH`` as written on the command line."""
+        return f"{self.dataset}:{self.path}" if self.path else self.dataset
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The evaluation network built from the genotype (ALGORITHMS §1.7, §3.3).
+
+    Attributes:
+        C: initial channels of a DARTS network (CIFAR 36, ImageNet 48).
+        layers: number of DARTS cells (CIFAR 20, ImageNet 14).
+        stem: ``cifar`` (one 3x3 conv) or ``imagenet`` (three stride-2 convs); DARTS only.
+        auxiliary: build the auxiliary head (DARTS only; its loss is used in training only).
+        auxiliary_weight: weight of the auxiliary loss (0.4).
+        drop_path_prob: final drop-path probability, ramped as ``p * epoch / epochs``.
+            DARTS code value 0.2 (author-confirmed, quark0/darts#42); PC-DARTS used 0.3.
+        nb201_C: stage-1 channels when the genotype is a NAS-Bench-201 cell (benchmark: 16).
+        nb201_N: cells per stage of a NAS-Bench-201 network (benchmark: 5).
+    """
+
+    C: Count = 36
+    layers: Count = 20
+    stem: str = "cifar"
+    auxiliary: bool = True
+    auxiliary_weight: Rate = 0.4
+    drop_path_prob: Annotated[float, Range(0, 1, hi_open=True)] = 0.2
+    nb201_C: Count = 16
+    nb201_N: Count = 5
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """Optimiser, schedule and regularisation of the training loop.
+
+    Attributes:
+        epochs: training epochs.
+        batch_size: the effective batch per optimiser step (the paper batch).
+        grad_accum: split each batch into this many micro-batches whose gradients are
+            summed before the step, so a paper batch fits a small GPU (quark0/darts#71).
+            BatchNorm then sees micro-batches, so results are close to, not equal to,
+            the full batch.
+        lr: peak learning rate.
+        lr_schedule: ``cosine`` (to ``lr_min``), ``exponential`` (x ``lr_gamma`` per epoch)
+            or ``linear`` (to ``lr_min``). The lr is set once at the start of each epoch.
+        lr_min: floor of the cosine and linear schedules.
+        lr_gamma: per-epoch factor of the exponential schedule (0.97, DARTS ImageNet).
+        warmup_epochs: linear warm-up: epoch e < W uses ``lr(e) * (e + 1) / W`` (PC-DARTS ImageNet: 5).
+        momentum, weight_decay, nesterov: SGD settings (weight decay on all weights, as in DARTS).
+        grad_clip: global-norm clip of the gradients (0 = off).
+        label_smoothing: cross-entropy label smoothing of the training loss (ImageNet 0.1);
+            the test loss is always plain cross-entropy.
+        cutout: side of the cutout square, applied after normalisation (0 = off; CIFAR 16).
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        drop_last: drop the final incomplete batch of each epoch (DARTS keeps it).
+        eval_every: evaluate on the test split every N epochs (the last epoch always).
+        log_every: progress-bar refresh period in steps (host syncs happen only then).
+    """
+
+    epochs: Count = 600
+    batch_size: Count = 96
+    grad_accum: Count = 1
+    lr: Positive = 0.025
+    lr_schedule: str = "cosine"
+    lr_min: Rate = 0.0
+    lr_gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.97
+    warmup_epochs: NonNegInt = 0
+    momentum: Fraction = 0.9
+    weight_decay: Rate = 3e-4
+    nesterov: bool = False
+    grad_clip: Rate = 5.0
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
+    cutout: NonNegInt = 0
+    amp: bool = True
+    drop_last: bool = False
+    eval_every: Count = 1
+    log_every: Count = 10
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Where and how the run executes.
+
+    Attributes:
+        seed: seeds python, numpy, torch, the data order and augmentation.
+        out: run directory (None = ``runs/train-<dataset>-s<seed>-<time>``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        overwrite: allow ``out`` to point at an existing run.
+        deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
+        progress: progress bar and one summary line per epoch.
+        threads: CPU threads for PyTorch (``torch.set_num_threads``, process-wide); None = PyTorch's
+            default. On a shared or busy machine 1 avoids stalls from oversubscribed threads.
+    """
+
+    seed: Seed = 0
+    out: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    threads: Optional[Count] = None
+
+
+SECTIONS: dict[str, type] = {"data": TrainDataConfig, "model": ModelConfig, "train": TrainLoopConfig,
+                             "run": TrainRunConfig}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training configuration (sections ``data``, ``model``, ``train``, ``run``)."""
+
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    run: TrainRunConfig = field(default_factory=TrainRunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: config.plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **sections: dict[str, Any]) -> "TrainConfig":
+        """A validated copy with some fields replaced, e.g. ``cfg.replace(run={"seed": 1})``."""
+        d = self.to_dict()
+        for name, values in sections.items():
+            d.setdefault(name, {}).update(values)
+        return build_train_config(d)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise TrainError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field checks; each message names the field and the fix."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    for name in SECTIONS:
+        try:
+            check_ranges(getattr(cfg, name), name)
+        except ConfigError as e:
+            raise TrainError(str(e)) from None
+    _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
+             f"train.grad_accum={t.grad_accum} must be >= 1 and divide train.batch_size={t.batch_size} "
+             "(each micro-batch has batch_size / grad_accum images)")
+    _require(t.lr > 0 and t.lr_min >= 0 and t.lr_min <= t.lr,
+             f"need 0 <= train.lr_min <= train.lr and train.lr > 0, got lr={t.lr}, lr_min={t.lr_min}")
+    _require(t.lr_schedule in SCHEDULES,
+             f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {t.lr_schedule!r}")
+    _require(0 < t.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {t.lr_gamma}")
+    _require(0 <= t.warmup_epochs < t.epochs,
+             f"train.warmup_epochs={t.warmup_epochs} must be >= 0 and smaller than train.epochs={t.epochs}")
+    _require(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _require(t.cutout >= 0 and t.grad_clip >= 0 and t.weight_decay >= 0 and t.momentum >= 0,
+             "train.cutout, train.grad_clip, train.weight_decay and train.momentum must be >= 0")
+    _require(not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0")
+    _require(cfg.run.threads is None or cfg.run.threads >= 1, f"run.threads must be >= 1, got {cfg.run.threads}")
+    _require(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    _require(m.C >= 1 and m.layers >= 1 and m.nb201_C >= 1 and m.nb201_N >= 1,
+             "model.C, model.layers, model.nb201_C and model.nb201_N must be >= 1")
+    _require(m.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet', got {m.stem!r}")
+    _require(0 <= m.drop_path_prob < 1, f"model.drop_path_prob must be in [0, 1), got {m.drop_path_prob}")
+    _require(m.auxiliary_weight >= 0, f"model.auxiliary_weight must be >= 0, got {m.auxiliary_weight}")
+    _require(d.loader in FOLDER_LOADERS,
+             f"data.loader must be one of {', '.join(FOLDER_LOADERS)}, got {d.loader!r}")
+    _require(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
+    _require(d.input_size is None or d.input_size >= 1, f"data.input_size must be >= 1, got {d.input_size}")
+    _require(d.num_classes is None or d.num_classes >= 2, f"data.num_classes must be >= 2, got {d.num_classes}")
+    _require(0 < d.test_portion < 1, f"data.test_portion must be in (0, 1), got {d.test_portion}")
+    _require(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
+    for name in ("max_samples", "max_test_samples", "eval_batch_size"):
+        v = getattr(d, name)
+        _require(v is None or v >= 1, f"data.{name} must be >= 1 (or null for all), got {v}")
+    _require((d.mean is None) == (d.std is None), "set data.mean and data.std together (one value per channel)")
+    if d.std is not None:
+        _require(all(s > 0 for s in d.std), f"data.std values must be > 0, got {list(d.std)}")
+    _require(d.test_path is None or d.dataset == "folder", "data.test_path is only used with data.dataset: folder")
+
+
+def lr_at(t: TrainLoopConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under the configured schedule.
+
+    A pure function of the epoch, so resuming needs no scheduler state and the
+    schedule is the modern ordering (epoch 0 runs at the peak lr; ALGORITHMS §1.9).
+    """
+    progress = epoch / t.epochs
+    if t.lr_schedule == "cosine":
+        lr = t.lr_min + (t.lr - t.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif t.lr_schedule == "exponential":
+        lr = t.lr * t.lr_gamma ** epoch
+    else:  # linear
+        lr = t.lr_min + (t.lr - t.lr_min) * (1.0 - progress)
+    if epoch < t.warmup_epochs:
+        lr *= (epoch + 1) / t.warmup_epochs
+    return lr
+
+
+# ---------------------------------------------------------------- presets and overrides
+
+def train_preset_names() -> list[str]:
+    """Preset names (file names without the ``train_`` prefix and ``.yaml``)."""
+    return sorted(p.stem[len(PRESET_PREFIX):] for p in PRESET_DIR.glob(f"{PRESET_PREFIX}*.yaml"))
+
+
+def load_train_preset(name_or_path: str) -> dict[str, Any]:
+    """The nested dict of a preset name (``cifar10_paper``) or of a YAML file."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        stem = name_or_path[len(PRESET_PREFIX):] if name_or_path.startswith(PRESET_PREFIX) else name_or_path
+        p = PRESET_DIR / f"{PRESET_PREFIX}{stem}.yaml"
+    if not p.is_file():
+        raise TrainError(f"unknown training preset {name_or_path!r}; choose one of: "
+                         f"{', '.join(train_preset_names())} (or pass the path of a YAML file)")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TrainError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(d, dict) or any(not isinstance(v, (dict, type(None))) for v in d.values()):
+        raise TrainError(f"{p}: a training preset must map sections ({', '.join(SECTIONS)}) to mappings")
+    return {k: dict(v or {}) for k, v in d.items()}
+
+
+def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["--train.epochs", "2", "--model.C=8"]`` -> ``[("train.epochs", 2), ("model.C", 8)]``."""
+    try:
+        return config.parse_overrides(tokens, example="--train.epochs 50", command="pcdarts train")
+    except config.ConfigError as e:
+        raise TrainError(str(e)) from None
+
+
+def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``d[section][key] = value``; an unknown section or key raises TrainError."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise TrainError(f"unknown override {dotted!r}: use SECTION.KEY with SECTION one of "
+                         f"{', '.join(SECTIONS)} (e.g. --train.epochs 50)")
+    names = {f.name for f in fields(SECTIONS[section])}
+    if key not in names:
+        raise TrainError(f"unknown key {dotted!r}; valid keys of {section!r}: {', '.join(sorted(names))}")
+    d.setdefault(section, {})[key] = value
+
+
+def build_train_config(d: dict[str, Any]) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a nested dict (preset + overrides)."""
+    unknown = set(d) - set(SECTIONS)
+    if unknown:
+        raise TrainError(f"unknown config section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
+    try:
+        built = {name: config.coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
+    except config.ConfigError as e:
+        raise TrainError(str(e)) from None
+    return TrainConfig(**built)
+
+
+def load_train_config_file(path: Union[str, Path]) -> TrainConfig:
+    """Read a run's ``config.yaml`` back into a TrainConfig."""
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainError(f"{p}: cannot read the training config: {e}") from None
+    if not isinstance(d, dict):
+        raise TrainError(f"{p}: not a training config (expected sections {', '.join(SECTIONS)})")
+    return build_train_config(d)
+
+
+__all__ = [
+    "TrainError", "TrainConfig", "TrainDataConfig", "ModelConfig", "TrainLoopConfig", "TrainRunConfig",
+    "build_train_config", "load_train_preset", "load_train_config_file", "parse_overrides",
+    "apply_override", "train_preset_names", "lr_at", "DEFAULT_PRESET",
+]
