@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from pcdarts.errors import ConfigError
