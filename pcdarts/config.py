@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 import yaml
 
 from pcdarts.errors import ConfigError
-from pcdarts.ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges
+from pcdarts.ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values
 from pcdarts.registry import METHODS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -303,6 +303,7 @@ def coerce_section(cls: type, section: str, values: Any) -> Any:
         if key not in names:
             raise ConfigError(f"unknown key {section}.{key}; valid keys of {section!r}: {', '.join(sorted(names))}")
     out = {key: check_type(hints[key], v, f"{section}.{key}") for key, v in values.items()}
+    check_values(cls, out, section)
     try:
         return cls(**out)
     except TypeError as e:

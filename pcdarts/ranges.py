@@ -78,19 +78,24 @@ def range_hints(cls: type) -> dict[str, Any]:
 
 def check_ranges(obj: Any, section: str) -> None:
     """Raise ConfigError for the first field of the dataclass ``obj`` outside its declared range."""
-    hints = range_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        rng, _ = field_range(hints[f.name])
+    check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, section)
+
+
+def check_values(cls: type, values: dict[str, Any], section: str) -> None:
+    """The same for field values of the dataclass ``cls`` before it is built (so a range
+    error comes before the class's own cross-field checks)."""
+    hints = range_hints(cls)
+    for name, v in values.items():
+        rng, _ = field_range(hints[name]) if name in hints else (None, None)
         if rng is None:
             continue
-        v = getattr(obj, f.name)
-        values = v if isinstance(v, (tuple, list)) else (v,)
-        for x in values:
+        elements = v if isinstance(v, (tuple, list)) else (v,)
+        for x in elements:
             if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
                 continue
             if not rng.ok(x):
                 finite = "a finite number " if isinstance(x, float) and not math.isfinite(x) else ""
-                raise ConfigError(f"{section}.{f.name} must be {finite}{rng.describe()}, got {_show(v)}")
+                raise ConfigError(f"{section}.{name} must be {finite}{rng.describe()}, got {_show(v)}")
 
 
 def _show(v: Any) -> str:
@@ -99,5 +104,5 @@ def _show(v: Any) -> str:
     return repr(v) if isinstance(v, float) and not math.isfinite(v) else str(v)
 
 
-__all__ = ["Range", "Count", "NonNegInt", "Seed", "Rate", "Positive", "Fraction", "Finite", "check_ranges",
+__all__ = ["Range", "Count", "NonNegInt", "Seed", "Rate", "Positive", "Fraction", "Finite", "check_ranges", "check_values",
            "field_range", "range_hints"]

@@ -274,3 +274,42 @@ def test_drnas_preset():
     from pcdarts.config import load_preset
     cfg = build_config(load_preset("drnas_nb201"))
     assert (cfg.method_name, cfg.search.epochs, cfg.method.arch_lr, cfg.k) == ("drnas", 100, 3e-4, 1)
+
+
+def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
+    """The structure seam: DrNAS prunes NB201 ops 5 -> 3 at epoch 1; the removed ops are freed,
+    the optimiser only holds live weights (momentum carried), and a resume across the prune
+    equals the uninterrupted run."""
+    base = tiny(method={"name": "drnas", "prune_at": [1], "keep_ops": [3]}, search={"epochs": 3},
+                space={"name": "nb201", "layers": 1})
+    base["run"]["out"] += "-full"
+    full = pcdarts.search(base)
+    ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
+    assert int(ck["masks"]["cell"].sum(1).max()) == 3
+    assert len(ck["optimizer"]["param_groups"][0]["params"]) == len(ck["supernet"]) - sum(
+        1 for k in ck["supernet"] if "running" in k or "num_batches" in k)
+    for stop in (4, 2):  # mid-epoch after the prune; before it (the prune happens after resuming)
+        part = dict(base, run=dict(base["run"], out=base["run"]["out"] + f"-part{stop}"))
+        first = pcdarts.search(part, stop_after_steps=stop)
+        assert first.interrupted
+        resumed = pcdarts.search(resume=first.run_dir)
+        assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
+        ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+        for k, v in ck["supernet"].items():
+            assert torch.equal(v, ck_res["supernet"][k]), k
+
+
+def test_searcher_prune_frees_ops_and_carries_momentum(tiny):
+    s = _searcher(tiny(method={"name": "pc-darts", "warmup_epochs": 0, "k": 2}))
+    s.search_step(True, s.context())
+    n_before = len(s.weight_params)
+    masks = {ct: m.clone() for ct, m in s.supernet.masks.items()}
+    for m in masks.values():
+        m[:, 4:] = False  # drop the four conv ops everywhere
+    survivor = s.weight_params[0]
+    momentum = s.optimizer.state[survivor]["momentum_buffer"].clone()
+    s.prune(masks)
+    assert len(s.weight_params) < n_before
+    assert {id(p) for p in s.weight_params} == {id(p) for p in s.supernet.parameters()}
+    assert torch.equal(s.optimizer.state[survivor]["momentum_buffer"], momentum)
+    s.search_step(True, s.context())

@@ -262,7 +262,7 @@ def test_every_numeric_field_has_its_range_checked(kind, section, cls):
         for bad in _bad_values(rng, base):
             value = int(bad) if base is int else bad
             if getattr(base, "__origin__", None) is tuple:
-                default = f.default if isinstance(f.default, tuple) else (1.0,)
+                default = f.default if isinstance(f.default, tuple) and f.default else (1.0,)
                 value = (value,) * len(default)
             d = {section: {f.name: value}}
             if section == "method":

@@ -42,6 +42,10 @@ class SearchContext:
         epochs: the search's total epochs; steps_per_epoch: weight steps per epoch.
         generator: the generator every architecture random draw should use (Dirichlet
             samples, random masks), seeded from the run seed and kept in the checkpoint.
+        prune: ``prune(masks)`` removes the ops whose mask entry (cell type -> [E, O]) is
+            False from the supernet mid-search: the Searcher frees them, rebuilds the weight
+            optimiser (momentum carried for the surviving weights) and keeps the schedule
+            on the global epoch; the masks go into the checkpoint, so a resume continues exactly.
         all_reduce_grads: averages architecture gradients across processes (no-op on one).
     """
 
@@ -54,6 +58,7 @@ class SearchContext:
     epochs: int = 1
     steps_per_epoch: int = 1
     generator: Optional[torch.Generator] = None
+    prune: Callable[[dict[str, torch.Tensor]], None] = lambda masks: None
     all_reduce_grads: Callable[[Sequence[torch.Tensor]], None] = lambda grads: None
 
 

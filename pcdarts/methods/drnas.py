@@ -19,7 +19,7 @@ paper (K 6 -> 4, ops 7 -> 4 between stages) is not implemented yet.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from pcdarts.errors import ConfigError
 from pcdarts.methods.base import SearchContext
 from pcdarts.methods.darts import Darts, DartsConfig
 from pcdarts.nn.edges import Mixing
-from pcdarts.ranges import Count, NonNegInt, Rate
+from pcdarts.ranges import Count, NonNegInt, Range, Rate
 from pcdarts.registry import METHODS
 
 REGULARISERS = ("l2", "kl")
@@ -68,6 +68,10 @@ class DrNASConfig(DartsConfig):
         reg_scale: lambda of the regulariser (1e-3).
         derive: rank ops by ``softmax`` of eta (official) or by the Dirichlet ``mean``.
         keep_none: let ``none`` be a candidate; None = the space's rule (DARTS no, NB201 yes).
+        prune_at, keep_ops: at the start of epoch ``prune_at[i]`` keep the ``keep_ops[i]`` ops
+            of every edge with the largest eta and remove the others from the supernet (the
+            official pruning between progressive stages: survivors keep their eta, the
+            others are set to 0 and masked). Empty = never (the plain DrNAS run).
     """
 
     arch_lr: Rate = 6e-4
@@ -75,6 +79,8 @@ class DrNASConfig(DartsConfig):
     reg_scale: Rate = 1e-3
     derive: str = "softmax"
     keep_none: Optional[bool] = None
+    prune_at: Annotated[tuple[int, ...], Range(1)] = ()
+    keep_ops: Annotated[tuple[int, ...], Range(1)] = ()
     warmup_epochs: NonNegInt = 0
     k: Count = 1
 
@@ -88,6 +94,9 @@ class DrNASConfig(DartsConfig):
             raise ConfigError(f"method.derive must be one of {', '.join(DERIVE_RULES)}, got {self.derive!r}")
         if self.edge_norm:
             raise ConfigError("drnas has no edge normalisation (method.edge_norm must be false)")
+        if len(self.prune_at) != len(self.keep_ops):
+            raise ConfigError(f"method.prune_at {list(self.prune_at)} and method.keep_ops {list(self.keep_ops)} "
+                              "must have the same length (one number of kept ops per pruning epoch)")
 
 
 @METHODS.register("drnas", description="DrNAS: Dirichlet op weights, reparameterised samples (ICLR 2021)")
@@ -156,6 +165,27 @@ class DrNAS(Darts):
             conc = {ct: self.concentration(ct).detach().float() for ct in self.cell_types}
         return {"arch_weights": {ct: v.cpu().tolist() for ct, v in w.items()},
                 "concentration": {ct: v.cpu().tolist() for ct, v in conc.items()}}
+
+    def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        for at, keep in zip(self.cfg.prune_at, self.cfg.keep_ops):
+            if epoch == int(at):
+                self.prune_to(int(keep), ctx)
+
+    @torch.no_grad()
+    def prune_to(self, keep: int, ctx: SearchContext) -> None:
+        """Keep the ``keep`` live ops of largest eta per edge; zero the others' eta and remove them."""
+        for ct, mask in self.masks().items():
+            eta = self.alphas[ct]
+            idx = eta.masked_fill(~mask, float("-inf")).topk(min(keep, int(mask[0].sum())), dim=-1).indices
+            kept = torch.zeros_like(mask).scatter(1, idx, True)
+            eta.copy_(torch.zeros_like(eta).scatter(1, idx, eta.gather(1, idx)))
+            mask.copy_(kept & mask)
+        self.pruned = True
+        ctx.prune({ct: m.cpu() for ct, m in self.masks().items()})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.pruned = any(not torch.equal(m, self.arch.candidates) for m in self.masks().values())
 
     def kl_to_uniform(self) -> torch.Tensor:
         """sum over edges and cell types of KL(Dir(beta) || Dir(1)) over each edge's candidates."""

@@ -200,11 +200,27 @@ class Searcher:
     def _weight_step_info(self) -> WeightStepInfo:
         return weight_step_info(self.optimizer, self.weight_params)
 
+    def prune(self, masks: dict[str, torch.Tensor]) -> None:
+        """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
+        s = self.cfg.search
+        self.supernet.prune(masks)
+        old = self.optimizer
+        self.weight_params[:] = [p for p in self.supernet.parameters() if p.requires_grad]  # the context shares it
+        self.optimizer = weight_optimizer(self.weight_params, s)
+        for p in self.weight_params:
+            if p in old.state:
+                self.optimizer.state[p] = old.state[p]
+        schedule = self.scheduler.state_dict()
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
+        self.scheduler.load_state_dict(schedule)  # the global epoch, not a restart
+        for group, old_group in zip(self.optimizer.param_groups, old.param_groups):
+            group["lr"] = old_group["lr"]
+
     def context(self) -> SearchContext:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
                              epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
-                             generator=self.arch_generator)
+                             generator=self.arch_generator, prune=self.prune)
 
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
