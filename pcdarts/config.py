@@ -208,6 +208,7 @@ def validate(cfg: Config) -> None:
     if method_cls.has_arch and warmup >= s.epochs:
         raise ConfigError(f"method.warmup_epochs={warmup} must be smaller than search.epochs={s.epochs}: "
                           "the architecture would never be updated")
+    method_cls.check_config(cfg)
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

@@ -376,3 +376,29 @@ def test_aux_skip_changes_the_output_and_needs_the_modules():
     plain, _ = _nets("darts", 2)
     with pytest.raises(ValueError, match="aux_skip=True"):
         plain(_x(), _mixing("darts", alphas, betas, True, 0.5))
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_widened_supernets_stay_equal_on_both_paths(space):
+    """K 4 -> 2 mid-search (DrNAS progressive): old weights are copied into the wider ops, each new
+    channel a copy of a random old one; the fast path then still equals the reference."""
+    from pcdarts.nn.edges import widen_edges
+    ref, fast = _nets(space, 4)
+    old = {n: t.clone() for n, t in ref.state_dict().items()}
+    moved_r = widen_edges(ref, 2, torch.Generator().manual_seed(0))
+    widen_edges(fast, 2, torch.Generator().manual_seed(0))
+    assert moved_r and all(e.k == 2 for e in ref.modules() if isinstance(e, MixedEdge))
+    new = ref.state_dict()
+    for n, t in old.items():  # every old tensor is the leading block of the new one
+        block = new[n][tuple(slice(0, s) for s in t.shape)]
+        assert torch.equal(block, t), n
+    for n, t in new.items():
+        if t.dim() and t.shape != old[n].shape:  # new channels repeat old ones
+            d = next(i for i, (a, b) in enumerate(zip(old[n].shape, t.shape)) if a != b)
+            lead = t[tuple(slice(None) if i == d else slice(0, m) for i, m in enumerate(old[n].shape))]
+            extra = lead.narrow(d, old[n].shape[d], t.shape[d] - old[n].shape[d])
+            assert all(any(torch.equal(extra.select(d, j), old[n].select(d, i)) for i in range(old[n].shape[d]))
+                       for j in range(extra.shape[d])), n
+            break
+    assert fast.state_dict().keys() == new.keys()
+    _compare(space, ref, fast, _x())

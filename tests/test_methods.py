@@ -270,22 +270,31 @@ def test_drnas_resume_equals_uninterrupted_run(tiny):
     assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
 
 
-def test_drnas_preset():
+def test_drnas_presets():
     from pcdarts.config import load_preset
     cfg = build_config(load_preset("drnas_nb201"))
     assert (cfg.method_name, cfg.search.epochs, cfg.method.arch_lr, cfg.k) == ("drnas", 100, 3e-4, 1)
+    prog = build_config(load_preset("drnas_nb201_progressive"))
+    assert (prog.k, prog.method.stage_starts, prog.method.stage_k, prog.method.stage_keep_ops) == (4, (50,), (2,), (3,))
+    darts = build_config(load_preset("drnas_cifar10_progressive"))
+    assert (darts.k, darts.space.C, darts.space.layers, darts.method.stage_k) == (6, 36, 20, (4,))
+    m = METHODS.get("drnas")(prog.method, get_space("nb201"), prog.space)
+    assert [m.is_arch_active(e) for e in (9, 10, 50, 59, 60)] == [False, True, False, False, True]
+    with pytest.raises(Exception, match="stage_k"):
+        d = load_preset("drnas_nb201_progressive")
+        build_config({**d, "method": {**d["method"], "stage_k": [3]}})
 
 
 def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
-    """The structure seam: DrNAS prunes NB201 ops 5 -> 3 at epoch 1; the removed ops are freed,
-    the optimiser only holds live weights (momentum carried), and a resume across the prune
-    equals the uninterrupted run."""
-    base = tiny(method={"name": "drnas", "prune_at": [1], "keep_ops": [3]}, search={"epochs": 3},
-                space={"name": "nb201", "layers": 1})
+    """The structure seam: DrNAS prunes NB201 ops 5 -> 3 and widens K 2 -> 1 at epoch 1; the removed
+    ops are freed, the optimiser only holds live weights (momentum carried), and a resume across
+    the stage switch equals the uninterrupted run."""
+    base = tiny(method={"name": "drnas", "stage_starts": [1], "stage_keep_ops": [3], "stage_k": [1], "k": 2},
+                search={"epochs": 3}, space={"name": "nb201", "layers": 1})
     base["run"]["out"] += "-full"
     full = pcdarts.search(base)
     ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    assert int(ck["masks"]["cell"].sum(1).max()) == 3
+    assert int(ck["masks"]["cell"].sum(1).max()) == 3 and ck["structure"]["k"] == 1
     assert len(ck["optimizer"]["param_groups"][0]["params"]) == len(ck["supernet"]) - sum(
         1 for k in ck["supernet"] if "running" in k or "num_batches" in k)
     for stop in (4, 2):  # mid-epoch after the prune; before it (the prune happens after resuming)

@@ -46,6 +46,8 @@ class SearchContext:
             False from the supernet mid-search: the Searcher frees them, rebuilds the weight
             optimiser (momentum carried for the surviving weights) and keeps the schedule
             on the global epoch; the masks go into the checkpoint, so a resume continues exactly.
+        widen: ``widen(k)`` lowers the partial-channel factor to ``k`` mid-search (every op
+            rebuilt on C/k channels with its weights copied in, momentum widened alike).
         all_reduce_grads: averages architecture gradients across processes (no-op on one).
     """
 
@@ -59,6 +61,7 @@ class SearchContext:
     steps_per_epoch: int = 1
     generator: Optional[torch.Generator] = None
     prune: Callable[[dict[str, torch.Tensor]], None] = lambda masks: None
+    widen: Callable[[int], None] = lambda k: None
     all_reduce_grads: Callable[[Sequence[torch.Tensor]], None] = lambda grads: None
 
 
@@ -76,6 +79,12 @@ class Method:
         self.node_edges = space.node_edges(space_cfg)
         self.arch = nn.Module()  # a Module, so the arch state has a state_dict and a device
         self.arch.to(device)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Checks of the whole search config (``cfg``) that involve this method's fields and
+        other sections (e.g. a K that must divide space.C); raise ConfigError. Called by
+        ``config.validate``."""
 
     @classmethod
     def supernet_options(cls, cfg: Any) -> dict[str, Any]:

@@ -68,10 +68,14 @@ class DrNASConfig(DartsConfig):
         reg_scale: lambda of the regulariser (1e-3).
         derive: rank ops by ``softmax`` of eta (official) or by the Dirichlet ``mean``.
         keep_none: let ``none`` be a candidate; None = the space's rule (DARTS no, NB201 yes).
-        prune_at, keep_ops: at the start of epoch ``prune_at[i]`` keep the ``keep_ops[i]`` ops
-            of every edge with the largest eta and remove the others from the supernet (the
-            official pruning between progressive stages: survivors keep their eta, the
-            others are set to 0 and masked). Empty = never (the plain DrNAS run).
+        stage_starts: epochs at which a new stage of progressive learning begins (empty =
+            one stage, the plain DrNAS run). At each: keep the ``stage_keep_ops[i]`` ops of
+            every edge with the largest eta and remove the others from the supernet
+            (survivors keep their eta, the others are set to 0 and masked), then, with
+            ``stage_k``, lower the partial-channel factor to ``stage_k[i]`` (ops rebuilt wider,
+            weights copied in). ``warmup_epochs`` then counts from each stage's start (the
+            architecture is updated from epoch 10 of each stage in the official code).
+        stage_keep_ops, stage_k: one entry per stage start (``stage_k`` may be empty: K kept).
     """
 
     arch_lr: Rate = 6e-4
@@ -79,8 +83,9 @@ class DrNASConfig(DartsConfig):
     reg_scale: Rate = 1e-3
     derive: str = "softmax"
     keep_none: Optional[bool] = None
-    prune_at: Annotated[tuple[int, ...], Range(1)] = ()
-    keep_ops: Annotated[tuple[int, ...], Range(1)] = ()
+    stage_starts: Annotated[tuple[int, ...], Range(1)] = ()
+    stage_keep_ops: Annotated[tuple[int, ...], Range(1)] = ()
+    stage_k: Annotated[tuple[int, ...], Range(1)] = ()
     warmup_epochs: NonNegInt = 0
     k: Count = 1
 
@@ -94,9 +99,13 @@ class DrNASConfig(DartsConfig):
             raise ConfigError(f"method.derive must be one of {', '.join(DERIVE_RULES)}, got {self.derive!r}")
         if self.edge_norm:
             raise ConfigError("drnas has no edge normalisation (method.edge_norm must be false)")
-        if len(self.prune_at) != len(self.keep_ops):
-            raise ConfigError(f"method.prune_at {list(self.prune_at)} and method.keep_ops {list(self.keep_ops)} "
-                              "must have the same length (one number of kept ops per pruning epoch)")
+        n = len(self.stage_starts)
+        if len(self.stage_keep_ops) != n or len(self.stage_k) not in (0, n):
+            raise ConfigError(f"method.stage_keep_ops {list(self.stage_keep_ops)} (and method.stage_k "
+                              f"{list(self.stage_k)}, if given) need one entry per method.stage_starts "
+                              f"{list(self.stage_starts)}")
+        if list(self.stage_starts) != sorted(set(self.stage_starts)):
+            raise ConfigError(f"method.stage_starts must be increasing epochs, got {list(self.stage_starts)}")
 
 
 @METHODS.register("drnas", description="DrNAS: Dirichlet op weights, reparameterised samples (ICLR 2021)")
@@ -104,6 +113,19 @@ class DrNAS(Darts):
     """eta per cell type; Mixing = one Dirichlet sample of ELU(eta) + 1 per edge per step."""
 
     Config = DrNASConfig
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        m, k = cfg.method, cfg.k
+        for i, (start, new_k) in enumerate(zip(m.stage_starts, m.stage_k or [None] * len(m.stage_starts))):
+            if int(start) >= cfg.search.epochs:
+                raise ConfigError(f"method.stage_starts[{i}]={start} must be smaller than search.epochs="
+                                  f"{cfg.search.epochs}")
+            if new_k is not None:
+                if int(new_k) >= k or cfg.space.C % int(new_k):
+                    raise ConfigError(f"method.stage_k[{i}]={new_k} must be smaller than the K before it ({k}) "
+                                      f"and divide space.C={cfg.space.C}")
+                k = int(new_k)
 
     def __init__(self, cfg: DrNASConfig, space: Any, space_cfg: Any, device: Any = "cpu") -> None:
         super().__init__(cfg, space, space_cfg, device)
@@ -166,10 +188,19 @@ class DrNAS(Darts):
         return {"arch_weights": {ct: v.cpu().tolist() for ct, v in w.items()},
                 "concentration": {ct: v.cpu().tolist() for ct, v in conc.items()}}
 
+    def stage_start(self, epoch: int) -> int:
+        """The first epoch of the stage ``epoch`` belongs to."""
+        return max([0] + [int(e) for e in self.cfg.stage_starts if int(e) <= epoch])
+
+    def is_arch_active(self, epoch: int) -> bool:
+        return epoch - self.stage_start(epoch) >= self.cfg.warmup_epochs
+
     def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
-        for at, keep in zip(self.cfg.prune_at, self.cfg.keep_ops):
+        for i, at in enumerate(self.cfg.stage_starts):
             if epoch == int(at):
-                self.prune_to(int(keep), ctx)
+                self.prune_to(int(self.cfg.stage_keep_ops[i]), ctx)
+                if self.cfg.stage_k:
+                    ctx.widen(int(self.cfg.stage_k[i]))
 
     @torch.no_grad()
     def prune_to(self, keep: int, ctx: SearchContext) -> None:

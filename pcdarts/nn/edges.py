@@ -99,6 +99,7 @@ class MixedEdge(nn.Module):
             raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
         self.C, self.stride, self.k, self.channel_mode = C, stride, k, channel_mode
         self.primitives = tuple(primitives)
+        self.factories = factories  # plain callables (not modules): what widen() rebuilds ops with
         self.ops = nn.ModuleDict()
         mask = [True] * len(primitives) if mask is None else list(mask)
         for i, name in enumerate(primitives):
@@ -115,6 +116,47 @@ class MixedEdge(nn.Module):
             if not keep[i]:
                 del self.ops[str(i)]
         self.active = [int(i) for i in self.ops.keys()]
+
+    @torch.no_grad()
+    def widen(self, k: int, generator: Optional[torch.Generator] = None) -> list[tuple[nn.Parameter, nn.Parameter, list]]:
+        """Partial-channel factor K -> ``k`` (< K): every op is rebuilt on C/k channels and
+        its old weights copied in, each new channel a copy of a random old one (the
+        official net2wider rule, DrNAS; one index per channel count within an op, so a
+        conv's duplicated outputs feed the matching inputs of the next layer and its BN).
+
+        Returns (old parameter, new parameter, [(dim, index), ...]) for each parameter, so an
+        optimiser's state can be widened the same way (:func:`widen_tensor`).
+        """
+        if k >= self.k or self.C % k:
+            raise ValueError(f"widen: the new K={k} must be smaller than K={self.k} and divide C={self.C}")
+        c_new = self.C // k
+        moved = []
+        for key in list(self.ops.keys()):
+            old = self.ops[key]
+            new = self.factories[self.primitives[int(key)]](c_new, self.stride, False)
+            ref = next(iter(old.parameters()), None)
+            if ref is None:
+                ref = next(iter(old.buffers()), None)
+            if ref is not None:
+                new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            index: dict[tuple[int, int], torch.Tensor] = {}
+            old_state = old.state_dict()
+            old_params = dict(old.named_parameters())
+            for name, t in new.state_dict().items():
+                src = old_state[name]
+                plan = []
+                for d, (a, b) in enumerate(zip(src.shape, t.shape)):
+                    if a != b:
+                        if (a, b) not in index:
+                            index[(a, b)] = torch.randint(0, a, (b - a,), generator=generator,
+                                                          device=generator.device if generator else "cpu")
+                        plan.append((d, index[(a, b)].to(src.device)))
+                t.copy_(widen_tensor(src, plan))
+                if name in old_params:
+                    moved.append((old_params[name], dict(new.named_parameters())[name], plan))
+            self.ops[key] = new
+        self.k = k
+        return moved
 
     def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
@@ -157,3 +199,20 @@ class MixedEdge(nn.Module):
             raise ValueError("the mixing has an auxiliary skip but the supernet was built without one "
                              "(build it with aux_skip=True: the method's supernet_options)")
         return self.aux
+
+
+def widen_tensor(t: torch.Tensor, plan: list) -> torch.Tensor:
+    """``t`` with each ``(dim, index)`` of ``plan`` appending ``t.index_select(dim, index)``."""
+    for d, idx in plan:
+        t = torch.cat([t, t.index_select(d, idx)], dim=d)
+    return t
+
+
+def widen_edges(supernet: nn.Module, k: int, generator: Optional[torch.Generator] = None) -> list:
+    """Widen every mixed edge of ``supernet`` to partial-channel factor ``k`` (see
+    :meth:`MixedEdge.widen`); returns the (old, new, plan) triples of all of them."""
+    moved = []
+    for m in supernet.modules():
+        if isinstance(m, MixedEdge):
+            moved += m.widen(k, generator)
+    return moved

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
 from pcdarts.registry import METHODS, OBJECTIVES
+from pcdarts.nn.edges import widen_edges, widen_tensor
 from pcdarts.spaces import get_space
 
 CHECKPOINT = runs.CHECKPOINT
@@ -130,8 +131,9 @@ class Searcher:
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume") \
             if resume else None
         masks = checkpoint["masks"] if checkpoint else None
+        self.k = int(checkpoint.get("structure", {}).get("k", cfg.k)) if checkpoint else cfg.k
         options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
-        self.supernet = self.space.build_supernet(cfg.space, k=cfg.k, num_classes=self.num_classes,
+        self.supernet = self.space.build_supernet(cfg.space, k=self.k, num_classes=self.num_classes,
                                                   in_channels=self.in_channels, masks=masks,
                                                   **options).to(self.device)
         if self.device.type == "cuda":
@@ -202,14 +204,31 @@ class Searcher:
 
     def prune(self, masks: dict[str, torch.Tensor]) -> None:
         """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
-        s = self.cfg.search
         self.supernet.prune(masks)
+        self._rebuild_optimizer()
+
+    def widen(self, k: int) -> None:
+        """Lower the partial-channel factor to ``k`` mid-search (see ``SearchContext.widen``)."""
+        moved = widen_edges(self.supernet, k, self.arch_generator)
+        if self.device.type == "cuda":
+            self.supernet.to(memory_format=torch.channels_last)
+        self.k = k
+        self._rebuild_optimizer(moved)
+
+    def _rebuild_optimizer(self, moved: Sequence[tuple[Any, Any, list]] = ()) -> None:
+        """A new weight optimiser over the live weights: momentum carried for survivors
+        (widened like the weights for widened ones), the schedule kept on the global epoch."""
+        s = self.cfg.search
         old = self.optimizer
         self.weight_params[:] = [p for p in self.supernet.parameters() if p.requires_grad]  # the context shares it
         self.optimizer = weight_optimizer(self.weight_params, s)
         for p in self.weight_params:
             if p in old.state:
                 self.optimizer.state[p] = old.state[p]
+        for p_old, p_new, plan in moved:
+            buf = old.state.get(p_old, {}).get("momentum_buffer")
+            if buf is not None:
+                self.optimizer.state[p_new] = {"momentum_buffer": widen_tensor(buf, plan)}
         schedule = self.scheduler.state_dict()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
         self.scheduler.load_state_dict(schedule)  # the global epoch, not a restart
@@ -220,7 +239,7 @@ class Searcher:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
                              epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
-                             generator=self.arch_generator, prune=self.prune)
+                             generator=self.arch_generator, prune=self.prune, widen=self.widen)
 
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
@@ -452,6 +471,7 @@ class Searcher:
             "epoch": self.epoch, "step": self.step,
             "supernet": self.supernet.state_dict(),
             "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
+            "structure": {"k": self.k},
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -57,8 +57,8 @@ class FastOptions:
 
 def cell_plans(cell: nn.Module, edge_list: list[tuple[int, int]], primitives: tuple[str, ...],
                 kinds: dict[str, str], n_sources: int) -> list[SourcePlan]:
-    """Source plans of a cell, cached on the cell and rebuilt when its built ops change (prune)."""
-    sig = tuple(tuple(e.active) for e in cell.edges)
+    """Source plans of a cell, cached on the cell and rebuilt when its built ops or K change."""
+    sig = (tuple(tuple(e.active) for e in cell.edges), cell.edges[0].k)  # rebuilt after prune and widen
     cached = getattr(cell, "_fast_plans", None)
     if cached is None or cached[0] != sig:
         e0 = cell.edges[0]
