@@ -286,9 +286,12 @@ def _grads_on(net, space, x, y, alphas, amp):
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 def test_cuda_fast_path_matches_reference(space, monkeypatch):
     # fp32 means fp32 here: TF32 convolutions and matmuls (on by default for cuDNN) round to
-    # 10 mantissa bits, differently on the two paths
+    # 10 mantissa bits, differently on the two paths. Newer torch has its own switches for it.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    for switch in (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cuda, "matmul", None)):
+        if switch is not None and hasattr(switch, "fp32_precision"):
+            monkeypatch.setattr(switch, "fp32_precision", "ieee")
     ref, fast = _nets(space, 4, dtype=torch.float32)
     ref, fast = ref.cuda(), fast.cuda().to(memory_format=torch.channels_last)
     x = _x(torch.float32, n=8, size=16).cuda()

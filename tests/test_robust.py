@@ -455,7 +455,7 @@ def test_default_search_moves_the_architecture_weights(tmp_path):
     from pcdarts.analysis.stats import arch_weight_summary
     res = search({"run": {"out": str(tmp_path / "q"), "progress": False, "plots": False}})
     moved = arch_weight_summary(res.history[-1]["arch_weights"])
-    assert moved["entropy"] < 0.9, moved
+    assert moved["entropy"] < 0.95 and moved["max"] > 2 * moved["uniform"], moved  # 1.00 and 0.127 before
 
 
 

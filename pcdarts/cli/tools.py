@@ -139,7 +139,8 @@ def add_plan_subcommand(subparsers: Any) -> None:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--device", default="cpu", help="cpu | cuda (what to plan for)")
     p.add_argument("--budget-mib", type=float, default=None)
-    p.add_argument("--impl", default="fast", choices=["fast", "reference"])
+    p.add_argument("--impl", default="auto", choices=["auto", "fast", "reference"],
+                   help="supernet path planned for (auto: the one a search on --device uses)")
     p.add_argument("--no-amp", action="store_true", help="CUDA: plan without bf16 autocast")
     p.add_argument("--data-mib", type=float, default=0.0, help="dataset kept on the device")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")

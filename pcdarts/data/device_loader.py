@@ -159,7 +159,10 @@ class DeviceLoader:
         n_total = int(self.images.shape[0])
         perm = torch.randperm(n_total, generator=self._gen) if self.shuffle else torch.arange(n_total)
         self._order = perm[self.rank :: self.world_size][: self.num_samples].contiguous()  # CPU, for state_dict
-        self._order_dev = self._order.to(self.device)
+        if self.device.type == "cuda":  # pinned + non_blocking: no host sync at an epoch boundary
+            self._order_dev = self._order.pin_memory().to(self.device, non_blocking=True)
+        else:
+            self._order_dev = self._order.to(self.device)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -267,7 +270,10 @@ class DeviceLoader:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._order = order.clone()
-        self._order_dev = self._order.to(self.device)
+        if self.device.type == "cuda":  # pinned + non_blocking: no host sync at an epoch boundary
+            self._order_dev = self._order.pin_memory().to(self.device, non_blocking=True)
+        else:
+            self._order_dev = self._order.to(self.device)
 
 
 def _pad_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:

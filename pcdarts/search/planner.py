@@ -223,9 +223,11 @@ def measure_rss(step: _Step, batches: tuple[int, int] = RSS_BATCHES, repeats: in
 
 def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int = 16, layers: Optional[int] = None,
          k: Optional[int] = None, device: str = "cpu", input_size: int = 32, in_channels: int = 3,
-         num_classes: int = 10, budget_mib: Optional[float] = None, *, impl: str = "fast", amp: bool = True,
+         num_classes: int = 10, budget_mib: Optional[float] = None, *, impl: str = "auto", amp: bool = True,
          channel_mode: str = "first+shuffle", data_mib: float = 0.0, suggest: bool = True) -> PlanResult:
     """Estimate the peak memory of one search step (see the module docstring).
+
+    ``impl="auto"`` plans for the path a search on ``device`` uses (fast on CPU, reference on CUDA).
 
     Args:
         space, method, C, layers, k: as in the config (k None: the method's default K).
@@ -238,6 +240,8 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
             (the device loader keeps it there), added to the estimate.
         suggest: compute ``suggest_k`` (one more measurement per candidate K).
     """
+    from pcdarts.config import resolve_impl
+    impl = resolve_impl(impl, torch.device(device).type)
     from pcdarts.registry import METHODS
     from pcdarts.spaces import get_space
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
+from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
 from pcdarts.data.sources import load_dataset, split_indices
 from pcdarts.distributed import dist_info, require_single_process, resolve_device
 from pcdarts.errors import DivergenceError
@@ -133,7 +133,9 @@ class Searcher:
         masks = checkpoint["masks"] if checkpoint else None
         self.k = int(checkpoint.get("structure", {}).get("k", cfg.k)) if checkpoint else cfg.k
         options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
-        self.supernet = self.space.build_supernet(cfg.space, k=self.k, num_classes=self.num_classes,
+        self.impl = resolve_impl(cfg.space.impl, self.device.type)
+        self.supernet = self.space.build_supernet(dataclasses.replace(cfg.space, impl=self.impl), k=self.k,
+                                                  num_classes=self.num_classes,
                                                   in_channels=self.in_channels, masks=masks,
                                                   **options).to(self.device)
         if self.device.type == "cuda":
@@ -312,7 +314,7 @@ class Searcher:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
             utils.write_json(self.run_dir / "manifest.json",
                              utils.manifest(cfg.run.seed, str(self.device),
-                                            {"kind": "search", "world_size": self.dist.world_size,
+                                            {"kind": "search", "impl": self.impl, "world_size": self.dist.world_size,
                                              "data": self.data_info, "network": self._shape_info()}))
         steps = self.train_loader.steps_per_epoch
         ctx = self.context()
