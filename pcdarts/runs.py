@@ -10,6 +10,7 @@ at the next step boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -18,7 +19,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import yaml
@@ -223,6 +224,18 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).is_file() or any(self.path.glob(f"seed-*/{CHECKPOINT}"))
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[Path]:
+        """``with run_dir.claimed():`` around a run: :meth:`open` first, then :meth:`finish`
+        (commit, or put the old run back if the run failed before its first checkpoint)."""
+        self.open()
+        failed = True
+        try:
+            yield self.path
+            failed = False
+        finally:
+            self.finish(failed)
 
     def finish(self, failed: bool) -> None:
         """End of a run call: commit when a checkpoint exists, else abort (on failure) or commit."""

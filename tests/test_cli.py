@@ -164,3 +164,11 @@ def test_search_on_an_image_folder_is_one_config_block(tmp_path, capsys):
     assert manifest["data"]["n_weight"] + manifest["data"]["n_arch"] == 36
     code, _, err = run_cli(["search", "--data.input_size", "8", "--out", str(tmp_path / "r2"), *TINY], capsys)
     assert code == 2 and "data.input_size" in err
+
+
+def test_a_broken_subcommand_import_is_one_line(monkeypatch, capsys):
+    """A missing or broken module must not silently remove subcommands (nor print a traceback)."""
+    import sys
+    monkeypatch.setitem(sys.modules, "pcdarts.cli.tools", None)  # importing it now raises ImportError
+    code, _, err = run_cli(["info", "DARTS_V2"], capsys)
+    assert code == 1 and err.startswith("error: pcdarts is not installed correctly") and err.count("\n") == 1

@@ -296,14 +296,8 @@ class Searcher:
             stop_after_steps: stop after this many steps of this call, saving a mid-epoch
                 checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
         """
-        self.rundir.open()
-        failed = True
-        try:
-            result = self._run(stop_after_steps)
-            failed = False
-            return result
-        finally:
-            self.rundir.finish(failed)
+        with self.rundir.claimed():
+            return self._run(stop_after_steps)
 
     def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search

@@ -91,17 +91,10 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
     require_single_process("train")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config)
-    run = new_run_dir(cfg)
-    out = run.open()
-    failed = True
-    try:
+    with new_run_dir(cfg).claimed() as out:
         utils.write_json(out / SEEDS_FILE, {"seeds": list(seeds), "genotype": str(g), "config": cfg.to_dict()})
         save_genotype(g, out / "genotype.json")
-        result = _run_seeds(g, cfg, out, list(seeds), stop_after_steps)
-        failed = False
-        return result
-    finally:
-        run.finish(failed)
+        return _run_seeds(g, cfg, out, list(seeds), stop_after_steps)
 
 
 def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, **run: Any) -> SeedsResult:

@@ -194,14 +194,8 @@ class Trainer:
             stop_after_steps: stop after this many micro-batches of this call, at a step
                 boundary, checkpointing first (what Ctrl-C does; used by tests).
         """
-        self.rundir.open()
-        failed = True
-        try:
-            result = self._run(stop_after_steps)
-            failed = False
-            return result
-        finally:
-            self.rundir.finish(failed)
+        with self.rundir.claimed():
+            return self._run(stop_after_steps)
 
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
