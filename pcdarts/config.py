@@ -41,6 +41,9 @@ class DataConfig:
         train_portion: fraction of the training set that trains the weights; the rest
             trains the architecture (0.5 = the DARTS 25k/25k split).
         max_samples: use only this many training images (quick experiments); None = all.
+        split_seed: seed of the weight/architecture split and of the ``max_samples`` subset;
+            None = ``run.seed``. Fix it to compare search seeds on the same data (the
+            official DARTS code splits CIFAR-10 the same way for every seed).
         crop_padding: random-crop padding; None = the dataset's default (4 for CIFAR, 0 for digits).
         flip: random horizontal flip; None = the dataset's default (on for CIFAR, off for digits).
         cutout: cutout square side during search (0 = off).
@@ -52,6 +55,7 @@ class DataConfig:
     path: Optional[str] = None
     train_portion: Fraction = 0.5
     max_samples: Optional[Count] = None
+    split_seed: Optional[Seed] = None
     crop_padding: Optional[NonNegInt] = None
     flip: Optional[bool] = None
     cutout: NonNegInt = 0

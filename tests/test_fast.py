@@ -405,3 +405,34 @@ def test_widened_supernets_stay_equal_on_both_paths(space):
             break
     assert fast.state_dict().keys() == new.keys()
     _compare(space, ref, fast, _x())
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_reference_mode_runs_the_op_modules_so_hooks_fire(space):
+    """The fast path never calls the op modules (hooks would be ignored); ``with net.reference():``
+    runs them, on the same parameters and with the same result."""
+    _, fast = _nets(space, 2)
+    alphas, betas = _arch(space)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+             for e in fast.modules() if isinstance(e, MixedEdge) for m in e.ops.values()]
+    with torch.no_grad():
+        out_fast = fast(_x(), _mixing(space, alphas, betas))
+        assert not calls
+        with fast.reference():
+            out_ref = fast(_x(), _mixing(space, alphas, betas))
+        assert calls and not fast.use_reference
+    for h in hooks:
+        h.remove()
+    _close(out_fast, out_ref, "reference mode")
+
+
+def test_fast_path_refuses_a_primitive_it_has_no_kernel_for():
+    from pcdarts.nn.fast.blocks import NB201_KINDS, source_plans
+    from pcdarts.genotype.primitives import NB201_PRIMITIVES
+    _, fast = _nets("nb201", 1)
+    cell = next(c for c in fast.cells if hasattr(c, "edges"))
+    kinds = {k: v for k, v in NB201_KINDS.items() if k != "avg_pool_3x3"}
+    with pytest.raises(NotImplementedError, match="'avg_pool_3x3'.*space.impl=reference"):
+        source_plans(list(((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))), cell.edges, NB201_PRIMITIVES, kinds,
+                     3, 8, 1)

@@ -164,8 +164,9 @@ class Searcher:
         cfg, d = self.cfg, self.cfg.data
         ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels)
         images, labels = ds.images, ds.labels
+        split_seed = cfg.run.seed if d.split_seed is None else d.split_seed
         if d.max_samples is not None and d.max_samples < len(labels):
-            g = torch.Generator().manual_seed(cfg.run.seed)
+            g = torch.Generator().manual_seed(split_seed)
             keep = torch.randperm(len(labels), generator=g)[: d.max_samples]
             images, labels = images[keep], labels[keep]
         self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
@@ -177,7 +178,7 @@ class Searcher:
                       world_size=self.dist.world_size, channels_last=self.device.type == "cuda")
         # one device copy per split: the loaders that read the same split share it
         if METHODS.get(cfg.method_name).needs_arch_split:
-            w_idx, a_idx = split_indices(len(labels), d.train_portion, cfg.run.seed)
+            w_idx, a_idx = split_indices(len(labels), d.train_portion, split_seed)
             weight_split = images[w_idx].to(self.device), labels[w_idx].to(self.device)
             arch_split = images[a_idx].to(self.device), labels[a_idx].to(self.device)
         else:

@@ -219,9 +219,13 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
             yield n1
 
     def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:
+        if self.use_reference:
+            return super().forward_features(x, mixing)
         return [torch.cat(nodes, dim=1) for nodes in self._run(x, mixing)]
 
     def forward(self, x: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+        if self.use_reference:
+            return super().forward(x, mixing)
         for nodes in self._run(x, mixing):
             pass
         # global average pooling of a concatenation = concatenation of the per-node poolings

@@ -125,6 +125,8 @@ class FastNB201Supernet(NB201Supernet, FastOptions):
         return states[-1]
 
     def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:
+        if self.use_reference:
+            return super().forward_features(x, mixing)
         if self.channels_last:
             x = x.contiguous(memory_format=fo.CL)
         h = self.stem(x)

@@ -109,11 +109,14 @@ def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primiti
         out_edges = [e for e, (s, _) in enumerate(edge_list) if s == i]
         groups = []
         for o, name in enumerate(primitives):
-            if name not in kinds:
-                continue
             slots = [t for t, e in enumerate(out_edges) if o in edges[e].active]
-            if slots:
-                groups.append((kinds[name], o, slots))
+            if not slots:
+                continue  # none (never built) and pruned ops
+            if name not in kinds:
+                raise NotImplementedError(
+                    f"the fast supernet path has no kernel for the primitive {name!r} (it knows "
+                    f"{', '.join(sorted(kinds))}); build the supernet with space.impl=reference")
+            groups.append((kinds[name], o, slots))
         stride = edges[out_edges[0]].stride if out_edges else 1
         plans.append(SourcePlan(stride, C // k, out_edges, [edge_list[e][1] for e in out_edges], groups,
                                 len(primitives)))

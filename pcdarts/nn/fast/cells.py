@@ -30,7 +30,8 @@ edge order, before the cell runs), so equal seeds give equal results on both pat
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -53,6 +54,17 @@ class FastOptions:
 
     recompute: bool = True
     channels_last: bool = True
+    use_reference: bool = False
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """``with supernet.reference():`` runs the reference forward (every op module is
+        called, so forward hooks and parametrisations take effect) on the same parameters."""
+        before, self.use_reference = self.use_reference, True
+        try:
+            yield
+        finally:
+            self.use_reference = before
 
 
 def cell_plans(cell: nn.Module, edge_list: list[tuple[int, int]], primitives: tuple[str, ...],
