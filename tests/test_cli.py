@@ -169,6 +169,8 @@ def test_search_on_an_image_folder_is_one_config_block(tmp_path, capsys):
 def test_a_broken_subcommand_import_is_one_line(monkeypatch, capsys):
     """A missing or broken module must not silently remove subcommands (nor print a traceback)."""
     import sys
+    import pcdarts.cli
     monkeypatch.setitem(sys.modules, "pcdarts.cli.tools", None)  # importing it now raises ImportError
+    monkeypatch.delattr(pcdarts.cli, "tools", raising=False)
     code, _, err = run_cli(["info", "DARTS_V2"], capsys)
     assert code == 1 and err.startswith("error: pcdarts is not installed correctly") and err.count("\n") == 1

@@ -323,5 +323,6 @@ def test_folder_stream_resume_is_exact(tmp_path: Path) -> None:
 
 
 def test_bad_folder_gives_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(TrainError, match="data.path"):
+    from pcdarts.errors import PcdartsError  # one folder-layout rule (and error) for search and training
+    with pytest.raises(PcdartsError, match="data.path .*missing.* is not a folder"):
         train("DARTS_V2", tiny(tmp_path, data={"dataset": "folder", "path": str(tmp_path / "missing")}))

@@ -11,36 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 
-from pcdarts.data.sources import DataError, ImageDataset
-from pcdarts.data.folders import folder_info, load_folder_as_tensor, scan_folder
+from pcdarts.data.folders import folder_info, load_folder_as_tensor, scan_folder, split_roots
+from pcdarts.data.sources import DataError, ImageDataset, channel_stats
 from pcdarts.registry import DATASETS
 
 
 def _root(path: Optional[str], split: str) -> Path:
-    if not path:
-        raise DataError("dataset 'folder' needs a path: --data folder:/my/images (one sub-folder per class, "
-                        "optionally inside train/ and test/ or val/)")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"folder:{root}: no such folder; expected one sub-folder per class "
-                        "(optionally inside train/ and test/ or val/)")
-    if (root / "train").is_dir():
-        if split == "train":
-            return root / "train"
-        for name in ("test", "val"):
-            if (root / name).is_dir():
-                return root / name
-        raise DataError(f"folder:{root}: has train/ but no test/ or val/ folder for the test split")
-    if split == "test":
-        raise DataError(f"folder:{root}: no train/ + test/ (or val/) sub-folders, so there is no test split")
-    return root
-
-
-def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.float().div_(255.0)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    train, test = split_roots(path, field="--data folder:PATH")
+    if split == "train":
+        return train
+    if test is None:
+        raise DataError(f"folder:{path}: no train/ + test/ (or val/) sub-folders, so there is no test split")
+    return test
 
 
 @DATASETS.register("folder", description="image folder, one sub-folder per class (decoded once into memory)")
@@ -50,6 +33,6 @@ def load_folder_dataset(path: Optional[str], split: str, input_size: Optional[in
     scan = scan_folder(root)  # listed once, for the size and the images
     size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
     images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan)
-    mean, std = _stats(images)
+    mean, std = channel_stats(images)
     return ImageDataset(images=images, labels=labels, num_classes=len(classes), mean=mean, std=std,
                         name=f"folder:{root}", classes=list(classes))

@@ -44,6 +44,28 @@ class FolderError(PcdartsError, ValueError):
 
 
 # ----------------------------------------------------------------------------- scanning
+def split_roots(path: str | os.PathLike | None, test_path: str | os.PathLike | None = None,
+                field: str = "data.path") -> tuple[Path, Path | None]:
+    """(train folder, test folder or None) of an image-folder dataset: ``path/train`` with
+    ``path/test`` or ``path/val``, else ``path`` itself (no test split); ``test_path``, when
+    given, is the test folder. The one layout rule of search and training alike."""
+    if not path:
+        raise FolderError(f"{field}: dataset 'folder' needs the image folder, e.g. --data folder:/my/images "
+                          "(one sub-folder per class, optionally inside train/ and test/ or val/)")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FolderError(f"{field} {str(root)!r} is not a folder (no such folder); expected one sub-folder per "
+                          "class, optionally inside train/ and test/ or val/")
+    if test_path:
+        return root, Path(test_path).expanduser()
+    if (root / "train").is_dir():
+        for name in ("test", "val"):
+            if (root / name).is_dir():
+                return root / "train", root / name
+        return root / "train", None
+    return root, None
+
+
 def find_classes(root: str | os.PathLike) -> list[str]:
     """Sorted class-folder names under ``root`` (hidden folders are ignored).
 

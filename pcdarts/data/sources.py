@@ -142,6 +142,34 @@ def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torc
     return perm[:k].clone(), perm[k:].clone()
 
 
+def labels_fingerprint(labels: torch.Tensor) -> str:
+    """Short sha1 of a label tensor (the data fingerprint of run manifests)."""
+    return hashlib.sha1(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:12]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no full float copy)."""
+    c = images.shape[1]
+    s1 = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, images.shape[0], 4096):
+        x = images[i:i + 4096].to(torch.float64).div_(255.0).transpose(0, 1).reshape(c, -1)
+        s1 += x.sum(1)
+        s2 += (x * x).sum(1)
+    n = images.numel() // c
+    mean = s1 / max(n, 1)
+    std = (s2 / max(n, 1) - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(v) for v in mean), tuple(max(float(v), 1e-3) for v in std)
+
+
+def default_augment(dataset: str, input_size: int) -> tuple[int, bool]:
+    """(crop padding, horizontal flip) when the config leaves them unset: none for the
+    digits (flipping a digit changes it), else a padding of side/8 (4 at 32x32) and flips."""
+    if dataset == "digits":
+        return 0, False
+    return max(1, int(input_size) // 8), True
+
+
 def dataset_fingerprint(ds: ImageDataset) -> str:
     """Short sha1 of the labels and the image shape, for run manifests.
 

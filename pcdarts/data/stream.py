@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pcdarts.data.folders import FolderLoader, ImageFolderDataset, Scan, scan_folder, select_classes
+from pcdarts.data.folders import split_roots, FolderLoader, ImageFolderDataset, Scan, scan_folder, select_classes
 from pcdarts.train.config import TrainDataConfig, TrainError
 from pcdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -25,21 +25,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def folder_roots(d: TrainDataConfig) -> tuple[Path, Optional[Path]]:
     """(train folder, test folder or None when the train folder must be split)."""
-    if not d.path:
-        raise TrainError("data.path: dataset 'folder' needs the image folder, e.g. --data folder:/my/images "
-                         "(with train/ and test/ or val/ inside, or one sub-folder per class)")
-    root = Path(d.path).expanduser()
-    if not root.is_dir():
-        raise TrainError(f"data.path {str(root)!r} is not a folder; expected train/ + test/ (or val/) "
-                         "sub-folders, or one sub-folder per class")
-    if d.test_path:
-        return root, Path(d.test_path).expanduser()
-    if (root / "train").is_dir():
-        for name in ("test", "val"):
-            if (root / name).is_dir():
-                return root / "train", root / name
-        return root / "train", None
-    return root, None
+    return split_roots(d.path, d.test_path)
 
 
 def check_stats(d: TrainDataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

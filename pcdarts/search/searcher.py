@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from pcdarts import runs, utils
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
-from pcdarts.data.sources import load_dataset, split_indices
+from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
 from pcdarts.distributed import dist_info, require_single_process, resolve_device
 from pcdarts.errors import DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
@@ -35,9 +35,6 @@ from pcdarts.spaces import get_space
 
 CHECKPOINT = runs.CHECKPOINT
 
-# dataset name -> (crop padding, horizontal flip) used when the config leaves them unset
-AUGMENT_DEFAULTS = {"digits": (0, False)}
-DEFAULT_AUGMENT = (4, True)
 
 
 @dataclass
@@ -171,7 +168,7 @@ class Searcher:
             images, labels = images[keep], labels[keep]
         self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
         self.input_size = images.shape[-1]
-        pad, flip = AUGMENT_DEFAULTS.get(d.dataset, DEFAULT_AUGMENT)
+        pad, flip = default_augment(d.dataset, self.input_size)
         aug = Augment(crop_padding=pad if d.crop_padding is None else d.crop_padding,
                       flip=flip if d.flip is None else d.flip, cutout=d.cutout)
         common = dict(mean=ds.mean, std=ds.std, device=self.device, rank=self.dist.rank,
@@ -190,7 +187,7 @@ class Searcher:
                                         seed=cfg.run.seed + 1, **common)
         self.eval_loader = DeviceLoader(*arch_split, max(s.batch_size, 256), augment=None, shuffle=False,
                                         drop_last=False, **common)
-        self.data_info = {"dataset": d.spec, "fingerprint": _fingerprint(labels), "n_weight": len(w_idx),
+        self.data_info = {"dataset": d.spec, "fingerprint": labels_fingerprint(labels), "n_weight": len(w_idx),
                           "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
 
     def _zero_meters(self) -> dict[str, torch.Tensor]:
@@ -498,11 +495,6 @@ class Searcher:
         if "arch_rng" in ck:
             self.arch_generator.set_state(ck["arch_rng"])
         self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
-
-
-def _fingerprint(labels: torch.Tensor) -> str:
-    import hashlib
-    return hashlib.sha1(labels.numpy().tobytes()).hexdigest()[:12]
 
 
 def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",

@@ -14,7 +14,6 @@ once per command (:class:`_TrainFolder` carries the training folder's listing to
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pcdarts.data.sources import load_dataset
+from pcdarts.data.sources import channel_stats, default_augment, labels_fingerprint, load_dataset
 from pcdarts.data.folders import (ImageFolderDataset, Scan, folder_info, load_folder_as_tensor, make_folder_loader,
                       scan_folder)
 from pcdarts.data.device_loader import Augment, DeviceLoader
@@ -33,7 +32,6 @@ from pcdarts.data.stream import Batch, StreamSource, DeviceBatches, stream_sets,
 from pcdarts.data.transforms import eval_transform
 
 # dataset -> (crop padding, flip) when the config leaves them unset (DARTS CIFAR: 4, flip)
-AUGMENT_DEFAULTS = {"digits": (0, False)}
 MEMORY_LIMIT = 2 * 2**30  # "auto" keeps a folder in memory below this many uint8 bytes
 
 
@@ -106,21 +104,6 @@ def _adapt(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[i:i + 2048] = x.round().clamp(0, 255).to(torch.uint8)
     return out
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units (chunked)."""
-    c = images.shape[1]
-    s1 = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, images.shape[0], 4096):
-        x = images[i:i + 4096].to(torch.float64).div_(255.0).transpose(0, 1).reshape(c, -1)
-        s1 += x.sum(1)
-        s2 += (x * x).sum(1)
-    n = images.numel() // c
-    mean = s1 / max(n, 1)
-    std = (s2 / max(n, 1) - mean * mean).clamp_min(1e-12).sqrt()
-    return tuple(float(v) for v in mean), tuple(max(float(v), 1e-3) for v in std)
 
 
 @dataclass
@@ -214,10 +197,6 @@ def _num_classes(d: TrainDataConfig, found: int, *labels: torch.Tensor) -> int:
     return d.num_classes
 
 
-def _fingerprint(labels: torch.Tensor) -> str:
-    return hashlib.sha1(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:12]
-
-
 def _use_stream(d: TrainDataConfig, folder: _TrainFolder) -> bool:
     if d.loader == "memory":
         return False
@@ -260,7 +239,7 @@ def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: in
                 "classes": classes, "mean": list(mean), "std": list(std)}
         return TrainData(src, test_batches, num_classes, channels, size, info)
     arr, channels, size = load_arrays(d, folder)
-    pad_default, flip_default = AUGMENT_DEFAULTS.get(d.dataset, (max(1, size // 8), True))
+    pad_default, flip_default = default_augment(d.dataset, size)
     aug = Augment(crop_padding=pad_default if d.crop_padding is None else d.crop_padding,
                   flip=flip_default if d.flip is None else d.flip, cutout=cutout)
     common = dict(mean=arr.mean, std=arr.std, device=device, channels_last=channels_last)
@@ -271,7 +250,7 @@ def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: in
         test = DeviceLoader(arr.test_x, arr.test_y, eval_batch_size, augment=None, shuffle=False,
                             drop_last=False, **common)
     info = {"dataset": d.spec, "loader": "memory", "n_train": len(arr.train_y), "n_test": len(arr.test_y),
-            "fingerprint": _fingerprint(arr.train_y), "augment": dataclasses.asdict(aug),
+            "fingerprint": labels_fingerprint(arr.train_y), "augment": dataclasses.asdict(aug),
             "mean": list(arr.mean), "std": list(arr.std), "classes": arr.classes}
     return TrainData(train, test, arr.num_classes, channels, size, info)
 
