@@ -251,6 +251,22 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("train_"))
 
 
+def read_sections(path: Union[str, Path], what: str = "a preset") -> dict[str, dict[str, Any]]:
+    """A YAML file of config sections (a preset or a run's config.yaml) as a dict of dicts;
+    unreadable files, invalid YAML and non-mappings raise one ConfigError naming the file.
+    The one reader of search and training configs."""
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read {what}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(d, dict) or any(not isinstance(v, (dict, type(None))) for v in d.values()):
+        raise ConfigError(f"{p}: {what} must map section names to mappings of keys to values")
+    return {k: dict(v or {}) for k, v in d.items()}
+
+
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """The nested dict of a preset name (``pc-darts_cifar10``) or a YAML file path."""
     p = Path(name_or_path)
@@ -259,13 +275,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"unknown preset {name_or_path!r}; choose one of: {', '.join(preset_names())} "
                           "(or pass the path of a YAML file)")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: a preset must be a mapping of sections, got {type(d).__name__}")
-    return d
+    return read_sections(p)
 
 
 def parse_overrides(tokens: Sequence[str], *, example: str = "--search.epochs 50",
@@ -398,12 +408,7 @@ def merge_onto_preset(preset: str, d: dict[str, Any]) -> dict[str, Any]:
 
 def load_config_file(path: Union[str, Path]) -> Config:
     """Read a run's ``config.yaml`` back into a Config."""
-    p = Path(path)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read config: {e}") from None
-    return build_config(d)
+    return build_config(read_sections(path, "a run's config"))
 
 
 __all__ = [

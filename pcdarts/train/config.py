@@ -305,13 +305,14 @@ def load_train_preset(name_or_path: str) -> dict[str, Any]:
     if not p.is_file():
         raise TrainError(f"unknown training preset {name_or_path!r}; choose one of: "
                          f"{', '.join(train_preset_names())} (or pass the path of a YAML file)")
+    return _read(p, "a training preset")
+
+
+def _read(path: Union[str, Path], what: str) -> dict[str, dict[str, Any]]:
     try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TrainError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(d, dict) or any(not isinstance(v, (dict, type(None))) for v in d.values()):
-        raise TrainError(f"{p}: a training preset must map sections ({', '.join(SECTIONS)}) to mappings")
-    return {k: dict(v or {}) for k, v in d.items()}
+        return config.read_sections(path, what)
+    except ConfigError as e:
+        raise TrainError(str(e)) from None
 
 
 def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
@@ -348,14 +349,7 @@ def build_train_config(d: dict[str, Any]) -> TrainConfig:
 
 def load_train_config_file(path: Union[str, Path]) -> TrainConfig:
     """Read a run's ``config.yaml`` back into a TrainConfig."""
-    p = Path(path)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise TrainError(f"{p}: cannot read the training config: {e}") from None
-    if not isinstance(d, dict):
-        raise TrainError(f"{p}: not a training config (expected sections {', '.join(SECTIONS)})")
-    return build_train_config(d)
+    return build_train_config(_read(path, "a training run's config"))
 
 
 __all__ = [
