@@ -32,39 +32,51 @@ def resolve_impl(impl: str, device_type: str) -> str:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from and how the search splits them.
+class DataSource:
+    """The fields of a data block that search (:class:`DataConfig`) and training
+    (``pcdarts.train.config.TrainDataConfig``) share: one shape, one meaning.
 
     Attributes:
-        dataset: registered dataset name (``digits``, ``cifar10``, ``cifar100``).
+        dataset: registered dataset name (``digits``, ``cifar10``, ``cifar100``, ``folder``).
         path: archive or folder for datasets that need one.
-        train_portion: fraction of the training set that trains the weights; the rest
-            trains the architecture (0.5 = the DARTS 25k/25k split).
         max_samples: use only this many training images (quick experiments); None = all.
-        split_seed: seed of the weight/architecture split and of the ``max_samples`` subset;
-            None = ``run.seed``. Fix it to compare search seeds on the same data (the
-            official DARTS code splits CIFAR-10 the same way for every seed).
-        crop_padding: random-crop padding; None = the dataset's default (4 for CIFAR, 0 for digits).
-        flip: random horizontal flip; None = the dataset's default (on for CIFAR, off for digits).
-        cutout: cutout square side during search (0 = off).
-        input_size: image side for ``folder`` data (None = the smallest side of a sample image).
-        channels: 1 or 3 for ``folder`` data (None = 3).
+        crop_padding: random-crop padding; None = the dataset's default (0 for digits, side/8 else).
+        flip: random horizontal flip; None = the dataset's default (off for digits, on else).
+        input_size: square input side (None = the dataset's; folders: a sample image's shorter side).
+        channels: 1 or 3 (None = the dataset's; folders: 3).
     """
 
     dataset: str = "digits"
     path: Optional[str] = None
-    train_portion: Fraction = 0.5
     max_samples: Optional[Count] = None
-    split_seed: Optional[Seed] = None
     crop_padding: Optional[NonNegInt] = None
     flip: Optional[bool] = None
-    cutout: NonNegInt = 0
     input_size: Optional[Count] = None
     channels: Optional[Count] = None
 
     @property
     def spec(self) -> str:
+        """``NAME`` or ``NAME:PATH`` as written on the command line."""
         return f"{self.dataset}:{self.path}" if self.path else self.dataset
+
+
+@dataclass(frozen=True)
+class DataConfig(DataSource):
+    """Where the images come from and how the search splits them (the shared fields are
+    :class:`DataSource`'s).
+
+    Attributes:
+        train_portion: fraction of the training set that trains the weights; the rest
+            trains the architecture (0.5 = the DARTS 25k/25k split).
+        split_seed: seed of the weight/architecture split and of the ``max_samples`` subset;
+            None = ``run.seed``. Fix it to compare search seeds on the same data (the
+            official DARTS code splits CIFAR-10 the same way for every seed).
+        cutout: cutout square side during search (0 = off).
+    """
+
+    train_portion: Fraction = 0.5
+    split_seed: Optional[Seed] = None
+    cutout: NonNegInt = 0
 
 
 @dataclass(frozen=True)

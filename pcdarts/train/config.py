@@ -36,28 +36,24 @@ class TrainError(ConfigError):
 
 
 @dataclass(frozen=True)
-class TrainDataConfig:
-    """Where the images come from and how they are augmented.
+class TrainDataConfig(config.DataSource):
+    """Where the training images come from and how they are augmented. The fields shared
+    with the search (``dataset``, ``path``, ``max_samples``, ``crop_padding``, ``flip``,
+    ``input_size``, ``channels``) are :class:`pcdarts.config.DataSource`'s; for training,
+    ``dataset`` may also be ``folder`` (``path/train`` + ``path/test`` or ``path/val`` with one
+    sub-folder per class; a path without such split folders is split 90/10), tensor datasets
+    are resized / converted once to ``input_size`` / ``channels`` when those differ, and
+    ``crop_padding`` defaults to 4 for folders in memory.
 
     Attributes:
-        dataset: ``digits``, ``cifar10``, ``cifar100`` (tensor datasets) or ``folder``
-            (an image folder: ``path/train`` + ``path/test`` or ``path/val`` with one
-            sub-folder per class; a path without such split folders is split 90/10).
-        path: archive or folder of datasets that need one.
         test_path: explicit test folder (``folder`` only); then ``path`` is the train folder.
         test_portion: fraction held out as the test split when a folder has no split folders.
         split_seed: seed of that held-out split and of ``max_*_samples`` subsets. It is
             separate from ``run.seed`` so that several training seeds see the same test set.
-        input_size: square input side; None = the dataset's own (folder: first image's shorter side).
-            Tensor datasets are resized once when it differs.
-        channels: 1 or 3; None = the dataset's own (folder: 3). Tensor datasets are
-            converted (grey = channel mean, RGB = replicated grey) when it differs.
         num_classes: classifier outputs; None = from the dataset (folder: number of class folders).
         mean, std: per-channel normalisation in [0, 1] units; None = the dataset's
             (folder: measured on the training images in memory, ImageNet values when streaming).
-        max_samples, max_test_samples: seeded subsets for quick runs; None = all.
-        crop_padding: pad-and-crop padding; None = 4 for CIFAR and folders in memory, 0 for digits.
-        flip: horizontal flip; None = on for CIFAR and folders, off for digits.
+        max_test_samples: seeded subset of the test split for quick runs; None = all.
         loader: folders only: ``memory`` (decode once into a tensor, fast device loader),
             ``stream`` (decode per batch with worker processes, RandomResizedCrop + flip
             [+ colour jitter]; for ImageNet-sized data) or ``auto`` (memory when it fits in 2 GiB).
@@ -66,29 +62,17 @@ class TrainDataConfig:
         eval_batch_size: batch of the test pass; None = max(256, train batch).
     """
 
-    dataset: str = "digits"
-    path: Optional[str] = None
     test_path: Optional[str] = None
     test_portion: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.1
     split_seed: Seed = 0
-    input_size: Optional[Count] = None
-    channels: Optional[Count] = None
     num_classes: Optional[Annotated[int, Range(2)]] = None
     mean: Optional[Annotated[tuple[float, ...], Range()]] = None
     std: Optional[Annotated[tuple[float, ...], Range(0, lo_open=True)]] = None
-    max_samples: Optional[Count] = None
     max_test_samples: Optional[Count] = None
-    crop_padding: Optional[NonNegInt] = None
-    flip: Optional[bool] = None
     loader: str = "auto"
     workers: NonNegInt = 4
     color_jitter: bool = True
     eval_batch_size: Optional[Count] = None
-
-    @property
-    def spec(self) -> str:
-        """``NAME`` or ``NAME:PATH`` as written on the command line."""
-        return f"{self.dataset}:{self.path}" if self.path else self.dataset
 
 
 @dataclass(frozen=True)
