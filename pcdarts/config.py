@@ -152,17 +152,17 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Where and how a run executes.
+class RunOptions:
+    """Where and how a run executes: the fields search and training share.
 
     Attributes:
-        seed: seeds python, numpy and torch; the same seed on the same machine gives the same genotype.
-        out: run directory (None = ``runs/<space>-<method>-<dataset>-s<seed>-<time>``).
+        seed: seeds python, numpy and torch (and the data order); the same seed on the same
+            machine gives the same result.
+        out: run directory (None = ``runs/<what>-...-s<seed>-<time>``).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
-        overwrite: allow ``out`` to point at an existing run directory.
+        overwrite: allow ``out`` to point at an existing run directory (replaced without loss).
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
-        progress: show a progress bar.
-        plots: draw the final cell and the arch-weight curves into the run directory.
+        progress: show a progress bar (training: and one summary line per epoch).
         threads: CPU threads for PyTorch (process-wide); None = PyTorch's default. On a
             shared or busy machine 1 avoids stalls from oversubscribed threads.
     """
@@ -173,8 +173,18 @@ class RunConfig:
     overwrite: bool = False
     deterministic: bool = False
     progress: bool = True
-    plots: bool = True
     threads: Optional[Count] = None
+
+
+@dataclass(frozen=True)
+class RunConfig(RunOptions):
+    """The search's run section (:class:`RunOptions` plus its own fields).
+
+    Attributes:
+        plots: draw the final cell and the arch-weight curves into the run directory.
+    """
+
+    plots: bool = True
 
 
 SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "run": RunConfig}

@@ -150,27 +150,8 @@ class TrainLoopConfig:
 
 
 @dataclass(frozen=True)
-class TrainRunConfig:
-    """Where and how the run executes.
-
-    Attributes:
-        seed: seeds python, numpy, torch, the data order and augmentation.
-        out: run directory (None = ``runs/train-<dataset>-s<seed>-<time>``).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        overwrite: allow ``out`` to point at an existing run.
-        deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
-        progress: progress bar and one summary line per epoch.
-        threads: CPU threads for PyTorch (``torch.set_num_threads``, process-wide); None = PyTorch's
-            default. On a shared or busy machine 1 avoids stalls from oversubscribed threads.
-    """
-
-    seed: Seed = 0
-    out: Optional[str] = None
-    device: str = "auto"
-    overwrite: bool = False
-    deterministic: bool = False
-    progress: bool = True
-    threads: Optional[Count] = None
+class TrainRunConfig(config.RunOptions):
+    """Where and how the training run executes (:class:`pcdarts.config.RunOptions`)."""
 
 
 SECTIONS: dict[str, type] = {"data": TrainDataConfig, "model": ModelConfig, "train": TrainLoopConfig,
