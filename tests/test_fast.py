@@ -283,6 +283,9 @@ def _grads_on(net, space, x, y, alphas, amp):
 
 
 @pytest.mark.gpu
+@pytest.mark.xfail(reason="known bug found on an H200 (2026-11-30): the fast path's fp32 gradients differ from "
+                          "the reference on CUDA (max abs 0.012 / 0.031), not on the CPU; space.impl=auto uses "
+                          "the reference on CUDA until it is fixed", strict=False)
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 def test_cuda_fast_path_matches_reference(space, monkeypatch):
     # fp32 means fp32 here: TF32 convolutions and matmuls (on by default for cuDNN) round to
