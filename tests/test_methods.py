@@ -9,7 +9,7 @@ import pcdarts
 from pcdarts.config import SpaceConfig, build_config
 from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
 from pcdarts.methods.hypergrad import second_order_grads
-from pcdarts.registry import METHODS, SPACES
+from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 
@@ -80,7 +80,7 @@ def test_second_order_hypergradient_matches_double_backward():
     m_bufs = [0.1 * torch.randn_like(p) for p in W]
     lr, mu, wd = 0.05, 0.9, 3e-4
     info = WeightStepInfo(lr=lr, momentum=mu, weight_decay=wd, momentum_buffers=m_bufs)
-    ctx = SearchContext(supernet=net, objective=torch.nn.functional.cross_entropy, weight_params=W,
+    ctx = SearchContext(supernet=net, objective=OBJECTIVES.get("cross-entropy")(), weight_params=W,
                         weight_step_info=lambda: info)
     xt, yt = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
     xv, yv = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
@@ -172,8 +172,9 @@ def test_objective_keeps_float64_and_lifts_bf16():
     from pcdarts.registry import OBJECTIVES
     ce = OBJECTIVES.get("cross-entropy")()
     y = torch.tensor([0, 1])
-    assert ce(torch.randn(2, 3, dtype=torch.float64), y).dtype == torch.float64
-    assert ce(torch.randn(2, 3).bfloat16(), y).dtype == torch.float32
+    identity = lambda x, mixing: x  # noqa: E731  (a "supernet" that returns its input as logits)
+    assert ce(identity, (torch.randn(2, 3, dtype=torch.float64), y), None)[0].dtype == torch.float64
+    assert ce(identity, (torch.randn(2, 3).bfloat16(), y), None)[0].dtype == torch.float32
 
 
 # ---------------------------------------------------------------- DARTS-
@@ -322,3 +323,40 @@ def test_searcher_prune_frees_ops_and_carries_momentum(tiny):
     assert {id(p) for p in s.weight_params} == {id(p) for p in s.supernet.parameters()}
     assert torch.equal(s.optimizer.state[survivor]["momentum_buffer"], momentum)
     s.search_step(True, s.context())
+
+
+# ---------------------------------------------------------------- objectives own their forward
+
+def test_an_objective_with_parameters_reaches_the_optimiser_and_the_checkpoint(tiny, tmp_path):
+    """A registered objective that reads the supernet's stage outputs through a learned head:
+    its parameters are trained with the weights, its state is checkpointed, the loop is untouched."""
+    from pcdarts.objectives.base import Objective
+
+    class StageProbe(Objective):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.LazyLinear(10)
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, supernet, batch, mixing):
+            x, y = batch
+            feats = supernet.forward_features(x, mixing)[-1].mean((2, 3))
+            self.calls += 1
+            return torch.nn.functional.cross_entropy(self.head(feats), y), {"n": y.numel()}
+
+    name = "test-stage-probe"
+    if name not in OBJECTIVES:
+        OBJECTIVES.register(name)(StageProbe)
+    cfg = build_config(tiny(search={"objective": name}))
+    s = Searcher(cfg, new_run_dir(cfg))
+    s.search_step(True, s.context())  # materialises the lazy head
+    s._rebuild_optimizer()
+    head = list(s.objective.head.parameters())
+    assert all(any(p is q for q in s.weight_params) for p in head)
+    before = [p.detach().clone() for p in head]
+    s.search_step(True, s.context())
+    assert any(not torch.equal(a, p) for a, p in zip(before, head))
+    assert "valid_acc" not in s.evaluate() and "valid_loss" in s.evaluate()
+    assert int(s.state_dict()["objective"]["calls"]) >= 3
+    with pytest.raises(Exception, match="unknown objective"):
+        build_config(tiny(search={"objective": "nope"}))

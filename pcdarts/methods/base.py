@@ -34,7 +34,9 @@ class SearchContext:
 
     Attributes:
         supernet: the (possibly DDP-wrapped) supernet; call as ``supernet(x, mixing)``.
-        objective: ``objective(logits, y) -> loss``.
+        objective: ``objective(supernet, batch, mixing) -> (loss, metrics)`` (an
+            :class:`pcdarts.objectives.base.Objective`); metrics hold ``n`` and, for
+            classification, ``correct``.
         weight_params: the supernet weights, in optimiser order.
         weight_step_info: returns the current :class:`WeightStepInfo`.
         autocast: context-manager factory for mixed precision (a no-op on CPU).
@@ -52,7 +54,7 @@ class SearchContext:
     """
 
     supernet: nn.Module
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    objective: Callable[..., tuple[torch.Tensor, dict[str, Any]]]
     weight_params: list[nn.Parameter]
     weight_step_info: Callable[[], WeightStepInfo]
     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext
@@ -121,22 +123,22 @@ class Method:
     def on_epoch_end(self, epoch: int, ctx: SearchContext) -> None:
         pass
 
-    def extra_loss(self, ctx: SearchContext) -> Optional[torch.Tensor]:
+    def extra_loss(self, ctx: SearchContext, step: str) -> Optional[torch.Tensor]:
+        """A term added to the loss of a step (``step`` is ``"weight"`` or ``"arch"``, so a
+        regulariser can apply to the architecture step only); None = nothing."""
         return None
 
     def loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor],
-             mixing: Mixing) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of the supernet at ``mixing`` on ``batch``: the objective plus
+             mixing: Mixing, step: str = "arch") -> tuple[torch.Tensor, dict[str, Any]]:
+        """(loss, metrics) of the supernet at ``mixing`` on ``batch``: the objective plus
         :meth:`extra_loss`. The one loss of both steps: the weight step passes a detached
         mixing, the architecture step a live one."""
-        x, y = batch
         with ctx.autocast():
-            logits = ctx.supernet(x, mixing)
-        loss = ctx.objective(logits, y)
-        extra = self.extra_loss(ctx)
+            loss, metrics = ctx.objective(ctx.supernet, batch, mixing)
+        extra = self.extra_loss(ctx, step)
         if extra is not None:
             loss = loss + extra
-        return loss, logits
+        return loss, metrics
 
     def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
                   arch_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -106,7 +106,7 @@ class Darts(Method):
         self.optimizer.load_state_dict(state["optimizer"])
 
     # ---- the architecture step ---------------------------------------------
-    def _loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.loss(ctx, batch, self.mixing())  # the mixing with its graph to alpha/beta
 
     def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],
@@ -115,10 +115,10 @@ class Darts(Method):
         if self.cfg.order == 1:
             # first order: w is a constant; only d L_val / d alpha is needed, so autograd.grad
             # skips the weight-gradient kernels of the backward pass
-            loss, logits = self._loss(ctx, arch_batch)
+            loss, metrics = self._loss(ctx, arch_batch)
             grads = torch.autograd.grad(loss, params)
         else:
-            grads, loss, logits = second_order_grads(
+            grads, loss, metrics = second_order_grads(
                 lambda batch: self._loss(ctx, batch), params, ctx.weight_params, ctx.weight_step_info(),
                 train_batch, arch_batch, hvp_eps=self.cfg.hvp_eps, supernet=ctx.supernet)
         ctx.all_reduce_grads(grads)
@@ -128,8 +128,7 @@ class Darts(Method):
             nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        correct = (logits.detach().argmax(1) == arch_batch[1]).sum()
-        return {"loss": loss.detach(), "correct": correct, "n": arch_batch[1].numel()}
+        return {"loss": loss.detach(), **metrics}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pcdarts.methods.base import WeightStepInfo
 from pcdarts.utils import at_least_float32
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[Batch], tuple[torch.Tensor, dict]]
 
 
 def running_stats(module: Optional[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,11 +54,11 @@ def _zeros_for_none(grads: tuple[Optional[torch.Tensor], ...], like: list[torch.
 
 def second_order_grads(loss_fn: LossFn, arch_params: list[torch.Tensor], weights: list[torch.Tensor],
                        info: WeightStepInfo, train_batch: Batch, arch_batch: Batch, *, hvp_eps: float = 0.01,
-                       supernet: Optional[nn.Module] = None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+                       supernet: Optional[nn.Module] = None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """The unrolled hypergradient of ``arch_params``.
 
     Args:
-        loss_fn: ``batch -> (loss, logits)`` at the current weights, with a graph to ``arch_params``.
+        loss_fn: ``batch -> (loss, metrics)`` at the current weights, with a graph to ``arch_params``.
         arch_params: the architecture tensors to differentiate.
         weights: the supernet weights, in the weight optimiser's order.
         info: the weight optimiser's lr, momentum, weight decay and momentum buffers.
@@ -68,7 +68,7 @@ def second_order_grads(loss_fn: LossFn, arch_params: list[torch.Tensor], weights
             the virtual weights must not change (None: not protected).
 
     Returns:
-        (gradients of ``arch_params``, the validation loss at the virtual weights, its logits).
+        (gradients of ``arch_params``, the validation loss at the virtual weights, its metrics).
     """
     xi = info.lr
     backup = [p.detach().clone() for p in weights]
@@ -83,7 +83,7 @@ def second_order_grads(loss_fn: LossFn, arch_params: list[torch.Tensor], weights
                 step = step + info.momentum * m
             p.sub_(xi * step)
     saved = running_stats(supernet)
-    loss_val, logits = loss_fn(arch_batch)
+    loss_val, metrics = loss_fn(arch_batch)
     grads = torch.autograd.grad(loss_val, arch_params + weights, allow_unused=True)
     restore(saved)  # after the backward: the graph may hold the buffers it read
     g_arch = _zeros_for_none(grads[: len(arch_params)], arch_params)
@@ -108,7 +108,7 @@ def second_order_grads(loss_fn: LossFn, arch_params: list[torch.Tensor], weights
             p.copy_(b)
     # (g+ - g-) / (2 eps): parenthesised on purpose (the /2.*eps precedence bug, §1.9)
     hyper = [ga - xi * ((gp - gm) / (2 * eps)) for ga, gp, gm in zip(g_arch, g_plus, g_minus)]
-    return hyper, loss_val, logits
+    return hyper, loss_val, metrics
 
 
 __all__ = ["running_stats", "restore", "second_order_grads"]

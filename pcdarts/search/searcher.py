@@ -85,17 +85,17 @@ def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[t
     current mixing weights.
 
     The one weight step of every search: the Searcher (hence the benchmark) and the
-    memory planner call it. Returns (loss, logits), both still on the device.
+    memory planner call it. Returns (loss, the objective's metrics), still on the device.
     """
     with torch.no_grad():  # the weight step needs no graph through the architecture
         mixing = method.mixing()
     optimizer.zero_grad(set_to_none=True)
-    loss, logits = method.loss(ctx, batch, mixing)
+    loss, metrics = method.loss(ctx, batch, mixing, "weight")
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip)
     optimizer.step()
-    return loss, logits
+    return loss, metrics
 
 
 class Searcher:
@@ -144,9 +144,10 @@ class Searcher:
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
         self.method.generator = self.arch_generator
-        self.objective = OBJECTIVES.get("cross-entropy")().to(self.device)
+        self.objective = OBJECTIVES.get(cfg.search.objective)().to(self.device)
+        self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
-        self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
+        self.weight_params = self._live_weights()
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
         self.epoch, self.step = 0, 0
@@ -220,7 +221,7 @@ class Searcher:
         (widened like the weights for widened ones), the schedule kept on the global epoch."""
         s = self.cfg.search
         old = self.optimizer
-        self.weight_params[:] = [p for p in self.supernet.parameters() if p.requires_grad]  # the context shares it
+        self.weight_params[:] = self._live_weights()  # the context shares the list
         self.optimizer = weight_optimizer(self.weight_params, s)
         for p in self.weight_params:
             if p in old.state:
@@ -244,11 +245,12 @@ class Searcher:
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
         x, y = batch
-        loss, logits = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
+        loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
         self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
-        m["correct"] += (logits.detach().argmax(1) == y).sum()
+        self.objective_has_accuracy = "correct" in metrics  # a Python check: no sync
+        m["correct"] += metrics.get("correct", 0)
         m["n"] += y.numel()
 
     def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
@@ -264,24 +266,35 @@ class Searcher:
                     self.watch.observe("arch", out["loss"])
                     m = self.meters
                     m["arch_loss"] += out["loss"].double() * out["n"]
-                    m["arch_correct"] += out["correct"]
+                    m["arch_correct"] += out.get("correct", 0)
                     m["arch_n"] += out["n"]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy of the current supernet on the whole architecture split (eval mode)."""
         self.supernet.eval()
+        self.objective.eval()
         mixing = self.method.mixing()
         tot = torch.zeros(3, device=self.device, dtype=torch.float64)
+        has_acc = True
         for x, y in self.eval_loader:
             with self._autocast():
-                logits = self.supernet(x, mixing)
-            tot += torch.stack([self.objective(logits, y).double() * y.numel(),
-                                (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), device=self.device,
-                                                                                      dtype=torch.float64)])
+                loss, metrics = self.objective(self.supernet, (x, y), mixing)
+            has_acc = has_acc and "correct" in metrics
+            tot[0] += loss.double() * y.numel()
+            tot[1] += metrics.get("correct", 0)
+            tot[2] += y.numel()
         self.supernet.train()
+        self.objective.train()
         loss, correct, n = tot.tolist()
-        return {"valid_loss": loss / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+        out = {"valid_loss": loss / max(n, 1)}
+        if has_acc:
+            out["valid_acc"] = 100.0 * correct / max(n, 1)
+        return out
+
+    def _live_weights(self) -> list[nn.Parameter]:
+        """The weights the weight optimiser trains: the supernet's and the objective's (a decoder)."""
+        return [p for m in (self.supernet, self.objective) for p in m.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after_steps: Optional[int] = None) -> SearchResult:
@@ -359,8 +372,10 @@ class Searcher:
     def _postfix(self) -> dict[str, str]:
         m = self.meters
         n = max(float(m["n"]), 1.0)
-        out = {"loss": f"{float(m['loss']) / n:.3f}", "acc": f"{100 * float(m['correct']) / n:.1f}"}
-        if float(m["arch_n"]) > 0:
+        out = {"loss": f"{float(m['loss']) / n:.3f}"}
+        if self.objective_has_accuracy:
+            out["acc"] = f"{100 * float(m['correct']) / n:.1f}"
+        if float(m["arch_n"]) > 0 and self.objective_has_accuracy:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
 
@@ -394,12 +409,15 @@ class Searcher:
         m = {k: float(v) for k, v in self.meters.items()}
         rec: dict[str, Any] = {
             "epoch": self.epoch, "lr": lr,
-            "train_loss": m["loss"] / max(m["n"], 1), "train_acc": 100 * m["correct"] / max(m["n"], 1),
+            "train_loss": m["loss"] / max(m["n"], 1),
             "arch_active": self.method.is_arch_active(self.epoch),
         }
+        if self.objective_has_accuracy:
+            rec["train_acc"] = 100 * m["correct"] / max(m["n"], 1)
         if m["arch_n"] > 0:
             rec["arch_loss"] = m["arch_loss"] / m["arch_n"]
-            rec["arch_acc"] = 100 * m["arch_correct"] / m["arch_n"]
+            if self.objective_has_accuracy:
+                rec["arch_acc"] = 100 * m["arch_correct"] / m["arch_n"]
         last = self.epoch == s.epochs - 1
         if last or (s.eval_every and (self.epoch + 1) % s.eval_every == 0):
             rec.update(self.evaluate())
@@ -467,6 +485,7 @@ class Searcher:
             "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
             "structure": {"k": self.k},
             "method": self.method.state_dict(),
+            "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loaders": {"train": self.train_loader.state_dict(), "arch": self.arch_loader.state_dict()},
@@ -485,6 +504,7 @@ class Searcher:
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
         self.supernet.load_state_dict(ck["supernet"])
         self.method.load_state_dict(ck["method"])
+        self.objective.load_state_dict(ck.get("objective", {}))
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.train_loader.load_state_dict(ck["loaders"]["train"])
