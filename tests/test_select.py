@@ -151,3 +151,48 @@ def test_malformed_genotype_file_names_the_file_and_field(tmp_path):
         load_genotype(p)
     with pytest.raises(GenotypeError, match="published"):
         load_genotype("NOT_A_CELL")
+
+
+# ---------------------------------------------------------------- named derive rules, scorers with data
+
+def test_node_pairs_rule_keeps_the_two_best_pairs_which_may_share_an_input():
+    from pcdarts.spaces import get_space
+    space = get_space("darts")
+    E, O = 14, len(space.primitives)
+    s = torch.full((E, O), 0.01)
+    conv, skip = space.primitives.index("sep_conv_3x3"), space.primitives.index("skip_connect")
+    s[0, conv], s[0, skip] = 0.9, 0.8  # node 2: both best pairs come from input 0
+    s[1, conv] = 0.5
+    scores = {"normal": s, "reduce": s.clone()}
+    pairs = space.derive(scores, rule="node-pairs")
+    assert pairs.normal[:2] == (("sep_conv_3x3", 0), ("skip_connect", 0))
+    darts = space.derive(scores)  # the default rule: two distinct inputs
+    assert darts.normal[:2] == (("sep_conv_3x3", 0), ("sep_conv_3x3", 1))
+    with pytest.raises(Exception, match="unknown derive rule 'x'.*darts, node-pairs"):
+        space.derive(scores, rule="x")
+
+
+def test_a_scorer_reads_the_supernet_and_data_through_the_context(tiny):
+    """The scorer seam: a registered scorer gets the method and the search context (supernet,
+    sample_batches); drawing batches never moves the training loaders."""
+    from pcdarts.config import build_config
+    from pcdarts.registry import SELECTORS
+    from pcdarts.search.searcher import Searcher, new_run_dir
+
+    seen = {}
+
+    def data_scorer(method, ctx):
+        batches = ctx.sample_batches(2, "train")
+        seen["n"] = sum(len(y) for _, y in batches)
+        seen["same"] = torch.equal(batches[0][0], ctx.sample_batches(1, "train")[0][0])
+        return {ct: torch.rand(a.shape) for ct, a in method.alphas.items()}
+
+    if "test-data-scorer" not in SELECTORS:
+        SELECTORS.register("test-data-scorer")(data_scorer)
+    cfg = build_config(tiny(method={"name": "pc-darts", "selector": "test-data-scorer", "derive_rule": "node-pairs",
+                                    "warmup_epochs": 0, "k": 2}))
+    s = Searcher(cfg, new_run_dir(cfg))
+    pos = (s.train_loader.epoch, s.train_loader.position)
+    g = s.derive()
+    assert seen == {"n": 24, "same": True} and (s.train_loader.epoch, s.train_loader.position) == pos
+    assert len(g.normal) == 8

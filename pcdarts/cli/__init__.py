@@ -151,7 +151,7 @@ def derive_from_run(run_dir: str | Path) -> Any:
     space = get_space(cfg.space.name)
     method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
     method.load_state_dict(ck["method"])
-    return space.derive(method.scores(), ck.get("masks") or None)
+    return space.derive(method.scores(), ck.get("masks") or None, method.derive_rule())
 
 
 def cmd_show(args: argparse.Namespace) -> int:

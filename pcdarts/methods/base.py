@@ -42,6 +42,9 @@ class SearchContext:
         autocast: context-manager factory for mixed precision (a no-op on CPU).
         epoch: the current epoch (0-based).
         epochs: the search's total epochs; steps_per_epoch: weight steps per epoch.
+        sample_batches: ``sample_batches(n, split)`` -> the first ``n`` batches of a fixed,
+            un-augmented, unshuffled view of the ``"train"`` or ``"arch"`` split, for scorers
+            that need data; it never moves the training loaders.
         generator: the generator every architecture random draw should use (Dirichlet
             samples, random masks), seeded from the run seed and kept in the checkpoint.
         prune: ``prune(masks)`` removes the ops whose mask entry (cell type -> [E, O]) is
@@ -62,6 +65,7 @@ class SearchContext:
     epochs: int = 1
     steps_per_epoch: int = 1
     generator: Optional[torch.Generator] = None
+    sample_batches: Callable[[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = lambda n, split: []
     prune: Callable[[dict[str, torch.Tensor]], None] = lambda masks: None
     widen: Callable[[int], None] = lambda k: None
     all_reduce_grads: Callable[[Sequence[torch.Tensor]], None] = lambda grads: None
@@ -104,9 +108,14 @@ class Method:
     def is_arch_active(self, epoch: int) -> bool:
         return self.has_arch and epoch >= getattr(self.cfg, "warmup_epochs", 0)
 
-    def scores(self) -> dict[str, torch.Tensor]:
-        """Final [E, O] scores per cell type for ``space.derive``."""
+    def scores(self, ctx: Optional["SearchContext"] = None) -> dict[str, torch.Tensor]:
+        """Final [E, O] scores per cell type for ``space.derive`` (``ctx`` lets a scorer read
+        the supernet and data; None outside a search)."""
         raise NotImplementedError
+
+    def derive_rule(self) -> Optional[str]:
+        """The space's derive rule this method uses (None = the space's default)."""
+        return None
 
     def arch_weights(self) -> dict[str, Any]:
         """JSON-friendly architecture weights for history.jsonl: ``{"arch_weights": {cell type: [E][O]},

@@ -29,6 +29,8 @@ class DartsConfig:
         k: default partial-channel factor for this method (space.k overrides).
         init_scale: alpha, beta <- init_scale * N(0, 1).
         selector: registered scorer that turns the state into final scores.
+        derive_rule: the space's derive rule (DARTS space: ``darts``, top-2 distinct inputs,
+            or ``node-pairs``, top-2 (op, input) pairs; NB201: ``argmax``); None = the space's default.
         hvp_eps: the finite-difference radius is hvp_eps / ||v|| (second order).
     """
 
@@ -42,6 +44,7 @@ class DartsConfig:
     k: Count = 1
     init_scale: Rate = 1e-3
     selector: str = "alpha"
+    derive_rule: Optional[str] = None
     hvp_eps: Positive = 0.01
 
     def __post_init__(self) -> None:
@@ -86,9 +89,12 @@ class Darts(Method):
         edges = None if betas is None else {ct: normalise_edges(b, self.node_edges) for ct, b in betas.items()}
         return Mixing(ops=ops, edges=edges)
 
-    def scores(self) -> dict[str, torch.Tensor]:
+    def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
         from pcdarts.registry import SELECTORS
-        return SELECTORS.get(self.cfg.selector)(self.alphas, self.betas, self.node_edges)
+        return SELECTORS.get(self.cfg.selector)(self, ctx)
+
+    def derive_rule(self) -> Optional[str]:
+        return self.cfg.derive_rule
 
     def arch_weights(self) -> dict[str, Any]:
         with torch.no_grad():

@@ -169,7 +169,7 @@ class DrNAS(Darts):
     def _masked_softmax(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x.masked_fill(~mask, float("-inf")), dim=-1)
 
-    def scores(self) -> dict[str, torch.Tensor]:
+    def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
         out = {}
         for ct, mask in self.masks().items():
             eta = self.alphas[ct].detach().float()

@@ -1,11 +1,10 @@
-"""Scorers: pure functions from architecture state to [E, O] scores that ``space.derive`` reads.
-
-Used for the final derivation (and, later, for pruning during search). No data or
-search-loop imports here.
-"""
+"""The ``alpha`` scorer: softmax(alpha) (times the normalised beta) as the [E, O] scores
+``space.derive`` reads. A registered scorer is called as ``scorer(method, ctx)``: it may
+read the method's state, the supernet (``ctx.supernet``) and data (``ctx.sample_batches``);
+``ctx`` is None when no search is running (``pcdarts derive``)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -14,6 +13,11 @@ from pcdarts.registry import SELECTORS
 
 
 @SELECTORS.register("alpha", description="softmax(alpha), times the normalised beta when present")
+def alpha_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
+    """The registered form: reads ``method.alphas``, ``method.betas`` and ``method.node_edges``."""
+    return alpha_beta_scores(method.alphas, method.betas, method.node_edges)
+
+
 def alpha_beta_scores(alpha: dict[str, torch.Tensor], beta: Optional[dict[str, torch.Tensor]],
                       node_edges: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """W[e, o] = softmax_o(alpha[e]) * softmax_{edges into node}(beta)[e] (ALGORITHMS §2.3)."""

@@ -188,6 +188,8 @@ class Searcher:
                                         seed=cfg.run.seed + 1, **common)
         self.eval_loader = DeviceLoader(*arch_split, max(s.batch_size, 256), augment=None, shuffle=False,
                                         drop_last=False, **common)
+        self._splits = {"train": weight_split, "arch": arch_split}
+        self._loader_common = common
         self.data_info = {"dataset": d.spec, "fingerprint": labels_fingerprint(labels), "n_weight": len(w_idx),
                           "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
 
@@ -240,7 +242,8 @@ class Searcher:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
                              epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
-                             generator=self.arch_generator, prune=self.prune, widen=self.widen)
+                             generator=self.arch_generator, prune=self.prune, widen=self.widen,
+                             sample_batches=self.sample_batches)
 
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
@@ -456,7 +459,22 @@ class Searcher:
         return out
 
     def derive(self) -> Genotype:
-        return self.space.derive(self.method.scores(), getattr(self.supernet, "masks", None))
+        return self.space.derive(self.method.scores(self.context()), getattr(self.supernet, "masks", None),
+                                 self.method.derive_rule())
+
+    def sample_batches(self, n: int, split: str = "arch") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` batches of a fixed, un-augmented view of a split (for scorers)."""
+        if split not in self._splits:
+            raise ValueError(f"sample_batches: split must be one of {', '.join(self._splits)}, got {split!r}")
+        images, labels = self._splits[split]  # a fresh view each time: no loader position moves
+        view = DeviceLoader(images, labels, self.eval_loader.batch_size, augment=None, shuffle=False,
+                            drop_last=False, **self._loader_common)
+        out = []
+        for batch in view:
+            if len(out) == n:
+                break
+            out.append(batch)
+        return out
 
     def _finish(self) -> SearchResult:
         genotype = self.derive()

@@ -38,10 +38,19 @@ class SearchSpace:
                        masks: Optional[dict[str, torch.Tensor]] = None, aux_skip: bool = False) -> nn.Module:
         raise NotImplementedError
 
-    def derive(self, scores: dict[str, torch.Tensor],
-               masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
-        """Pure function: per-cell-type [E, O] scores (and optional op masks) -> genotype."""
-        raise NotImplementedError
+    # name -> rule(scores, masks, primitives) -> Genotype; the first is the space's default
+    derive_rules: dict[str, Any] = {}
+
+    def derive(self, scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
+               rule: Optional[str] = None) -> Genotype:
+        """Pure function: per-cell-type [E, O] scores (and optional op masks) -> genotype,
+        by the named derive ``rule`` (None = the space's default)."""
+        name = rule or next(iter(self.derive_rules))
+        if name not in self.derive_rules:
+            from pcdarts.errors import ConfigError
+            raise ConfigError(f"unknown derive rule {name!r} for the {self.name} space; "
+                              f"choose one of: {', '.join(self.derive_rules)}")
+        return self.derive_rules[name](scores, masks, self.primitives)
 
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
                        input_size: int) -> dict[str, float]:

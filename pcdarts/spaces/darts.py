@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.nn.edges import MixedEdge, Mixing
-from pcdarts.genotype import DartsGenotype, Genotype
+from pcdarts.genotype import DartsGenotype
 from pcdarts.nn.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
 from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.fast.blocks import DARTS_KINDS, darts_block
@@ -178,6 +178,29 @@ def derive_darts(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torc
     return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
 
 
+def derive_node_pairs(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
+                      primitives: tuple[str, ...] = DARTS_PRIMITIVES) -> DartsGenotype:
+    """Node-pairs rule (IS-DARTS): per node keep the 2 (op, input) pairs with the largest
+    score over all its incoming edges and ops (``none`` excluded); the two may share an input."""
+    none = primitives.index("none") if "none" in primitives else None
+    cells = {}
+    for ct in ("normal", "reduce"):
+        s = masked_scores(scores[ct], None if masks is None else masks.get(ct))
+        if none is not None:
+            s[:, none] = float("-inf")
+        chosen = []
+        for j, group in enumerate(darts_node_edges(_nodes_for_edges(s.shape[0]))):
+            block = s[group]  # [inputs, O]
+            flat = [(-float(block[t, o]), t, o) for t in range(block.shape[0]) for o in range(block.shape[1])]
+            best = sorted(v for v in flat if v[0] != float("inf"))[:2]  # ties: lower input, then lower op
+            if len(best) < 2:
+                raise ValueError(f"{ct} cell node {j + 2}: fewer than two live (op, input) pairs; cannot derive")
+            chosen += [(primitives[o], t) for _, t, o in best]
+        cells[ct] = tuple(chosen)
+    concat = tuple(range(2, 2 + len(cells["normal"]) // 2))
+    return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+
+
 def _nodes_for_edges(E: int) -> int:
     n, total = 0, 0
     while total < E:
@@ -251,6 +274,5 @@ class DartsSpace(SearchSpace):
             return FastDartsSupernet(**kwargs)  # the optimised path (same parameters, same maths)
         return DartsSupernet(**kwargs)
 
-    def derive(self, scores: dict[str, torch.Tensor],
-               masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
-        return derive_darts(scores, masks, self.primitives)
+    derive_rules = {"darts": lambda s, m, p: derive_darts(s, m, p),
+                    "node-pairs": lambda s, m, p: derive_node_pairs(s, m, p)}

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.nn.edges import MixedEdge, Mixing
-from pcdarts.genotype import NB201_EDGES, Genotype, NB201Genotype
+from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.nn.ops import NB201_PRIMITIVES, ResNetReduction, nb201_ops
 from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.fast.blocks import NB201_KINDS, nb201_block
@@ -157,6 +157,4 @@ class NB201Space(SearchSpace):
             return FastNB201Supernet(**kwargs)
         return NB201Supernet(**kwargs)
 
-    def derive(self, scores: dict[str, torch.Tensor],
-               masks: Optional[dict[str, torch.Tensor]] = None) -> Genotype:
-        return derive_nb201(scores, masks, self.primitives)
+    derive_rules = {"argmax": lambda s, m, p: derive_nb201(s, m, p)}
