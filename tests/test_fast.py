@@ -439,3 +439,52 @@ def test_fast_path_refuses_a_primitive_it_has_no_kernel_for():
     with pytest.raises(NotImplementedError, match="'avg_pool_3x3'.*space.impl=reference"):
         source_plans(list(((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))), cell.edges, NB201_PRIMITIVES, kinds,
                      3, 8, 1)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("k,mode", [(1, "first+shuffle"), (2, "first+shuffle"), (2, "random")])
+def test_active_op_sets_and_per_cell_weights_are_the_same_on_both_paths(space, k, mode):
+    """Mixing.active (ops run this step; the others skipped like pruned ones) and Mixing.cells
+    (one cell's own weights) give the same outputs and gradients on both paths."""
+    ref, fast = _nets(space, k, mode)
+    E, O, cts = SHAPES[space]
+    g = torch.Generator().manual_seed(5)
+    active = {ct: torch.rand(E, O, generator=g) < 0.5 for ct in cts}
+    cell_idx = next(i for i, c in enumerate(ref.cells) if hasattr(c, "edges"))
+    own = torch.softmax(torch.randn(E, O, generator=g, dtype=torch.float64), -1)
+
+    def run(net):
+        alphas, betas = _arch(space)
+        torch.manual_seed(7)
+        mix = _mixing(space, alphas, betas)
+        mix.active, mix.cells = active, {cell_idx: own}
+        out = net(_x(), mix)
+        grads = torch.autograd.grad(_loss(out), list(alphas.values()) + list(net.parameters()), allow_unused=True)
+        return out.detach(), grads
+
+    (out_r, g_r), (out_f, g_f) = run(ref), run(fast)
+    _close(out_f, out_r, "output")
+    with torch.no_grad():  # the cell's own weights are used (not its type's)
+        alphas, betas = _arch(space)
+        torch.manual_seed(7)
+        plain = _mixing(space, alphas, betas)
+        plain.active = active
+        assert not torch.allclose(ref(_x(), plain), out_r)
+    for i, (a, b) in enumerate(zip(g_f, g_r)):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            _close(a, b, f"grad {i}")
+    # inactive ops are not executed (reference: hooks on the op modules)
+    calls = []
+    hooks = [edge.ops[str(o)].register_forward_hook(lambda *_: calls.append(1))
+             for c in ref.cells if hasattr(c, "edges") for e, edge in enumerate(c.edges) for o in edge.active
+             if not active[ref.cell_type(c) if hasattr(ref, "cell_type") else "cell"][e][o]]
+    with torch.no_grad():
+        alphas, betas = _arch(space)
+        mix = _mixing(space, alphas, betas)
+        mix.active = active
+        ref(_x(), mix)
+    for h in hooks:
+        h.remove()
+    assert hooks and not calls

@@ -30,14 +30,32 @@ class Mixing:
             the op weights (DARTS-), or None. The supernet must have been built with
             ``aux_skip=True`` (identity on stride-1 edges, non-affine FactorizedReduce on
             stride-2 edges); the term is added after the edge weight.
+        cells: optional per-cell op weights, cell index (position in ``supernet.cells``) ->
+            [E, O]; they replace ``ops[cell type]`` for that cell.
+        active: optional per cell type [E, O] booleans (a CPU tensor) of the ops to run this
+            step (single-path and sampled steps); inactive ops are skipped like pruned ones.
     """
 
     ops: dict[str, torch.Tensor]
     edges: Optional[dict[str, torch.Tensor]] = None
     aux_skip: Optional[torch.Tensor | float] = None
+    cells: Optional[dict[int, torch.Tensor]] = None
+    active: Optional[dict[str, torch.Tensor]] = None
 
     def edge_weights(self, cell_type: str) -> Optional[torch.Tensor]:
         return None if self.edges is None else self.edges.get(cell_type)
+
+    def weights_for(self, cell_type: str, index: int) -> torch.Tensor:
+        """The [E, O] op weights of the cell at ``index`` (its own, else its type's)."""
+        if self.cells is not None and index in self.cells:
+            return self.cells[index]
+        return self.ops[cell_type]
+
+    def active_for(self, cell_type: str) -> Optional[list[list[bool]]]:
+        """The active-op booleans of a cell type as nested lists (None = every built op)."""
+        if self.active is None or cell_type not in self.active:
+            return None
+        return self.active[cell_type].tolist()
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -158,9 +176,11 @@ class MixedEdge(nn.Module):
         self.k = k
         return moved
 
-    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, active: Optional[Sequence[bool]] = None) -> torch.Tensor:
         out = None
         for i in self.active:
+            if active is not None and not active[i]:
+                continue
             y = weights[i] * self.ops[str(i)](x)
             out = y if out is None else out + y
         if out is None:  # every op pruned: the edge carries zeros
@@ -168,21 +188,23 @@ class MixedEdge(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                edge_weight: Optional[torch.Tensor] = None, aux_coef: Optional[object] = None) -> torch.Tensor:
+                edge_weight: Optional[torch.Tensor] = None, aux_coef: Optional[object] = None,
+                active: Optional[Sequence[bool]] = None) -> torch.Tensor:
         """Args: x [N, C, H, W]; weights [O] op weights; edge_weight scalar or None;
-        aux_coef: coefficient of the auxiliary skip (needs ``aux_skip=True``), or None."""
+        aux_coef: coefficient of the auxiliary skip (needs ``aux_skip=True``), or None;
+        active: [O] booleans of the ops to run this step (None = every built op)."""
         k = self.k
         if k == 1:
-            out = self._mix(x, weights)
+            out = self._mix(x, weights, active)
         elif self.channel_mode == "random":
             # a fresh random subset of C/K channels per edge per step; processed channels
             # return to their own positions, the rest pass through untouched
             idx = torch.randperm(self.C, device=x.device)[: self.C // k]
-            y = self._mix(x.index_select(1, idx), weights)
+            y = self._mix(x.index_select(1, idx), weights, active)
             out = bypass(x, self.stride).index_copy(1, idx, y)
         else:
             c = self.C // k
-            y = self._mix(x[:, :c], weights)
+            y = self._mix(x[:, :c], weights, active)
             rest = bypass(x[:, c:], self.stride)
             if self.channel_mode == "first+shuffle":
                 out = channel_shuffle(torch.cat([y, rest], dim=1), k)

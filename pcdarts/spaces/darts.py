@@ -49,14 +49,15 @@ class SearchCell(nn.Module):
                 e += 1
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None) -> torch.Tensor:
+                edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None,
+                active: Optional[list[list[bool]]] = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         e = 0
         for j in range(self.nodes):
             s = None
             for i, h in enumerate(states):
                 ew = None if edge_weights is None else edge_weights[e]
-                y = self.edges[e](h, weights[e], ew, aux_coef)
+                y = self.edges[e](h, weights[e], ew, aux_coef, None if active is None else active[e])
                 s = y if s is None else s + y
                 e += 1
             states.append(s)
@@ -124,9 +125,10 @@ class DartsSupernet(nn.Module):
         s0 = self.stem(x)
         s1 = self.stem1(s0) if self.stem1 is not None else s0
         feats = []
-        for cell in self.cells:
+        for i, cell in enumerate(self.cells):
             ct = self.cell_type(cell)
-            s0, s1 = s1, cell(s0, s1, mixing.ops[ct], mixing.edge_weights(ct), mixing.aux_skip)
+            s0, s1 = s1, cell(s0, s1, mixing.weights_for(ct, i), mixing.edge_weights(ct), mixing.aux_skip,
+                              mixing.active_for(ct))
             feats.append(s1)
         return feats
 
@@ -221,10 +223,11 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
                            for i in range(len(group))]
 
     def cell_forward(self, cell: SearchCell, s0: list[torch.Tensor], s1: list[torch.Tensor], weights: torch.Tensor,
-                     edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None) -> list[torch.Tensor]:
+                     edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None,
+                     active: Optional[list[list[bool]]] = None) -> list[torch.Tensor]:
         """A cell on node lists: inputs and output are the nodes whose concatenation is the
         reference cell's input/output (the concatenation itself is never materialised)."""
-        plans = cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2)
+        plans = cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2, active)
         states = [preprocess(cell.preprocess0, s0), preprocess(cell.preprocess1, s1)]
         states = run_cell(cell, plans, darts_block, states, darts_node_edges(self.nodes), self._edge_list,
                            weights, edge_weights, self.recompute, aux_coef)
@@ -236,9 +239,10 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
         s0 = self.stem(x)
         s1 = self.stem1(s0) if self.stem1 is not None else s0
         n0, n1 = [s0], [s1]
-        for cell in self.cells:
+        for i, cell in enumerate(self.cells):
             ct = self.cell_type(cell)
-            n0, n1 = n1, self.cell_forward(cell, n0, n1, mixing.ops[ct], mixing.edge_weights(ct), mixing.aux_skip)
+            n0, n1 = n1, self.cell_forward(cell, n0, n1, mixing.weights_for(ct, i), mixing.edge_weights(ct),
+                                           mixing.aux_skip, mixing.active_for(ct))
             yield n1
 
     def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:

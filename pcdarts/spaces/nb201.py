@@ -32,14 +32,14 @@ class NB201SearchCell(nn.Module):
         self.reduction = False
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: Optional[torch.Tensor],
-                aux_coef: Optional[object] = None) -> torch.Tensor:
+                aux_coef: Optional[object] = None, active: Optional[list[list[bool]]] = None) -> torch.Tensor:
         nodes = [x]
         for group in NB201_NODE_EDGES:
             s = None
             for e in group:
                 src = NB201_EDGES[e][0]
                 y = self.edges[e](nodes[src], weights[e], None if edge_weights is None else edge_weights[e],
-                                  aux_coef)
+                                  aux_coef, None if active is None else active[e])
                 s = y if s is None else s + y
             nodes.append(s)
         return nodes[-1]
@@ -77,9 +77,12 @@ class NB201Supernet(nn.Module):
     def forward_features(self, x: torch.Tensor, mixing: Mixing) -> list[torch.Tensor]:
         h = self.stem(x)
         feats = []
-        w, ew = mixing.ops["cell"], mixing.edge_weights("cell")
-        for cell in self.cells:
-            h = cell(h, w, ew, mixing.aux_skip) if isinstance(cell, NB201SearchCell) else cell(h)
+        ew, act = mixing.edge_weights("cell"), mixing.active_for("cell")
+        for i, cell in enumerate(self.cells):
+            if isinstance(cell, NB201SearchCell):
+                h = cell(h, mixing.weights_for("cell", i), ew, mixing.aux_skip, act)
+            else:
+                h = cell(h)
             feats.append(h)
         return feats
 
@@ -117,9 +120,10 @@ class FastNB201Supernet(NB201Supernet, FastOptions):
         self.recompute, self.channels_last = recompute, channels_last
 
     def cell_forward(self, cell: NB201SearchCell, x: torch.Tensor, weights: torch.Tensor,
-                     edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None) -> torch.Tensor:
+                     edge_weights: Optional[torch.Tensor], aux_coef: Optional[object] = None,
+                     active: Optional[list[list[bool]]] = None) -> torch.Tensor:
         edge_list = list(NB201_EDGES)
-        plans = cell_plans(cell, edge_list, NB201_PRIMITIVES, NB201_KINDS, 3)
+        plans = cell_plans(cell, edge_list, NB201_PRIMITIVES, NB201_KINDS, 3, active)
         states = run_cell(cell, plans, nb201_block, [x], NB201_NODE_EDGES, edge_list, weights,
                            edge_weights, self.recompute, aux_coef)
         return states[-1]
@@ -131,9 +135,12 @@ class FastNB201Supernet(NB201Supernet, FastOptions):
             x = x.contiguous(memory_format=fo.CL)
         h = self.stem(x)
         feats = []
-        w, ew = mixing.ops["cell"], mixing.edge_weights("cell")
-        for cell in self.cells:
-            h = self.cell_forward(cell, h, w, ew, mixing.aux_skip) if isinstance(cell, NB201SearchCell) else cell(h)
+        ew, act = mixing.edge_weights("cell"), mixing.active_for("cell")
+        for i, cell in enumerate(self.cells):
+            if isinstance(cell, NB201SearchCell):
+                h = self.cell_forward(cell, h, mixing.weights_for("cell", i), ew, mixing.aux_skip, act)
+            else:
+                h = cell(h)
             feats.append(h)
         return feats
 

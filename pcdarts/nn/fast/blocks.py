@@ -22,7 +22,7 @@ plan, so they never run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -102,14 +102,17 @@ class SourcePlan:
 
 
 def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primitives: tuple[str, ...],
-                 kinds: dict[str, str], n_sources: int, C: int, k: int) -> list[SourcePlan]:
-    """One plan per source node from the cell's (source, target) edge list and built ops."""
+                 kinds: dict[str, str], n_sources: int, C: int, k: int,
+                 active: Optional[Sequence[Sequence[bool]]] = None) -> list[SourcePlan]:
+    """One plan per source node from the cell's (source, target) edge list and built ops
+    (only the ``active`` ones of this step, when given)."""
     plans = []
     for i in range(n_sources):
         out_edges = [e for e, (s, _) in enumerate(edge_list) if s == i]
         groups = []
         for o, name in enumerate(primitives):
-            slots = [t for t, e in enumerate(out_edges) if o in edges[e].active]
+            slots = [t for t, e in enumerate(out_edges)
+                     if o in edges[e].active and (active is None or active[e][o])]
             if not slots:
                 continue  # none (never built) and pruned ops
             if name not in kinds:

@@ -68,13 +68,15 @@ class FastOptions:
 
 
 def cell_plans(cell: nn.Module, edge_list: list[tuple[int, int]], primitives: tuple[str, ...],
-                kinds: dict[str, str], n_sources: int) -> list[SourcePlan]:
-    """Source plans of a cell, cached on the cell and rebuilt when its built ops or K change."""
-    sig = (tuple(tuple(e.active) for e in cell.edges), cell.edges[0].k)  # rebuilt after prune and widen
+                kinds: dict[str, str], n_sources: int, active: Optional[list[list[bool]]] = None) -> list[SourcePlan]:
+    """Source plans of a cell, cached on the cell and rebuilt when its built ops, K or the
+    step's active-op set change."""
+    act = None if active is None else tuple(tuple(bool(v) for v in row) for row in active)
+    sig = (tuple(tuple(e.active) for e in cell.edges), cell.edges[0].k, act)  # prune, widen, active ops
     cached = getattr(cell, "_fast_plans", None)
     if cached is None or cached[0] != sig:
         e0 = cell.edges[0]
-        plans = source_plans(edge_list, cell.edges, primitives, kinds, n_sources, e0.C, e0.k)
+        plans = source_plans(edge_list, cell.edges, primitives, kinds, n_sources, e0.C, e0.k, act)
         cell._fast_plans = (sig, plans)  # plain attribute: not a parameter, not in state_dict
     return cell._fast_plans[1]
 
