@@ -213,7 +213,7 @@ class Config:
     @property
     def k(self) -> int:
         """The partial-channel factor in force (the space's k, else the method's default)."""
-        return self.space.k if self.space.k is not None else int(getattr(self.method, "k", 1))
+        return self.space.k if self.space.k is not None else METHODS.get(self.method_name).default_k(self.method)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": {"name": self.method_name, **dataclasses.asdict(self.method)}}
@@ -243,10 +243,6 @@ def validate(cfg: Config) -> None:
     if s.step_order not in ("arch-first", "weight-first"):
         raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
     method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
-    warmup = getattr(cfg.method, "warmup_epochs", 0)
-    if method_cls.has_arch and warmup >= s.epochs:
-        raise ConfigError(f"method.warmup_epochs={warmup} must be smaller than search.epochs={s.epochs}: "
-                          "the architecture would never be updated")
     method_cls.check_config(cfg)
     OBJECTIVES.get(s.objective)  # an unknown name lists the known ones
     k = cfg.k

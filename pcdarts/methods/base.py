@@ -93,6 +93,11 @@ class Method:
         ``config.validate``."""
 
     @classmethod
+    def default_k(cls, cfg: Any) -> int:
+        """The partial-channel factor this method uses when ``space.k`` is not set."""
+        return 1
+
+    @classmethod
     def supernet_options(cls, cfg: Any) -> dict[str, Any]:
         """Extra keyword arguments of ``space.build_supernet`` this method needs (e.g.
         ``{"aux_skip": True}`` for DARTS-); the Searcher and every builder pass them on."""
@@ -106,7 +111,8 @@ class Method:
         raise NotImplementedError
 
     def is_arch_active(self, epoch: int) -> bool:
-        return self.has_arch and epoch >= getattr(self.cfg, "warmup_epochs", 0)
+        """Whether the architecture is trained in ``epoch`` (and an arch batch is drawn)."""
+        return self.has_arch
 
     def scores(self, ctx: Optional["SearchContext"] = None) -> dict[str, torch.Tensor]:
         """Final [E, O] scores per cell type for ``space.derive`` (``ctx`` lets a scorer read

@@ -83,6 +83,19 @@ class Darts(Method):
             return None
         return {ct: getattr(self.arch, f"beta_{ct}") for ct in self.cell_types}
 
+    @classmethod
+    def default_k(cls, cfg: DartsConfig) -> int:
+        return int(cfg.k)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if cls.has_arch and cfg.method.warmup_epochs >= cfg.search.epochs:
+            raise ConfigError(f"method.warmup_epochs={cfg.method.warmup_epochs} must be smaller than search.epochs="
+                              f"{cfg.search.epochs}: the architecture would never be updated")
+
+    def is_arch_active(self, epoch: int) -> bool:
+        return epoch >= self.cfg.warmup_epochs
+
     def mixing(self) -> Mixing:
         ops = {ct: torch.softmax(a, dim=-1) for ct, a in self.alphas.items()}
         betas = self.betas

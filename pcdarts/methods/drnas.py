@@ -116,6 +116,7 @@ class DrNAS(Darts):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
         m, k = cfg.method, cfg.k
         for i, (start, new_k) in enumerate(zip(m.stage_starts, m.stage_k or [None] * len(m.stage_starts))):
             if int(start) >= cfg.search.epochs:
