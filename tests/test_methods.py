@@ -360,3 +360,39 @@ def test_an_objective_with_parameters_reaches_the_optimiser_and_the_checkpoint(t
     assert int(s.state_dict()["objective"]["calls"]) >= 3
     with pytest.raises(Exception, match="unknown objective"):
         build_config(tiny(search={"objective": "nope"}))
+
+
+def test_a_method_may_own_its_step(tiny):
+    """The multi-level seam: a method with owns_step gets one batch of each stream it declares
+    and the Searcher's weight step; the loop, meters and checkpoints stay the Searcher's."""
+    from pcdarts.methods import PCDarts
+
+    class TwoWeightSteps(PCDarts):
+        owns_step = True
+        data_streams = ("arch", "train")
+        calls: list = []
+
+        def step(self, ctx, batches, weight_step):
+            assert set(batches) == {"arch", "train"}
+            out = self.arch_step(ctx, batches["train"], batches["arch"])
+            m1 = weight_step(batches["train"])
+            m2 = weight_step(batches["train"])
+            self.calls.append((m1["n"], m2["n"]))
+            return out
+
+    name = "test-two-weight-steps"
+    if name not in METHODS:
+        METHODS.register(name)(TwoWeightSteps)
+    s = _searcher(tiny(method={"name": name, "warmup_epochs": 0, "k": 2}))
+    a0 = [p.detach().clone() for p in s.method.arch_parameters()]
+    pos = (s.train_loader.position, s.arch_loader.position)
+    s.search_step(True, s.context())
+    assert TwoWeightSteps.calls == [(8, 8)]
+    assert float(s.meters["n"]) == 16 and float(s.meters["arch_n"]) == 8
+    assert (s.train_loader.position, s.arch_loader.position) == (pos[0] + 1, pos[1] + 1)
+    assert any(not torch.equal(a, b) for a, b in zip(a0, s.method.arch_parameters()))
+
+    TwoWeightSteps.data_streams = ("train", "unlabelled")
+    with pytest.raises(Exception, match="data streams \\['unlabelled'\\]"):
+        _searcher(tiny(method={"name": name, "warmup_epochs": 0, "k": 2}, run={"out": tiny()["run"]["out"] + "2"}))
+    TwoWeightSteps.data_streams = ("arch", "train")

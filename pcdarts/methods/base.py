@@ -75,6 +75,10 @@ class Method:
     """Base class. Subclasses set ``Config`` and override what differs."""
 
     Config: type = object
+    # a multi-level method owns its step: the Searcher calls step() with a batch of each
+    # named data stream it declares, instead of arch_step + weight step
+    owns_step = False
+    data_streams: tuple[str, ...] = ("train", "arch")
     # the generator of every architecture random draw; the Searcher sets it (None = torch's default)
     generator: Optional[torch.Generator] = None
     has_arch = True          # has architecture parameters updated by arch_step
@@ -159,6 +163,14 @@ class Method:
                   arch_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One update of the architecture state; returns detached metrics (loss, correct)."""
         return {}
+
+    def step(self, ctx: SearchContext, batches: dict[str, tuple[torch.Tensor, torch.Tensor]],
+             weight_step: Callable[[tuple[torch.Tensor, torch.Tensor]], dict[str, Any]]) -> dict[str, Any]:
+        """One whole search step of a method with ``owns_step``: ``batches[name]`` for each of
+        its ``data_streams``; ``weight_step(batch)`` runs the Searcher's weight step (SGD on
+        the supernet weights, meters, divergence watch) and returns the objective's metrics.
+        Returns detached architecture metrics like :meth:`arch_step` (or ``{}``)."""
+        raise NotImplementedError(f"{type(self).__name__} sets owns_step but has no step()")
 
     def state_dict(self) -> dict[str, Any]:
         return {"arch": self.arch.state_dict()}

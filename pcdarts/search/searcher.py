@@ -25,7 +25,7 @@ from pcdarts import runs, utils
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
 from pcdarts.distributed import dist_info, require_single_process, resolve_device
-from pcdarts.errors import DivergenceError
+from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
@@ -141,6 +141,10 @@ class Searcher:
         if cfg.search.compile:
             self.model = torch.compile(self.supernet)
         self.method: Method = METHODS.get(cfg.method_name)(cfg.method, self.space, cfg.space, self.device)
+        unknown = sorted(set(self.method.data_streams) - {"train", "arch"}) if self.method.owns_step else []
+        if unknown:
+            raise ConfigError(f"method {cfg.method_name!r} asks for data streams {unknown}; the search provides "
+                              "'train' (the weight split) and 'arch' (the architecture split)")
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
         self.method.generator = self.arch_generator
@@ -246,7 +250,7 @@ class Searcher:
                              sample_batches=self.sample_batches)
 
     # ------------------------------------------------------------------ steps
-    def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> None:
+    def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> dict[str, Any]:
         x, y = batch
         loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
         self.watch.observe("weight", loss)
@@ -255,8 +259,14 @@ class Searcher:
         self.objective_has_accuracy = "correct" in metrics  # a Python check: no sync
         m["correct"] += metrics.get("correct", 0)
         m["n"] += y.numel()
+        return metrics
 
     def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
+        if self.method.owns_step:
+            streams = {"train": self.train_loader, "arch": self.arch_loader}
+            batches = {name: streams[name].next() for name in self.method.data_streams}
+            self._record_arch(self.method.step(ctx, batches, lambda b: self.weight_step(b, ctx)))
+            return
         batch = self.train_loader.next()
         arch_batch = self.arch_loader.next() if arch_active else None  # no arch data during warm-up
         order = ["arch", "weight"] if self.cfg.search.step_order == "arch-first" else ["weight", "arch"]
@@ -264,13 +274,15 @@ class Searcher:
             if what == "weight":
                 self.weight_step(batch, ctx)
             elif arch_batch is not None:
-                out = self.method.arch_step(ctx, batch, arch_batch)
-                if out:
-                    self.watch.observe("arch", out["loss"])
-                    m = self.meters
-                    m["arch_loss"] += out["loss"].double() * out["n"]
-                    m["arch_correct"] += out.get("correct", 0)
-                    m["arch_n"] += out["n"]
+                self._record_arch(self.method.arch_step(ctx, batch, arch_batch))
+
+    def _record_arch(self, out: dict[str, Any]) -> None:
+        if out:
+            self.watch.observe("arch", out["loss"])
+            m = self.meters
+            m["arch_loss"] += out["loss"].double() * out["n"]
+            m["arch_correct"] += out.get("correct", 0)
+            m["arch_n"] += out["n"]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
