@@ -153,11 +153,10 @@ class DartsSupernet(nn.Module):
                 edge.prune(m[e].tolist())
 
 
-def derive_darts(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
-                 primitives: tuple[str, ...] = DARTS_PRIMITIVES, nodes: Optional[int] = None) -> DartsGenotype:
-    """DARTS rule: per node keep the 2 incoming edges with the largest non-``none`` weight,
-    then take the argmax op (``none`` excluded) on each kept edge. Scores are [E, O] per cell type
-    (softmax(alpha), times the normalised beta for PC-DARTS)."""
+def _derive_cells(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]],
+                  primitives: tuple[str, ...], nodes: Optional[int], pick: Any) -> DartsGenotype:
+    """The scaffolding of the DARTS-space rules: masked scores with ``none`` excluded, then
+    ``pick(block [inputs, O], cell type, node) -> [(op, input), (op, input)]`` per node."""
     none = primitives.index("none") if "none" in primitives else None
     cells = {}
     for ct in ("normal", "reduce"):
@@ -165,42 +164,44 @@ def derive_darts(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torc
         if none is not None:
             s[:, none] = float("-inf")
         n_nodes = nodes if nodes is not None else _nodes_for_edges(s.shape[0])
-        chosen = []
+        chosen: list[tuple[str, int]] = []
         for j, group in enumerate(darts_node_edges(n_nodes)):
-            strength = s[group].max(dim=1).values
-            # stable top-2: ties go to the lower input index
-            order = sorted(range(len(group)), key=lambda t: (-float(strength[t]), t))[:2]
-            for t in order:
-                e = group[t]
-                if not torch.isfinite(s[e]).any():
-                    raise ValueError(f"{ct} cell node {j + 2}: every op of input {t} is pruned; cannot derive")
-                chosen.append((primitives[int(s[e].argmax())], t))
+            chosen += [(primitives[o], t) for o, t in pick(s[group], ct, j + 2)]
         cells[ct] = tuple(chosen)
     concat = tuple(range(2, 2 + len(cells["normal"]) // 2))
     return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def _top2_inputs(block: torch.Tensor, ct: str, node: int) -> list[tuple[int, int]]:
+    strength = block.max(dim=1).values
+    order = sorted(range(block.shape[0]), key=lambda t: (-float(strength[t]), t))[:2]  # ties: lower input
+    for t in order:
+        if not torch.isfinite(block[t]).any():
+            raise ValueError(f"{ct} cell node {node}: every op of input {t} is pruned; cannot derive")
+    return [(int(block[t].argmax()), t) for t in order]
+
+
+def _top2_pairs(block: torch.Tensor, ct: str, node: int) -> list[tuple[int, int]]:
+    flat = [(-float(block[t, o]), t, o) for t in range(block.shape[0]) for o in range(block.shape[1])]
+    best = sorted(v for v in flat if v[0] != float("inf"))[:2]  # ties: lower input, then lower op
+    if len(best) < 2:
+        raise ValueError(f"{ct} cell node {node}: fewer than two live (op, input) pairs; cannot derive")
+    return [(o, t) for _, t, o in best]
+
+
+def derive_darts(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
+                 primitives: tuple[str, ...] = DARTS_PRIMITIVES, nodes: Optional[int] = None) -> DartsGenotype:
+    """DARTS rule: per node keep the 2 incoming edges with the largest non-``none`` weight,
+    then take the argmax op (``none`` excluded) on each kept edge. Scores are [E, O] per cell type
+    (softmax(alpha), times the normalised beta for PC-DARTS)."""
+    return _derive_cells(scores, masks, primitives, nodes, _top2_inputs)
 
 
 def derive_node_pairs(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
-                      primitives: tuple[str, ...] = DARTS_PRIMITIVES) -> DartsGenotype:
+                      primitives: tuple[str, ...] = DARTS_PRIMITIVES, nodes: Optional[int] = None) -> DartsGenotype:
     """Node-pairs rule (IS-DARTS): per node keep the 2 (op, input) pairs with the largest
     score over all its incoming edges and ops (``none`` excluded); the two may share an input."""
-    none = primitives.index("none") if "none" in primitives else None
-    cells = {}
-    for ct in ("normal", "reduce"):
-        s = masked_scores(scores[ct], None if masks is None else masks.get(ct))
-        if none is not None:
-            s[:, none] = float("-inf")
-        chosen = []
-        for j, group in enumerate(darts_node_edges(_nodes_for_edges(s.shape[0]))):
-            block = s[group]  # [inputs, O]
-            flat = [(-float(block[t, o]), t, o) for t in range(block.shape[0]) for o in range(block.shape[1])]
-            best = sorted(v for v in flat if v[0] != float("inf"))[:2]  # ties: lower input, then lower op
-            if len(best) < 2:
-                raise ValueError(f"{ct} cell node {j + 2}: fewer than two live (op, input) pairs; cannot derive")
-            chosen += [(primitives[o], t) for _, t, o in best]
-        cells[ct] = tuple(chosen)
-    concat = tuple(range(2, 2 + len(cells["normal"]) // 2))
-    return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+    return _derive_cells(scores, masks, primitives, nodes, _top2_pairs)
 
 
 def _nodes_for_edges(E: int) -> int:
