@@ -142,7 +142,7 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
         num_classes: classifier outputs.
         in_channels: image channels.
         input_size: square input side; default 32 (cifar stem, NB201) or 224 (imagenet stem).
-        C: initial channels (default per :func:`pcdarts.networks.build_network`).
+        C: initial channels (default per :func:`pcdarts.nn.networks.build_network`).
         layers: cells (DARTS) or cells per stage (NB201); default per ``build_network``.
         stem: ``"cifar"`` or ``"imagenet"``.
 
@@ -164,7 +164,7 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
 def network_label(genotype: Genotype, *, num_classes: int, in_channels: int, input_size: int,
                   C: Optional[int] = None, layers: Optional[int] = None, stem: str = "cifar") -> str:
     """Which evaluation network a parameter / multiply-add figure refers to, in words
-    (the defaults of :func:`pcdarts.networks.build_network` filled in)."""
+    (the defaults of :func:`pcdarts.nn.networks.build_network` filled in)."""
     shape = f"{num_classes} classes, {in_channels}x{input_size}x{input_size} input"
     if isinstance(genotype, NB201Genotype):
         return f"NAS-Bench-201 network C={C or 16}, N={layers or 5} cells per stage, {shape}"

@@ -3,7 +3,7 @@
 
 Randomness of the random transforms: each takes ``rng`` (a ``random.Random`` or a
 ``torch.Generator``). With ``rng=None`` they draw from Python's global ``random``
-module, which :func:`~pcdarts.folders.make_folder_loader` seeds in every worker process; with
+module, which :func:`~pcdarts.data.folders.make_folder_loader` seeds in every worker process; with
 ``num_workers=0`` call ``random.seed(s)`` yourself or pass ``rng=random.Random(s)``.
 Transform ``rng`` objects reachable from a dataset are re-seeded per worker too, so
 workers never repeat one another's augmentations.

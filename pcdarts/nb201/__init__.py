@@ -14,7 +14,7 @@ Two sources answer a query:
     of the test set).
 
   Each of its three pickles is a dict ``"d0d1d2d3d4d5" -> {"val_acc": [...], ...}``;
-  digit ``k`` is the index in :data:`~pcdarts.ops.NB201_PRIMITIVES` of the op of the
+  digit ``k`` is the index in :data:`~pcdarts.genotype.primitives.NB201_PRIMITIVES` of the op of the
   ``k``-th item of the arch string, i.e. of edge ``NB201_EDGES[k]``
   (``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2``). We read the pickles once (with an unpickler
   that refuses every class) into a ``(15625, 3)`` float array whose row is the base-5

@@ -3,9 +3,9 @@
 Two kinds of source behind one interface (:class:`BatchSource`), both resumable mid-epoch:
 
 * **in memory** (digits, CIFAR, small image folders): uint8 tensors on the device,
-  served by :class:`pcdarts.gpu_loader.DeviceLoader` (pad-crop, flip, cutout after
+  served by :class:`pcdarts.data.device_loader.DeviceLoader` (pad-crop, flip, cutout after
   normalisation; one seeded generator, so the batches are a function of the seed).
-* **streaming** (ImageNet-sized folders): :class:`pcdarts.train_stream.StreamSource`.
+* **streaming** (ImageNet-sized folders): :class:`pcdarts.data.stream.StreamSource`.
 
 Custom data is one config block (PEOPLE_ASK 23): ``data: {dataset: folder, path: DIR,
 input_size: 64, channels: 1}``; the class count comes from the folder. Each folder is listed

@@ -1,23 +1,21 @@
 """The Trainer: train a searched cell from scratch and evaluate it (ALGORITHMS §1.7, §2.5).
 
 It sees a :data:`~pcdarts.genotype.Genotype` and nothing from the search: the network
-comes from :func:`pcdarts.networks.build_network` (DARTS cells -> NetworkCIFAR or
+comes from :func:`pcdarts.nn.networks.build_network` (DARTS cells -> NetworkCIFAR or
 NetworkImageNet by ``model.stem``; NAS-Bench-201 cells -> NB201Network). Per step:
 SGD on the cross-entropy (label smoothing optional) plus 0.4 x the auxiliary-head loss
 (training only), gradient clipping, bf16 autocast on CUDA and optional gradient
 accumulation. Per epoch: the lr and the drop-path probability ``p * epoch / epochs``
 are set, the test split is evaluated in eval mode (top-1, top-5), one line goes to
 ``history.jsonl`` and ``checkpoint.pt`` is rewritten with everything needed to resume
-exactly. Ctrl-C stops at the next optimiser-step boundary after checkpointing.
+exactly. Ctrl-C and SIGTERM stop at the next optimiser-step boundary after checkpointing;
+a non-finite loss stops the run (the last good checkpoint kept).
 
-Public API: :func:`train`, :func:`train_seeds`, :func:`evaluate_checkpoint`,
-:class:`TrainResult`, :class:`TrainError`; ``add_subcommands`` adds ``pcdarts train``
-and ``pcdarts eval`` to the CLI.
-
-Split by concern: ``train_config`` (dataclasses, presets, overrides, lr schedule),
-``train_data`` / ``train_stream`` (in-memory and streamed data), ``train_model``
-(network + test pass), ``train_runs`` (run directories, several seeds, eval of a
-checkpoint), ``train_cli`` (the subcommands).
+Public API here: :func:`train`, :class:`Trainer`, :class:`TrainResult`. Beside it in
+:mod:`pcdarts.train`: ``config`` (dataclasses, presets, overrides, lr schedule), ``data``
+(in-memory data; streamed folders come from :mod:`pcdarts.data.stream`), ``model``
+(network + test pass), ``seeds`` (several seeds and their summary), ``evaluate`` (a trained
+checkpoint); the subcommands are in :mod:`pcdarts.cli.train`.
 """
 from __future__ import annotations
 
