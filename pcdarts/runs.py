@@ -175,9 +175,6 @@ class RunDir:
             raise RunDirError(f"{self.path} already holds a run; pass --overwrite to replace it, "
                               f"--resume {self.path} to continue it, or choose another --out")
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     def open(self) -> Path:
         """Claim the directory for the new run (idempotent)."""
         if self.opened:

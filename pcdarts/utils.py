@@ -124,6 +124,16 @@ def epoch_progress(enabled: bool, total: int, initial: int, epoch: int, epochs: 
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 
+def progress_tick(bar: Any, step: int, steps: int, log_every: int, postfix: Any) -> None:
+    """Advance an epoch bar (None: no bar) by one step; its postfix (``postfix()``, which
+    reads device meters) is refreshed only every ``log_every`` steps and at the epoch's end."""
+    if bar is None:
+        return
+    bar.update(1)
+    if step % max(1, log_every) == 0 or step == steps:
+        bar.set_postfix(postfix(), refresh=False)
+
+
 def history_until(path: Path, epoch: int, *, rewrite: bool = True) -> list[dict[str, Any]]:
     """The ``history.jsonl`` records of the epochs before ``epoch`` (the ones a checkpoint
     at ``epoch`` has finished); with ``rewrite`` the file is cut back to them, dropping

@@ -123,6 +123,10 @@ class Method:
         the supernet and data; None outside a search)."""
         raise NotImplementedError
 
+    def divergence_hint(self) -> str:
+        """What to change when the architecture step's loss or weights went non-finite."""
+        return "the architecture learning rate is probably too high; lower it and start again"
+
     def derive_rule(self) -> Optional[str]:
         """The space's derive rule this method uses (None = the space's default)."""
         return None

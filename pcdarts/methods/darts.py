@@ -109,6 +109,10 @@ class Darts(Method):
     def derive_rule(self) -> Optional[str]:
         return self.cfg.derive_rule
 
+    def divergence_hint(self) -> str:
+        return (f"the architecture learning rate is probably too high (method.arch_lr={self.cfg.arch_lr:g}); "
+                "lower it and start again")
+
     def arch_weights(self) -> dict[str, Any]:
         with torch.no_grad():
             mix = self.mixing()

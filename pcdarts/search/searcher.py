@@ -71,6 +71,11 @@ def weight_optimizer(params: list[nn.Parameter], s: SearchConfig) -> torch.optim
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov)
 
 
+def weight_schedule(optimizer: torch.optim.Optimizer, s: SearchConfig) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """The cosine schedule of the weight learning rate over the search, stepped per epoch."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs, eta_min=s.lr_min)
+
+
 def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> WeightStepInfo:
     """The weight optimiser's current settings and momenta (for the 2nd-order virtual step)."""
     group = optimizer.param_groups[0]
@@ -153,7 +158,7 @@ class Searcher:
         s = cfg.search
         self.weight_params = self._live_weights()
         self.optimizer = weight_optimizer(self.weight_params, s)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
+        self.scheduler = weight_schedule(self.optimizer, s)
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
@@ -237,7 +242,7 @@ class Searcher:
             if buf is not None:
                 self.optimizer.state[p_new] = {"momentum_buffer": widen_tensor(buf, plan)}
         schedule = self.scheduler.state_dict()
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs, eta_min=s.lr_min)
+        self.scheduler = weight_schedule(self.optimizer, s)
         self.scheduler.load_state_dict(schedule)  # the global epoch, not a restart
         for group, old_group in zip(self.optimizer.param_groups, old.param_groups):
             group["lr"] = old_group["lr"]
@@ -357,10 +362,7 @@ class Searcher:
                     done_steps += 1
                     if self.watch.due(self.step):
                         self._check_finite()
-                    if bar is not None:
-                        bar.update(1)
-                        if self.step % max(1, s.log_every) == 0 or self.step == steps:
-                            bar.set_postfix(self._postfix(), refresh=False)
+                    utils.progress_tick(bar, self.step, steps, s.log_every, self._postfix)
                     halt = stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps)
                     if halt and self.step < steps:
                         break
@@ -407,9 +409,7 @@ class Searcher:
                                                      f"(search.lr={self.cfg.search.lr:g}); lower it and start again")
         else:
             what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
-            lr = getattr(self.cfg.method, "arch_lr", None)
-            hint = ("the architecture learning rate is probably too high"
-                    + (f" (method.arch_lr={lr:g})" if lr is not None else "") + "; lower it and start again")
+            hint = self.method.divergence_hint()
         raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
 
     def _shape_info(self) -> dict[str, int]:

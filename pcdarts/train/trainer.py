@@ -217,10 +217,7 @@ class Trainer:
                     done += 1
                     if self.watch.due(self.step):
                         self._check_finite()
-                    if bar is not None:
-                        bar.update(1)
-                        if self.step % max(1, t.log_every) == 0 or self.step == self.steps:
-                            bar.set_postfix(self._postfix(), refresh=False)
+                    utils.progress_tick(bar, self.step, self.steps, t.log_every, self._postfix)
                     at_boundary = self.step % k == 0  # never stop inside an accumulation group
                     wants_stop = stop.requested or (stop_after_steps is not None and done >= stop_after_steps)
                     if wants_stop and at_boundary and self.step < self.steps:
