@@ -21,8 +21,6 @@ from pcdarts.registry import METHODS, SPACES
 
 DEFAULT_PRESET = "quick"
 
-
-
 USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
 
 
