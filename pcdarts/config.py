@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 import yaml
 
 from pcdarts.errors import ConfigError
-from pcdarts.ranges import Count, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values
+from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -133,7 +133,7 @@ class SearchConfig:
         objective: the registered search objective (``cross-entropy``).
     """
 
-    epochs: Count = 50
+    epochs: Epochs = 50
     batch_size: Count = 64
     arch_batch_size: Optional[Count] = None
     lr: Rate = 0.025

@@ -48,6 +48,14 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+@dataclass(frozen=True)
+class EpochField:
+    """Marks a field measured in epochs (a count, an index or a list of epoch indices):
+    ``--budget N`` scales every such field by ``N / search.epochs`` (:func:`epoch_fields`)."""
+
+
+EPOCHS = EpochField()
+
 # the aliases config dataclasses use
 Count = Annotated[int, Range(1)]                      # sizes, counts, epochs: >= 1
 NonNegInt = Annotated[int, Range(0)]                  # 0 = off
@@ -56,6 +64,9 @@ Rate = Annotated[float, Range(0)]                     # learning rates, weight d
 Positive = Annotated[float, Range(0, lo_open=True)]   # > 0
 Fraction = Annotated[float, Range(0, 1)]              # probabilities, portions: [0, 1]
 Finite = Annotated[float, Range()]                    # any finite number
+Epochs = Annotated[int, Range(1), EPOCHS]             # a number of epochs >= 1 (scaled by --budget)
+EpochIndex = Annotated[int, Range(0), EPOCHS]         # an epoch count or index that may be 0 (scaled)
+EpochList = Annotated[tuple[int, ...], Range(0), EPOCHS]  # epoch indices (scaled)
 
 
 def field_range(tp: Any) -> tuple[Optional[Range], Any]:
@@ -69,6 +80,21 @@ def field_range(tp: Any) -> tuple[Optional[Range], Any]:
         rng = next((e for e in extras if isinstance(e, Range)), None)
         return rng, base
     return None, tp
+
+
+def is_epoch_field(tp: Any) -> bool:
+    """Whether a field's type hint carries the :data:`EPOCHS` marker (looking through Optional)."""
+    if get_origin(tp) is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            tp = args[0]
+    return get_origin(tp) is Annotated and any(isinstance(e, EpochField) for e in get_args(tp)[1:])
+
+
+def epoch_fields(cls: type) -> list[str]:
+    """Names of the fields of dataclass ``cls`` measured in epochs."""
+    hints = range_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.name in hints and is_epoch_field(hints[f.name])]
 
 
 def range_hints(cls: type) -> dict[str, Any]:
@@ -104,5 +130,6 @@ def _show(v: Any) -> str:
     return repr(v) if isinstance(v, float) and not math.isfinite(v) else str(v)
 
 
-__all__ = ["Range", "Count", "NonNegInt", "Seed", "Rate", "Positive", "Fraction", "Finite", "check_ranges", "check_values",
+__all__ = ["Range", "EpochField", "EPOCHS", "Epochs", "EpochIndex", "EpochList", "is_epoch_field", "epoch_fields",
+           "Count", "NonNegInt", "Seed", "Rate", "Positive", "Fraction", "Finite", "check_ranges", "check_values",
            "field_range", "range_hints"]

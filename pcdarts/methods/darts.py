@@ -12,7 +12,7 @@ from pcdarts.errors import ConfigError
 from pcdarts.methods.base import Method, SearchContext
 from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.nn.edges import Mixing, normalise_edges
-from pcdarts.ranges import Count, NonNegInt, Positive, Range, Rate
+from pcdarts.ranges import Count, EpochIndex, NonNegInt, Positive, Range, Rate
 from pcdarts.registry import METHODS
 
 
@@ -39,7 +39,7 @@ class DartsConfig:
     arch_betas: Annotated[tuple[float, float], Range(0, 1, hi_open=True)] = (0.5, 0.999)
     arch_weight_decay: Rate = 1e-3
     arch_grad_clip: Rate = 0.0
-    warmup_epochs: NonNegInt = 0
+    warmup_epochs: EpochIndex = 0
     edge_norm: bool = False
     k: Count = 1
     init_scale: Rate = 1e-3
@@ -159,7 +159,7 @@ class PCDartsConfig(DartsConfig):
     """PC-DARTS (ALGORITHMS §2.4): K=4, edge normalisation, arch frozen for 15 epochs, arch lr 6e-4."""
 
     arch_lr: Rate = 6e-4
-    warmup_epochs: NonNegInt = 15
+    warmup_epochs: EpochIndex = 15
     edge_norm: bool = True
     k: Count = 4
 

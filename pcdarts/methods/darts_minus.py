@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from pcdarts.errors import ConfigError
 from pcdarts.methods.base import SearchContext
 from pcdarts.methods.darts import Darts, DartsConfig
 from pcdarts.nn.edges import Mixing
-from pcdarts.ranges import Count, NonNegInt, Rate
+from pcdarts.ranges import EpochIndex, Epochs, Rate
 from pcdarts.registry import METHODS
 
 SCHEDULES = ("linear", "cosine", "slow-cosine", "constant")
@@ -45,8 +45,8 @@ class DartsMinusConfig(DartsConfig):
 
     beta0: Rate = 1.0
     beta_schedule: str = "linear"
-    decay_epochs: Count | None = None
-    decay_start: NonNegInt = 0
+    decay_epochs: Optional[Epochs] = None
+    decay_start: EpochIndex = 0
     decay_from_start: bool = False
 
     def __post_init__(self) -> None:

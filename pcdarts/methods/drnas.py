@@ -28,7 +28,7 @@ from pcdarts.errors import ConfigError
 from pcdarts.methods.base import SearchContext
 from pcdarts.methods.darts import Darts, DartsConfig
 from pcdarts.nn.edges import Mixing
-from pcdarts.ranges import Count, NonNegInt, Range, Rate
+from pcdarts.ranges import EPOCHS, Count, EpochIndex, Range, Rate
 from pcdarts.registry import METHODS
 
 REGULARISERS = ("l2", "kl")
@@ -83,10 +83,10 @@ class DrNASConfig(DartsConfig):
     reg_scale: Rate = 1e-3
     derive: str = "softmax"
     keep_none: Optional[bool] = None
-    stage_starts: Annotated[tuple[int, ...], Range(1)] = ()
+    stage_starts: Annotated[tuple[int, ...], Range(1), EPOCHS] = ()
     stage_keep_ops: Annotated[tuple[int, ...], Range(1)] = ()
     stage_k: Annotated[tuple[int, ...], Range(1)] = ()
-    warmup_epochs: NonNegInt = 0
+    warmup_epochs: EpochIndex = 0
     k: Count = 1
 
     def __post_init__(self) -> None:
