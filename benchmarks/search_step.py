@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pcdarts.spaces import get_space  # noqa: E402
-from pcdarts.utils import peak_rss_mib  # noqa: E402
+from pcdarts.utils import peak_memory_mib  # noqa: E402
 
 SYNTHETIC = "synthetic"  # pcdarts.data.sources: random uint8 images, SIZExCHANNELSxCOUNT
 
@@ -76,11 +76,6 @@ def run_steps(searcher: Any, ctx: Any, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def peak_mib(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak, or the peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mib()
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,7 +87,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats(s.device)
         run_steps(s, ctx, args.warmup)
         t = run_steps(s, ctx, args.child_steps)
-        return {"impl": args.child, "s_per_step": t / args.child_steps, "peak_mib": peak_mib(s.device)}
+        return {"impl": args.child, "s_per_step": t / args.child_steps, "peak_mib": peak_memory_mib(s.device)}
 
 
 def measure_peak(impl: str, argv: list[str], args: argparse.Namespace) -> dict[str, Any]:

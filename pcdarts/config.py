@@ -9,6 +9,7 @@ loads a preset and then applies dotted overrides such as ``--search.epochs 50``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_type_hints
@@ -16,7 +17,8 @@ from typing import Any, Optional, Sequence, Union, get_args, get_origin, get_typ
 import yaml
 
 from pcdarts.errors import ConfigError
-from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values
+from pcdarts.ranges import (Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values, epoch_fields,
+                            field_range, range_hints)
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -425,6 +427,55 @@ def merge_onto_preset(preset: str, d: dict[str, Any]) -> dict[str, Any]:
             old = {}
         base[section] = {**old, **values}
     return base
+
+
+def scale_budget(cfg: Config, budget: int) -> tuple[Config, list[tuple[str, Any, Any]]]:
+    """The config shortened (or lengthened) to ``budget`` search epochs, every field measured
+    in epochs (marked :data:`~pcdarts.ranges.EPOCHS`: warm-up, stage starts, shrink intervals,
+    decay horizons, ...) scaled by ``budget / search.epochs`` and rounded half up, counts kept
+    >= 1; returns ``(config, [(field, old, new), ...])`` of what changed, for printing and
+    recording. A scaled config that no longer fits together raises a one-line ConfigError."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"--budget must be a whole number of epochs >= 1, got {budget!r}")
+    ratio = budget / cfg.search.epochs
+    changes: list[tuple[str, Any, Any]] = []
+
+    def scaled(obj: Any, section: str) -> Any:
+        hints = range_hints(type(obj))
+        new = {}
+        for name in epoch_fields(type(obj)):
+            old = getattr(obj, name)
+            if old is None:
+                continue
+            if section == "search" and name == "epochs":
+                value: Any = budget
+            else:
+                rng, _ = field_range(hints[name])
+                lo = 0 if rng is None or rng.lo is None else int(rng.lo)
+                one = lambda v: max(lo, int(math.floor(v * ratio + 0.5)))  # noqa: E731
+                value = tuple(one(v) for v in old) if isinstance(old, tuple) else one(old)
+            if value != old:
+                new[name] = value
+                changes.append((f"{section}.{name}", old, value))
+        return dataclasses.replace(obj, **new) if new else obj
+
+    try:
+        out = Config(method_name=cfg.method_name, method=scaled(cfg.method, "method"),
+                     **{name: scaled(getattr(cfg, name), name) for name in SECTIONS})
+    except ConfigError as e:
+        raise ConfigError(f"with --budget {budget} (epoch fields scaled by {budget}/{cfg.search.epochs}): {e}") from None
+    return out, changes
+
+
+def describe_budget(cfg: Config, changes: Sequence[tuple[str, Any, Any]]) -> str:
+    """One line naming the scaled fields, e.g. ``budget: search.epochs 50 -> 5, method.warmup_epochs 15 -> 2``."""
+    def show(v: Any) -> str:
+        if isinstance(v, tuple):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+    items = ", ".join(f"{name} {show(old)} -> {show(new)}" for name, old, new in changes)
+    return f"budget: {items or f'search.epochs {cfg.search.epochs} (nothing to scale)'}"
 
 
 def load_config_file(path: Union[str, Path]) -> Config:

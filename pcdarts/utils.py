@@ -116,6 +116,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process: the CUDA allocator's peak on a GPU, else the peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
 def epoch_progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
     """A tqdm bar over one epoch's steps (None when progress bars are off)."""
     if not enabled:

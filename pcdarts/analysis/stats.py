@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.genotype import (NB201_EDGES, DartsGenotype, Genotype, NB201Genotype, parse_genotype)
+from pcdarts.genotype.primitives import PARAMETER_FREE
 
 
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
@@ -189,6 +190,39 @@ def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]]) ->
     w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
     ent = -(w * w.clamp_min(1e-12).log()).sum(1) / math.log(w.shape[1])
     return {"entropy": float(ent.mean()), "max": float(w.max(1).values.mean()), "uniform": 1.0 / w.shape[1]}
+
+
+def genotype_ops(genotype: Genotype) -> list[str]:
+    """The op names of a genotype's cells (NB201: its 6 edges; DARTS-like: normal then reduce)."""
+    if isinstance(genotype, NB201Genotype):
+        return list(genotype.ops)
+    return [op for cell in (genotype.normal, genotype.reduce) for op, _ in cell]
+
+
+def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[list[float]]]] = None
+                   ) -> dict[str, Any]:
+    """The collapse diagnostics of one epoch: how many of the cell's ops are parameter-free
+    (``param_free_ops`` of ``cell_ops``) and, when the method has op weights, the mean
+    normalised entropy of each cell type's weights (``arch_entropy``: 1.0 = uniform)."""
+    ops = genotype_ops(genotype)
+    out: dict[str, Any] = {"param_free_ops": sum(op in PARAMETER_FREE for op in ops), "cell_ops": len(ops)}
+    entropy = {ct: arch_weight_summary({ct: w}).get("entropy") for ct, w in (arch_weights or {}).items()}
+    entropy = {ct: round(v, 4) for ct, v in entropy.items() if v is not None}
+    if entropy:
+        out["arch_entropy"] = entropy
+    return out
+
+
+def collapse_warning(genotype: Genotype) -> Optional[str]:
+    """A one-line warning when more than half of the cell's ops are parameter-free, else None."""
+    ops = genotype_ops(genotype)
+    free = [op for op in ops if op in PARAMETER_FREE]
+    if 2 * len(free) <= len(ops):
+        return None
+    counts = ", ".join(f"{op} x{free.count(op)}" for op in sorted(set(free), key=free.index))
+    return (f"the found cell is dominated by parameter-free ops ({len(free)} of {len(ops)}: {counts}), the "
+            "signature of DARTS's collapse; search longer, or try a collapse-robust method (darts-minus, drnas, "
+            "is-darts) or pcdarts compare")
 
 
 def describe_cells(genotype: Genotype) -> list[str]:

@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pcdarts.config import ConfigError, apply_override, build_config, merge_onto_preset, parse_overrides, preset_names
+from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, merge_onto_preset,
+                            parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import PcdartsError
 from pcdarts.registry import METHODS, SPACES
 
@@ -86,11 +87,14 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
 def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from pcdarts.search.searcher import search
     if args.resume:
-        if overrides or args.preset:
-            raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides")
+        if overrides or args.preset or args.budget is not None:
+            raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides/--budget")
         result = search(resume=args.resume)
     else:
         cfg = build_config(search_config_dict(args, overrides))
+        if args.budget is not None:
+            cfg, changes = scale_budget(cfg, args.budget)
+            print(describe_budget(cfg, changes), flush=True)
         result = search(cfg)
     if result.interrupted:
         return 130
@@ -200,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--budget", type=int, metavar="EPOCHS",
+                   help="run EPOCHS search epochs, scaling every epoch-based field of the preset (warm-up, "
+                        "stage starts, shrink epochs, decay horizons) by EPOCHS/search.epochs")
     s.add_argument("--nb201-lookup", action="store_true",
                    help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
     s.set_defaults(func=cmd_search, takes_overrides=True)

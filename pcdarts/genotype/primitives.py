@@ -15,3 +15,6 @@ DARTS_PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 NB201_PRIMITIVES: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+# ops without weights: a cell made mostly of these is the signature of DARTS's collapse
+PARAMETER_FREE: frozenset[str] = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})

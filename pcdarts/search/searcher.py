@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from pcdarts import runs, utils
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
+from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
 from pcdarts.distributed import dist_info, require_single_process, resolve_device
 from pcdarts.errors import ConfigError, DivergenceError
@@ -443,10 +444,13 @@ class Searcher:
             rec["nb201"] = self._nb201_lookup(genotype)
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
+        rec.update(collapse_stats(genotype, rec.get("arch_weights")))
         rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
         self.history.append(rec)
         if self.dist.is_main:
             utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+            if self.cfg.run.progress:
+                print(epoch_line(rec, s.epochs), flush=True)
         self.epoch += 1
         self.step = 0
         self.meters = self._zero_meters()
@@ -491,8 +495,14 @@ class Searcher:
     def _finish(self) -> SearchResult:
         genotype = self.derive()
         if self.dist.is_main:
+            warning = collapse_warning(genotype)
+            if warning:
+                warnings.warn(warning)
             save_genotype(genotype, self.run_dir / "genotype.json")
-            utils.close_manifest(self.run_dir, genotype=str(genotype))
+            utils.close_manifest(self.run_dir, genotype=str(genotype),
+                                 search_time_s=round(sum(r.get("time_s", 0.0) for r in self.history), 3),
+                                 peak_memory_mib=round(utils.peak_memory_mib(self.device), 1),
+                                 peak_memory_kind="CUDA allocated" if self.device.type == "cuda" else "process RSS")
             if self.cfg.run.plots:
                 self._plots(genotype)
         return SearchResult(genotype, self.history, self.run_dir, self.cfg)
@@ -545,6 +555,25 @@ class Searcher:
         if "arch_rng" in ck:
             self.arch_generator.set_state(ck["arch_rng"])
         self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
+
+
+def epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    """The one line printed after each search epoch: losses and accuracies, then the collapse
+    diagnostics (parameter-free ops in the epoch's cell, entropy of the op weights per cell
+    type, the NB201 lookup accuracy when on)."""
+    parts = [f"epoch {rec['epoch'] + 1}/{epochs}", f"loss {rec['train_loss']:.3f}"]
+    for key, name in (("train_acc", "acc"), ("arch_acc", "arch acc"), ("valid_acc", "valid acc")):
+        if rec.get(key) is not None:
+            parts.append(f"{name} {rec[key]:.1f}")
+    line = "  ".join(parts) + f" | cell: {rec['param_free_ops']}/{rec['cell_ops']} parameter-free"
+    if rec.get("arch_entropy"):
+        line += " | entropy " + " ".join(f"{ct} {v:.2f}" for ct, v in rec["arch_entropy"].items())
+    for ds, acc in (rec.get("nb201") or {}).items():
+        value = acc.get("test") if acc.get("test") is not None else acc.get("valid")
+        kind = "test" if acc.get("test") is not None else "valid"
+        line += f" | NB201 {ds} {kind} {value:.2f}"
+        break  # the first dataset (cifar10) on the line; all of them are in history.jsonl
+    return line + f" ({rec['time_s']:.1f} s)"
 
 
 def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",
