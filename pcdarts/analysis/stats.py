@@ -202,10 +202,14 @@ def genotype_ops(genotype: Genotype) -> list[str]:
 def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[list[float]]]] = None
                    ) -> dict[str, Any]:
     """The collapse diagnostics of one epoch: how many of the cell's ops are parameter-free
-    (``param_free_ops`` of ``cell_ops``) and, when the method has op weights, the mean
-    normalised entropy of each cell type's weights (``arch_entropy``: 1.0 = uniform)."""
+    (``param_free_ops`` of ``cell_ops``; DARTS-like spaces also ``param_free_normal``, the
+    normal cell's share, where collapse shows: reduction cells are pool-heavy by design) and,
+    when the method has op weights, the mean normalised entropy of each cell type's weights
+    (``arch_entropy``: 1.0 = uniform)."""
     ops = genotype_ops(genotype)
     out: dict[str, Any] = {"param_free_ops": sum(op in PARAMETER_FREE for op in ops), "cell_ops": len(ops)}
+    if hasattr(genotype, "normal"):
+        out["param_free_normal"] = sum(op in PARAMETER_FREE for op, _ in genotype.normal)
     entropy = {ct: arch_weight_summary({ct: w}).get("entropy") for ct, w in (arch_weights or {}).items()}
     entropy = {ct: round(v, 4) for ct, v in entropy.items() if v is not None}
     if entropy:
@@ -214,13 +218,15 @@ def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[lis
 
 
 def collapse_warning(genotype: Genotype) -> Optional[str]:
-    """A one-line warning when more than half of the cell's ops are parameter-free, else None."""
-    ops = genotype_ops(genotype)
+    """A one-line warning when more than half of the searched cell's ops are parameter-free
+    (the normal cell in DARTS-like spaces), else None."""
+    ops = [op for op, _ in genotype.normal] if hasattr(genotype, "normal") else genotype_ops(genotype)
     free = [op for op in ops if op in PARAMETER_FREE]
     if 2 * len(free) <= len(ops):
         return None
+    which = "normal cell" if hasattr(genotype, "normal") else "cell"
     counts = ", ".join(f"{op} x{free.count(op)}" for op in sorted(set(free), key=free.index))
-    return (f"the found cell is dominated by parameter-free ops ({len(free)} of {len(ops)}: {counts}), the "
+    return (f"the found {which} is dominated by parameter-free ops ({len(free)} of {len(ops)}: {counts}), the "
             "signature of DARTS's collapse; search longer, or try a collapse-robust method (darts-minus, drnas, "
             "is-darts) or pcdarts compare")
 

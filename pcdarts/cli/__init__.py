@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("genotype", help="genotype.json, run directory, genotype string or published name")
     sh.set_defaults(func=cmd_show)
 
-    from pcdarts.cli import tools, train
+    from pcdarts.cli import compare, tools, train
     from pcdarts.nb201.cli import add_subcommand as add_nb201
+    compare.add_subcommand(sub)
     train.add_subcommands(sub)
     tools.add_subcommands(sub)
     add_nb201(sub)

@@ -1,0 +1,118 @@
+"""--budget scaling, collapse diagnostics and ``pcdarts compare``."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from pcdarts.analysis.stats import collapse_stats, collapse_warning
+from pcdarts.cli import main
+from pcdarts.config import build_config, load_preset, scale_budget
+from pcdarts.errors import ConfigError, PcdartsError
+from pcdarts.genotype import NB201Genotype, load_genotype, parse_genotype
+from pcdarts.search.compare import _fmt, _mean_std, compare, preset_for, run_state
+from pcdarts.search.searcher import epoch_line
+
+TINY_NB201 = ["--space.C", "4", "--space.layers", "1", "--data.max_samples", "64", "--search.batch_size", "16",
+              "--run.plots", "false"]
+
+
+def test_budget_scales_every_epoch_field_of_a_preset():
+    cfg = build_config(load_preset("pc-darts_cifar10"))
+    short, changes = scale_budget(cfg, 5)
+    assert short.search.epochs == 5 and short.method.warmup_epochs == 2  # 15 * 5/50 = 1.5, half up
+    assert ("method.warmup_epochs", 15, 2) in changes and ("search.epochs", 50, 5) in changes
+    assert short.method.arch_lr == cfg.method.arch_lr and short.search.lr == cfg.search.lr  # not epoch fields
+    prog = build_config(load_preset("drnas_cifar10_progressive"))
+    short, _ = scale_budget(prog, 10)
+    assert tuple(short.method.stage_starts) == (5,) and short.method.warmup_epochs == 2
+    # a count never drops below its range: warm-up may reach 0, epochs stay >= 1
+    tiny, _ = scale_budget(cfg, 1)
+    assert tiny.search.epochs == 1 and tiny.method.warmup_epochs == 0
+    with pytest.raises(ConfigError, match="--budget must be a whole number"):
+        scale_budget(cfg, 0)
+
+
+def test_search_budget_flag_runs_a_shortened_preset(tmp_path, capsys):
+    # the preset's 15-epoch warm-up would refuse --search.epochs 2; --budget scales it
+    out = tmp_path / "r"
+    code = main(["search", "--preset", "pc-darts_nb201", "--data", "digits", "--budget", "2", "--out", str(out),
+                 "--no-progress", *TINY_NB201])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "budget: method.warmup_epochs 15 -> 1, search.epochs 50 -> 2" in stdout
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["arch_active"] for h in history] == [False, True]
+    for h in history:  # the collapse diagnostics of every epoch
+        assert 0 <= h["param_free_ops"] <= h["cell_ops"] == 6
+        assert 0.0 <= h["arch_entropy"]["cell"] <= 1.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["peak_memory_mib"] > 0 and manifest["search_time_s"] > 0
+
+
+def test_collapse_stats_and_warning():
+    g = NB201Genotype(("skip_connect", "skip_connect", "nor_conv_3x3", "avg_pool_3x3", "none", "skip_connect"))
+    uniform = [[0.2] * 5] * 6
+    peaked = [[1.0, 0, 0, 0, 0]] * 6
+    st = collapse_stats(g, {"cell": uniform})
+    assert st["param_free_ops"] == 5 and st["cell_ops"] == 6 and st["arch_entropy"]["cell"] == pytest.approx(1.0)
+    assert collapse_stats(g, {"cell": peaked})["arch_entropy"]["cell"] == pytest.approx(0.0, abs=1e-6)
+    assert "arch_entropy" not in collapse_stats(g)  # a method without op weights
+    warning = collapse_warning(g)
+    assert "5 of 6" in warning and "skip_connect x3" in warning and "\n" not in warning
+    v2 = load_genotype("DARTS_V2")  # 2 of 8 normal ops parameter-free (its reduce cell is all pools/skips)
+    assert collapse_warning(v2) is None and collapse_stats(v2)["param_free_normal"] == 2
+    skips = parse_genotype(str(v2).replace("sep_conv_3x3", "skip_connect"))
+    assert "normal cell" in collapse_warning(skips)
+    rec = {"epoch": 2, "train_loss": 1.0, "train_acc": 60.0, "param_free_ops": 5, "cell_ops": 6,
+           "arch_entropy": {"cell": 0.93}, "nb201": {"cifar10": {"valid": 88.5, "test": None}}, "time_s": 3.0}
+    assert epoch_line(rec, 5) == ("epoch 3/5  loss 1.000  acc 60.0 | cell: 5/6 parameter-free | entropy cell 0.93"
+                                  " | NB201 cifar10 valid 88.50 (3.0 s)")
+
+
+def test_preset_for_finds_each_methods_preset():
+    assert preset_for("darts", "nb201") == "darts1_nb201"
+    assert preset_for("pc-darts", "nb201") == "pc-darts_nb201"
+    assert preset_for("pc-darts", "darts") == "pc-darts_cifar10"
+    assert preset_for("darts2_cifar10", "darts") == "darts2_cifar10"  # a preset name is taken as is
+    with pytest.raises(PcdartsError, match="unknown method"):
+        preset_for("no-such-method", "nb201")
+
+
+def test_compare_refuses_a_bad_method_before_running_anything(tmp_path, capsys):
+    code = main(["compare", "--space", "nb201", "--methods", "darts,nope", "--seeds", "0", "--data", "digits",
+                 "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown method 'nope'" in err and not (tmp_path / "c").exists()
+
+
+def test_spread_is_the_sample_std_over_seeds():
+    assert _mean_std([90.0, 92.0]) == (91.0, pytest.approx(2 ** 0.5))
+    assert _mean_std([90.0]) == (90.0, None) and _fmt(*_mean_std([90.0])) == "90.00"
+    assert _fmt(91.0, 1.41421) == "91.00 ± 1.41" and _fmt(None, None) == "n/a"
+
+
+@pytest.mark.slow
+def test_compare_writes_its_table_and_skips_finished_runs(tmp_path):
+    root = tmp_path / "cmp"
+    logs: list[str] = []
+    compare("nb201", ["darts", "pc-darts"], [3], data="digits", budget=2, out=root, overrides=TINY_NB201,
+            progress=False, log=logs.append)
+    for method in ("darts", "pc-darts"):
+        assert run_state(root / f"{method}-s3") == "done"
+    table = (root / "compare.md").read_text()
+    assert "Numbers are one search seed" in table
+    assert "| darts | darts1_nb201 | 2 |" in table and "| pc-darts | pc-darts_nb201 | 2 |" in table
+    assert "method.warmup_epochs 15->1" in table  # the scaled fields are recorded
+    rows = list(csv.DictReader(open(root / "compare.csv")))
+    assert [r["method"] for r in rows] == ["darts", "pc-darts"]
+    assert float(rows[0]["search_time_s_mean"]) > 0 and float(rows[0]["peak_memory_mib"]) > 0
+    assert rows[0]["cells"].startswith("|") and rows[0]["lookup_std"] == ""
+    assert (root / "compare.png").is_file()
+    # a re-run skips every finished run and rewrites the same table
+    logs.clear()
+    compare("nb201", ["darts", "pc-darts"], [3], data="digits", budget=2, out=root, overrides=TINY_NB201,
+            progress=False, log=logs.append)
+    assert len(logs) == 2 and all(line.endswith("finished earlier, skipped") for line in logs)
+    assert (root / "compare.md").read_text() == table
