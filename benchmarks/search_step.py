@@ -76,8 +76,6 @@ def run_steps(searcher: Any, ctx: Any, n: int) -> float:
     return time.perf_counter() - t0
 
 
-
-
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One path alone: warm-up, a few steps, peak memory (run in a fresh process)."""
     with tempfile.TemporaryDirectory() as tmp:
