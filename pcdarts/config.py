@@ -86,9 +86,13 @@ class SpaceConfig:
     """Search-space (supernet) shape.
 
     Attributes:
-        name: ``darts`` or ``nb201``.
-        C: initial channels (DARTS CIFAR supernet 16; NB201 16).
-        layers: DARTS: number of cells (8); NB201: cells per stage N (5); None = the space's default.
+        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, ALGORITHMS §10).
+        C: initial channels (DARTS CIFAR supernet 16; NB201 16; broad 16).
+        layers: DARTS: number of cells (8); NB201: cells per stage N (5); broad: convolution
+            blocks (2); None = the space's default.
+        cells_per_block: broad only: normal (stride-1) cells before each block's reduction
+            cell; None = the space's default (0, the official search supernet).
+        enhancement_cells: broad only: enhancement cells after the blocks; None = the space's default (1).
         nodes: intermediate nodes per DARTS cell (4).
         stem: ``cifar`` (one 3x3 conv) or ``imagenet`` (three stride-2 convs); DARTS only.
         stem_multiplier: stem width as a multiple of C (DARTS: 3).
@@ -103,6 +107,8 @@ class SpaceConfig:
     name: str = "darts"
     C: Count = 16
     layers: Optional[Count] = None
+    cells_per_block: Optional[NonNegInt] = None
+    enhancement_cells: Optional[Count] = None
     nodes: Count = 4
     stem: str = "cifar"
     stem_multiplier: Count = 3

@@ -76,3 +76,6 @@ METHODS: Registry[Any] = Registry("method")
 SELECTORS: Registry[Any] = Registry("selector")
 OBJECTIVES: Registry[Any] = Registry("objective")
 DATASETS: Registry[Any] = Registry("dataset")
+# evaluation networks of genotypes of spaces beyond darts / nb201, by the genotype's ``space``:
+# an object with ``build(genotype, **kwargs)`` and ``label(genotype, C=, layers=, stem=)``
+NETWORKS: Registry[Any] = Registry("evaluation network")

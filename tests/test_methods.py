@@ -19,11 +19,15 @@ def _searcher(cfg_dict):
     return Searcher(cfg, new_run_dir(cfg))
 
 
+# method settings that fit the tiny 2-epoch run (default: no architecture warm-up)
+TINY_METHOD = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}}
+
+
 @pytest.mark.parametrize("space", SPACES.names())
 @pytest.mark.parametrize("method", METHODS.names())
 def test_one_search_step_per_method_and_space(tiny, method, space):
     layers = 3 if space == "darts" else 1
-    s = _searcher(tiny(method={"name": method, "warmup_epochs": 0},
+    s = _searcher(tiny(method={"name": method, **TINY_METHOD.get(method, {"warmup_epochs": 0})},
                        space={"name": space, "layers": layers}))
     w0 = [p.detach().clone() for p in s.weight_params]
     a0 = [p.detach().clone() for p in s.method.arch_parameters()]

@@ -244,8 +244,7 @@ def plot_genotype(genotype: Genotype, path_prefix: Union[str, Path], formats: Se
         raise RuntimeError("backend='dot' needs the graphviz 'dot' binary on PATH; install graphviz "
                            "or use backend='matplotlib'")
     if isinstance(genotype, DartsGenotype):
-        cells = [("normal", "normal cell", _darts_graph(genotype, "normal")),
-                 ("reduce", "reduction cell", _darts_graph(genotype, "reduce"))]
+        cells = [(kind, genotype.cell_titles[kind], _darts_graph(genotype, kind)) for kind in ("normal", "reduce")]
     elif isinstance(genotype, NB201Genotype):
         cells = [("cell", "NAS-Bench-201 cell", _nb201_graph(genotype))]
     else:

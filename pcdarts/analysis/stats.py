@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from pcdarts.genotype import (NB201_EDGES, DartsGenotype, Genotype, NB201Genotype, parse_genotype)
 from pcdarts.genotype.primitives import PARAMETER_FREE
+from pcdarts.registry import NETWORKS
 
 
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
@@ -167,6 +168,8 @@ def network_label(genotype: Genotype, *, num_classes: int, in_channels: int, inp
     """Which evaluation network a parameter / multiply-add figure refers to, in words
     (the defaults of :func:`pcdarts.nn.networks.build_network` filled in)."""
     shape = f"{num_classes} classes, {in_channels}x{input_size}x{input_size} input"
+    if genotype.space not in ("darts", "nb201"):  # a space with its own evaluation network (e.g. broad)
+        return f"{NETWORKS.get(genotype.space).label(genotype, C=C, layers=layers, stem=stem)}, {shape}"
     if isinstance(genotype, NB201Genotype):
         return f"NAS-Bench-201 network C={C or 16}, N={layers or 5} cells per stage, {shape}"
     if stem == "imagenet":
@@ -246,7 +249,7 @@ def describe_cells(genotype: Genotype) -> list[str]:
         entries = getattr(genotype, kind)
         concat = getattr(genotype, f"{kind}_concat")
         # nodes are numbered as the genotype's input indices: 0, 1 = cell inputs, 2.. = nodes
-        lines.append(f"{kind} cell:")
+        lines.append(f"{genotype.cell_titles[kind]}:")
         for step in range(len(entries) // 2):
             terms = [f"{op}({names.get(i, f'node {i}')})" for op, i in entries[2 * step:2 * step + 2]]
             lines.append(f"  node {step + 2} = " + " + ".join(terms))

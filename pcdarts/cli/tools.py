@@ -128,11 +128,12 @@ def add_plan_subcommand(subparsers: Any) -> None:
                               description="Estimate the peak memory of one search step (arch step + weight "
                                           "step) without running it at full size. Exit status 1 when a "
                                           "--budget-mib is given and the step does not fit.")
-    p.add_argument("--space", default="darts", help="darts | nb201")
+    p.add_argument("--space", default="darts", help="darts | nb201 | broad")
     p.add_argument("--method", default="pc-darts")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--C", type=int, default=16, dest="C")
-    p.add_argument("--layers", type=int, default=None, help="DARTS cells (8) / NB201 cells per stage (5)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="DARTS cells (8) / NB201 cells per stage (5) / broad blocks (2)")
     p.add_argument("--k", type=int, default=None, help="partial-channel factor (default: the method's)")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--in-channels", type=int, default=3)

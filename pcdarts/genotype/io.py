@@ -32,7 +32,7 @@ def load_genotype(source: Union[str, Path]) -> Genotype:
             return parse_genotype(text)
         except GenotypeError as e:
             raise GenotypeError(f"{p}: {e}") from None
-    if s.strip()[:1] in ("|", "{") or s.strip().startswith("Genotype"):
+    if s.strip()[:1] in ("|", "{") or s.strip().startswith(("Genotype", "BroadGenotype")):
         return parse_genotype(s)
     raise GenotypeError(f"{s!r} is not a genotype file, a genotype string, or a published name "
                         f"(published: {', '.join(sorted(PUBLISHED))})")

@@ -1,12 +1,14 @@
-"""Genotypes: the discrete result of a search, for both spaces.
+"""Genotypes: the discrete result of a search, for every space.
 
 * :class:`DartsGenotype` prints as the familiar
   ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], ...)``
   and parses that text back, so published cells can be pasted in.
+* :class:`BroadGenotype` (broad space, B-DARTS) is a DartsGenotype marked ``broad``; it
+  prints and parses as ``BroadGenotype(normal=[...], ...)``.
 * :class:`NB201Genotype` round-trips the canonical NAS-Bench-201 arch string
   ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
 
-Both read and write JSON. No torch imports here.
+All read and write JSON (its ``space`` field names the class). No torch imports here.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class DartsGenotype:
     reduce: tuple[tuple[str, int], ...]
     reduce_concat: tuple[int, ...]
     space = "darts"
+    text_name = "Genotype"  # the name its text form starts with (the original code's namedtuple)
+    cell_titles = {"normal": "normal cell", "reduce": "reduction cell"}  # what each cell is, for pictures
 
     def __post_init__(self) -> None:
         for field in ("normal", "reduce"):
@@ -51,12 +55,12 @@ class DartsGenotype:
         def cell(c: tuple[tuple[str, int], ...]) -> str:
             return "[" + ", ".join(f"({op!r}, {i})" for op, i in c) + "]"
 
-        return (f"Genotype(normal={cell(self.normal)}, normal_concat={list(self.normal_concat)}, "
+        return (f"{self.text_name}(normal={cell(self.normal)}, normal_concat={list(self.normal_concat)}, "
                 f"reduce={cell(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "space": "darts",
+            "space": self.space,
             "normal": [[op, i] for op, i in self.normal],
             "normal_concat": list(self.normal_concat),
             "reduce": [[op, i] for op, i in self.reduce],
@@ -91,10 +95,11 @@ class DartsGenotype:
 
     @classmethod
     def parse(cls, text: str) -> "DartsGenotype":
-        """Parse ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``."""
-        m = re.fullmatch(r"\s*Genotype\s*\((.*)\)\s*", text, flags=re.S)
+        """Parse ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``
+        (``BroadGenotype(...)`` for :class:`BroadGenotype`)."""
+        m = re.fullmatch(rf"\s*{cls.text_name}\s*\((.*)\)\s*", text, flags=re.S)
         if not m:
-            raise GenotypeError("a DARTS genotype string must look like Genotype(normal=[...], "
+            raise GenotypeError(f"a DARTS genotype string must look like {cls.text_name}(normal=[...], "
                                 "normal_concat=[...], reduce=[...], reduce_concat=[...])")
         try:
             call = ast.parse(f"f({m.group(1)})", mode="eval").body
@@ -122,6 +127,25 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
         node = k // 2 + 2
         if not 0 <= inp < node:
             raise GenotypeError(f"field {field!r} entry {k}: input {inp} must be in 0..{node - 1} for node {node}")
+
+
+@dataclass(frozen=True)
+class BroadGenotype(DartsGenotype):
+    """A B-DARTS (broad space) result: DARTS cells, marked for the broad evaluation network
+    (ALGORITHMS §10). ``normal`` is the convolution cell (the deep cells, and with stride 2
+    the broad cell ending each convolution block), ``reduce`` the enhancement cell (stride 1):
+    the naming of the official BNAS-v2 code. Prints and parses as ``BroadGenotype(...)``;
+    JSON ``"space": "broad"``. Never equal to a :class:`DartsGenotype` with the same cells
+    (it is another network)."""
+
+    space = "broad"
+    text_name = "BroadGenotype"
+    cell_titles = {"normal": "convolution cell (normal)", "reduce": "enhancement cell (reduce)"}
+
+    @classmethod
+    def of(cls, genotype: DartsGenotype) -> "BroadGenotype":
+        """The same cells, marked broad."""
+        return cls(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat)
 
 
 NB201_EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
@@ -188,28 +212,35 @@ class NB201Genotype:
 Genotype = Union[DartsGenotype, NB201Genotype]
 
 
+# the genotype class of each JSON "space" field
+GENOTYPE_TYPES: dict[str, type] = {"darts": DartsGenotype, "nb201": NB201Genotype, "broad": BroadGenotype}
+
+
 def genotype_from_dict(d: Any) -> Genotype:
     if not isinstance(d, dict):
         raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
     space = d.get("space")
-    if space == "nb201" or (space is None and "arch" in d):
-        return NB201Genotype.from_dict(d)
-    if space in ("darts", None):
-        return DartsGenotype.from_dict(d)
-    raise GenotypeError(f"field 'space' is {space!r}; expected 'darts' or 'nb201'")
+    if space is None:
+        space = "nb201" if "arch" in d else "darts"
+    if space not in GENOTYPE_TYPES:
+        raise GenotypeError(f"field 'space' is {space!r}; expected one of {', '.join(map(repr, GENOTYPE_TYPES))}")
+    return GENOTYPE_TYPES[space].from_dict(d)
 
 
 def parse_genotype(text: str) -> Genotype:
-    """A genotype from a string: NB201 arch string, DARTS ``Genotype(...)``, or JSON."""
+    """A genotype from a string: NB201 arch string, DARTS ``Genotype(...)``, broad
+    ``BroadGenotype(...)``, or JSON."""
     s = text.strip()
     if s.startswith("|"):
         return NB201Genotype.from_arch_str(s)
     if s.startswith("Genotype"):
         return DartsGenotype.parse(s)
+    if s.startswith(BroadGenotype.text_name):
+        return BroadGenotype.parse(s)
     if s.startswith("{"):
         try:
             return genotype_from_dict(json.loads(s))
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e}") from None
     raise GenotypeError(f"cannot read {s[:60]!r} as a genotype: expected an NB201 arch string (|op~0|+...), "
-                        "a DARTS Genotype(...) string, JSON, a file, or a published name")
+                        "a DARTS Genotype(...) or BroadGenotype(...) string, JSON, a file, or a published name")

@@ -9,6 +9,8 @@ from pcdarts.methods.base import Method, SearchContext, WeightStepInfo
 from pcdarts.methods.darts import Darts, DartsConfig, PCDarts, PCDartsConfig
 from pcdarts.methods.darts_minus import DartsMinus, DartsMinusConfig
 from pcdarts.methods.drnas import DrNAS, DrNASConfig
+from pcdarts.methods.is_darts import ISDarts, ISDartsConfig  # noqa: F401  (registration)
+from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (registration)
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
            "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]

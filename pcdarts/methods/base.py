@@ -107,6 +107,14 @@ class Method:
         ``{"aux_skip": True}`` for DARTS-); the Searcher and every builder pass them on."""
         return {}
 
+    def prepare_supernet(self, supernet: nn.Module, input_shape: tuple[int, int, int]) -> None:
+        """Transform the freshly built supernet in place before anything reads its structure
+        (e.g. remove the ops that are not candidates, reparametrise weights: MSR-DARTS's
+        spectral norm). Every builder of search components calls it once, right after the
+        supernet (on its device) and the method exist and before the weight optimiser is
+        built and a checkpoint is loaded, so both see the final structure. ``input_shape``
+        is (channels, height, width) of one input image. Default: nothing."""
+
     # ---- architecture state ------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.arch.parameters())

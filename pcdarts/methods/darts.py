@@ -1,7 +1,10 @@
 """DARTS (first and second order) and PC-DARTS: softmax(alpha) mixing, optional per-edge beta
-normalised over each node's inputs, Adam on the architecture (ALGORITHMS §1.4, §2)."""
+normalised over each node's inputs, Adam on the architecture (ALGORITHMS §1.4, §2), with an
+optional per-epoch architecture learning-rate schedule (B-DARTS's confident learning rate, §10)."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
@@ -32,6 +35,9 @@ class DartsConfig:
         derive_rule: the space's derive rule (DARTS space: ``darts``, top-2 distinct inputs,
             or ``node-pairs``, top-2 (op, input) pairs; NB201: ``argmax``); None = the space's default.
         hvp_eps: the finite-difference radius is hvp_eps / ||v|| (second order).
+        arch_lr_schedule: the Adam lr of epoch e is ``arch_lr * arch_lr_factor(schedule, e, epochs)``:
+            ``constant`` (DARTS), ``power(p)`` (B-DARTS's confident learning rate, p = 2 in the
+            official code), ``linear`` or ``cosine-increasing`` (see :func:`arch_lr_factor`).
     """
 
     order: Count = 1
@@ -46,12 +52,61 @@ class DartsConfig:
     selector: str = "alpha"
     derive_rule: Optional[str] = None
     hvp_eps: Positive = 0.01
+    arch_lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        try:
+            parse_arch_lr_schedule(self.arch_lr_schedule)
+        except ValueError:
+            raise ConfigError(f"method.arch_lr_schedule must be constant, linear, cosine-increasing or power(p) "
+                              f"with p > 0 (e.g. power(2)), got {self.arch_lr_schedule!r}") from None
         if self.order not in (1, 2):
             raise ConfigError(f"method.order must be 1 (first order) or 2 (second order), got {self.order}")
         if len(self.arch_betas) != 2:
             raise ConfigError(f"method.arch_betas must be two numbers (Adam's beta1, beta2), got {list(self.arch_betas)}")
+
+
+def parse_arch_lr_schedule(schedule: str) -> tuple[str, float]:
+    """``constant`` | ``linear`` | ``cosine-increasing`` | ``power(p)`` -> (kind, p) (p = 1
+    unless ``power``); ValueError for anything else, or p not a finite number > 0."""
+    s = str(schedule).strip()
+    if s in ("constant", "linear", "cosine-increasing"):
+        return s, 1.0
+    m = re.fullmatch(r"power\(\s*([^()]*?)\s*\)", s)
+    if m is None:
+        raise ValueError(f"unknown architecture lr schedule {schedule!r}")
+    p = float(m.group(1))  # ValueError if not a number
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"power(p) needs a finite p > 0, got {p}")
+    return "power", p
+
+
+def arch_lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The factor on ``arch_lr`` in ``epoch`` (0-based) of a search of ``epochs`` epochs.
+
+    B-DARTS's confident learning rate (CLR, ALGORITHMS §10): the architecture gradient is
+    trusted more as the supernet weights train, so its learning rate grows with training
+    progress ``t = (epoch + 1) / epochs`` (t = 1 in the last epoch; clamped there):
+
+    * ``constant``: 1 (plain DARTS);
+    * ``power(p)``: t^p. This is the authors' code (zixiangding/BNASv2,
+      ``BNASv2CLR/train_search_b_confidence.py``: ``((epoch + 1) / epochs) ** power``, power 2,
+      multiplying the Adam lr of the first-order step); §10 lists the formula as unverified
+      against the paper text;
+    * ``linear``: t (= ``power(1)``);
+    * ``cosine-increasing``: (1 - cos(pi t)) / 2, a half cosine from ~0 up to 1.
+
+    The factor scales the Adam lr for both orders. (The official second-order step instead
+    multiplies the unrolled loss by it and keeps the lr; under Adam that only shifts the
+    balance against the weight decay, so it is not offered.)
+    """
+    kind, p = parse_arch_lr_schedule(schedule)
+    if kind == "constant":
+        return 1.0
+    t = min((epoch + 1) / epochs, 1.0)
+    if kind == "cosine-increasing":
+        return (1.0 - math.cos(math.pi * t)) / 2.0
+    return t ** p  # power(p); linear is p = 1
 
 
 @METHODS.register("darts", description="DARTS, first (order=1) or second (order=2) order")
@@ -96,6 +151,14 @@ class Darts(Method):
     def is_arch_active(self, epoch: int) -> bool:
         return epoch >= self.cfg.warmup_epochs
 
+    def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        """Sets this epoch's architecture lr by ``arch_lr_schedule`` (``constant`` leaves the
+        optimiser alone). The lr lives in the optimiser's state, so a mid-epoch resume keeps it."""
+        if parse_arch_lr_schedule(self.cfg.arch_lr_schedule)[0] != "constant":
+            lr = self.cfg.arch_lr * arch_lr_factor(self.cfg.arch_lr_schedule, epoch, ctx.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def mixing(self) -> Mixing:
         ops = {ct: torch.softmax(a, dim=-1) for ct, a in self.alphas.items()}
         betas = self.betas
@@ -119,6 +182,8 @@ class Darts(Method):
         out: dict[str, Any] = {"arch_weights": {ct: w.float().cpu().tolist() for ct, w in mix.ops.items()}}
         if mix.edges is not None:
             out["edge_weights"] = {ct: w.float().cpu().tolist() for ct, w in mix.edges.items()}
+        if parse_arch_lr_schedule(self.cfg.arch_lr_schedule)[0] != "constant":
+            out["arch_lr"] = self.optimizer.param_groups[0]["lr"]
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -171,4 +236,4 @@ class PCDarts(Darts):
     Config = PCDartsConfig
 
 
-__all__ = ["Darts", "PCDarts", "DartsConfig", "PCDartsConfig"]
+__all__ = ["Darts", "PCDarts", "DartsConfig", "PCDartsConfig", "arch_lr_factor", "parse_arch_lr_schedule"]

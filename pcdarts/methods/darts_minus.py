@@ -90,6 +90,7 @@ class DartsMinus(Darts):
         return {"aux_skip": True}
 
     def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        super().on_epoch_start(epoch, ctx)  # the architecture lr schedule
         self.beta = aux_beta(self.cfg, epoch, ctx.epochs)
 
     def mixing(self) -> Mixing:

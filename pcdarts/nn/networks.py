@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pcdarts.genotype import NB201_EDGES, DartsGenotype, NB201Genotype
 from pcdarts.nn.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, ResNetReduction, nb201_ops
+from pcdarts.registry import NETWORKS
 
 NetOutput = tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -348,7 +349,8 @@ def build_network(genotype: Union[DartsGenotype, NB201Genotype], *, num_classes:
     """Build the evaluation network for a genotype.
 
     Args:
-        genotype: a :class:`DartsGenotype` or :class:`NB201Genotype`.
+        genotype: a :class:`DartsGenotype` or :class:`NB201Genotype`; a genotype of another
+            space (``genotype.space``, e.g. ``broad``) gets its registered network (``NETWORKS``).
         num_classes: classifier outputs.
         in_channels: image channels.
         C: initial channels; default 36 (DARTS, cifar stem), 48 (imagenet stem), 16 (NB201).
@@ -357,6 +359,10 @@ def build_network(genotype: Union[DartsGenotype, NB201Genotype], *, num_classes:
         stem: ``"cifar"`` or ``"imagenet"`` (DARTS only).
         auxiliary: build the auxiliary head (DARTS only; NB201 has none).
     """
+    space = getattr(genotype, "space", None)
+    if space is not None and space not in ("darts", "nb201"):  # another space's genotype (e.g. broad)
+        return NETWORKS.get(space).build(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
+                                         layers=layers, stem=stem, auxiliary=auxiliary)
     if stem not in ("cifar", "imagenet"):
         raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
     if isinstance(genotype, NB201Genotype):

@@ -3,3 +3,5 @@ the architecture, read by ``space.derive``. One scorer per file; each registers 
 from __future__ import annotations
 
 from pcdarts.scorers import alpha  # noqa: F401  (registration)
+from pcdarts.scorers import iim  # noqa: F401  (registration)
+from pcdarts.scorers import stable_rank  # noqa: F401  (registration)

@@ -138,6 +138,7 @@ class _Step:
                                                       in_channels=in_channels,
                                                       **method_cls.supernet_options(method_cls.Config()))
         self.method = method_cls(method_cls.Config(), self.space_obj, self.space_cfg, "cpu")
+        self.method.prepare_supernet(self.supernet, (in_channels, input_size, input_size))
         self.objective = OBJECTIVES.get("cross-entropy")()
         s = SearchConfig()
         self.grad_clip = s.grad_clip

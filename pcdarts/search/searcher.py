@@ -154,6 +154,7 @@ class Searcher:
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
         self.method.generator = self.arch_generator
+        self.method.prepare_supernet(self.supernet, (self.in_channels, self.input_size, self.input_size))
         self.objective = OBJECTIVES.get(cfg.search.objective)().to(self.device)
         self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
@@ -421,7 +422,11 @@ class Searcher:
         self._check_finite()
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a prune at this epoch's end rebuilt the optimiser, which has not stepped yet:
+            # stepping the (global-epoch) schedule now is right, not the mistake torch warns about
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         m = {k: float(v) for k, v in self.meters.items()}
         rec: dict[str, Any] = {
             "epoch": self.epoch, "lr": lr,

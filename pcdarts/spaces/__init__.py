@@ -58,6 +58,10 @@ class SearchSpace:
         from pcdarts.analysis.stats import genotype_stats  # late: stats builds evaluation networks
         return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
+    # A space whose genotypes are neither DARTS nor NB201 ones (``genotype.space`` is its
+    # name) registers its evaluation network in ``pcdarts.registry.NETWORKS`` (see
+    # pcdarts/nn/broad.py); build_network and the size reports look it up there.
+
 
 def masked_scores(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Scores with pruned ops set to -inf so no rule can pick them."""
@@ -71,6 +75,6 @@ def get_space(name: str) -> SearchSpace:
     return SPACES.get(name)()
 
 
-from pcdarts.spaces import darts, nb201  # noqa: E402,F401  (registration)
+from pcdarts.spaces import darts, nb201, broad  # noqa: E402,F401  (registration; broad builds on darts)
 
 __all__ = ["SearchSpace", "get_space", "masked_scores", "SPACES"]
