@@ -52,7 +52,7 @@ from pcdarts.nn.ops import DARTS_PRIMITIVES
 from pcdarts.registry import SPACES
 from pcdarts.spaces import SearchSpace
 from pcdarts.spaces.darts import (DartsSupernet, FastDartsSupernet, SearchCell, darts_node_edges, derive_darts,
-                                  derive_node_pairs)
+                                  derive_node_pairs, initial_masks)
 
 class BroadSupernet(BroadMacro):
     """The broad search network (BCNN supernet). It owns no architecture parameters.
@@ -71,10 +71,7 @@ class BroadSupernet(BroadMacro):
                  aux_skip: bool = False) -> None:
         super().__init__()
         self.nodes = nodes
-        E = sum(j + 2 for j in range(nodes))
-        self.masks = {ct: (masks[ct].bool().clone() if masks and ct in masks
-                           else torch.ones(E, len(DARTS_PRIMITIVES), dtype=torch.bool))
-                      for ct in self.cell_types}
+        self.masks = initial_masks(self.cell_types, nodes, masks)
 
         def make_cell(ct: str, C_pp: int, C_p: int, C_cell: int, reduction: bool, reduction_prev: bool
                       ) -> tuple[nn.Module, int]:

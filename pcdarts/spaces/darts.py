@@ -1,7 +1,7 @@
 """The DARTS cell space (ALGORITHMS §1.1-1.5): search cell, supernet, derivation rule."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,15 @@ def darts_node_edges(nodes: int) -> list[list[int]]:
         groups.append(list(range(e, e + j + 2)))
         e += j + 2
     return groups
+
+
+def initial_masks(cell_types: Sequence[str], nodes: int, masks: Optional[dict[str, torch.Tensor]] = None
+                  ) -> dict[str, torch.Tensor]:
+    """The op masks a DARTS-cell supernet starts from: the given ones (a resumed, pruned run),
+    else every op of every edge, per cell type."""
+    E = sum(j + 2 for j in range(nodes))
+    return {ct: (masks[ct].bool().clone() if masks and ct in masks
+                 else torch.ones(E, len(DARTS_PRIMITIVES), dtype=torch.bool)) for ct in cell_types}
 
 
 class SearchCell(nn.Module):
@@ -84,10 +93,7 @@ class DartsSupernet(nn.Module):
                  aux_skip: bool = False) -> None:
         super().__init__()
         self.nodes = nodes
-        E = sum(j + 2 for j in range(nodes))
-        self.masks = {ct: (masks[ct].bool().clone() if masks and ct in masks
-                           else torch.ones(E, len(DARTS_PRIMITIVES), dtype=torch.bool))
-                      for ct in self.cell_types}
+        self.masks = initial_masks(self.cell_types, nodes, masks)
         C_stem = stem_multiplier * C
         if stem == "cifar":
             self.stem: nn.Module = nn.Sequential(
