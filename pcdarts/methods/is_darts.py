@@ -160,11 +160,16 @@ class ISDarts(Method):
         return Mixing(ops={ct: m.float() / self.num_ops for ct, m in self.masks().items()})
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
-        """1 for live ops, 0 for pruned ones: the derived cell is the surviving ops (NB201:
-        the one per edge; DARTS: the two (op, input) pairs per node). Before the last shrink
-        the rule picks the lowest-index live ops (a placeholder, as the official code
-        derives nothing until then)."""
-        return {ct: m.float().cpu() for ct, m in self.masks().items()}
+        """Live ops ranked by the last IIM pass (lowest F = most informative first), pruned ones
+        last: after the last shrink the derived cell is exactly the survivors (NB201: the one
+        op per edge; DARTS: the two (op, input) pairs per node); before it, the cell the
+        current ranking would keep (the official code derives nothing until the end; before
+        the first pass every live op ties and the rule takes the lowest index)."""
+        out = {}
+        for ct, mask in self.masks().items():
+            rank = -self.last_iim()[ct].float().cpu().clamp(max=1e30)  # +inf F -> the lowest live score
+            out[ct] = torch.where(mask.cpu(), rank, torch.full_like(rank, float("-inf")))
+        return out
 
     def derive_rule(self) -> Optional[str]:
         return self.rule
