@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pcdarts.registry import SPACES  # noqa: E402
 from pcdarts.spaces import get_space  # noqa: E402
 from pcdarts.utils import peak_memory_mib  # noqa: E402
 
@@ -67,11 +68,11 @@ def _sync(device: torch.device) -> None:
 
 
 def run_steps(searcher: Any, ctx: Any, n: int) -> float:
-    """Seconds for ``n`` search steps (architecture step active)."""
+    """Seconds for ``n`` search steps (architecture step active, for methods that have one)."""
     _sync(searcher.device)
     t0 = time.perf_counter()
     for _ in range(n):
-        searcher.search_step(True, ctx)
+        searcher.search_step(searcher.method.has_arch, ctx)  # methods without an arch step take none
     _sync(searcher.device)
     return time.perf_counter() - t0
 
@@ -97,7 +98,7 @@ def measure_peak(impl: str, argv: list[str], args: argparse.Namespace) -> dict[s
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--space", default="darts", choices=["darts", "nb201"])
+    p.add_argument("--space", default="darts", choices=SPACES.names())
     p.add_argument("--method", default="pc-darts")
     p.add_argument("--C", type=int, default=16, help="initial channels")
     p.add_argument("--cells", type=int, default=None, help="DARTS: cells (8); NB201: cells per stage N (5)")
