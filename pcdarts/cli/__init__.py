@@ -126,7 +126,9 @@ def search_summary(result: Any) -> list[str]:
     elif cfg.data.dataset == "digits":
         lines.append(f"next:          pcdarts train {g} --preset short")
     else:
-        lines.append(f"next:          pcdarts train {g} --preset cifar10_paper --data {cfg.data.spec}")
+        from pcdarts.spaces import get_space
+        lines.append(f"next:          pcdarts train {g} --preset {get_space(cfg.space.name).train_preset} "
+                     f"--data {cfg.data.spec}")
     return lines
 
 

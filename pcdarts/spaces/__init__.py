@@ -22,6 +22,7 @@ class SearchSpace:
     primitives: tuple[str, ...] = ()
     cell_types: tuple[str, ...] = ()
     default_layers: int = 1  # space.layers when the config leaves it None
+    train_preset: str = "cifar10_paper"  # the training preset the end-of-search summary suggests
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         """Edge indices entering each intermediate node (the edge-normalisation groups)."""

@@ -141,6 +141,7 @@ class BroadSpace(SearchSpace):
     primitives = DARTS_PRIMITIVES
     cell_types = ("normal", "reduce")
     default_layers = 2             # convolution blocks of the search supernet
+    train_preset = "b-darts_cifar10"  # the broad evaluation network's protocol
     default_cells_per_block = 0    # deep cells before each broad cell
     default_enhancement_cells = 1
 
