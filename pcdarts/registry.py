@@ -76,6 +76,7 @@ METHODS: Registry[Any] = Registry("method")
 SELECTORS: Registry[Any] = Registry("selector")
 OBJECTIVES: Registry[Any] = Registry("objective")
 DATASETS: Registry[Any] = Registry("dataset")
+PROXIES: Registry[Any] = Registry("zero-cost proxy")  # proxy(net, batch, *, seed) -> float (pcdarts.scorers.zero_cost)
 # evaluation networks of genotypes of spaces beyond darts / nb201, by the genotype's ``space``:
 # an object with ``build(genotype, **kwargs)`` and ``label(genotype, C=, layers=, stem=)``
 NETWORKS: Registry[Any] = Registry("evaluation network")

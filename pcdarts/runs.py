@@ -11,6 +11,7 @@ at the next step boundary.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import shutil
@@ -24,7 +25,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 import yaml
 
-from pcdarts.errors import CheckpointError, RunDirError
+from pcdarts.errors import CheckpointError, CheckpointWriteError, RunDirError
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -33,7 +34,7 @@ BACKUP_PREFIX = ".replaced-"
 # what a run of either kind writes; an overwritten run's entries matching these are moved aside
 RUN_ENTRIES = ("config.yaml", "manifest.json", "history.jsonl", "genotype.json", CHECKPOINT, PREVIOUS,
                CHECKPOINT + ".tmp", "metrics.json", "seeds.json", "summary.json", "seed-*", "genotype_*.*",
-               "genotype.*", "arch_weights.*", "plots")
+               "genotype.*", "arch_weights.*", "plots", "tb")
 
 # kind -> (what it is called, how to continue it, what else to do with it)
 KINDS = {
@@ -42,6 +43,7 @@ KINDS = {
     "train": ("a training run", "pcdarts train --resume {p}", "evaluate it with `pcdarts eval {p}`"),
 }
 FORMATS = {"search": "pcdarts-search", "train": "pcdarts-train"}
+CHECKPOINT_VERSION = 1  # the newest checkpoint layout this code reads (the "version" field)
 
 
 def run_kind(path: Union[str, Path]) -> Optional[str]:
@@ -98,30 +100,96 @@ def check_resumable(path: Union[str, Path], kind: str, command: str,
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` atomically; the checkpoint it replaces is kept as ``checkpoint.prev.pt``.
+    """Write ``state`` atomically and durably; the checkpoint it replaces is kept as ``checkpoint.prev.pt``.
 
-    There is a complete ``checkpoint.pt`` at every moment: the new file is written
-    beside it, the old one is hard-linked (copied where links fail) to the previous
-    name, and the new one is renamed over it.
+    There is a complete ``checkpoint.pt`` at every moment, also after a power cut or a
+    SIGKILL: the new file is written beside it and fsynced, the old one is hard-linked
+    (copied where links fail) to the previous name, the new one is renamed over it, and
+    the directory is fsynced after each rename. A failed write (disk full, quota, I/O
+    error) removes the partial file, leaves both older checkpoints untouched and raises
+    :class:`~pcdarts.errors.CheckpointWriteError` in one line.
+
+    ``PCDARTS_TEST_CHECKPOINT_PAUSE=SECONDS`` sleeps between the stages (tests kill the
+    process there to prove the claim above).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    prev = path.with_name(PREVIOUS)
+    prev_tmp = prev.with_name(prev.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            _test_pause()
+            f.flush()
+            os.fsync(f.fileno())
+        _test_pause()
+        if path.is_file():
+            prev_tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, prev_tmp)
+            except OSError:
+                shutil.copyfile(path, prev_tmp)
+                _fsync_file(prev_tmp)
+            _test_pause()
+            os.replace(prev_tmp, prev)
+            _fsync_dir(path.parent)
+            _test_pause()
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        for partial in (tmp, prev_tmp):
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        raise CheckpointWriteError(checkpoint_write_message(path, e)) from None
+
+
+def checkpoint_write_message(path: Path, e: OSError) -> str:
+    """One line: which file could not be written, why (disk full named as such), what is kept."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full (no space left on device)"
+        fix = "free some space"
+    else:
+        why = f"the write failed ({e.strerror or e})"
+        fix = "fix the cause"
     if path.is_file():
-        prev = path.with_name(PREVIOUS)
-        prev_tmp = prev.with_name(prev.name + ".tmp")
-        prev_tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, prev_tmp)
-        except OSError:
-            shutil.copyfile(path, prev_tmp)
-        os.replace(prev_tmp, prev)
-    os.replace(tmp, path)
+        kept = (f"the last complete checkpoint {path} is intact; {fix} and continue from it "
+                f"with --resume {path.parent}")
+    else:
+        kept = f"no checkpoint had been written yet; {fix} and start the run again"
+    return f"cannot write the checkpoint {path}: {why}; {kept}"
 
 
-def load_checkpoint(path: Union[str, Path], kind: str, command: str) -> dict[str, Any]:
-    """Read a checkpoint of ``kind``; a damaged file or one of another kind raises CheckpointError
-    in one line that names the file and what to do (the older checkpoint, if one is kept)."""
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _test_pause() -> None:
+    pause = os.environ.get("PCDARTS_TEST_CHECKPOINT_PAUSE")
+    if pause:
+        time.sleep(float(pause))
+
+
+def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Optional[dict[str, Any]] = None,
+                    sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint of ``kind``; a damaged file, one of another kind, one written by a newer
+    pcdarts, or (given the run's ``config`` dict) one whose ``sections`` differ from it (a
+    checkpoint of another space or method copied in) raises CheckpointError in one line that
+    names the file and what to do (the older checkpoint, if one is kept)."""
     path = Path(path)
     prev = path.with_name(PREVIOUS)
     older = (f"an older checkpoint is kept: rename {prev} to {path} to continue from it"
@@ -141,6 +209,20 @@ def load_checkpoint(path: Union[str, Path], kind: str, command: str) -> dict[str
         if found is not None:
             raise CheckpointError(wrong_kind_message(path.parent, found, command))
         raise CheckpointError(f"{command}: {path} is not a pcdarts {kind} checkpoint")
+    version = ck.get("version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{command}: {path} was written by a newer pcdarts (checkpoint version {version!r}, "
+                              f"this one reads up to {CHECKPOINT_VERSION}); upgrade pcdarts to continue it")
+    saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+    for section in sections:
+        if config is not None and section in saved and saved[section] != config.get(section):
+            diff = sorted(k for k in set(saved[section]) | set(config.get(section) or {})
+                          if saved[section].get(k) != (config.get(section) or {}).get(k))
+            shown = ", ".join(f"{section}.{k} {saved[section].get(k)!r} vs {(config.get(section) or {}).get(k)!r}"
+                              for k in diff[:3])
+            raise CheckpointError(f"{command}: {path} belongs to another run ({shown}: checkpoint vs "
+                                  f"{path.parent / 'config.yaml'}); put back the run's own checkpoint, or "
+                                  f"start a new run")
     return ck
 
 
@@ -330,6 +412,8 @@ def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> st
     return f"{what} became non-finite (NaN or inf) {where}: {hint}; {kept}, no genotype was derived from it"
 
 
-__all__ = ["CHECKPOINT", "PREVIOUS", "NonFiniteWatch", "RunDir", "StopFlag", "check_resumable", "divergence_message",
+__all__ = ["CHECKPOINT", "CHECKPOINT_VERSION", "PREVIOUS", "NonFiniteWatch", "RunDir", "StopFlag", "check_resumable",
+           "checkpoint_write_message",
+           "divergence_message",
            "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint", "stop_message",
            "wrong_kind_message"]

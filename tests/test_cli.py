@@ -84,9 +84,10 @@ def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("command", [["search"], ["train", "DARTS_V2", "--preset", "short"]])
+@pytest.mark.parametrize("command", [["train", "DARTS_V2", "--preset", "short"]])
 def test_torchrun_launch_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, command):
-    """Several processes would each search/train on a shard without averaging gradients."""
+    """Training under torchrun is not implemented: several processes would each train on a shard
+    without averaging gradients (search runs under torchrun: tests/test_ddp.py)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     code, _, err = run_cli([*command, "--out", str(tmp_path / "r")], capsys)

@@ -151,8 +151,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch
     if step == "weight":
         real = search_mod.weight_step
 
-        def poisoned(method, optimizer, batch, ctx, *, grad_clip):
-            loss, logits = real(method, optimizer, batch, ctx, grad_clip=grad_clip)
+        def poisoned(method, optimizer, batch, ctx, **kw):
+            loss, logits = real(method, optimizer, batch, ctx, **kw)
             return (loss * float("nan") if ctx.epoch >= 1 else loss), logits
         monkeypatch.setattr(search_mod, "weight_step", poisoned)
     else:

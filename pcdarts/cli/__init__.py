@@ -3,7 +3,7 @@
 Turns presets, options and dotted overrides into configs and calls the library; no
 search logic lives here. Errors a user can fix (every :class:`~pcdarts.errors.PcdartsError`)
 are printed as one ``error:`` line (exit code 2), warnings as one ``warning:`` line; set
-PCDARTS_DEBUG=1 to see the traceback.
+``--debug`` (or PCDARTS_DEBUG=1) to see the traceback.
 """
 from __future__ import annotations
 
@@ -77,8 +77,12 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
         run["overwrite"] = True
     if args.no_progress:
         run["progress"] = False
+    if args.tensorboard:
+        run["tensorboard"] = True
     if args.nb201_lookup:
         d.setdefault("search", {})["nb201_lookup"] = True
+    if args.prune:
+        d.setdefault("search", {})["prune"] = args.prune
     for dotted, value in parse_overrides(overrides):
         apply_override(d, dotted, value)
     return d
@@ -98,8 +102,10 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         result = search(cfg)
     if result.interrupted:
         return 130
-    for line in search_summary(result):
-        print(line)
+    from pcdarts.distributed import dist_info
+    if dist_info().is_main:  # under torchrun one summary, from rank 0
+        for line in search_summary(result):
+            print(line)
     return 0
 
 
@@ -155,6 +161,8 @@ def derive_from_run(run_dir: str | Path) -> Any:
     space = get_space(cfg.space.name)
     method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
     method.load_state_dict(ck["method"])
+    if ck.get("masks"):
+        method.set_masks(ck["masks"])  # a space pruned before the search: scores over the live ops, as in the run
     return space.derive(method.scores(), ck.get("masks") or None, method.derive_rule())
 
 
@@ -190,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcdarts", description="Differentiable architecture search (PC-DARTS family).")
     from pcdarts import __version__
     p.add_argument("--version", action="version", version=f"pcdarts {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (also PCDARTS_DEBUG=1); may stand anywhere on the line")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("search", help="run an architecture search (default: short PC-DARTS search on digits)",
@@ -206,9 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
+                        "pip install \"pcdarts[tensorboard]\")")
     s.add_argument("--budget", type=int, metavar="EPOCHS",
                    help="run EPOCHS search epochs, scaling every epoch-based field of the preset (warm-up, "
                         "stage starts, shrink epochs, decay horizons) by EPOCHS/search.epochs")
+    s.add_argument("--prune", metavar="PROXY[:FRACTION]",
+                   help="zero-shot pruning before the search: remove FRACTION (default 0.5) of each edge's ops, "
+                        "ranked by a zero-cost proxy, e.g. naswot:0.5 (search.prune; ALGORITHMS §8.1)")
     s.add_argument("--nb201-lookup", action="store_true",
                    help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
     s.set_defaults(func=cmd_search, takes_overrides=True)
@@ -222,18 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("genotype", help="genotype.json, run directory, genotype string or published name")
     sh.set_defaults(func=cmd_show)
 
-    from pcdarts.cli import compare, tools, train
+    from pcdarts.cli import compare, tools, train, ws, zero_cost
     from pcdarts.nb201.cli import add_subcommand as add_nb201
     compare.add_subcommand(sub)
     train.add_subcommands(sub)
     tools.add_subcommands(sub)
     add_nb201(sub)
+    zero_cost.add_subcommand(sub)
+    ws.add_subcommand(sub)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = bool(os.environ.get("PCDARTS_DEBUG"))
+    debug = bool(os.environ.get("PCDARTS_DEBUG")) or "--debug" in argv  # anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
     try:
         parser = build_parser()
     except ImportError as e:  # a broken install: say which module, not a traceback

@@ -33,6 +33,8 @@ def train_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dic
         run["overwrite"] = True
     if args.no_progress:
         run["progress"] = False
+    if args.tensorboard:
+        run["tensorboard"] = True
     for dotted, value in parse_overrides(overrides):
         apply_override(d, dotted, value)
     return d
@@ -125,6 +127,9 @@ def add_subcommands(subparsers: Any) -> None:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or --seeds folder) exactly")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
+                        "pip install \"pcdarts[tensorboard]\")")
     t.set_defaults(func=cmd_train, takes_overrides=True)
 
     e = subparsers.add_parser("eval", help="evaluate a trained network (run directory or checkpoint.pt)",

@@ -115,6 +115,14 @@ class Method:
         built and a checkpoint is loaded, so both see the final structure. ``input_shape``
         is (channels, height, width) of one input image. Default: nothing."""
 
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """The supernet's op masks (cell type -> [E, O] booleans, False = removed) when the
+        search starts: the Searcher calls it once, after :meth:`prepare_supernet` and the
+        zero-shot pruning of ``search.prune`` (ALGORITHMS §8.1), on new and resumed runs alike,
+        before a checkpoint is loaded. A method whose mixing spans every op (a softmax over
+        alpha) leaves the removed ones out of it; one with masks of its own ANDs them in.
+        Default: nothing (every removed op is simply never run)."""
+
     # ---- architecture state ------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.arch.parameters())
@@ -134,6 +142,17 @@ class Method:
     def divergence_hint(self) -> str:
         """What to change when the architecture step's loss or weights went non-finite."""
         return "the architecture learning rate is probably too high; lower it and start again"
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the architecture learning rate(s) by ``factor``: the Searcher's rollback
+        after a non-finite loss (``search.rollback``) halves them. Default: every param group
+        of every torch optimiser held as an attribute of the method; a method whose lr lives
+        elsewhere overrides this. A per-epoch arch-lr schedule sets its own lr again at the
+        next epoch start."""
+        for value in vars(self).values():
+            if isinstance(value, torch.optim.Optimizer):
+                for group in value.param_groups:
+                    group["lr"] *= factor
 
     def derive_rule(self) -> Optional[str]:
         """The space's derive rule this method uses (None = the space's default)."""

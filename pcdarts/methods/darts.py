@@ -127,6 +127,8 @@ class Darts(Method):
         self.arch.to(device)
         self.optimizer = torch.optim.Adam(self.arch.parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                           weight_decay=cfg.arch_weight_decay)
+        # the live ops per cell type when some were removed before the search (set_masks); None = all
+        self.op_masks: Optional[dict[str, torch.Tensor]] = None
 
     @property
     def alphas(self) -> dict[str, nn.Parameter]:
@@ -159,8 +161,26 @@ class Darts(Method):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Removed ops leave the softmax: ``Mix(x) = sum_o I(o) e^a_o o(x) / sum_o' I(o') e^a_o'``
+        (ALGORITHMS §8.1); their alpha stays a parameter, with no gradient from the loss.
+        Every op live (the usual case) keeps the plain softmax, bit for bit."""
+        live = {ct: masks[ct].bool() for ct in self.cell_types if ct in masks}
+        if any(not bool(m.any(-1).all()) for m in live.values()):
+            raise ValueError("set_masks: every edge needs at least one live op")
+        device = self.alphas[self.cell_types[0]].device
+        self.op_masks = None if all(bool(m.all()) for m in live.values()) else {
+            ct: m.to(device) for ct, m in live.items()}
+
+    def live_alphas(self) -> dict[str, torch.Tensor]:
+        """alpha per cell type with the removed ops at -inf (alpha itself when every op is live)."""
+        if self.op_masks is None:
+            return dict(self.alphas)
+        return {ct: a if ct not in self.op_masks else a.masked_fill(~self.op_masks[ct], float("-inf"))
+                for ct, a in self.alphas.items()}
+
     def mixing(self) -> Mixing:
-        ops = {ct: torch.softmax(a, dim=-1) for ct, a in self.alphas.items()}
+        ops = {ct: torch.softmax(a, dim=-1) for ct, a in self.live_alphas().items()}
         betas = self.betas
         edges = None if betas is None else {ct: normalise_edges(b, self.node_edges) for ct, b in betas.items()}
         return Mixing(ops=ops, edges=edges)

@@ -147,6 +147,14 @@ class DrNAS(Darts):
     def masks(self) -> dict[str, torch.Tensor]:
         return {ct: getattr(self.arch, f"mask_{ct}") for ct in self.cell_types}
 
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Ops removed before the search (``search.prune``) join the pruned ones: zeroed in
+        every sample, the rest renormalised, as after a progressive-learning stage."""
+        for ct, mask in self.masks().items():
+            if ct in masks:
+                mask.copy_(mask & masks[ct].to(mask.device).bool())
+        self.pruned = any(not torch.equal(m, self.arch.candidates) for m in self.masks().values())
+
     def concentration(self, ct: str) -> torch.Tensor:
         return F.elu(self.alphas[ct]) + 1
 

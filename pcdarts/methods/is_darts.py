@@ -152,6 +152,13 @@ class ISDarts(Method):
     def masks(self) -> dict[str, torch.Tensor]:
         return {ct: getattr(self.arch, f"mask_{ct}") for ct in self.cell_types}
 
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Ops removed before the search (``search.prune``) are pruned here too, so the shrink
+        steps count only the live ones (the divisor stays |O|, as ever)."""
+        for ct, mask in self.masks().items():
+            if ct in masks:
+                mask.copy_(mask & masks[ct].to(mask.device).bool())
+
     def last_iim(self) -> dict[str, torch.Tensor]:
         """F of the last IIM pass per cell type ([E, O]; zeros before the first shrink)."""
         return {ct: getattr(self.arch, f"iim_{ct}") for ct in self.cell_types}

@@ -348,6 +348,7 @@ class MSRDarts(Method):
         self.scored_ranks: dict[int, torch.Tensor] = {}  # the last derivation's stable ranks
         self.bank: Optional[SpectralNormBank] = None
         self._supernet: Optional[nn.Module] = None
+        self._input_shape: tuple[int, ...] = ()
         self._scored: dict[tuple[int, int, int], tuple[nn.Conv2d, tuple[int, int]]] = {}
         self._mixing: Optional[Mixing] = None
 
@@ -388,8 +389,25 @@ class MSRDarts(Method):
             self.bank = SpectralNormBank(measured, coeff=self.cfg.sn_coeff, iterations=self.cfg.sn_iterations,
                                          eps=self.cfg.sn_eps, redraw=self.cfg.sn_redraw,
                                          generator=lambda: self.generator)
-        self._supernet = supernet
+        self._supernet, self._input_shape = supernet, tuple(input_shape)
         self._set_mixing(self._compute_ranks())
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Candidates removed before the search (``search.prune``, after :meth:`prepare_supernet`)
+        are dropped: the spectral norms, scored convs and mixing are set up again on the pruned
+        supernet, exactly as a resumed run (whose supernet is built pruned) sets them up."""
+        if self._supernet is None:
+            return
+        live = {(c, e, o) for _, c, e, o, _ in self._supernet.candidate_ops()}
+        if all(key in live for key in self._scored):
+            return
+        if self.bank is not None:
+            for g in self.bank.groups:
+                for conv in g.convs:
+                    if parametrize.is_parametrized(conv, "weight"):
+                        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
+        self.bank, self._scored = None, {}
+        self.prepare_supernet(self._supernet, self._input_shape)
 
     def _resolution(self, conv_in: tuple[int, int], op_in: tuple[int, int],
                     cell_in: tuple[int, int]) -> tuple[int, int]:

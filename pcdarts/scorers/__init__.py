@@ -5,3 +5,4 @@ from __future__ import annotations
 from pcdarts.scorers import alpha  # noqa: F401  (registration)
 from pcdarts.scorers import iim  # noqa: F401  (registration)
 from pcdarts.scorers import stable_rank  # noqa: F401  (registration)
+from pcdarts.scorers import zero_cost  # noqa: F401  (registration: PROXIES, not SELECTORS)

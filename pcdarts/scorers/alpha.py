@@ -14,8 +14,10 @@ from pcdarts.registry import SELECTORS
 
 @SELECTORS.register("alpha", description="softmax(alpha), times the normalised beta when present")
 def alpha_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
-    """The registered form: reads ``method.alphas``, ``method.betas`` and ``method.node_edges``."""
-    return alpha_beta_scores(method.alphas, method.betas, method.node_edges)
+    """The registered form: reads ``method.alphas`` (the live ones, removed ops at -inf, when the
+    method has ``live_alphas``: a space pruned before the search), ``method.betas`` and ``method.node_edges``."""
+    alphas = method.live_alphas() if hasattr(method, "live_alphas") else method.alphas
+    return alpha_beta_scores(alphas, method.betas, method.node_edges)
 
 
 def alpha_beta_scores(alpha: dict[str, torch.Tensor], beta: Optional[dict[str, torch.Tensor]],

@@ -68,7 +68,8 @@ def preset_for(method: str, space: str) -> str:
         raise ConfigError(f"no preset runs method {method!r} on the {space} space; name a preset instead "
                           f"(one of: {', '.join(names)})")
     exact = f"{method}_{space}"
-    return exact if exact in matches else matches[0]
+    own = [m for m in matches if m.startswith(f"{method}_")]  # e.g. pc-darts_cifar10 before hss_darts_cifar10
+    return exact if exact in matches else (own or matches)[0]
 
 
 def plan_entries(space: str, methods: Sequence[str], data: Optional[str], budget: Optional[int],

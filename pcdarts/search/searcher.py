@@ -16,22 +16,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
+from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import dist_info, require_single_process, resolve_device
+from pcdarts.distributed import (all_reduce_mean, all_reduce_sum, check_identical, dist_info, init_distributed,
+                                  is_distributed, resolve_device)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
 from pcdarts.registry import METHODS, OBJECTIVES
 from pcdarts.nn.edges import widen_edges, widen_tensor
+from pcdarts.search.prune import prune_at_start
 from pcdarts.spaces import get_space
 
 CHECKPOINT = runs.CHECKPOINT
@@ -86,18 +89,23 @@ def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter
 
 
 def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-                ctx: SearchContext, *, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+                ctx: SearchContext, *, grad_clip: float,
+                after_backward: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of the supernet weights (``ctx.weight_params``) at the method's
     current mixing weights.
 
     The one weight step of every search: the Searcher (hence the benchmark) and the
     memory planner call it. Returns (loss, the objective's metrics), still on the device.
+    ``after_backward`` runs between the backward pass and the clip (the Searcher averages the
+    gradients DDP does not own there: an objective's own parameters).
     """
     with torch.no_grad():  # the weight step needs no graph through the architecture
         mixing = method.mixing()
     optimizer.zero_grad(set_to_none=True)
     loss, metrics = method.loss(ctx, batch, mixing, "weight")
     loss.backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip)
     optimizer.step()
@@ -119,11 +127,17 @@ class Searcher:
             run_dir, overwrite=True, resume=resume)
         self.cfg, self.run_dir = cfg, self.rundir.path
         self.dist = dist_info()
-        require_single_process("search", self.dist)
         self.device = resolve_device(cfg.run.device, self.dist)
+        init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
+        if not self.dist.is_main:  # only rank 0 touches the run directory
+            self.rundir = runs.RunDir(self.run_dir, resume=True)
+        if self.dist.is_distributed and cfg.search.compile:
+            raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        utils.seed_everything(cfg.run.seed, self.dist.rank)
+        # the same seed on every rank: identical architecture initialisation and identical draws
+        # from the global generator (random channel masks); ranks differ only in their data shard
+        utils.seed_everything(cfg.run.seed)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
@@ -131,8 +145,8 @@ class Searcher:
 
         self.space = get_space(cfg.space.name)
         self._build_data()
-        checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume") \
-            if resume else None
+        checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
+                                          config=cfg.to_dict(), sections=("method", "space")) if resume else None
         masks = checkpoint["masks"] if checkpoint else None
         self.k = int(checkpoint.get("structure", {}).get("k", cfg.k)) if checkpoint else cfg.k
         options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
@@ -155,16 +169,21 @@ class Searcher:
         self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
         self.method.generator = self.arch_generator
         self.method.prepare_supernet(self.supernet, (self.in_channels, self.input_size, self.input_size))
+        # zero-shot pruning of a new run's space (search.prune, ALGORITHMS §8.1); the method learns the masks
+        self.prune_report = prune_at_start(self.supernet, self.method, cfg,
+                                           self.sample_batches if checkpoint is None else None)
         self.objective = OBJECTIVES.get(cfg.search.objective)().to(self.device)
         self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
         self.weight_params = self._live_weights()
+        self.weight_model = self._data_parallel()
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.scheduler = weight_schedule(self.optimizer, s)
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
         self.history: list[dict[str, Any]] = []
+        self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard and self.dist.is_main)
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
 
@@ -229,12 +248,34 @@ class Searcher:
         self.k = k
         self._rebuild_optimizer(moved)
 
+    def _data_parallel(self) -> nn.Module:
+        """The module the weight step calls: under torchrun the supernet wrapped in PyTorch's
+        DistributedDataParallel (its weight gradients averaged across ranks in the backward
+        pass; unused ops allowed, since pruned and inactive ops take no part), else the
+        supernet (or its compiled wrapper) itself. Architecture steps, evaluation and scorers
+        call the bare supernet; their gradients are averaged by ``ctx.all_reduce_grads``."""
+        if not self.dist.is_distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
+        warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
+        return DistributedDataParallel(self.supernet, device_ids=ids, find_unused_parameters=True)
+
+    def _average_objective_grads(self) -> None:
+        """Average the gradients of the objective's own parameters (outside DDP) across ranks."""
+        grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
+        if grads:
+            all_reduce_mean(grads)
+
     def _rebuild_optimizer(self, moved: Sequence[tuple[Any, Any, list]] = ()) -> None:
         """A new weight optimiser over the live weights: momentum carried for survivors
-        (widened like the weights for widened ones), the schedule kept on the global epoch."""
+        (widened like the weights for widened ones), the schedule kept on the global epoch;
+        under torchrun DDP is rebuilt over the new parameters (every rank changes alike)."""
         s = self.cfg.search
         old = self.optimizer
         self.weight_params[:] = self._live_weights()  # the context shares the list
+        self.weight_model = self._data_parallel()
         self.optimizer = weight_optimizer(self.weight_params, s)
         for p in self.weight_params:
             if p in old.state:
@@ -254,12 +295,16 @@ class Searcher:
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
                              epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
                              generator=self.arch_generator, prune=self.prune, widen=self.widen,
-                             sample_batches=self.sample_batches)
+                             sample_batches=self.sample_batches, all_reduce_grads=all_reduce_mean)
 
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> dict[str, Any]:
         x, y = batch
-        loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip)
+        if self.weight_model is not self.model:  # under torchrun: the step goes through DDP
+            ctx = dataclasses.replace(ctx, supernet=self.weight_model)
+        loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip,
+                                    after_backward=self._average_objective_grads if self.dist.is_distributed
+                                    else None)
         self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
@@ -308,6 +353,7 @@ class Searcher:
             tot[2] += y.numel()
         self.supernet.train()
         self.objective.train()
+        all_reduce_sum([tot])  # every rank evaluated its shard of the split
         loss, correct, n = tot.tolist()
         out = {"valid_loss": loss / max(n, 1)}
         if has_acc:
@@ -330,7 +376,44 @@ class Searcher:
                 checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
         """
         with self.rundir.claimed():
-            return self._run(stop_after_steps)
+            try:
+                while True:
+                    try:
+                        return self._run(stop_after_steps)
+                    except DivergenceError as e:
+                        if not self._rollback(e):
+                            raise
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
+
+    def _rollback(self, error: DivergenceError) -> bool:
+        """``search.rollback``: after a non-finite loss, reload the last good checkpoint, halve
+        every learning rate (each param group of the weight optimiser with its cosine schedule,
+        and the method's through :meth:`Method.scale_lr`) and continue; False (the error
+        stands) when no rollback is left, no checkpoint exists or the structure changed since."""
+        used = getattr(self, "_rollbacks", 0)
+        path = self.run_dir / CHECKPOINT
+        if used >= self.cfg.search.rollback or not path.is_file():
+            return False
+        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)")
+        if int(ck.get("structure", {}).get("k", self.k)) != self.k or any(
+                not torch.equal(v.cpu(), ck.get("masks", {}).get(n, v).cpu())
+                for n, v in getattr(self.supernet, "masks", {}).items()):
+            return False  # ops were pruned or widened after it: the state no longer fits
+        self._load_checkpoint(ck)
+        self._rollbacks = used + 1
+        self.watch.flags.zero_()
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+        self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
+        self.scheduler.eta_min *= 0.5
+        self.method.scale_lr(0.5)
+        if self.dist.is_main:
+            print(f"rollback {used + 1}/{self.cfg.search.rollback}: {str(error).split(':')[0]}; back to the "
+                  f"checkpoint at epoch {self.epoch + 1} step {self.step} with the learning rates halved "
+                  f"(weight lr now {self.optimizer.param_groups[0]['lr']:.3g})", flush=True)
+        return True
 
     def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search
@@ -365,7 +448,8 @@ class Searcher:
                     if self.watch.due(self.step):
                         self._check_finite()
                     utils.progress_tick(bar, self.step, steps, s.log_every, self._postfix)
-                    halt = stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps)
+                    halt = self._agreed_stop(stop.requested) or (stop_after_steps is not None
+                                                                 and done_steps >= stop_after_steps)
                     if halt and self.step < steps:
                         break
                     if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < steps:
@@ -377,7 +461,7 @@ class Searcher:
                     interrupted = True
                     break
                 self._end_epoch(ctx)
-                if stop.requested or (stop_after_steps is not None and done_steps >= stop_after_steps
+                if self._agreed_stop(stop.requested, always=True) or (stop_after_steps is not None and done_steps >= stop_after_steps
                                       and self.epoch < s.epochs):
                     interrupted = True
                     break
@@ -398,9 +482,26 @@ class Searcher:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
 
+    def _agreed_stop(self, requested: bool, always: bool = False) -> bool:
+        """Whether to stop here. Alone: the signal flag. Under torchrun every rank must stop at
+        the same step, so the flags are combined (one all-reduce) at the steps where the
+        divergence watch reads its flag (every ``log_every`` steps, every step on CPU)."""
+        if not self.dist.is_distributed:
+            return requested
+        if not (always or self.watch.due(self.step)):
+            return False
+        flag = torch.tensor([float(requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _check_finite(self) -> None:
-        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite."""
+        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite
+        (under torchrun on every rank together: the verdicts are combined)."""
         bad = self.watch.first_bad()
+        if self.dist.is_distributed:
+            code = torch.tensor([float({None: 0, "weight": 1, "arch": 2}[bad])], device=self.device)
+            torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
+            bad = {0: None, 1: "weight", 2: "arch"}[int(code.item())]
         arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
         if bad is None and not arch_bad:
             return
@@ -427,6 +528,10 @@ class Searcher:
             # stepping the (global-epoch) schedule now is right, not the mistake torch warns about
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
+        if self.dist.is_distributed:
+            all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
+            check_identical(self.method.arch_parameters() + list(self.method.arch.buffers()),
+                            "the architecture parameters")
         m = {k: float(v) for k, v in self.meters.items()}
         rec: dict[str, Any] = {
             "epoch": self.epoch, "lr": lr,
@@ -454,6 +559,8 @@ class Searcher:
         self.history.append(rec)
         if self.dist.is_main:
             utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+            if self.tb is not None:
+                self.tb.epoch(rec)
             if self.cfg.run.progress:
                 print(epoch_line(rec, s.epochs), flush=True)
         self.epoch += 1
@@ -504,6 +611,8 @@ class Searcher:
             if warning:
                 warnings.warn(warning)
             save_genotype(genotype, self.run_dir / "genotype.json")
+            if self.tb is not None:
+                self.tb.cell(genotype, self.epoch)
             utils.close_manifest(self.run_dir, genotype=str(genotype),
                                  search_time_s=round(sum(r.get("time_s", 0.0) for r in self.history), 3),
                                  peak_memory_mib=round(utils.peak_memory_mib(self.device), 1),
@@ -538,6 +647,7 @@ class Searcher:
             "rng": utils.rng_state(),
             "arch_rng": self.arch_generator.get_state(),
             "config": self.cfg.to_dict(),
+            "rollbacks": getattr(self, "_rollbacks", 0),
         }
 
     def save_checkpoint(self) -> None:
@@ -560,6 +670,7 @@ class Searcher:
         if "arch_rng" in ck:
             self.arch_generator.set_state(ck["arch_rng"])
         self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
+        self._rollbacks = int(ck.get("rollbacks", 0))
 
 
 def epoch_line(rec: dict[str, Any], epochs: int) -> str:
@@ -595,7 +706,6 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
     Returns:
         SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
     """
-    require_single_process("search")
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_config_file(run_dir / "config.yaml")

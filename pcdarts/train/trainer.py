@@ -31,6 +31,7 @@ import torch.nn as nn
 from pcdarts import runs, utils
 from pcdarts.distributed import require_single_process, resolve_device
 from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
+from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import count_params, genotype_stats
 from pcdarts.train.config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
 from pcdarts.train.data import TrainData, build_train_data
@@ -117,11 +118,13 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.history: list[dict[str, Any]] = []
+        self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard)
         self.best: dict[str, Any] = {}
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded), across resumes
         self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
         if resume:
-            self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume"))
+            self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume",
+                                                       config=cfg.to_dict(), sections=("model",)))
 
     # ------------------------------------------------------------------ steps
     def _zero_meters(self) -> dict[str, torch.Tensor]:
@@ -193,7 +196,11 @@ class Trainer:
                 boundary, checkpointing first (what Ctrl-C does; used by tests).
         """
         with self.rundir.claimed():
-            return self._run(stop_after_steps)
+            try:
+                return self._run(stop_after_steps)
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
 
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
@@ -275,6 +282,8 @@ class Trainer:
         rec["train_time_s"] = round(self.train_time, 3)
         self.history.append(rec)
         utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+        if self.tb is not None:
+            self.tb.epoch(rec)
         if self.cfg.run.progress:
             _print_epoch(rec, t.epochs)
         self.epoch += 1

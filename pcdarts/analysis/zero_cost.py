@@ -1,0 +1,352 @@
+"""Zero-cost proxies on NAS-Bench-201 cells: scores, rank correlations with the benchmark,
+a training-free search (``pcdarts zero-cost``; ALGORITHMS §8.2, §8.3).
+
+Every sampled (or every one of the 15,625) NB201 cell is built as its evaluation network
+(:class:`pcdarts.nn.networks.NB201Network`, ``C`` channels, ``N`` cells per stage), initialised
+from ``seed`` (the same weights for a cell whatever the order or the sample), put in train
+mode, and scored by each proxy of :mod:`pcdarts.scorers.zero_cost` on one fixed batch: the
+first ``batch_size`` images of a seeded permutation of the data's training split. With the
+NAS-Bench-201 lookup (:mod:`pcdarts.nb201`) each proxy's Kendall tau and Spearman rho
+against the benchmark's validation accuracy are computed (:mod:`pcdarts.analysis.correlation`),
+next to the ``params`` and ``macs`` baselines.
+
+Scores are cached, one JSON line per (cell, proxy, seed, data fingerprint, network size), in
+``zero_cost_cache.jsonl`` (in the output folder, or the default cache folder
+``$XDG_CACHE_HOME/pcdarts/zero-cost``), written as each cell finishes: a re-run, or a run
+that was interrupted, recomputes nothing it has. The data fingerprint is a hash of the
+exact batch (images after normalisation, labels), so another dataset, seed or batch size
+never reads a stale score.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from pcdarts.analysis.correlation import kendall, spearman
+from pcdarts.genotype import NB201_EDGES, NB201Genotype
+from pcdarts.genotype.primitives import NB201_PRIMITIVES
+from pcdarts.registry import PROXIES
+from pcdarts.scorers import zero_cost as zc
+
+# the order of the table: the proxies of §8, then the baselines; other registered ones after
+PROXY_ORDER = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs")
+NUM_CELLS = len(NB201_PRIMITIVES) ** len(NB201_EDGES)  # 15,625
+CACHE_FILE = "zero_cost_cache.jsonl"
+
+
+def default_proxies() -> list[str]:
+    """Every registered proxy, the ones of :data:`PROXY_ORDER` first."""
+    return [p for p in PROXY_ORDER if p in PROXIES] + [p for p in PROXIES.names() if p not in PROXY_ORDER]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pcdarts" / "zero-cost"
+
+
+def cell_of_code(code: int) -> NB201Genotype:
+    """The NB201 cell whose base-5 digits (edge 0 most significant) are its op indices."""
+    digits = []
+    for _ in NB201_EDGES:
+        code, d = divmod(code, len(NB201_PRIMITIVES))
+        digits.append(d)
+    return NB201Genotype(tuple(NB201_PRIMITIVES[d] for d in reversed(digits)))
+
+
+def sample_cells(n: Optional[int], seed: int = 0) -> list[str]:
+    """Arch strings of ``n`` distinct cells drawn uniformly with ``seed`` (None: all 15,625, in code order)."""
+    if n is None:
+        codes = list(range(NUM_CELLS))
+    else:
+        if not 1 <= n <= NUM_CELLS:
+            raise ValueError(f"--sample must be between 1 and {NUM_CELLS}, got {n}")
+        codes = np.random.default_rng(seed).choice(NUM_CELLS, size=n, replace=False).tolist()
+    return [cell_of_code(int(c)).arch_str() for c in codes]
+
+
+@dataclass
+class ProxyBatch:
+    """The one batch every cell is scored on, with what identifies it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    fingerprint: str
+    spec: str
+
+
+def load_batch(spec: str, batch_size: int, seed: int = 0, device: Union[str, torch.device] = "cpu") -> ProxyBatch:
+    """The first ``batch_size`` images of a ``seed``-permutation of the training split of a data
+    spec (``digits``, ``cifar10:PATH``, ``synthetic:16x3x64`` ...), normalised like the search's."""
+    from pcdarts.data.sources import load_dataset
+    ds = load_dataset(spec, "train")
+    n = min(int(batch_size), len(ds.labels))
+    idx = torch.randperm(len(ds.labels), generator=torch.Generator().manual_seed(seed))[:n]
+    x = ds.images[idx].float().div_(255.0)
+    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = ((x - mean) / std).contiguous()
+    y = ds.labels[idx].long().contiguous()
+    h = hashlib.sha1()
+    h.update(repr(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return ProxyBatch(x.to(device), y.to(device), int(ds.num_classes), h.hexdigest()[:16], spec)
+
+
+class ScoreCache:
+    """Proxy scores on disk, one JSON line ``{"k": key, "v": value}`` each, appended as they come."""
+
+    def __init__(self, folder: Optional[Union[str, Path]]) -> None:
+        self.path = None if folder is None else Path(folder) / CACHE_FILE
+        self.values: dict[str, float] = {}
+        self.hits = 0
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.values[str(rec["k"])] = float(rec["v"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by an interruption: scored again
+
+    @staticmethod
+    def key(arch: str, proxy: str, seed: int, fingerprint: str, size: str) -> str:
+        return f"{arch}|{proxy}|seed={seed}|data={fingerprint}|{size}"
+
+    def get(self, key: str) -> Optional[float]:
+        v = self.values.get(key)
+        if v is not None:
+            self.hits += 1
+        return v
+
+    def put(self, items: dict[str, float]) -> None:
+        self.values.update(items)
+        if self.path is None or not items:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for k, v in items.items():
+                f.write(json.dumps({"k": k, "v": v}) + "\n")
+
+
+def network_size(C: int, N: int, num_classes: int, in_channels: int, input_size: int) -> str:
+    return f"nb201-C{C}-N{N}-classes{num_classes}-in{in_channels}x{input_size}"
+
+
+def score_cells(archs: Sequence[str], batch: ProxyBatch, proxies: Sequence[str], *, C: int = 16, N: int = 5,
+                seed: int = 0, cache: Optional[ScoreCache] = None, progress: bool = False) -> list[dict[str, Any]]:
+    """One row per cell: ``{"arch": ..., proxy: score, ...}`` (cached scores are not recomputed)."""
+    from pcdarts.nn.networks import build_network
+    cache = cache if cache is not None else ScoreCache(None)
+    x, y = batch.images, batch.labels
+    size = network_size(C, N, batch.num_classes, x.shape[1], x.shape[-1])
+    rows = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(archs), desc="zero-cost proxies", unit="cell", dynamic_ncols=True)
+    try:
+        for arch in archs:
+            keys = {p: ScoreCache.key(arch, p, seed, batch.fingerprint, size) for p in proxies}
+            row: dict[str, Any] = {"arch": arch}
+            missing = []
+            for p, k in keys.items():
+                v = cache.get(k)
+                if v is None:
+                    missing.append(p)
+                else:
+                    row[p] = v
+            if missing:
+                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                    torch.manual_seed(seed)  # the same initial weights for a cell, whatever the order
+                    net = build_network(NB201Genotype.from_arch_str(arch), num_classes=batch.num_classes,
+                                        in_channels=x.shape[1], C=C, layers=N).to(x.device)
+                net.train()
+                new = zc.score(net, (x, y), missing, seed=seed)
+                cache.put({keys[p]: v for p, v in new.items()})
+                row.update(new)
+            rows.append({"arch": arch, **{p: row[p] for p in proxies}})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def add_accuracies(rows: list[dict[str, Any]], dataset: str = "cifar10") -> Optional[str]:
+    """Adds ``valid_acc`` (the benchmark's mean validation accuracy, %) to every row; returns
+    None, or why the lookup is unavailable (the rows are left without accuracies)."""
+    try:
+        from pcdarts.nb201 import BenchmarkError, query
+    except ImportError as e:  # pragma: no cover - the package is part of pcdarts
+        return str(e)
+    try:
+        for r in rows:
+            r["valid_acc"] = query(r["arch"], dataset).valid_acc_mean
+    except (BenchmarkError, ImportError, OSError) as e:
+        for r in rows:
+            r.pop("valid_acc", None)
+        return str(e)
+    return None
+
+
+def correlations(rows: Sequence[dict[str, Any]], proxies: Sequence[str], target: str = "valid_acc"
+                 ) -> dict[str, dict[str, float]]:
+    """Per proxy: Kendall tau-b and Spearman rho of its scores against ``target``, over the
+    rows that have a target (non-finite scores rank lowest)."""
+    have = [r for r in rows if r.get(target) is not None]
+    out = {}
+    for p in proxies:
+        xs = [float(r[p]) for r in have]
+        ys = [float(r[target]) for r in have]
+        if len(have) < 2:
+            out[p] = {"kendall": float("nan"), "spearman": float("nan"), "n": len(have)}
+        else:
+            out[p] = {"kendall": kendall(xs, ys), "spearman": spearman(xs, ys), "n": len(have)}
+    return out
+
+
+def format_table(corr: dict[str, dict[str, float]], dataset: str) -> str:
+    """The correlation table ``pcdarts zero-cost`` prints."""
+    n = next(iter(corr.values()))["n"] if corr else 0
+    lines = [f"rank correlation with NAS-Bench-201 {dataset} validation accuracy ({n} cells)",
+             f"{'proxy':<12}{'Kendall tau':>12}{'Spearman rho':>14}"]
+    lines.append("-" * len(lines[-1]))
+    for p, c in corr.items():
+        tag = "  (baseline)" if p in ("params", "macs") else ""
+        lines.append(f"{p:<12}{c['kendall']:>12.3f}{c['spearman']:>14.3f}{tag}")
+    return "\n".join(lines)
+
+
+def best_cell(rows: Sequence[dict[str, Any]], proxy: str) -> dict[str, Any]:
+    """The row with the highest ``proxy`` score (ties: the first), i.e. a training-free search."""
+    finite = [r for r in rows if math.isfinite(float(r[proxy]))]
+    if not finite:
+        raise ValueError(f"no cell has a finite {proxy} score")
+    return max(finite, key=lambda r: float(r[proxy]))
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Union[str, Path], proxies: Sequence[str]) -> Path:
+    """scores.csv: one row per cell, the arch string, one column per proxy, the lookup accuracy."""
+    path = Path(path)
+    cols = ["arch", *proxies] + (["valid_acc"] if any("valid_acc" in r for r in rows) else [])
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([r.get(c, "") for c in cols])
+    return path
+
+
+def scatter_plot(rows: Sequence[dict[str, Any]], proxies: Sequence[str], path: Union[str, Path],
+                 corr: dict[str, dict[str, float]], dataset: str) -> Path:
+    """One panel per proxy: its score against the benchmark accuracy, tau in the title."""
+    from pcdarts.analysis.plot import _matplotlib
+    Figure, FigureCanvasAgg = _matplotlib()
+    cols = min(4, len(proxies))
+    nrows = math.ceil(len(proxies) / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.9 * nrows))
+    FigureCanvasAgg(fig)
+    for i, p in enumerate(proxies):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        pts = [(float(r[p]), float(r["valid_acc"])) for r in rows
+               if r.get("valid_acc") is not None and math.isfinite(float(r[p]))]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, s=6, alpha=0.6)
+            if p != "synflow" and min(xs) > 0 and max(xs) > 20 * min(xs):  # synflow is a log already
+                ax.set_xscale("log")
+        ax.set_title(f"{p}: tau {corr[p]['kendall']:.2f}", fontsize=9)
+        ax.set_xlabel("log score" if p == "synflow" else "score", fontsize=8)
+        ax.set_ylabel(f"{dataset} valid acc (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+@dataclass
+class ZeroCostResult:
+    rows: list[dict[str, Any]]
+    proxies: list[str]
+    correlations: dict[str, dict[str, float]] = field(default_factory=dict)
+    lookup_error: Optional[str] = None
+    best: Optional[dict[str, Any]] = None
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    cache_hits: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run_zero_cost(data: str = "digits", *, sample: Optional[int] = 200, proxies: Optional[Sequence[str]] = None,
+                  C: int = 16, N: int = 5, batch_size: int = 64, seed: int = 0, dataset: str = "cifar10",
+                  out: Optional[Union[str, Path]] = None, cache_dir: Optional[Union[str, Path]] = None,
+                  use_cache: bool = True, search: Optional[str] = None, device: Union[str, torch.device] = "cpu",
+                  progress: bool = False) -> ZeroCostResult:
+    """Score ``sample`` NB201 cells (None = all), correlate with the lookup, optionally pick the
+    best cell by ``search`` (a proxy name), and with ``out`` write scores.csv,
+    correlations.json and scatter.png there (the Python twin of ``pcdarts zero-cost``)."""
+    t0 = time.time()
+    names = list(proxies) if proxies else default_proxies()
+    for p in names:
+        PROXIES.get(p)  # an unknown name lists the registered ones
+    if search is not None:
+        PROXIES.get(search)
+        if search not in names:
+            names.append(search)
+    archs = sample_cells(sample, seed)
+    batch = load_batch(data, batch_size, seed, device)
+    folder = None
+    if use_cache:
+        folder = Path(cache_dir) if cache_dir is not None else (Path(out) if out is not None else default_cache_dir())
+    cache = ScoreCache(folder)
+    rows = score_cells(archs, batch, names, C=C, N=N, seed=seed, cache=cache, progress=progress)
+    result = ZeroCostResult(rows, names, cache_hits=cache.hits,
+                            settings={"data": data, "fingerprint": batch.fingerprint, "sample": sample,
+                                      "cells": len(rows), "C": C, "N": N, "batch_size": int(batch.images.shape[0]),
+                                      "seed": seed, "dataset": dataset, "proxies": names,
+                                      "cache": None if cache.path is None else str(cache.path)})
+    result.lookup_error = add_accuracies(rows, dataset)
+    if result.lookup_error is None and len(rows) >= 2:
+        result.correlations = correlations(rows, names)
+    if search is not None:
+        best = dict(best_cell(rows, search))
+        best["proxy"] = search
+        if "valid_acc" in best:
+            accs = sorted((r["valid_acc"] for r in rows), reverse=True)
+            best["rank_in_sample"] = 1 + accs.index(best["valid_acc"])
+            best["best_in_sample"] = accs[0]
+        result.best = best
+    result.seconds = time.time() - t0
+    if out is not None:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        result.files.append(write_csv(rows, o / "scores.csv", names))
+        summary = {"settings": result.settings, "correlations": result.correlations, "best": result.best,
+                   "lookup_error": result.lookup_error, "seconds": round(result.seconds, 1)}
+        (o / "correlations.json").write_text(json.dumps(summary, indent=2) + "\n")
+        result.files.append(o / "correlations.json")
+        if result.correlations:
+            try:
+                result.files.append(scatter_plot(rows, names, o / "scatter.png", result.correlations, dataset))
+            except ImportError as e:
+                import warnings
+                warnings.warn(f"no scatter plot: {e}")
+    return result
+
+
+__all__ = ["PROXY_ORDER", "NUM_CELLS", "ProxyBatch", "ScoreCache", "ZeroCostResult", "best_cell", "cell_of_code",
+           "correlations", "default_cache_dir", "default_proxies", "format_table", "load_batch", "run_zero_cost",
+           "sample_cells", "score_cells", "scatter_plot", "write_csv", "add_accuracies"]

@@ -1,0 +1,299 @@
+"""Zero-cost proxies: rank a network at initialisation from one minibatch (ALGORITHMS §8.2, §8.3, §15).
+
+Each proxy is a function ``proxy(net, batch, *, seed=0) -> float`` registered in
+:data:`pcdarts.registry.PROXIES`. ``net`` is any ``nn.Module`` whose forward takes an
+image batch and returns logits or ``(logits, aux)`` (the evaluation networks of
+:mod:`pcdarts.nn.networks`, or a supernet at a fixed mixing: :class:`pcdarts.search.prune.SupernetAt`);
+``batch`` is ``(images, labels)``. Higher always means "predicted better". Every proxy
+leaves the network as it found it (parameter values and dtypes, buffers such as BN running
+statistics, train/eval flags, ``requires_grad``; ``.grad`` is never written: gradients come
+from ``torch.autograd.grad``), and runs under a forked RNG seeded with ``seed``, so equal
+seeds give equal scores and the caller's random streams do not move.
+
+What each computes, as the official code does (§15, "NASWOT" and "Zero-cost proxies"):
+
+* ``naswot`` (Mellor et al., ICML 2021): the network in **train** mode, one forward pass; the
+  input of every ``nn.ReLU`` module (its pre-activation) is binarised per sample,
+  ``c = 1[x > 0]``; ``K = sum over ReLUs of C C^T + (1 - C)(1 - C)^T`` in float64, i.e.
+  ``K[i, j] = N_A - hamming(c_i, c_j)`` (:func:`naswot_kernel`); the score is ``log|det K|``
+  (``slogdet``, sign dropped; a singular K gives -inf). K is not normalised: more ReLU units,
+  larger scores (NASWOT#20).
+* ``synflow`` (Tanaka et al.; Abdelfattah et al., ICLR 2021): every parameter (and float
+  buffer) replaced by its absolute value, BatchNorm removed (identity), float64, one all-ones
+  image; ``R = sum of the logits``; ``sum over Conv2d/Linear weights of |W * dR/dW|``. Returned
+  as its **natural log** (the raw values span 1e32-1e61, zero-cost-nas#23; ranks are unchanged).
+* ``snip``: ``sum |W * dL/dW|`` and ``grad_norm``: the **sum of per-layer** norms
+  ``sum_l ||dL/dW_l||_F``, both over Conv2d/Linear weights with L the mean cross-entropy of
+  the labelled batch and BN in whatever mode the network is in (the authors' scripts: train).
+* ``jacob_cov``: the per-sample gradients of the summed logits w.r.t. the input, their
+  correlation matrix's eigenvalues ``l``: ``-sum(log(l + 1e-5) + 1 / (l + 1e-5))``; -inf when
+  undefined (a constant gradient row, e.g. a cell that does not connect input to output).
+* ``params`` and ``macs``: parameter count and multiply-adds of one image
+  (:func:`pcdarts.analysis.stats.count_params` / ``count_macs``), the baselines every
+  proxy must beat (§8.3).
+
+Only ``nn.Conv2d`` and ``nn.Linear`` weights are scored; a spectrally normalised conv
+(a parametrised weight, MSR-DARTS) is scored through its raw weight.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from pcdarts.analysis.stats import count_macs, count_params
+from pcdarts.registry import PROXIES
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Proxy = Callable[..., float]
+JACOB_EPS = 1e-5  # the official jacob_cov's k
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits of a forward's output: ``logits`` or ``(logits, aux)``."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def scored_weights(net: nn.Module) -> list[torch.Tensor]:
+    """The leaf weight of every Conv2d and Linear (the raw one under a parametrisation)."""
+    out = []
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if parametrize.is_parametrized(m, "weight"):
+                out.append(m.parametrizations.weight.original)
+            else:
+                out.append(m.weight)
+    return out
+
+
+@contextlib.contextmanager
+def preserved(net: nn.Module, seed: int, device: torch.device) -> Iterator[None]:
+    """Run a proxy on ``net`` and give it back untouched: parameter values and dtypes,
+    buffers, train flags and ``requires_grad`` are restored; inside, the RNG is forked
+    and seeded with ``seed`` (the caller's streams do not move)."""
+    modules = list(net.modules())  # one walk of the module tree (a supernet's is deep)
+    seen: set[int] = set()
+    params = []
+    for m in modules:
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                params.append((p, p.data.clone(), p.requires_grad))
+    buffers = [(m, name, b, b.clone()) for m in modules for name, b in m._buffers.items() if b is not None]
+    modes = [(m, m.training) for m in modules]
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        for p, data, flag in params:
+            p.data = data
+            p.requires_grad_(flag)
+        for m, name, b, saved in buffers:
+            b.copy_(saved)
+            m._buffers[name] = b  # net.double() swaps buffer objects; put the originals back
+        for m, mode in modes:
+            m.training = mode
+
+
+def _tracked_weights(net: nn.Module) -> list[torch.Tensor]:
+    """The scored weights, with ``requires_grad`` on (a frozen layer is scored too; the
+    flags are restored by :func:`preserved`). Call before the forward pass."""
+    weights = scored_weights(net)
+    for w in weights:
+        w.requires_grad_(True)
+    return weights
+
+
+def _input_grads(weights: list[torch.Tensor], loss: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(weights, d loss / d weight) over the weights the loss depends on."""
+    grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    used = [(w, g) for w, g in zip(weights, grads) if g is not None]
+    return [w for w, _ in used], [g for _, g in used]
+
+
+def _batch_device(batch: Batch) -> torch.device:
+    return batch[0].device
+
+
+# ---------------------------------------------------------------- NASWOT
+
+def naswot_kernel(codes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``K = sum_l C_l C_l^T + (1 - C_l)(1 - C_l)^T`` (float64) of binary codes ``C_l`` [N, units_l],
+    computed as ``2 C C^T - s 1^T - 1 s^T + units`` (s = the row sums: one matmul per layer;
+    its integer entries are exact in float32 up to 2^24 units per layer)."""
+    K = None
+    for c in codes:
+        c = c.reshape(c.shape[0], -1)
+        term = _code_kernel(c)
+        K = term if K is None else K + term
+    if K is None:
+        raise ValueError("naswot_kernel needs at least one layer of codes")
+    return K
+
+
+def _code_kernel(c: torch.Tensor) -> torch.Tensor:
+    units = c.shape[1]
+    exact = torch.float32 if units < 2 ** 24 else torch.float64
+    c = c.to(exact)
+    s = c.sum(1, keepdim=True).double()
+    return 2.0 * (c @ c.T).double() - s - s.T + float(units)
+
+
+def naswot_score(K: torch.Tensor) -> float:
+    """``log|det K|`` by slogdet (the sign dropped; -inf for a singular K)."""
+    return float(torch.linalg.slogdet(K.double())[1])
+
+
+@PROXIES.register("naswot", description="NASWOT: log|det K_H| of the ReLU codes of one batch (train mode)")
+def naswot(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """NASWOT score of ``net`` on ``batch`` (see the module docstring)."""
+    x = batch[0]
+    n = x.shape[0]
+    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    fired = 0
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        nonlocal K, fired
+        pre = args[0].detach()
+        if pre.shape[0] != n:
+            return
+        K = K + _code_kernel((pre.reshape(n, -1) > 0))
+        fired += 1
+
+    with preserved(net, seed, x.device):
+        net.train()
+        handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            for h in handles:
+                h.remove()
+    if not fired:
+        raise ValueError("naswot: no nn.ReLU module ran in the forward pass (functional ReLUs cannot be "
+                         "hooked; a fast supernet must run its reference path: pcdarts.search.prune.SupernetAt)")
+    return naswot_score(K)
+
+
+# ---------------------------------------------------------------- synflow
+
+def _identity(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return x
+
+
+@PROXIES.register("synflow", description="log synflow: sum |W dR/dW|, |params|, no BN, float64, one all-ones image")
+def synflow(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """Natural log of the synflow sum (see the module docstring)."""
+    x = batch[0]
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with preserved(net, seed, x.device):
+        net.double()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.data.abs_()
+            for b in net.buffers():
+                if b.is_floating_point():
+                    b.abs_()
+        for m in bns:
+            m.forward = _identity  # BatchNorm removed: an instance attribute shadows the method
+        try:
+            ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device)
+            tracked = _tracked_weights(net)
+            R = logits_of(net(ones)).sum()
+            weights, grads = _input_grads(tracked, R)
+            total = sum(float((w.detach() * g).abs().sum()) for w, g in zip(weights, grads))
+        finally:
+            for m in bns:
+                del m.forward
+    return math.log(total) if total > 0 else float("-inf")
+
+
+# ---------------------------------------------------------------- snip, grad_norm
+
+def _loss_grads(net: nn.Module, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    x, y = batch
+    tracked = _tracked_weights(net)
+    loss = F.cross_entropy(logits_of(net(x)), y)
+    return _input_grads(tracked, loss)
+
+
+@PROXIES.register("snip", description="snip: sum |W dL/dW| over conv/linear weights (cross-entropy, one batch)")
+def snip(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    with preserved(net, seed, _batch_device(batch)):
+        weights, grads = _loss_grads(net, batch)
+        return sum(float((w.detach() * g).abs().sum()) for w, g in zip(weights, grads))
+
+
+@PROXIES.register("grad_norm", description="grad_norm: sum over layers of ||dL/dW_l|| (cross-entropy, one batch)")
+def grad_norm(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    with preserved(net, seed, _batch_device(batch)):
+        _, grads = _loss_grads(net, batch)
+        return sum(float(g.norm()) for g in grads)
+
+
+# ---------------------------------------------------------------- jacob_cov
+
+def jacob_cov_score(jacobian: torch.Tensor) -> float:
+    """``-sum(log(l + k) + 1/(l + k))`` over the eigenvalues l of the correlation matrix of the
+    rows of ``jacobian`` [N, D] (k = 1e-5); -inf when undefined."""
+    corr = torch.corrcoef(jacobian.reshape(jacobian.shape[0], -1).double())
+    if not bool(torch.isfinite(corr).all()):
+        return float("-inf")
+    v = torch.linalg.eigvalsh(corr)
+    score = float(-(torch.log(v + JACOB_EPS) + 1.0 / (v + JACOB_EPS)).sum())
+    return score if math.isfinite(score) else float("-inf")
+
+
+@PROXIES.register("jacob_cov", description="jacob_cov: eigenvalues of the correlation of per-sample input gradients")
+def jacob_cov(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    x = batch[0]
+    with preserved(net, seed, x.device):
+        xg = x.detach().clone().requires_grad_(True)
+        out = logits_of(net(xg))
+        (g,) = torch.autograd.grad(out.sum(), xg, allow_unused=True)
+        if g is None:  # the output does not depend on the input (no path through the cell)
+            return float("-inf")
+        return jacob_cov_score(g)
+
+
+# ---------------------------------------------------------------- baselines
+
+@PROXIES.register("params", description="number of parameters (the baseline)")
+def params(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    return float(count_params(net))
+
+
+@PROXIES.register("macs", description="multiply-adds of one image, conv + linear (the baseline)")
+def macs(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    x = batch[0]
+    with preserved(net, seed, x.device):
+        return float(count_macs(net, tuple(int(s) for s in x.shape[1:])))
+
+
+def _snip_and_grad_norm(net: nn.Module, batch: Batch, seed: int) -> tuple[float, float]:
+    """snip and grad_norm from one backward pass (they differentiate the same loss)."""
+    with preserved(net, seed, _batch_device(batch)):
+        weights, grads = _loss_grads(net, batch)
+        return (sum(float((w.detach() * g).abs().sum()) for w, g in zip(weights, grads)),
+                sum(float(g.norm()) for g in grads))
+
+
+def score(net: nn.Module, batch: Batch, proxies: Sequence[str], *, seed: int = 0) -> dict[str, float]:
+    """Every named proxy of ``net`` on ``batch`` (unknown names list the registered ones), in
+    the order given; snip and grad_norm share one backward pass when both are asked for."""
+    funcs = {name: PROXIES.get(name) for name in proxies}
+    shared: dict[str, float] = {}
+    if funcs.get("snip") is snip and funcs.get("grad_norm") is grad_norm:
+        shared["snip"], shared["grad_norm"] = _snip_and_grad_norm(net, batch, seed)
+    return {name: shared[name] if name in shared else float(fn(net, batch, seed=seed)) for name, fn in funcs.items()}
+
+
+__all__ = ["naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs", "score", "naswot_kernel",
+           "naswot_score", "jacob_cov_score", "scored_weights", "logits_of", "preserved"]

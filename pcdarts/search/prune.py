@@ -1,0 +1,266 @@
+"""Zero-shot pruning of the search space before a one-shot search ("Half Search Space is All
+You Need", Rumiantsev & Coates 2025; ALGORITHMS §8.1).
+
+A pre-search stage, independent of the method: ``search.prune = "PROXY[:FRACTION]"`` (e.g.
+``naswot:0.5``; ``pcdarts search --prune naswot:0.5``) scores every candidate op of every
+comparison subset of the freshly built supernet with a zero-cost proxy
+(:mod:`pcdarts.scorers.zero_cost`), removes the lowest-ranked ``FRACTION`` of each subset
+(default half) with ``supernet.prune`` (so they are never built, run or trained: the
+memory saving), and hands the masks to the method (:meth:`pcdarts.methods.Method.set_masks`),
+which leaves them out of its mixing: ``Mix(x) = sum_o I(o) e^a_o o(x) / sum_o' I(o') e^a_o'``.
+It runs once, at the start of a new run, after ``method.prepare_supernet`` (so a method that
+keeps only some ops, MSR-DARTS, is pruned among its own candidates) and before the weight
+optimiser exists; a resumed run takes its masks from the checkpoint.
+
+Choices (the paper's details are unverified, §8.1; each is documented here):
+
+* **Subsets: per edge** on every space (NB201 and the DARTS space alike): §8.1 encodes the
+  pruned space as an indicator per op per mixed edge and the toolkit design keeps k ops per
+  edge. Per edge keeps every edge alive, so a DARTS node always has inputs to derive from.
+* **Candidates**: the live ops of an edge that the space's derivation can select (probed by
+  :func:`selectable_ops`): on the DARTS-type spaces ``none`` is never derived and never
+  built, so it is neither scored nor removed (it stays in DARTS's softmax as in plain
+  DARTS); on NB201 ``none`` is a real choice and competes like the others.
+* **Count**: ``round_half_up(FRACTION * n)`` of the ``n`` candidates of a subset, at most
+  ``n - 1`` (DARTS space at 0.5: 4 of the 7 ops that can be derived; NB201: 3 of 5).
+* **Scores** (``search.prune_mode``): the supernet at the uniform mixing over its live ops
+  (what DARTS sees at initialisation, softmax of alpha ~ 0), in train mode, on the first
+  ``search.prune_batch_size`` un-augmented images of the weight split; ops of one cell type
+  are scored together (they share one architecture row). ``remove`` (default, TE-NAS style):
+  the proxy of the supernet with that op removed from the edge; the ops whose removal leaves
+  the **highest** score matter least and go first. ``keep``: the proxy of the supernet whose
+  edge keeps only that op; the lowest go first. Ties: the lower op index goes first.
+  Cost: one proxy evaluation per (cell type, edge, candidate): 196 on the DARTS space
+  (2 x 14 x 7), 30 on NB201 (6 x 5). The proxies see real op modules (the supernet's
+  reference path), never the fast path's fused kernels, so their hooks fire.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from pcdarts.distributed import all_reduce_mean, dist_info
+from pcdarts.errors import ConfigError
+from pcdarts.nn.edges import Mixing
+from pcdarts.registry import PROXIES
+from pcdarts.scorers import zero_cost  # noqa: F401  (registers the proxies)
+
+PRUNE_MODES = ("remove", "keep")
+DEFAULT_FRACTION = 0.5
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """``search.prune`` parsed: the registered proxy and the fraction of each subset to remove."""
+
+    proxy: str
+    fraction: float = DEFAULT_FRACTION
+
+    def __str__(self) -> str:
+        return f"{self.proxy}:{self.fraction:g}"
+
+
+def parse_prune(text: str) -> PruneSpec:
+    """``"PROXY[:FRACTION]"`` -> :class:`PruneSpec`; a one-line ConfigError otherwise."""
+    proxy, sep, frac = str(text).strip().partition(":")
+    proxy = proxy.strip()
+    if proxy not in PROXIES:
+        raise ConfigError(f"search.prune={text!r}: unknown proxy {proxy!r}; write PROXY[:FRACTION] with PROXY one of "
+                          f"{', '.join(PROXIES.names())} (e.g. naswot:0.5)")
+    fraction = DEFAULT_FRACTION
+    if sep:
+        try:
+            fraction = float(frac)
+        except ValueError:
+            fraction = float("nan")
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"search.prune={text!r}: the fraction to remove must be a number in (0, 1), "
+                              f"got {frac.strip()!r} (e.g. naswot:0.5 removes half of each edge's ops)")
+    return PruneSpec(proxy, fraction)
+
+
+def removal_count(n: int, fraction: float) -> int:
+    """Ops a subset of ``n`` candidates loses: ``round_half_up(fraction * n)``, at most ``n - 1``."""
+    return max(0, min(n - 1, math.floor(fraction * n + 0.5)))
+
+
+def selectable_ops(space: Any, space_cfg: Any) -> list[bool]:
+    """Per primitive: can the space's (default) derivation select it? Probed with scores that
+    favour that op on every edge (the DARTS rules never pick ``none``; NB201's argmax does)."""
+    from pcdarts.analysis.stats import genotype_ops  # late: stats builds networks
+    E, O = space.arch_shape(space_cfg)
+    out = []
+    for o, name in enumerate(space.primitives):
+        s = torch.zeros(E, O)
+        s[:, o] = 1.0
+        out.append(name in genotype_ops(space.derive({ct: s for ct in space.cell_types})))
+    return out
+
+
+class SupernetAt(nn.Module):
+    """A supernet at a fixed :class:`Mixing`, as a plain ``net(x) -> logits`` module for the
+    zero-cost proxies; a fast supernet runs its reference path (real op modules, so the
+    proxies' hooks fire)."""
+
+    def __init__(self, supernet: nn.Module, mixing: Mixing) -> None:
+        super().__init__()
+        self.supernet = supernet
+        self.mixing = mixing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reference = getattr(self.supernet, "reference", contextlib.nullcontext)
+        with reference():
+            return self.supernet(x, self.mixing)
+
+
+def live_mixing(masks: dict[str, torch.Tensor], device: Any) -> Mixing:
+    """Uniform op weights over the live ops of each edge (those of ``masks``), which alone run."""
+    ops = {ct: (m.float() / m.float().sum(-1, keepdim=True).clamp(min=1.0)).to(device) for ct, m in masks.items()}
+    return Mixing(ops=ops, active={ct: m.bool().cpu() for ct, m in masks.items()})
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def op_scores(supernet: nn.Module, batch: Batch, proxy: str, candidates: dict[str, torch.Tensor], *,
+              mode: str = "remove", seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per cell type, [E, O] float64 importance of every candidate op (NaN elsewhere); higher =
+    keep. ``remove``: minus the proxy of the supernet without the op on that edge (of every cell
+    of the type); ``keep``: the proxy of the supernet whose edge keeps only the op."""
+    if mode not in PRUNE_MODES:
+        raise ValueError(f"mode must be one of {PRUNE_MODES}, got {mode!r}")
+    fn = PROXIES.get(proxy)
+    live = {ct: m.bool().cpu().clone() for ct, m in supernet.masks.items()}
+    device = next(supernet.parameters()).device
+    todo = [(ct, e, o) for ct, c in candidates.items() for e, o in c.nonzero().tolist()]
+    out = {ct: torch.full(tuple(m.shape), float("nan"), dtype=torch.float64) for ct, m in live.items()}
+    bar = _progress(progress, len(todo), f"zero-shot pruning ({proxy}, {mode})")
+    try:
+        for ct, e, o in todo:
+            masks = {k: m.clone() for k, m in live.items()}
+            if mode == "remove":
+                masks[ct][e, o] = False
+            else:
+                masks[ct][e] = False
+                masks[ct][e, o] = True
+            value = float(fn(SupernetAt(supernet, live_mixing(masks, device)), batch, seed=seed))
+            if math.isnan(value):
+                value = float("-inf")
+            out[ct][e, o] = -value if mode == "remove" else value
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def prune_masks(importance: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
+                live: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """The live masks after removing, on every edge, the :func:`removal_count` candidates of
+    lowest importance (ties: the lower op index first)."""
+    out = {}
+    for ct, m in live.items():
+        new = m.bool().cpu().clone()
+        cand = candidates.get(ct)
+        if cand is not None:
+            for e in range(new.shape[0]):
+                ops = [int(o) for o in cand[e].nonzero().flatten().tolist()]
+                order = sorted(ops, key=lambda o: (float(importance[ct][e, o]), o))
+                for o in order[:removal_count(len(ops), fraction)]:
+                    new[e, o] = False
+        out[ct] = new
+    return out
+
+
+@dataclass
+class PruneReport:
+    """What a zero-shot pruning pass did (printed by the Searcher, returned by :func:`zero_shot_prune`)."""
+
+    spec: PruneSpec
+    mode: str
+    masks: dict[str, torch.Tensor]
+    importance: dict[str, torch.Tensor]
+    removed: int
+    candidates: int
+    live_before: int
+    live_after: int
+    evaluations: int
+    seconds: float
+    images: int
+
+    def line(self) -> str:
+        return (f"zero-shot pruning ({self.spec.proxy}, {self.mode} mode, {self.images} images): removed "
+                f"{self.removed} of {self.candidates} candidate ops; {self.live_after} of {self.live_before} live ops "
+                f"remain ({self.evaluations} proxy evaluations, {self.seconds:.1f} s)")
+
+
+def zero_shot_prune(supernet: nn.Module, space: Any, space_cfg: Any, batch: Batch, spec: PruneSpec, *,
+                    mode: str = "remove", seed: int = 0, progress: bool = False) -> PruneReport:
+    """Score, choose and remove: ``supernet.prune`` with the new masks; returns the report."""
+    t0 = time.time()
+    live = {ct: m.bool().cpu().clone() for ct, m in supernet.masks.items()}
+    can_pick = torch.tensor(selectable_ops(space, space_cfg))
+    candidates = {ct: m & can_pick for ct, m in live.items()}
+    importance = op_scores(supernet, batch, spec.proxy, candidates, mode=mode, seed=seed, progress=progress)
+    # under torchrun every rank scores its own data shard: the mean makes them remove the same ops
+    device = next(supernet.parameters()).device
+    shared = [importance[ct].to(device) for ct in importance]
+    all_reduce_mean(shared)
+    importance = {ct: t.cpu() for ct, t in zip(importance, shared)}
+    masks = prune_masks(importance, candidates, live, spec.fraction)
+    supernet.prune(masks)
+    n_cand = sum(int(c.sum()) for c in candidates.values())
+    before = sum(int(m.sum()) for m in live.values())
+    after = sum(int(m.sum()) for m in masks.values())
+    return PruneReport(spec, mode, masks, importance, before - after, n_cand, before, after, n_cand,
+                       time.time() - t0, int(batch[0].shape[0]))
+
+
+def first_images(sample_batches: Callable[[int, str], list[Batch]], n: int, split: str = "train") -> Batch:
+    """The first ``n`` images (and labels) of a fixed, un-augmented view of a split (all if fewer)."""
+    first = sample_batches(1, split)
+    if not first:
+        raise ValueError(f"zero-shot pruning: the {split} split has no images")
+    per = max(1, int(first[0][1].shape[0]))
+    batches = first if per >= n else sample_batches(math.ceil(n / per), split)
+    x = torch.cat([b[0] for b in batches])[:n]
+    y = torch.cat([b[1] for b in batches])[:n]
+    return x, y
+
+
+def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
+                   sample_batches: Optional[Callable[[int, str], list[Batch]]] = None) -> Optional[PruneReport]:
+    """The Searcher's one call, after ``method.prepare_supernet`` and before the weight optimiser:
+    a new run (``sample_batches`` given) with ``search.prune`` set is pruned zero-shot; then the
+    method learns the supernet's masks (:meth:`Method.set_masks`) on new and resumed runs alike."""
+    from pcdarts.spaces import get_space
+    report = None
+    s = cfg.search
+    if sample_batches is not None and s.prune:
+        spec = parse_prune(s.prune)
+        batch = first_images(sample_batches, int(s.prune_batch_size))
+        report = zero_shot_prune(supernet, get_space(cfg.space.name), cfg.space, batch, spec, mode=s.prune_mode,
+                                 seed=cfg.run.seed, progress=cfg.run.progress and dist_info().is_main)
+        if cfg.run.progress and dist_info().is_main:
+            print(report.line(), flush=True)
+    masks = getattr(supernet, "masks", None)
+    if masks:
+        method.set_masks({ct: m.clone() for ct, m in masks.items()})
+    return report
+
+
+__all__ = ["PRUNE_MODES", "PruneSpec", "PruneReport", "parse_prune", "removal_count", "selectable_ops",
+           "SupernetAt", "live_mixing", "op_scores", "prune_masks", "zero_shot_prune", "first_images",
+           "prune_at_start"]
