@@ -91,6 +91,16 @@ def is_distributed() -> bool:
             and torch.distributed.get_world_size() > 1)
 
 
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over the processes (``value`` itself on one process): how ranks
+    agree on a flag (stop, divergence) so that all of them act at the same step."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([float(value)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
     """Sum tensors in place across processes (no-op on one process)."""
     if is_distributed():

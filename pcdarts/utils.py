@@ -123,12 +123,17 @@ def peak_memory_mib(device: torch.device) -> float:
     return peak_rss_mib()
 
 
-def epoch_progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
-    """A tqdm bar over one epoch's steps (None when progress bars are off)."""
+def progress_bar(enabled: bool, total: int, desc: str, **kwargs: Any) -> Any:
+    """A tqdm bar of ``total`` steps, or None when progress bars are off (callers check for None)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, **kwargs)
+
+
+def epoch_progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Any:
+    """A tqdm bar over one epoch's steps (None when progress bars are off)."""
+    return progress_bar(enabled, total, f"epoch {epoch + 1}/{epochs}", initial=initial, leave=False)
 
 
 def progress_tick(bar: Any, step: int, steps: int, log_every: int, postfix: Any) -> None:

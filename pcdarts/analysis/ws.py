@@ -55,6 +55,7 @@ from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.data.sources import default_augment, load_dataset
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges
+from pcdarts.utils import manifest, progress_bar, write_json
 from pcdarts.analysis.ws_train import (ChildOrder, RunLog, build_supernet, child_mixing, edge_check, evaluate_child,
                                        partition_children, setting_label, standalone_ground_truth, train_run)
 
@@ -330,7 +331,6 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
     """
     from pcdarts.analysis import ws_report as rep
     from pcdarts.distributed import resolve_device
-    from pcdarts.utils import manifest, write_json
     device = resolve_device(cfg.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,12 +343,12 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
     write_json(out / "manifest.json", manifest(cfg.seeds[0], str(device), {"tool": "ws-analysis"}))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        sa = M * cfg.standalone_epochs * _unit_steps(cfg, data, 1) if cfg.standalone_epochs and not cfg.ground_truth else 0
+        standalone = cfg.standalone_epochs and not cfg.ground_truth
+        sa = M * cfg.standalone_epochs * _unit_steps(cfg, data, 1) if standalone else 0
         total = sa + len(cfg.seeds) * cfg.epochs * sum(
             sum(_unit_steps(cfg, data, len(p)) for p in partition_children(M, g, cfg.partition, cfg.sample_seed)) + M
             for g, _ in settings)
-        bar = tqdm(total=total, desc="ws-analysis", dynamic_ncols=True)
+        bar = progress_bar(True, total, "ws-analysis")
     gt: Optional[list[float]] = None
     if cfg.ground_truth:
         gt, source = read_ground_truth(cfg.ground_truth, space.names), f"user CSV {cfg.ground_truth}"

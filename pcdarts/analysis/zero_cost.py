@@ -37,6 +37,7 @@ from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.genotype.primitives import NB201_PRIMITIVES
 from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc
+from pcdarts.utils import progress_bar
 
 # the order of the table: the proxies of §8, then the baselines; other registered ones after
 PROXY_ORDER = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs")
@@ -151,10 +152,7 @@ def score_cells(archs: Sequence[str], batch: ProxyBatch, proxies: Sequence[str],
     x, y = batch.images, batch.labels
     size = network_size(C, N, batch.num_classes, x.shape[1], x.shape[-1])
     rows = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(archs), desc="zero-cost proxies", unit="cell", dynamic_ncols=True)
+    bar = progress_bar(progress, len(archs), "zero-cost proxies", unit="cell")
     try:
         for arch in archs:
             keys = {p: ScoreCache.key(arch, p, seed, batch.fingerprint, size) for p in proxies}

@@ -15,7 +15,7 @@ from pcdarts.errors import ConfigError
 from pcdarts.methods.base import Method, SearchContext
 from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.nn.edges import Mixing, normalise_edges
-from pcdarts.ranges import Count, EpochIndex, NonNegInt, Positive, Range, Rate
+from pcdarts.ranges import Count, EpochIndex, Positive, Range, Rate
 from pcdarts.registry import METHODS
 
 

@@ -49,6 +49,7 @@ from pcdarts.distributed import all_reduce_mean, dist_info
 from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import Mixing
 from pcdarts.registry import PROXIES
+from pcdarts.utils import progress_bar
 from pcdarts.scorers import zero_cost  # noqa: F401  (registers the proxies)
 
 PRUNE_MODES = ("remove", "keep")
@@ -126,13 +127,6 @@ def live_mixing(masks: dict[str, torch.Tensor], device: Any) -> Mixing:
     return Mixing(ops=ops, active={ct: m.bool().cpu() for ct, m in masks.items()})
 
 
-def _progress(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def op_scores(supernet: nn.Module, batch: Batch, proxy: str, candidates: dict[str, torch.Tensor], *,
               mode: str = "remove", seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
     """Per cell type, [E, O] float64 importance of every candidate op (NaN elsewhere); higher =
@@ -145,7 +139,7 @@ def op_scores(supernet: nn.Module, batch: Batch, proxy: str, candidates: dict[st
     device = next(supernet.parameters()).device
     todo = [(ct, e, o) for ct, c in candidates.items() for e, o in c.nonzero().tolist()]
     out = {ct: torch.full(tuple(m.shape), float("nan"), dtype=torch.float64) for ct, m in live.items()}
-    bar = _progress(progress, len(todo), f"zero-shot pruning ({proxy}, {mode})")
+    bar = progress_bar(progress, len(todo), f"zero-shot pruning ({proxy}, {mode})", leave=False)
     try:
         for ct, e, o in todo:
             masks = {k: m.clone() for k, m in live.items()}

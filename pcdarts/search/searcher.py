@@ -26,8 +26,8 @@ from pcdarts.config import Config, SearchConfig, build_config, load_config_file,
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import (all_reduce_mean, all_reduce_sum, check_identical, dist_info, init_distributed,
-                                  is_distributed, resolve_device)
+from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, check_identical, dist_info,
+                                  init_distributed, resolve_device)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
@@ -180,6 +180,7 @@ class Searcher:
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.scheduler = weight_schedule(self.optimizer, s)
         self.epoch, self.step = 0, 0
+        self._rollbacks = 0  # search.rollback used so far (kept in the checkpoint)
         self.meters = self._zero_meters()
         self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
         self.history: list[dict[str, Any]] = []
@@ -392,7 +393,7 @@ class Searcher:
         every learning rate (each param group of the weight optimiser with its cosine schedule,
         and the method's through :meth:`Method.scale_lr`) and continue; False (the error
         stands) when no rollback is left, no checkpoint exists or the structure changed since."""
-        used = getattr(self, "_rollbacks", 0)
+        used = self._rollbacks
         path = self.run_dir / CHECKPOINT
         if used >= self.cfg.search.rollback or not path.is_file():
             return False
@@ -461,8 +462,8 @@ class Searcher:
                     interrupted = True
                     break
                 self._end_epoch(ctx)
-                if self._agreed_stop(stop.requested, always=True) or (stop_after_steps is not None and done_steps >= stop_after_steps
-                                      and self.epoch < s.epochs):
+                if self._agreed_stop(stop.requested, always=True) or (
+                        stop_after_steps is not None and done_steps >= stop_after_steps and self.epoch < s.epochs):
                     interrupted = True
                     break
         if interrupted:
@@ -490,18 +491,15 @@ class Searcher:
             return requested
         if not (always or self.watch.due(self.step)):
             return False
-        flag = torch.tensor([float(requested)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(all_reduce_max(float(requested), self.device))
 
     def _check_finite(self) -> None:
         """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite
         (under torchrun on every rank together: the verdicts are combined)."""
         bad = self.watch.first_bad()
         if self.dist.is_distributed:
-            code = torch.tensor([float({None: 0, "weight": 1, "arch": 2}[bad])], device=self.device)
-            torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
-            bad = {0: None, 1: "weight", 2: "arch"}[int(code.item())]
+            code = all_reduce_max({None: 0, "weight": 1, "arch": 2}[bad], self.device)
+            bad = {0: None, 1: "weight", 2: "arch"}[int(code)]
         arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
         if bad is None and not arch_bad:
             return
@@ -647,7 +645,7 @@ class Searcher:
             "rng": utils.rng_state(),
             "arch_rng": self.arch_generator.get_state(),
             "config": self.cfg.to_dict(),
-            "rollbacks": getattr(self, "_rollbacks", 0),
+            "rollbacks": self._rollbacks,
         }
 
     def save_checkpoint(self) -> None:
