@@ -489,7 +489,8 @@ def scale_budget(cfg: Config, budget: int) -> tuple[Config, list[tuple[str, Any,
         out = Config(method_name=cfg.method_name, method=scaled(cfg.method, "method"),
                      **{name: scaled(getattr(cfg, name), name) for name in SECTIONS})
     except ConfigError as e:
-        raise ConfigError(f"with --budget {budget} (epoch fields scaled by {budget}/{cfg.search.epochs}): {e}") from None
+        raise ConfigError(f"with --budget {budget} (epoch fields scaled by {budget}/{cfg.search.epochs}): "
+                          f"{e}") from None
     return out, changes
 
 

@@ -215,11 +215,11 @@ def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Opt
                               f"this one reads up to {CHECKPOINT_VERSION}); upgrade pcdarts to continue it")
     saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
     for section in sections:
-        if config is not None and section in saved and saved[section] != config.get(section):
-            diff = sorted(k for k in set(saved[section]) | set(config.get(section) or {})
-                          if saved[section].get(k) != (config.get(section) or {}).get(k))
-            shown = ", ".join(f"{section}.{k} {saved[section].get(k)!r} vs {(config.get(section) or {}).get(k)!r}"
-                              for k in diff[:3])
+        now = (config or {}).get(section) or {}
+        if config is not None and section in saved and saved[section] != now:
+            old = saved[section]
+            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+            shown = ", ".join(f"{section}.{k} {old.get(k)!r} vs {now.get(k)!r}" for k in diff[:3])
             raise CheckpointError(f"{command}: {path} belongs to another run ({shown}: checkpoint vs "
                                   f"{path.parent / 'config.yaml'}); put back the run's own checkpoint, or "
                                   f"start a new run")
