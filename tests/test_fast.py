@@ -488,3 +488,20 @@ def test_active_op_sets_and_per_cell_weights_are_the_same_on_both_paths(space, k
     for h in hooks:
         h.remove()
     assert hooks and not calls
+
+
+def test_a_second_derivative_through_the_fast_path_raises_instead_of_being_wrong():
+    """The fast path's backward passes are hand-written (recompute, fused kernels) and not
+    themselves differentiable: differentiating twice must fail loudly (a method that needs it,
+    LeaSE's saliency, runs that pass under supernet.reference())."""
+    from pcdarts.search.prune import live_mixing
+    sp = get_space("darts")
+    net = sp.build_supernet(SpaceConfig(name="darts", C=4, layers=2, k=2, impl="fast"), k=2, num_classes=3,
+                            in_channels=1)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x, live_mixing(net.masks, "cpu")).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+    with net.reference():  # the oracle path is twice differentiable
+        (g,) = torch.autograd.grad(net(x, live_mixing(net.masks, "cpu")).sum(), x, create_graph=True)
+        g.sum().backward()

@@ -314,6 +314,32 @@ def test_bad_image_folders_are_named(tmp_path, capsys, damage, named):
     assert code == 2 and named in line and not (tmp_path / "r").exists(), line
 
 
+def test_bad_images_skip_leaves_them_out_with_a_count_and_mixed_sizes_are_resized(tmp_path, capsys):
+    from PIL import Image
+    root = _image_folder(tmp_path / "imgs", n=12)
+    (root / "a" / "bad.png").write_text("not an image")
+    Image.new("L", (20, 16), 128).save(root / "b" / "grey_and_larger.png")  # another size and mode
+    code, out, err = run_cli(["search", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                              "--out", tmp_path / "r", *TINY], capsys)
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if "skipped 1 of 26 image files" in ln]
+    assert len(warning) == 1 and "bad.png" in warning[0] and "Traceback" not in err
+    # the same folder for training (in memory) and with the default, fail
+    code, _, err = run_cli(["train", "DARTS_V2", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                            "--out", tmp_path / "t", "--train.epochs", "1", "--model.C", "4", "--model.layers", "2",
+                            "--train.batch_size", "4", "--no-progress"], capsys)
+    assert code == 0 and "skipped 1 of" in err, err
+    code, _, err = run_cli(["train", "DARTS_V2", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                            "--data.loader", "stream", "--data.workers", "0", "--out", tmp_path / "s",
+                            "--train.epochs", "1", "--model.C", "4", "--model.layers", "2", "--train.batch_size", "4",
+                            "--no-progress"], capsys)
+    assert code == 0 and "skipped 1 of" in err, err  # streamed: every file decoded once up front
+    code, _, err = run_cli(["search", "--data", f"folder:{root}", "--out", tmp_path / "f", *TINY], capsys)
+    assert code == 2 and "bad.png" in one_line_error(err)
+    code, _, err = run_cli(["search", "--data.bad_images", "skip", "--out", tmp_path / "g", *TINY], capsys)
+    assert code == 2 and "data.bad_images" in one_line_error(err) and "image folders" in err
+
+
 def _genotype_json(first_op: str, first_input: int) -> str:
     normal = [[first_op, first_input]] + [["sep_conv_3x3", i % 2] for i in range(1, 8)]
     reduce = [["max_pool_3x3", i % 2] for i in range(8)]

@@ -128,6 +128,36 @@ def test_searcher_prunes_each_subset_once_at_the_start(tiny):
     for ct, cell in (("normal", g.normal), ("reduce", g.reduce)):
         for k, (op, inp) in enumerate(cell):
             assert s.supernet.masks[ct][starts[k // 2] + inp, s.space.primitives.index(op)]
+    # the saving is measured on the search's own batch, before and after, and reported
+    r = s.prune_report
+    assert r.cost_before.images == r.cost_after.images == s.cfg.search.batch_size
+    assert r.cost_after.state_mib < r.cost_before.state_mib  # fewer weights, grads and momenta
+    assert r.cost_before.activation_mib > 0 and r.cost_after.seconds > 0
+    assert "pruned vs full supernet" in r.line() and "memory" in r.line()
+    assert set(r.to_dict()) >= {"full", "pruned", "removed", "live_after"}
+
+
+def test_measure_step_counts_saved_activations_and_leaves_the_net_unchanged():
+    from pcdarts.search.prune import measure_step
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+
+    class AtMixing(torch.nn.Module):  # the supernet call signature: net(x, mixing)
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, mixing):
+            return self.net(x)
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cost = measure_step(AtMixing(), None, _batch(8))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN stats restored
+    assert all(p.grad is None for p in net.parameters())
+    n_params = sum(p.numel() for p in net.parameters())
+    assert cost.state_mib == pytest.approx(3 * 4 * n_params / 2 ** 20)
+    # at least the conv input and the ReLU output (8 x 4 x 8 x 8 floats each) are saved for the backward
+    assert cost.activation_mib >= 2 * 8 * 4 * 8 * 8 * 4 / 2 ** 20 * 0.99
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, merge_onto_preset,
                             parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import PcdartsError
-from pcdarts.registry import METHODS, SPACES
+from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SPACES
 
 DEFAULT_PRESET = "quick"
 
@@ -64,6 +64,8 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
         picks["method"] = {"name": METHODS.get(args.method) and args.method}
     if args.space:
         picks["space"] = {"name": SPACES.get(args.space) and args.space}
+    if args.objective:
+        picks["objective"] = {"name": OBJECTIVES.get(args.objective) and args.objective}
     d = merge_onto_preset(args.preset or DEFAULT_PRESET, picks)
     if args.data:
         name, _, path = args.data.partition(":")
@@ -89,17 +91,19 @@ def search_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> di
 
 
 def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from pcdarts.runs import test_stop_after_steps
     from pcdarts.search.searcher import search
+    stop = test_stop_after_steps()
     if args.resume:
         if overrides or args.preset or args.budget is not None:
             raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides/--budget")
-        result = search(resume=args.resume)
+        result = search(resume=args.resume, stop_after_steps=stop)
     else:
         cfg = build_config(search_config_dict(args, overrides))
         if args.budget is not None:
             cfg, changes = scale_budget(cfg, args.budget)
             print(describe_budget(cfg, changes), flush=True)
-        result = search(cfg)
+        result = search(cfg, stop_after_steps=stop)
     if result.interrupted:
         return 130
     from pcdarts.distributed import dist_info
@@ -127,14 +131,16 @@ def search_summary(result: Any) -> list[str]:
         test = f", test {acc['test']:.2f}" if acc.get("test") is not None else ""
         lines.append(f"NAS-Bench-201: {ds} valid {acc['valid']:.2f}{test}")
     g = run_dir / "genotype.json"
+    loader = DATASETS.get(cfg.data.dataset) if cfg.data.dataset in DATASETS else None
+    data = cfg.data.spec if getattr(loader, "labelled", True) else "LABELLED_SET:PATH"  # training needs labels
     if cfg.space.name == "nb201":
-        lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {cfg.data.spec}")
+        lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {data}")
     elif cfg.data.dataset == "digits":
         lines.append(f"next:          pcdarts train {g} --preset short")
     else:
         from pcdarts.spaces import get_space
         lines.append(f"next:          pcdarts train {g} --preset {get_space(cfg.space.name).train_preset} "
-                     f"--data {cfg.data.spec}")
+                     f"--data {data}")
     return lines
 
 
@@ -209,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", help=f"YAML preset name or file (default: {DEFAULT_PRESET})")
     s.add_argument("--space", help=f"search space: {', '.join(SPACES.names())}")
     s.add_argument("--method", help=f"method: {', '.join(METHODS.names())}")
-    s.add_argument("--data", help="dataset, e.g. digits, cifar10:PATH, cifar100:PATH")
+    s.add_argument("--objective", help=f"search objective (objective.name): {', '.join(OBJECTIVES.names())}; "
+                                       "mae needs no labels (e.g. --data unlabelled:DIR)")
+    s.add_argument("--data", help="dataset, e.g. digits, cifar10:PATH, cifar100:PATH, unlabelled:DIR")
     s.add_argument("--seed", type=int)
     s.add_argument("--out", help="run directory (default runs/<space>-<method>-<data>-s<seed>-<time>)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")

@@ -42,6 +42,7 @@ def train_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dic
 
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Handler of ``pcdarts train``; returns the exit code (130 when stopped by Ctrl-C)."""
+    from pcdarts.runs import test_stop_after_steps
     from pcdarts.train.trainer import train
     from pcdarts.train.seeds import SEEDS_FILE, parse_seeds, resume_seeds, summary_line, train_seeds
     if args.resume:
@@ -56,7 +57,7 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if (Path(args.resume) / SEEDS_FILE).is_file():
             res = resume_seeds(args.resume, **run)
             return _report_seeds(res, summary_line)
-        result = train(resume=args.resume, **run)
+        result = train(resume=args.resume, stop_after_steps=test_stop_after_steps(), **run)
         return _report(result)
     if not args.genotype:
         raise TrainError("pcdarts train needs a genotype: a published name (e.g. DARTS_V2), a genotype.json, "
@@ -66,7 +67,7 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     cfg = build_train_config(train_config_dict(args, overrides))
     if args.seeds:
         return _report_seeds(train_seeds(args.genotype, cfg, parse_seeds(args.seeds)), summary_line)
-    return _report(train(args.genotype, cfg))
+    return _report(train(args.genotype, cfg, stop_after_steps=test_stop_after_steps()))
 
 
 def _report(result: Any) -> int:

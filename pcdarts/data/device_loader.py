@@ -158,6 +158,11 @@ class DeviceLoader:
         """Draw this epoch's permutation (same on every rank) and keep this rank's shard."""
         n_total = int(self.images.shape[0])
         perm = torch.randperm(n_total, generator=self._gen) if self.shuffle else torch.arange(n_total)
+        self._set_order(perm)
+
+    def _set_order(self, perm: torch.Tensor) -> None:
+        """Keep the epoch's global permutation and this rank's shard of it (on the device)."""
+        self._perm = perm
         self._order = perm[self.rank :: self.world_size][: self.num_samples].contiguous()  # CPU, for state_dict
         if self.device.type == "cuda":  # pinned + non_blocking: no host sync at an epoch boundary
             self._order_dev = self._order.pin_memory().to(self.device, non_blocking=True)
@@ -231,11 +236,13 @@ class DeviceLoader:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: generator state, epoch, position, order."""
+        """Everything needed to resume exactly: generator state, epoch, position, this rank's
+        order and the epoch's global permutation (so another number of ranks can take over)."""
         return {
             "epoch": self.epoch,
             "position": self.position,
             "order": self._order.clone(),
+            "perm": self._perm.clone(),
             "generator": self._gen.get_state(),
             "seed": self.seed,
             "num_samples": self.num_samples,
@@ -247,15 +254,27 @@ class DeviceLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next batches equal an uninterrupted run's.
 
+        A state saved by another number of ranks is resharded when the global batch
+        (``batch_size x world_size``) is the same: after ``p`` steps the ranks together have
+        read exactly the first ``p x global batch`` entries of the epoch's permutation
+        (rank r reads entries r, r + W, ...), so the new ranks continue with the entries not
+        yet read, at the same step. The epoch's order and the generator carry over; what
+        follows is deterministic but not bit-identical to a run that kept its rank count
+        (the augmentation draws per batch differ in number).
+
         Raises:
             DataError: the state was saved by a loader with a different sample count,
-                batch size or sharding, or it lacks a field.
+                batch size or sharding (and cannot be resharded), or it lacks a field.
         """
         for key in ("num_samples", "batch_size", "rank", "world_size"):
             if key not in state:
                 raise DataError(
                     f"DeviceLoader.load_state_dict: state has no {key!r} field; was it saved by state_dict()?"
                 )
+        if (state["world_size"], state["rank"]) != (self.world_size, self.rank):
+            self._load_resharded(state)
+            return
+        for key in ("num_samples", "batch_size"):
             if state[key] != getattr(self, key):
                 raise DataError(
                     f"DeviceLoader.load_state_dict: saved {key}={state[key]} but this loader has "
@@ -265,15 +284,38 @@ class DeviceLoader:
         if order.shape != (self.num_samples,):
             raise DataError(f"DeviceLoader.load_state_dict: 'order' has shape {tuple(order.shape)}, "
                             f"expected ({self.num_samples},)")
+        self._restore_common(state)
+        if "perm" in state:
+            self._set_order(torch.as_tensor(state["perm"], dtype=torch.int64).cpu())
+        else:  # saved before the global permutation was kept: this rank's order is all there is
+            self._perm = order.clone()
+            self._order = order.clone()
+            self._order_dev = self._order.to(self.device)
+
+    def _load_resharded(self, state: dict[str, Any]) -> None:
+        saved_global = int(state["batch_size"]) * int(state["world_size"])
+        if saved_global != self.batch_size * self.world_size:
+            raise DataError(
+                f"DeviceLoader.load_state_dict: the state was saved by {state['world_size']} rank(s) x "
+                f"{state['batch_size']} images (global batch {saved_global}); this loader has {self.world_size} "
+                f"x {self.batch_size} = {self.batch_size * self.world_size}: keep the global batch to change the "
+                "number of processes")
+        if "perm" not in state:
+            raise DataError("DeviceLoader.load_state_dict: the state has no global permutation ('perm'), so it "
+                            f"can only be resumed by {state['world_size']} rank(s)")
+        perm = torch.as_tensor(state["perm"], dtype=torch.int64).cpu()
+        if perm.shape != self.images.shape[:1]:
+            raise DataError(f"DeviceLoader.load_state_dict: 'perm' has {perm.shape[0]} entries but the loader has "
+                            f"{self.images.shape[0]} samples; build the loader with the same data")
+        self._restore_common(state)
+        self._set_order(perm)
+        self.position = min(self.position, self.steps_per_epoch)
+
+    def _restore_common(self, state: dict[str, Any]) -> None:
         self._gen.set_state(state["generator"])
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-        self._order = order.clone()
-        if self.device.type == "cuda":  # pinned + non_blocking: no host sync at an epoch boundary
-            self._order_dev = self._order.pin_memory().to(self.device, non_blocking=True)
-        else:
-            self._order_dev = self._order.to(self.device)
 
 
 def _pad_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:

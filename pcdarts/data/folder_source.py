@@ -28,11 +28,12 @@ def _root(path: Optional[str], split: str) -> Path:
 
 @DATASETS.register("folder", description="image folder, one sub-folder per class (decoded once into memory)")
 def load_folder_dataset(path: Optional[str], split: str, input_size: Optional[int] = None,
-                        channels: Optional[int] = None) -> ImageDataset:
+                        channels: Optional[int] = None, bad_images: Optional[str] = None) -> ImageDataset:
     root = _root(path, split)
     scan = scan_folder(root)  # listed once, for the size and the images
     size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
-    images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan)
+    images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan,
+                                                    on_bad=bad_images or "fail")
     mean, std = channel_stats(images)
     return ImageDataset(images=images, labels=labels, num_classes=len(classes), mean=mean, std=std,
                         name=f"folder:{root}", classes=list(classes))

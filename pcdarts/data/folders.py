@@ -344,10 +344,45 @@ def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSI
             "num_images": len(samples), "sample_image_size": size, "sample_image_mode": mode}
 
 
+BAD_IMAGE_CHOICES = ("fail", "skip")
+
+
+def _skipped(root: str | os.PathLike, bad: list[str], total: int) -> None:
+    """One warning line for the unreadable images ``data.bad_images skip`` left out; a
+    FolderError when nothing readable is left."""
+    if not bad:
+        return
+    if len(bad) == total:
+        raise FolderError(f"{root}: none of its {total} image files can be read (e.g. {bad[0]}); "
+                          "check the folder")
+    warnings.warn(f"{root}: skipped {len(bad)} of {total} image files that cannot be read "
+                  f"(data.bad_images skip), e.g. {bad[0]}")
+
+
+def readable_scan(root: str | os.PathLike, scan: Scan, channels: int = 3, on_bad: str = "fail") -> Scan:
+    """``scan`` without its unreadable images when ``on_bad`` is ``skip`` (every file is decoded
+    once to find them: for streamed folders, which decode lazily); unchanged for ``fail``,
+    where the first bad file stops the run when it is read."""
+    if on_bad not in BAD_IMAGE_CHOICES:
+        raise ValueError(f"on_bad must be one of {BAD_IMAGE_CHOICES}, got {on_bad!r}")
+    if on_bad == "fail":
+        return scan
+    classes, samples = scan
+    kept, bad = [], []
+    for path, label in samples:
+        try:
+            _open_image(path, channels)
+            kept.append((path, label))
+        except FolderError:
+            bad.append(path)
+    _skipped(root, bad, len(samples))
+    return classes, kept
+
+
 def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3, *,
                           resize: int | None = None, max_bytes: int = 4 * 2**30,
                           extensions: Sequence[str] = IMG_EXTENSIONS, scan: Scan | None = None,
-                          ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                          on_bad: str = "fail") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode a whole image folder once into memory for the fast device-resident loader.
 
     Each image has its shorter side resized to ``resize`` (default ``size``) and its
@@ -357,6 +392,9 @@ def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3,
 
     Returns:
         ``(images uint8 [N,C,size,size], labels int64 [N], classes)``.
+
+    ``on_bad``: ``fail`` (an unreadable image raises) or ``skip`` (it is left out, with one
+    warning line giving the count).
 
     Raises:
         FolderError: bad layout, unreadable image, or the tensor would exceed ``max_bytes``.
@@ -372,8 +410,20 @@ def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3,
                           "raise max_bytes")
     prep = Compose([Resize(size if resize is None else resize), CenterCrop(size),
                     ToTensor(torch.uint8)])
+    if on_bad not in BAD_IMAGE_CHOICES:
+        raise ValueError(f"on_bad must be one of {BAD_IMAGE_CHOICES}, got {on_bad!r}")
     images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
-    for i, (path, _) in enumerate(samples):
-        images[i] = prep(_open_image(path, channels))
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return images, labels, classes
+    kept: list[int] = []
+    bad: list[str] = []
+    for path, label in samples:
+        try:
+            img = _open_image(path, channels)
+        except FolderError:
+            if on_bad == "fail":
+                raise
+            bad.append(path)
+            continue
+        images[len(kept)] = prep(img)
+        kept.append(label)
+    _skipped(root, bad, len(samples))
+    return images[:len(kept)], torch.tensor(kept, dtype=torch.int64), classes

@@ -112,7 +112,7 @@ def load_dataset(spec: str, split: str = "train", **options: Any) -> ImageDatase
     accepted = inspect.signature(loader).parameters
     unused = [k for k in options if k not in accepted]
     if unused:
-        raise DataError(f"dataset {name!r} does not take data.{unused[0]} (only image folders are resized); "
+        raise DataError(f"dataset {name!r} does not take data.{unused[0]} (it applies to image folders only); "
                         f"remove it from the config")
     return loader(path.strip() if sep else None, split, **options)
 

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pcdarts.data.folders import split_roots, FolderLoader, ImageFolderDataset, Scan, scan_folder, select_classes
+from pcdarts.data.folders import (split_roots, FolderLoader, ImageFolderDataset, Scan, readable_scan, scan_folder,
+                                  select_classes)
 from pcdarts.train.config import TrainDataConfig, TrainError
 from pcdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -39,9 +40,12 @@ def check_stats(d: TrainDataConfig, channels: int) -> tuple[tuple[float, ...], t
 class _EpochBatches(Sampler[list[int]]):
     """Batches of one epoch: a permutation seeded by (seed, epoch), from batch ``start`` on."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
-        full, rest = divmod(n, batch_size)
+        # under torchrun: rank r reads entries r, r + W, ... of the epoch's (shared) permutation
+        self.rank, self.world_size, self.per_rank = rank, world_size, n // world_size
+        full, rest = divmod(self.per_rank, batch_size)
         self.batches_per_epoch = full + (1 if rest and not drop_last else 0)
         if self.batches_per_epoch == 0:
             raise TrainError(f"train.batch_size {batch_size} is larger than the {n} training images and "
@@ -57,6 +61,7 @@ class _EpochBatches(Sampler[list[int]]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
+        order = order[self.rank::self.world_size][:self.per_rank]
         for b in range(self.start, self.batches_per_epoch):
             yield order[b * self.batch_size:(b + 1) * self.batch_size]
 
@@ -88,9 +93,9 @@ class StreamSource:
     """A resumable training source over a streamed image folder (same interface as DeviceLoader)."""
 
     def __init__(self, view: _SeededView, batch_size: int, *, seed: int, drop_last: bool, workers: int,
-                 device: torch.device, channels_last: bool) -> None:
+                 device: torch.device, channels_last: bool, rank: int = 0, world_size: int = 1) -> None:
         self.view, self.device, self.channels_last = view, device, channels_last
-        self.sampler = _EpochBatches(len(view), batch_size, seed, True, drop_last)
+        self.sampler = _EpochBatches(len(view), batch_size, seed, True, drop_last, rank, world_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.num_samples = len(view)
         workers = min(workers, os.cpu_count() or 1)
@@ -115,14 +120,19 @@ class StreamSource:
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "n": len(self.view),
-                "batch_size": self.sampler.batch_size}
+                "batch_size": self.sampler.batch_size, "world_size": self.sampler.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("n") != len(self.view) or state.get("batch_size") != self.sampler.batch_size:
+        """Restore a state; one saved by another number of ranks at the same global batch
+        continues at the same step (the ranks together read a prefix of the epoch's order)."""
+        world = self.sampler.world_size
+        saved_global = state.get("batch_size", 0) * state.get("world_size", 1)
+        if state.get("n") != len(self.view) or saved_global != self.sampler.batch_size * world:
             raise TrainError("the checkpoint's training data differs from the folder now on disk "
-                             f"(saved {state.get('n')} images / batch {state.get('batch_size')}, found "
-                             f"{len(self.view)} / {self.sampler.batch_size}); resume with the same data")
+                             f"(saved {state.get('n')} images / global batch {saved_global}, found "
+                             f"{len(self.view)} / {self.sampler.batch_size * world}); resume with the same data")
         self.epoch, self.position, self._it = int(state["epoch"]), int(state["position"]), None
+        self.position = min(self.position, self.steps_per_epoch)
 
 
 class DeviceBatches:
@@ -166,7 +176,8 @@ def stream_sets(d: TrainDataConfig, size: int, channels: int, seed: int, train_s
             ImageFolderDataset(train_root, ev, channels=channels, scan=(classes, base.samples)), test_idx)
     else:
         train_idx = list(range(n))
-        test_scan = scan_folder(test_root)  # all of it: a clear error for a bad test folder before anything trains
+        # all of it: a clear error for a bad test folder before anything trains
+        test_scan = readable_scan(test_root, scan_folder(test_root), channels, d.bad_images)
         class_to_idx = {c: i for i, c in enumerate(classes)}
         test = ImageFolderDataset(test_root, ev, class_to_idx=class_to_idx, channels=channels,
                                   scan=select_classes(test_root, test_scan, class_to_idx))

@@ -11,6 +11,9 @@ from pcdarts.methods.darts_minus import DartsMinus, DartsMinusConfig
 from pcdarts.methods.drnas import DrNAS, DrNASConfig
 from pcdarts.methods.is_darts import ISDarts, ISDartsConfig  # noqa: F401  (registration)
 from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (registration)
+from pcdarts.methods.lbt import LBT, LBTConfig  # noqa: F401  (registration)
+from pcdarts.methods.il import IL, ILConfig  # noqa: F401  (registration)
+from pcdarts.methods.lease import LeaSE, LeaSEConfig  # noqa: F401  (registration)
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
            "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]

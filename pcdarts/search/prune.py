@@ -37,6 +37,7 @@ Choices (the paper's details are unverified, §8.1; each is documented here):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -193,33 +194,136 @@ class PruneReport:
     evaluations: int
     seconds: float
     images: int
+    cost_before: Optional["StepCost"] = None
+    cost_after: Optional["StepCost"] = None
 
     def line(self) -> str:
-        return (f"zero-shot pruning ({self.spec.proxy}, {self.mode} mode, {self.images} images): removed "
-                f"{self.removed} of {self.candidates} candidate ops; {self.live_after} of {self.live_before} live ops "
-                f"remain ({self.evaluations} proxy evaluations, {self.seconds:.1f} s)")
+        out = (f"zero-shot pruning ({self.spec.proxy}, {self.mode} mode, {self.images} images): removed "
+               f"{self.removed} of {self.candidates} candidate ops; {self.live_after} of {self.live_before} live ops "
+               f"remain ({self.evaluations} proxy evaluations, {self.seconds:.1f} s)")
+        if self.cost_before is not None and self.cost_after is not None:
+            out += "\n" + saving_line(self.cost_before, self.cost_after)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary for the run's manifest."""
+        d: dict[str, Any] = {"prune": str(self.spec), "mode": self.mode, "removed": self.removed,
+                             "candidates": self.candidates, "live_before": self.live_before,
+                             "live_after": self.live_after, "seconds": round(self.seconds, 2)}
+        if self.cost_before is not None and self.cost_after is not None:
+            d["full"], d["pruned"] = self.cost_before.to_dict(), self.cost_after.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one training step of the supernet costs (:func:`measure_step`)."""
+
+    seconds: float        # median wall time of a forward + backward
+    activation_mib: float  # tensors saved for the backward (the step's activation memory)
+    state_mib: float      # weights, their gradients and SGD momentum (3 x the parameters)
+    images: int
+
+    @property
+    def memory_mib(self) -> float:
+        return self.activation_mib + self.state_mib
+
+    def to_dict(self) -> dict[str, float]:
+        return {"step_s": round(self.seconds, 4), "activation_mib": round(self.activation_mib, 2),
+                "state_mib": round(self.state_mib, 2), "images": self.images}
+
+
+def measure_step(supernet: nn.Module, mixing: Mixing, batch: Batch, repeats: int = 3) -> StepCost:
+    """Time and memory of a forward + backward of ``supernet`` (its own path: the fast one when
+    configured) at ``mixing`` on ``batch``, in train mode, measured in this process: the median
+    of ``repeats`` timed steps after one warm-up, and the bytes the autograd graph saves for the
+    backward (counted by storage once, by saved-tensor hooks, so the figure is exact and the
+    same on CPU and GPU). Gradients are cleared afterwards and batch-norm statistics restored."""
+    from pcdarts.methods.hypergrad import restore, running_stats
+    x, y = batch
+    params = [p for p in supernet.parameters() if p.requires_grad]
+    saved_bn = running_stats(supernet)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    def one(record: bool = False) -> float:
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if record else contextlib.nullcontext()
+        with ctx:
+            logits = supernet(x, mixing)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        del grads, loss, logits
+        sync()
+        return time.perf_counter() - t0
+
+    one(record=True)
+    times = sorted(one() for _ in range(max(1, repeats)))
+    restore(saved_bn)
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    return StepCost(times[len(times) // 2], sum(storages.values()) / 2 ** 20, 3 * param_bytes / 2 ** 20,
+                    int(x.shape[0]))
+
+
+def compare_steps(a: nn.Module, mix_a: Mixing, b: nn.Module, mix_b: Mixing, batch: Batch,
+                  rounds: int = 2) -> tuple[StepCost, StepCost]:
+    """:func:`measure_step` of two supernets, interleaved over ``rounds`` (the machine's load
+    affects both alike); each keeps its fastest round."""
+    ca: list[StepCost] = []
+    cb: list[StepCost] = []
+    for _ in range(rounds):
+        ca.append(measure_step(a, mix_a, batch, repeats=2))
+        cb.append(measure_step(b, mix_b, batch, repeats=2))
+    return min(ca, key=lambda c: c.seconds), min(cb, key=lambda c: c.seconds)
+
+
+def saving_line(full: StepCost, pruned: StepCost) -> str:
+    """One line: the pruned supernet's step time and memory against the full one's (ratios from one run)."""
+    def pct(a: float, b: float) -> str:
+        return f"{(b / a - 1) * 100:+.0f}%" if a > 0 else "n/a"
+    return (f"pruned vs full supernet (one training step on {pruned.images} images, measured now): time "
+            f"{pruned.seconds * 1e3:.0f} vs {full.seconds * 1e3:.0f} ms ({pct(full.seconds, pruned.seconds)}), "
+            f"memory {pruned.memory_mib:.0f} vs {full.memory_mib:.0f} MiB ({pct(full.memory_mib, pruned.memory_mib)}; "
+            f"activations {pct(full.activation_mib, pruned.activation_mib)}, "
+            f"weights+grads+momentum {pct(full.state_mib, pruned.state_mib)})")
 
 
 def zero_shot_prune(supernet: nn.Module, space: Any, space_cfg: Any, batch: Batch, spec: PruneSpec, *,
-                    mode: str = "remove", seed: int = 0, progress: bool = False) -> PruneReport:
-    """Score, choose and remove: ``supernet.prune`` with the new masks; returns the report."""
+                    mode: str = "remove", seed: int = 0, progress: bool = False,
+                    cost_batch: Optional[Batch] = None) -> PruneReport:
+    """Score, choose and remove: ``supernet.prune`` with the new masks; returns the report.
+    With ``cost_batch``, one training step of the full supernet (a copy kept for the purpose)
+    and of the pruned one are measured on it, interleaved (:func:`compare_steps`), so the
+    report states the saving."""
     t0 = time.time()
     live = {ct: m.bool().cpu().clone() for ct, m in supernet.masks.items()}
+    device = next(supernet.parameters()).device
+    full = copy.deepcopy(supernet) if cost_batch is not None else None  # measured against the pruned one
     can_pick = torch.tensor(selectable_ops(space, space_cfg))
     candidates = {ct: m & can_pick for ct, m in live.items()}
     importance = op_scores(supernet, batch, spec.proxy, candidates, mode=mode, seed=seed, progress=progress)
     # under torchrun every rank scores its own data shard: the mean makes them remove the same ops
-    device = next(supernet.parameters()).device
     shared = [importance[ct].to(device) for ct in importance]
     all_reduce_mean(shared)
     importance = {ct: t.cpu() for ct, t in zip(importance, shared)}
     masks = prune_masks(importance, candidates, live, spec.fraction)
     supernet.prune(masks)
+    before_cost = after_cost = None
+    if full is not None and cost_batch is not None:
+        before_cost, after_cost = compare_steps(full, live_mixing(live, device), supernet,
+                                                live_mixing(masks, device), cost_batch)
+        del full
     n_cand = sum(int(c.sum()) for c in candidates.values())
     before = sum(int(m.sum()) for m in live.values())
     after = sum(int(m.sum()) for m in masks.values())
     return PruneReport(spec, mode, masks, importance, before - after, n_cand, before, after, n_cand,
-                       time.time() - t0, int(batch[0].shape[0]))
+                       time.time() - t0, int(batch[0].shape[0]), before_cost, after_cost)
 
 
 def first_images(sample_batches: Callable[[int, str], list[Batch]], n: int, split: str = "train") -> Batch:
@@ -245,8 +349,10 @@ def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
     if sample_batches is not None and s.prune:
         spec = parse_prune(s.prune)
         batch = first_images(sample_batches, int(s.prune_batch_size))
+        cost_batch = first_images(sample_batches, int(s.batch_size))  # the search's own batch size
         report = zero_shot_prune(supernet, get_space(cfg.space.name), cfg.space, batch, spec, mode=s.prune_mode,
-                                 seed=cfg.run.seed, progress=cfg.run.progress and dist_info().is_main)
+                                 seed=cfg.run.seed, progress=cfg.run.progress and dist_info().is_main,
+                                 cost_batch=cost_batch)
         if cfg.run.progress and dist_info().is_main:
             print(report.line(), flush=True)
     masks = getattr(supernet, "masks", None)
@@ -255,6 +361,6 @@ def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
     return report
 
 
-__all__ = ["PRUNE_MODES", "PruneSpec", "PruneReport", "parse_prune", "removal_count", "selectable_ops",
+__all__ = ["PRUNE_MODES", "PruneSpec", "PruneReport", "StepCost", "measure_step", "compare_steps", "saving_line", "parse_prune", "removal_count", "selectable_ops",
            "SupernetAt", "live_mixing", "op_scores", "prune_masks", "zero_shot_prune", "first_images",
            "prune_at_start"]

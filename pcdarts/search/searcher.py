@@ -26,13 +26,14 @@ from pcdarts.config import Config, SearchConfig, build_config, load_config_file,
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, check_identical, dist_info,
-                                  init_distributed, resolve_device)
+from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, barrier,
+                                  check_identical, dist_info, init_distributed, per_process_batch, resolve_device)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
-from pcdarts.registry import METHODS, OBJECTIVES
+from pcdarts.objectives.base import EpochEnd, ObjectiveSetup, SupernetCall, build_objective, epoch_end
+from pcdarts.registry import METHODS
 from pcdarts.nn.edges import widen_edges, widen_tensor
 from pcdarts.search.prune import prune_at_start
 from pcdarts.spaces import get_space
@@ -172,7 +173,9 @@ class Searcher:
         # zero-shot pruning of a new run's space (search.prune, ALGORITHMS §8.1); the method learns the masks
         self.prune_report = prune_at_start(self.supernet, self.method, cfg,
                                            self.sample_batches if checkpoint is None else None)
-        self.objective = OBJECTIVES.get(cfg.search.objective)().to(self.device)
+        self.objective = build_objective(cfg.objective_name, cfg.objective, ObjectiveSetup(
+            self.supernet, self.space, cfg.space, (self.in_channels, self.input_size, self.input_size),
+            self.num_classes, self.device, cfg.run.seed))
         self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
         self.weight_params = self._live_weights()
@@ -191,7 +194,8 @@ class Searcher:
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels)
+        ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels,
+                          bad_images=None if d.bad_images == "fail" else d.bad_images)
         images, labels = ds.images, ds.labels
         split_seed = cfg.run.seed if d.split_seed is None else d.split_seed
         if d.max_samples is not None and d.max_samples < len(labels):
@@ -214,10 +218,13 @@ class Searcher:
             w_idx = a_idx = torch.arange(len(labels))
             weight_split = arch_split = images.to(self.device), labels.to(self.device)
         s = cfg.search
-        self.train_loader = DeviceLoader(*weight_split, s.batch_size, augment=aug, seed=cfg.run.seed, **common)
-        self.arch_loader = DeviceLoader(*arch_split, s.arch_batch_size or s.batch_size, augment=aug,
-                                        seed=cfg.run.seed + 1, **common)
-        self.eval_loader = DeviceLoader(*arch_split, max(s.batch_size, 256), augment=None, shuffle=False,
+        # search.batch_size is the global batch: each of the torchrun processes reads its share
+        batch = per_process_batch(s.batch_size, self.dist.world_size, "search.batch_size")
+        arch_batch = per_process_batch(s.arch_batch_size or s.batch_size, self.dist.world_size,
+                                       "search.arch_batch_size" if s.arch_batch_size else "search.batch_size")
+        self.train_loader = DeviceLoader(*weight_split, batch, augment=aug, seed=cfg.run.seed, **common)
+        self.arch_loader = DeviceLoader(*arch_split, arch_batch, augment=aug, seed=cfg.run.seed + 1, **common)
+        self.eval_loader = DeviceLoader(*arch_split, max(batch, 256), augment=None, shuffle=False,
                                         drop_last=False, **common)
         self._splits = {"train": weight_split, "arch": arch_split}
         self._loader_common = common
@@ -261,7 +268,18 @@ class Searcher:
         ids = [self.device.index] if self.device.type == "cuda" else None
         # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
         warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
-        return DistributedDataParallel(self.supernet, device_ids=ids, find_unused_parameters=True)
+        # buffers are not broadcast every step: each rank's batch-norm statistics follow its shard
+        # and the ranks average them wherever they are read (self._agree_buffers)
+        # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward
+        return DistributedDataParallel(SupernetCall(self.supernet), device_ids=ids, find_unused_parameters=True,
+                                       broadcast_buffers=False)
+
+    def _agree_buffers(self) -> None:
+        """Under torchrun: the ranks' batch-norm running statistics (supernet and objective)
+        averaged, before evaluation, scorers and the epoch end read them; no-op alone."""
+        if self.dist.is_distributed:
+            average_buffers(self.supernet)
+            average_buffers(self.objective)
 
     def _average_objective_grads(self) -> None:
         """Average the gradients of the objective's own parameters (outside DDP) across ranks."""
@@ -426,7 +444,9 @@ class Searcher:
             utils.write_json(self.run_dir / "manifest.json",
                              utils.manifest(cfg.run.seed, str(self.device),
                                             {"kind": "search", "impl": self.impl, "world_size": self.dist.world_size,
-                                             "data": self.data_info, "network": self._shape_info()}))
+                                             "data": self.data_info, "network": self._shape_info(),
+                                             **({"pruning": self.prune_report.to_dict()}
+                                                if self.prune_report is not None else {})}))
         steps = self.train_loader.steps_per_epoch
         ctx = self.context()
         self.supernet.train()
@@ -519,6 +539,7 @@ class Searcher:
     def _end_epoch(self, ctx: SearchContext) -> None:
         s = self.cfg.search
         self._check_finite()
+        self._agree_buffers()
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
         with warnings.catch_warnings():
@@ -561,6 +582,10 @@ class Searcher:
                 self.tb.epoch(rec)
             if self.cfg.run.progress:
                 print(epoch_line(rec, s.epochs), flush=True)
+            # the objective's epoch-end hook (MAE's reconstruction picture); random states put back after it
+            epoch_end(self.objective, EpochEnd(self.epoch, s.epochs, self.run_dir, self.cfg.run.plots, self.supernet,
+                                               lambda: self._fixed_batches(1, "arch")[0], self.method.mixing),
+                      [self.arch_generator])
         self.epoch += 1
         self.step = 0
         self.meters = self._zero_meters()
@@ -589,12 +614,19 @@ class Searcher:
                                  self.method.derive_rule())
 
     def sample_batches(self, n: int, split: str = "arch") -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first ``n`` batches of a fixed, un-augmented view of a split (for scorers)."""
+        """The first ``n`` batches of a fixed, un-augmented view of a split (for scorers). Not
+        sharded under torchrun: every rank scores the same images, so that decisions taken from
+        the scores (IS-DARTS's shrinking, zero-shot pruning) are identical on every rank."""
         if split not in self._splits:
             raise ValueError(f"sample_batches: split must be one of {', '.join(self._splits)}, got {split!r}")
+        self._agree_buffers()  # the scorer about to run reads the batch-norm statistics
+        return self._fixed_batches(n, split)
+
+    def _fixed_batches(self, n: int, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._splits[split]  # a fresh view each time: no loader position moves
+        whole = {**self._loader_common, "rank": 0, "world_size": 1}
         view = DeviceLoader(images, labels, self.eval_loader.batch_size, augment=None, shuffle=False,
-                            drop_last=False, **self._loader_common)
+                            drop_last=False, **whole)
         out = []
         for batch in view:
             if len(out) == n:
@@ -642,6 +674,7 @@ class Searcher:
             "scheduler": self.scheduler.state_dict(),
             "loaders": {"train": self.train_loader.state_dict(), "arch": self.arch_loader.state_dict()},
             "meters": {k: v.detach().cpu() for k, v in self.meters.items()},
+            "world_size": self.dist.world_size,
             "rng": utils.rng_state(),
             "arch_rng": self.arch_generator.get_state(),
             "config": self.cfg.to_dict(),
@@ -650,9 +683,18 @@ class Searcher:
 
     def save_checkpoint(self) -> None:
         self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        self._agree_buffers()  # one set of batch-norm statistics goes into the checkpoint
+        state_meters = None
+        if self.dist.is_distributed:  # the epoch's running sums over every rank, so any rank count resumes
+            state_meters = [v.detach().clone() for v in self.meters.values()]
+            all_reduce_sum(state_meters)
         if self.dist.is_main:
-            runs.save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT)
+            state = self.state_dict()
+            if state_meters is not None:
+                state["meters"] = {k: v.cpu() for k, v in zip(self.meters, state_meters)}
+            runs.save_checkpoint(state, self.run_dir / CHECKPOINT)
             self.rundir.commit()
+        barrier()  # under torchrun: nobody leaves while rank 0 is still writing
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
         self.supernet.load_state_dict(ck["supernet"])
@@ -662,8 +704,12 @@ class Searcher:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.train_loader.load_state_dict(ck["loaders"]["train"])
         self.arch_loader.load_state_dict(ck["loaders"]["arch"])
-        self.meters = {k: v.to(self.device) for k, v in ck["meters"].items()}
+        # the saved sums are over every rank: one rank (0) carries them on, the others start at 0
+        self.meters = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device)
+                       for k, v in ck["meters"].items()}
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        # another process count may have one step fewer per epoch (the shards are N // ranks)
+        self.step = min(self.step, self.train_loader.steps_per_epoch)
         utils.set_rng_state(ck["rng"])
         if "arch_rng" in ck:
             self.arch_generator.set_state(ck["arch_rng"])

@@ -197,6 +197,10 @@ def validate(cfg: TrainConfig) -> None:
             check_ranges(getattr(cfg, name), name)
         except ConfigError as e:
             raise TrainError(str(e)) from None
+    try:
+        config.check_bad_images(d)
+    except ConfigError as e:
+        raise TrainError(str(e)) from None
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from pcdarts.data.sources import channel_stats, default_augment, labels_fingerprint, load_dataset
 from pcdarts.data.folders import (ImageFolderDataset, Scan, folder_info, load_folder_as_tensor, make_folder_loader,
-                      scan_folder)
+                                  readable_scan, scan_folder)
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.train.config import TrainDataConfig, TrainError
 from pcdarts.data.stream import Batch, StreamSource, DeviceBatches, stream_sets, check_stats, folder_roots
@@ -131,7 +131,7 @@ def _folder_arrays(d: TrainDataConfig, folder: _TrainFolder) -> _Arrays:
     """Both splits of a folder in memory; mean/std are left empty for :func:`load_arrays`."""
     test_root = folder_roots(d)[1]
     size, channels = folder.size, folder.channels
-    x, y, classes = load_folder_as_tensor(folder.root, size, channels, scan=folder.scan)
+    x, y, classes = load_folder_as_tensor(folder.root, size, channels, scan=folder.scan, on_bad=d.bad_images)
     if test_root is None:
         # no split folders: a seeded hold-out, fixed by data.split_seed (not by the training seed)
         n_test = max(1, int(round(len(y) * d.test_portion)))
@@ -140,7 +140,7 @@ def _folder_arrays(d: TrainDataConfig, folder: _TrainFolder) -> _Arrays:
         tx, ty = x[test_idx], y[test_idx]
         x, y = x[train_idx], y[train_idx]
     else:
-        tx, ty, test_classes = load_folder_as_tensor(test_root, size, channels)
+        tx, ty, test_classes = load_folder_as_tensor(test_root, size, channels, on_bad=d.bad_images)
         ty = _remap(ty, test_classes, classes, test_root)
     return _Arrays(x, y, tx, ty, len(classes), (), (), classes)
 
@@ -208,7 +208,8 @@ def _use_stream(d: TrainDataConfig, folder: _TrainFolder) -> bool:
 # ---------------------------------------------------------------- entry points
 
 def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: int, seed: int, cutout: int,
-                     drop_last: bool, device: torch.device, with_test: bool = True) -> TrainData:
+                     drop_last: bool, device: torch.device, with_test: bool = True,
+                     rank: int = 0, world_size: int = 1) -> TrainData:
     """Build the training source and the test batches of a run.
 
     Args:
@@ -220,18 +221,22 @@ def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: in
         drop_last: drop the last incomplete training batch of each epoch.
         device: where batches are produced.
         with_test: also build the test batches.
+        rank, world_size: under torchrun, this process's shard of every epoch's shared order
+            (``batch_size`` is then this process's share of the batch); the test batches are
+            not sharded here (the evaluation takes every ``world_size``-th batch).
     """
     channels_last = device.type == "cuda"
     folder = _train_folder(d) if d.dataset == "folder" else None
     if folder is not None and _use_stream(d, folder):
         size, channels = folder.size, folder.channels
-        view, test, classes, mean, std = stream_sets(d, size, channels, seed, train_scan=folder.scan)
+        view, test, classes, mean, std = stream_sets(
+            d, size, channels, seed, train_scan=readable_scan(folder.root, folder.scan, channels, d.bad_images))
         num_classes = d.num_classes or len(classes)
         if d.num_classes is not None and d.num_classes < len(classes):
             raise TrainError(f"data.num_classes={d.num_classes} but {folder.root} has {len(classes)} class "
                              "folders; raise it or leave it null")
         src = StreamSource(view, batch_size, seed=seed, drop_last=drop_last, workers=d.workers,
-                           device=device, channels_last=channels_last)
+                           device=device, channels_last=channels_last, rank=rank, world_size=world_size)
         test_batches = DeviceBatches(make_folder_loader(test, eval_batch_size, shuffle=False,
                                                          num_workers=min(d.workers, os.cpu_count() or 1),
                                                          seed=seed), device, channels_last) if with_test else None
@@ -244,7 +249,7 @@ def build_train_data(d: TrainDataConfig, *, batch_size: int, eval_batch_size: in
                   flip=flip_default if d.flip is None else d.flip, cutout=cutout)
     common = dict(mean=arr.mean, std=arr.std, device=device, channels_last=channels_last)
     train = DeviceLoader(arr.train_x, arr.train_y, batch_size, augment=aug, shuffle=True, drop_last=drop_last,
-                         seed=seed, **common)
+                         seed=seed, rank=rank, world_size=world_size, **common)
     test = None
     if with_test and len(arr.test_y):
         test = DeviceLoader(arr.test_x, arr.test_y, eval_batch_size, augment=None, shuffle=False,

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.distributed import all_reduce_max, all_reduce_sum, group_rank_world
 from pcdarts.genotype import Genotype, NB201Genotype
 from pcdarts.nn.networks import build_network
 from pcdarts.train.config import TrainConfig
@@ -46,7 +47,10 @@ def evaluate(net: nn.Module, batches: Iterable[Batch], device: torch.device, amp
     tot = torch.zeros(4, dtype=torch.float64, device=device)
     ce = nn.CrossEntropyLoss(reduction="sum")
     num_classes = 0
-    for x, y in batches:
+    rank, world = group_rank_world()
+    for i, (x, y) in enumerate(batches):
+        if i % world != rank:  # under torchrun each rank evaluates every W-th batch
+            continue
         with autocast(device, amp):
             logits, _ = net(x)
         logits = logits.float()
@@ -55,7 +59,9 @@ def evaluate(net: nn.Module, batches: Iterable[Batch], device: torch.device, amp
                             topk_correct(logits, y, 5).double(), torch.tensor(float(y.numel()), device=device,
                                                                               dtype=torch.float64)])
     net.train(was_training)
+    all_reduce_sum([tot])
     loss, c1, c5, n = tot.tolist()
+    num_classes = int(all_reduce_max(float(num_classes), device))  # a rank may have had no batch
     n = max(n, 1.0)
     return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n,
             "test_top5": 100.0 * c5 / n if num_classes >= 5 else None}

@@ -88,7 +88,7 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
         seeds: training seeds.
         stop_after_steps: passed to each seed's run (tests).
     """
-    require_single_process("train")
+    require_single_process("train --seeds")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
     cfg = config if isinstance(config, TrainConfig) else build_train_config(config)
     with new_run_dir(cfg).claimed() as out:

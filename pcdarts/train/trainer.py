@@ -19,6 +19,7 @@ checkpoint); the subcommands are in :mod:`pcdarts.cli.train`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.distributed import require_single_process, resolve_device
+from pcdarts.distributed import (all_reduce_max, all_reduce_sum, average_buffers, barrier, dist_info, init_distributed, per_process_batch,
+                                  resolve_device)
 from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import count_params, genotype_stats
@@ -93,8 +95,11 @@ class Trainer:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.genotype, self.cfg, self.run_dir = genotype, cfg, self.rundir.path
-        require_single_process("train")
-        self.device = resolve_device(cfg.run.device)
+        self.dist = dist_info()
+        self.device = resolve_device(cfg.run.device, self.dist)
+        init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
+        if not self.dist.is_main:  # only rank 0 touches the run directory
+            self.rundir = runs.RunDir(self.run_dir, resume=True)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         utils.seed_everything(cfg.run.seed)
@@ -103,14 +108,21 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.run.deterministic
         t, d = cfg.train, cfg.data
-        self.micro_batch = t.batch_size // t.grad_accum
+        # train.batch_size is the global batch: under torchrun each process takes its share
+        share = per_process_batch(t.batch_size, self.dist.world_size, "train.batch_size")
+        if share % t.grad_accum:
+            raise TrainError(f"train.batch_size={t.batch_size} over {self.dist.world_size} processes is {share} "
+                             f"images each, which train.grad_accum={t.grad_accum} does not divide; change either")
+        self.micro_batch = share // t.grad_accum
         self.data: TrainData = build_train_data(
             d, batch_size=self.micro_batch, eval_batch_size=d.eval_batch_size or max(256, t.batch_size),
-            seed=cfg.run.seed, cutout=t.cutout, drop_last=t.drop_last, device=self.device)
+            seed=cfg.run.seed, cutout=t.cutout, drop_last=t.drop_last, device=self.device,
+            rank=self.dist.rank, world_size=self.dist.world_size)
         self.net = build_model(genotype, cfg, num_classes=self.data.num_classes,
                                in_channels=self.data.in_channels).to(self.device)
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = self._ddp(self.net)  # what the training step calls: DDP under torchrun
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay, nesterov=t.nesterov)
@@ -118,13 +130,27 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.history: list[dict[str, Any]] = []
-        self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard)
+        self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard and self.dist.is_main)
         self.best: dict[str, Any] = {}
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded), across resumes
         self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
         if resume:
             self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume",
                                                        config=cfg.to_dict(), sections=("model",)))
+
+    def _ddp(self, net: nn.Module) -> nn.Module:
+        """Under torchrun: DistributedDataParallel (gradients averaged in the backward; the
+        initial weights broadcast from rank 0); alone: the network itself."""
+        if not self.dist.is_distributed:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # an auxiliary head whose loss has weight 0 gets no gradient: DDP must then look for unused ones
+        m = self.cfg.model
+        unused = bool(getattr(m, "auxiliary", False)) and m.auxiliary_weight <= 0
+        # buffers are not broadcast every step: each rank's batch-norm statistics follow its shard
+        # and are averaged before the evaluation and the checkpoint read them
+        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=False)
 
     # ------------------------------------------------------------------ steps
     def _zero_meters(self) -> dict[str, torch.Tensor]:
@@ -163,12 +189,16 @@ class Trainer:
         k = self.cfg.train.grad_accum
         if self.step % k == 0:
             self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.cfg.train.amp):
-            logits, aux = self.net(x)
-        loss = self.loss(logits, aux, y)
-        self.watch.observe("train", loss)
-        (loss * self._micro_weight(self.step, y.numel())).backward()
-        if (self.step + 1) % k == 0 or self.step + 1 == self.steps:
+        last_micro = (self.step + 1) % k == 0 or self.step + 1 == self.steps
+        # under DDP the gradients are averaged once per accumulation group, at its last micro-batch
+        sync = self.model.no_sync() if self.model is not self.net and not last_micro else contextlib.nullcontext()
+        with sync:
+            with autocast(self.device, self.cfg.train.amp):
+                logits, aux = self.model(x)
+            loss = self.loss(logits, aux, y)
+            self.watch.observe("train", loss)
+            (loss * self._micro_weight(self.step, y.numel())).backward()
+        if last_micro:
             if self.cfg.train.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
@@ -204,9 +234,10 @@ class Trainer:
 
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
-        if self.rundir.resume and cfg.run.progress:
+        main = self.dist.is_main
+        if self.rundir.resume and cfg.run.progress and main:
             print(runs.resume_message(self.epoch, t.epochs, self.step, self.steps), flush=True)
-        if self.epoch == 0 and self.step == 0 and not self.history:
+        if self.epoch == 0 and self.step == 0 and not self.history and main:
             self._write_run_files()
         k = t.grad_accum
         done = 0
@@ -215,7 +246,7 @@ class Trainer:
         with runs.StopFlag() as stop:
             while self.epoch < t.epochs:
                 self._start_epoch()
-                bar = utils.epoch_progress(cfg.run.progress, self.steps, self.step, self.epoch, t.epochs)
+                bar = utils.epoch_progress(cfg.run.progress and main, self.steps, self.step, self.epoch, t.epochs)
                 t0 = time.perf_counter()
                 while self.step < self.steps:
                     x, y = self.data.train.next()
@@ -226,7 +257,8 @@ class Trainer:
                         self._check_finite()
                     utils.progress_tick(bar, self.step, self.steps, t.log_every, self._postfix)
                     at_boundary = self.step % k == 0  # never stop inside an accumulation group
-                    wants_stop = stop.requested or (stop_after_steps is not None and done >= stop_after_steps)
+                    wants_stop = self._agreed_stop(stop.requested) or (stop_after_steps is not None
+                                                                       and done >= stop_after_steps)
                     if wants_stop and at_boundary and self.step < self.steps:
                         break
                 if self.device.type == "cuda":
@@ -239,12 +271,12 @@ class Trainer:
                     interrupted = True
                     break
                 self._end_epoch()
-                if (stop.requested or (stop_after_steps is not None and done >= stop_after_steps)) \
-                        and self.epoch < t.epochs:
+                if (self._agreed_stop(stop.requested, always=True)
+                        or (stop_after_steps is not None and done >= stop_after_steps)) and self.epoch < t.epochs:
                     interrupted = True
                     break
         if interrupted:
-            if cfg.run.progress:
+            if cfg.run.progress and main:
                 print(runs.stop_message("pcdarts train", self.run_dir, self.epoch, t.epochs, self.step, self.steps,
                                         stop.signal_name), flush=True)
             return TrainResult({}, self.run_dir, self.history, interrupted=True)
@@ -255,9 +287,23 @@ class Trainer:
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
+    def _agreed_stop(self, requested: bool, always: bool = False) -> bool:
+        """Whether to stop here. Alone: the signal flag. Under torchrun every rank must stop at the
+        same step, so the flags are combined (one all-reduce) where the divergence watch reads its
+        flag (every ``log_every`` steps; every step on CPU) and at epoch ends."""
+        if not self.dist.is_distributed:
+            return requested
+        if not (always or self.watch.due(self.step)):
+            return False
+        return bool(all_reduce_max(float(requested), self.device))
+
     def _check_finite(self) -> None:
-        """Stop with a one-line DivergenceError if the training loss went non-finite."""
-        if self.watch.first_bad() is None:
+        """Stop with a one-line DivergenceError if the training loss went non-finite (under
+        torchrun on every rank together)."""
+        bad = self.watch.first_bad() is not None
+        if self.dist.is_distributed:
+            bad = bool(all_reduce_max(float(bad), self.device))
+        if not bad:
             return
         where = f"by epoch {self.epoch + 1}/{self.cfg.train.epochs} step {self.step}/{self.steps}"
         hint = (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
@@ -267,6 +313,9 @@ class Trainer:
     def _end_epoch(self) -> None:
         t = self.cfg.train
         self._check_finite()
+        average_buffers(self.net)  # under torchrun: one set of batch-norm statistics for the test pass
+        if self.dist.is_distributed:
+            all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
         m = {k: float(v) for k, v in self.meters.items()}
         n = max(m["n"], 1.0)
         rec: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -281,11 +330,12 @@ class Trainer:
                 self.best["test_top5"] = max(self.best.get("test_top5", 0.0), rec["test_top5"])
         rec["train_time_s"] = round(self.train_time, 3)
         self.history.append(rec)
-        utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+        if self.dist.is_main:
+            utils.append_jsonl(self.run_dir / "history.jsonl", rec)
+            if self.cfg.run.progress:
+                _print_epoch(rec, t.epochs)
         if self.tb is not None:
             self.tb.epoch(rec)
-        if self.cfg.run.progress:
-            _print_epoch(rec, t.epochs)
         self.epoch += 1
         self.step = 0
         self.meters = self._zero_meters()
@@ -320,10 +370,11 @@ class Trainer:
             "params_m": count_params(self.net) / 1e6, "macs_m": stats["macs"],
             "params_note": "auxiliary head excluded", "macs_note": "Conv2d + Linear multiply-adds, one image",
             "train_time_s": round(self.train_time, 3), "dataset": self.cfg.data.spec, **self._shape_info(),
-            "device": str(self.device),
+            "device": str(self.device), "world_size": self.dist.world_size,
         }
-        utils.write_json(self.run_dir / "metrics.json", metrics)
-        utils.close_manifest(self.run_dir, final_test_top1=metrics["final_test_top1"])
+        if self.dist.is_main:
+            utils.write_json(self.run_dir / "metrics.json", metrics)
+            utils.close_manifest(self.run_dir, final_test_top1=metrics["final_test_top1"])
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -332,7 +383,7 @@ class Trainer:
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": {"name": self.cfg.train.lr_schedule, "lr": self.optimizer.param_groups[0]["lr"]},
             "loader": self.data.train.state_dict(),
-            "meters": {k: v.detach().cpu() for k, v in self.meters.items()},
+            "meters": {k: v.detach().cpu() for k, v in self.meters.items()}, "world_size": self.dist.world_size,
             "rng": utils.rng_state(), "best": dict(self.best), "train_time": self.train_time,
             "config": self.cfg.to_dict(), "genotype": str(self.genotype), "network": self._shape_info(),
             "data_info": {k: v for k, v in self.data.info.items() if k in ("mean", "std", "dataset")},
@@ -340,18 +391,31 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self._check_finite()  # never overwrite the last good checkpoint with a diverged state
-        runs.save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT)
-        self.rundir.commit()
+        average_buffers(self.net)  # under torchrun: one set of batch-norm statistics in the checkpoint
+        summed = None
+        if self.dist.is_distributed:  # the epoch's running sums over every rank, so any rank count resumes
+            summed = [v.detach().clone() for v in self.meters.values()]
+            all_reduce_sum(summed)
+        if self.dist.is_main:
+            state = self.state_dict()
+            if summed is not None:
+                state["meters"] = {k: v.cpu() for k, v in zip(self.meters, summed)}
+            runs.save_checkpoint(state, self.run_dir / CHECKPOINT)
+            self.rundir.commit()
+        barrier()  # under torchrun: nobody leaves while rank 0 is still writing
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
         self.net.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.data.train.load_state_dict(ck["loader"])
-        self.meters = {k: v.to(self.device) for k, v in ck["meters"].items()}
+        # the saved sums are over every rank: rank 0 carries them on, the others start at 0
+        self.meters = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device)
+                       for k, v in ck["meters"].items()}
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        self.step = min(self.step, self.steps)  # another process count may have a step fewer per epoch
         self.best, self.train_time = dict(ck.get("best") or {}), float(ck.get("train_time", 0.0))
         utils.set_rng_state(ck["rng"])
-        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch)
+        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
 
 
 def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
@@ -380,7 +444,6 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
     Returns:
         TrainResult with ``.metrics`` (the content of metrics.json) and ``.run_dir``.
     """
-    require_single_process("train")
     if resume is not None:
         run_dir = check_resumable(resume, "pcdarts train --resume")
         cfg = load_train_config_file(run_dir / "config.yaml")

@@ -282,7 +282,7 @@ def _chain(out: Optional[torch.Tensor], plan: SourcePlan, g: int, x: torch.Tenso
     cols = (ix[f"slots{g}"].unsqueeze(1) * c + torch.arange(c, device=z.device)).reshape(-1)
     if out.dtype != z.dtype:
         out = out.to(torch.promote_types(out.dtype, z.dtype))
-    return out.index_add_(1, cols, z.to(out.dtype))
+    return fo.add_columns(out, z, cols)
 
 
 def nb201_block(plan: SourcePlan, edges: nn.ModuleList, x: torch.Tensor, A: torch.Tensor,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -82,6 +83,7 @@ class _Preprocess(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # backward is hand-written: a second derivative must raise, not be wrong
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         w, y, *nodes = ctx.saved_tensors
         train, invstd = ctx.st[0], ctx.st[2]
@@ -264,6 +266,7 @@ class _ConvChain(torch.autograd.Function):
         return y if coef is None else y.mul_(coef.view(1, -1, 1, 1))
 
     @staticmethod
+    @once_differentiable  # backward is hand-written: a second derivative must raise, not be wrong
     def backward(ctx: Any, gz: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         spec: ChainSpec = ctx.spec
         st1, st2 = ctx.st

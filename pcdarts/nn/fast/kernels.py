@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -95,6 +96,7 @@ class _Grids(torch.autograd.Function):
         return torch.cat([even, odd], 1).contiguous(memory_format=CL)
 
     @staticmethod
+    @once_differentiable  # backward is hand-written: a second derivative must raise, not be wrong
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return grids_backward(g, ctx.shape)
 
@@ -231,6 +233,28 @@ def accumulate(out: Optional[torch.Tensor], z: torch.Tensor, M: torch.Tensor) ->
     return add_into(out, zm @ M)  # mixed dtypes (autocast): the product follows autocast
 
 
+class _AddColumns(torch.autograd.Function):
+    """``out[:, cols] += z`` in place, keeping only ``cols`` for the backward: autograd's own
+    ``index_add_`` keeps ``z`` (the op outputs of a group whose op not every outgoing edge has,
+    after pruning), which the conv chains were built to recompute instead."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, z: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cols)
+        ctx.mark_dirty(out)
+        return out.index_add_(1, cols, z)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (cols,) = ctx.saved_tensors
+        return g, g.index_select(1, cols), None
+
+
+def add_columns(out: torch.Tensor, z: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[:, cols] += z`` in place (``out`` [R, K], ``z`` [R, len(cols)]), saving only ``cols``."""
+    return _AddColumns.apply(out, z.to(out.dtype), cols)
+
+
 def add_into(out: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     """``out += z`` in place when the dtypes allow it (``out`` is a fresh sum nobody saved
     for backward; fewer big temporaries also means less heap fragmentation on CPU)."""
@@ -242,7 +266,7 @@ def add_into(out: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     return out.add_(z)
 
 
-__all__ = ["CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
+__all__ = ["add_columns", "CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
            "grids_backward", "fr_weight", "bn_factor", "train_running_stats",
            "group_batch_norm", "block_diag_1x1", "multiplier_pointwise", "mix_matrix", "kron_eye", "accumulate",
            "add_into"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -99,6 +100,7 @@ class _PoolMix(torch.autograd.Function):
         return fo.mat(z) @ fo.kron_eye(S, spec.c)
 
     @staticmethod
+    @once_differentiable  # backward is hand-written: a second derivative must raise, not be wrong
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         x, S = ctx.saved_tensors
         spec: PoolSpec = ctx.spec
