@@ -20,7 +20,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 import yaml
@@ -176,6 +176,27 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def save_rank_checkpoint(state: Callable[[], dict[str, Any]], meters: dict[str, Any], path: Path,
+                         rundir: "RunDir") -> None:
+    """Write a run's checkpoint from rank 0 (the one process when alone) with the epoch's running
+    meter sums of every rank (so any number of processes can resume it), then wait for every
+    rank: under torchrun nobody leaves while rank 0 is still writing. ``state()`` builds the
+    checkpoint dict; it is called on rank 0 only."""
+    from pcdarts.distributed import all_reduce_sum, barrier, dist_info
+    info = dist_info()
+    summed = None
+    if info.is_distributed:
+        summed = [v.detach().clone() for v in meters.values()]
+        all_reduce_sum(summed)
+    if info.is_main:
+        ck = state()
+        if summed is not None:
+            ck["meters"] = {k: v.cpu() for k, v in zip(meters, summed)}
+        save_checkpoint(ck, path)
+        rundir.commit()
+    barrier()
 
 
 def test_stop_after_steps() -> Optional[int]:

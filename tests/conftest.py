@@ -32,6 +32,29 @@ def tiny(tmp_path):
     return lambda **sections: tiny_config(tmp_path, **sections)
 
 
+def _full_and_resumed(base: dict, stop_after_steps: int):
+    """(uninterrupted search, the same search stopped after ``stop_after_steps`` and resumed),
+    in sibling run directories; the caller compares them."""
+    import pcdarts
+    base = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-full"))
+    full = pcdarts.search(base)
+    part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
+    first = pcdarts.search(part, stop_after_steps=stop_after_steps)
+    assert first.interrupted
+    resumed = pcdarts.search(resume=first.run_dir)
+    assert resumed.history[-1]["arch_weights"] == full.history[-1]["arch_weights"]
+    assert resumed.genotype == full.genotype
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    return full, resumed
+
+
+@pytest.fixture
+def full_and_resumed():
+    """``full_and_resumed(config dict, stop_after_steps) -> (full, resumed)`` search results whose
+    final architecture weights, genotype and losses are already checked equal."""
+    return _full_and_resumed
+
+
 @pytest.fixture(autouse=True)
 def _cpu_threads():
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead

@@ -130,3 +130,15 @@ def test_two_process_label_free_search_goes_through_ddp(tmp_path):
                nproc=2)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (run / "reconstructions" / "epoch_001.png").is_file() and (run / "genotype.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lbt", "il", "lease"])
+def test_two_process_multi_level_search(tmp_path, method):
+    """The learning-by-X methods own their step: their extra models' gradients are averaged too,
+    and the epoch-end check (identical architecture state on both ranks) passes."""
+    run = tmp_path / method
+    out = _run(["search", "--preset", f"{method}_nb201", "--data", "digits", "--space.C", "4", "--space.layers", "1",
+                "--search.epochs", "1", "--method.warmup_epochs", "0", "--out", str(run), *COMMON], nproc=2)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (run / "genotype.json").is_file()

@@ -246,19 +246,11 @@ def test_decoder_parameters_train_with_the_weights_and_are_checkpointed(tiny):
 
 
 @pytest.mark.parametrize("method,space", [("pc-darts", "darts"), ("drnas", "nb201")])
-def test_resume_equals_the_uninterrupted_run(tiny, method, space):
+def test_resume_equals_the_uninterrupted_run(tiny, full_and_resumed, method, space):
     m = {"name": method, "warmup_epochs": 1, "k": 2} if method == "pc-darts" else {"name": method}
     base = tiny(method=m, objective=MAE, search={"epochs": 2}, run={"plots": method == "drnas"},
                 space={"name": space, "layers": 1} if space == "nb201" else {})
-    base["run"]["out"] += "-full"
-    full = pcdarts.search(base)
-    part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
-    first = pcdarts.search(part, stop_after_steps=4)  # 3 steps per epoch: stops mid-epoch 2
-    assert first.interrupted
-    resumed = pcdarts.search(resume=first.run_dir)
-    assert resumed.history[-1]["arch_weights"] == full.history[-1]["arch_weights"]
-    assert resumed.genotype == full.genotype
-    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    full, resumed = full_and_resumed(base, 4)
     ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
     ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
     for part_name in ("supernet", "objective"):

@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-import pcdarts
 from pcdarts.cli import main
 from pcdarts.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
@@ -327,19 +326,11 @@ def test_lease_fast_path_equals_the_reference_path(tiny):
     assert all(torch.allclose(m_fast[k].float(), m_ref[k].float(), rtol=1e-3, atol=1e-5) for k in m_fast)
 
 
-def test_resume_equals_uninterrupted_run(tiny):
+def test_resume_equals_uninterrupted_run(tiny, full_and_resumed):
     """LBT: bit-identical architecture, supernet, student and its optimiser after a mid-epoch stop."""
     base = tiny(method={"name": "lbt", "aux_lr": 0.05}, search={"epochs": 2}, space={"name": "nb201", "layers": 1},
                 data={"max_samples": 32})
-    base["run"]["out"] += "-full"
-    full = pcdarts.search(base)
-    part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
-    first = pcdarts.search(part, stop_after_steps=3)  # 2 steps per epoch: stops mid-epoch 1
-    assert first.interrupted
-    resumed = pcdarts.search(resume=first.run_dir)
-    assert resumed.history[-1]["arch_weights"] == full.history[-1]["arch_weights"]
-    assert resumed.genotype == full.genotype
-    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    full, resumed = full_and_resumed(base, 3)
     ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
     ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
     for section in ("supernet",):

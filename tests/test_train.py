@@ -17,7 +17,7 @@ from pcdarts.cli import main
 from pcdarts.genotype import load_genotype
 from pcdarts.train.model import evaluate
 from pcdarts.train.seeds import train_seeds
-from pcdarts.train.trainer import CHECKPOINT, Trainer, TrainError, train
+from pcdarts.train.trainer import CHECKPOINT, Trainer, train
 from pcdarts.train.config import build_train_config, load_train_preset, lr_at, train_preset_names
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"

@@ -17,19 +17,21 @@ from pcdarts.data.sources import DataError, ImageDataset, channel_stats
 from pcdarts.registry import DATASETS
 
 
-def _root(path: Optional[str], split: str) -> Path:
-    train, test = split_roots(path, field="--data folder:PATH")
+def split_root(path: Optional[str], split: str, name: str = "folder") -> Path:
+    """The folder of ``split`` for ``--data NAME:PATH``: PATH/train and PATH/test (or val), or
+    PATH itself for training when it has no such sub-folders (then there is no test split)."""
+    train, test = split_roots(path, field=f"--data {name}:PATH")
     if split == "train":
         return train
     if test is None:
-        raise DataError(f"folder:{path}: no train/ + test/ (or val/) sub-folders, so there is no test split")
+        raise DataError(f"{name}:{path}: no train/ + test/ (or val/) sub-folders, so there is no test split")
     return test
 
 
 @DATASETS.register("folder", description="image folder, one sub-folder per class (decoded once into memory)")
 def load_folder_dataset(path: Optional[str], split: str, input_size: Optional[int] = None,
                         channels: Optional[int] = None, bad_images: Optional[str] = None) -> ImageDataset:
-    root = _root(path, split)
+    root = split_root(path, split)
     scan = scan_folder(root)  # listed once, for the size and the images
     size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
     images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan,

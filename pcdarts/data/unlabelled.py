@@ -20,7 +20,8 @@ from typing import Optional
 
 import torch
 
-from pcdarts.data.folders import IMG_EXTENSIONS, folder_info, load_folder_as_tensor, split_roots
+from pcdarts.data.folder_source import split_root
+from pcdarts.data.folders import IMG_EXTENSIONS, folder_info, load_folder_as_tensor
 from pcdarts.data.sources import DataError, ImageDataset, channel_stats
 from pcdarts.registry import DATASETS
 
@@ -41,12 +42,7 @@ def _root(path: Optional[str], split: str) -> Path:
     if not path:
         raise DataError("--data unlabelled:DIR needs the image folder, e.g. --data unlabelled:/my/images "
                         "(every image under it, sub-folders included; no classes)")
-    train, test = split_roots(path, field="--data unlabelled:DIR")
-    if split == "train":
-        return train
-    if test is None:
-        raise DataError(f"unlabelled:{path}: no train/ + test/ (or val/) sub-folders, so there is no test split")
-    return test
+    return split_root(path, split, "unlabelled")
 
 
 @DATASETS.register("unlabelled", description="images without labels: every image under a folder "

@@ -71,6 +71,21 @@ class SearchContext:
     all_reduce_grads: Callable[[Sequence[torch.Tensor]], None] = lambda grads: None
 
 
+def apply_arch_grads(ctx: SearchContext, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                     grads: Sequence[torch.Tensor], grad_clip: float = 0.0) -> None:
+    """The architecture update every gradient-based method makes: the gradients averaged across
+    processes (``ctx.all_reduce_grads``), set as ``.grad``, their norm clipped to ``grad_clip``
+    (0 = off), one optimiser step, gradients cleared."""
+    grads = list(grads)
+    ctx.all_reduce_grads(grads)
+    for p, g in zip(params, grads):
+        p.grad = g.detach().clone()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class Method:
     """Base class. Subclasses set ``Config`` and override what differs."""
 
@@ -210,4 +225,4 @@ class Method:
         self.arch.load_state_dict(state["arch"])
 
 
-__all__ = ["Method", "SearchContext", "WeightStepInfo"]
+__all__ = ["Method", "SearchContext", "WeightStepInfo", "apply_arch_grads"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.errors import ConfigError
-from pcdarts.methods.base import Method, SearchContext
+from pcdarts.methods.base import Method, SearchContext, apply_arch_grads
 from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.nn.edges import Mixing, normalise_edges
 from pcdarts.ranges import Count, EpochIndex, Positive, Range, Rate
@@ -229,13 +229,7 @@ class Darts(Method):
             grads, loss, metrics = second_order_grads(
                 lambda batch: self._loss(ctx, batch), params, ctx.weight_params, ctx.weight_step_info(),
                 train_batch, arch_batch, hvp_eps=self.cfg.hvp_eps, supernet=ctx.supernet)
-        ctx.all_reduce_grads(grads)
-        for p, g in zip(params, grads):
-            p.grad = g.detach().clone()
-        if self.cfg.arch_grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_arch_grads(ctx, self.optimizer, params, grads, self.cfg.arch_grad_clip)
         return {"loss": loss.detach(), **metrics}
 
 

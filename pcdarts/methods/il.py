@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from pcdarts.distributed import dist_info
 from pcdarts.errors import ConfigError
 from pcdarts.methods.base import SearchContext
 from pcdarts.methods.multilevel import Batch, Level, MultiLevelConfig, MultiLevelMethod, cross_entropy, unwrap
@@ -90,6 +91,10 @@ class IL(MultiLevelMethod):
     def check_config(cls, cfg: Any) -> None:
         super().check_config(cfg)
         K, s = cfg.method.tasks, cfg.search
+        if cfg.method.task_split == "classes" and dist_info().is_distributed:
+            # a rank whose minibatch has no example of a task would skip an update the others make
+            raise ConfigError("method.task_split classes is not supported under torchrun (a rank's share of a "
+                              "minibatch may hold no example of a task); use method.task_split batch")
         if cfg.method.task_split == "batch" and min(s.batch_size, s.arch_batch_size or s.batch_size) < K:
             raise ConfigError(f"method.tasks={K} slices of a minibatch need search.batch_size (and "
                               f"search.arch_batch_size) >= {K}; lower method.tasks or raise the batch size")

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pcdarts.errors import ConfigError
-from pcdarts.methods.base import Method, SearchContext, WeightStepInfo
+from pcdarts.methods.base import Method, SearchContext, WeightStepInfo, apply_arch_grads
 from pcdarts.methods.darts import Darts, DartsConfig
 from pcdarts.methods.hypergrad import UnrolledStep, unrolled_grads
 from pcdarts.nn.edges import Mixing
@@ -96,9 +96,12 @@ class Level:
 
 
 def unwrap(supernet: nn.Module) -> nn.Module:
-    """The supernet module itself (not a torch.compile or DDP wrapper)."""
+    """The supernet module itself (not a torch.compile or DDP wrapper, nor the Searcher's
+    :class:`~pcdarts.objectives.base.SupernetCall` adapter that DDP wraps under torchrun)."""
+    from pcdarts.objectives.base import SupernetCall
     net = getattr(supernet, "_orig_mod", supernet)
-    return getattr(net, "module", net)
+    net = getattr(net, "module", net)
+    return net.supernet if isinstance(net, SupernetCall) else net
 
 
 @torch.no_grad()
@@ -281,13 +284,7 @@ class MultiLevelMethod(Darts):
             steps = [self._unrolled(ctx, level, level.select(batches[level.stream])) for level in self.levels(ctx)]
             grads, loss, metrics = unrolled_grads(steps, lambda: self.upper(ctx, batches, self.mixing()), params,
                                                   hvp_eps=self.cfg.hvp_eps, protect=[unwrap(ctx.supernet), self.models])
-        ctx.all_reduce_grads(grads)
-        for p, g in zip(params, grads):
-            p.grad = g.detach().clone()
-        if self.cfg.arch_grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_arch_grads(ctx, self.optimizer, params, grads, self.cfg.arch_grad_clip)
         return {"loss": loss.detach(), **metrics}
 
     def _unrolled(self, ctx: SearchContext, level: Level, batch: Batch) -> UnrolledStep:

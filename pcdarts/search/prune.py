@@ -353,7 +353,7 @@ def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
         report = zero_shot_prune(supernet, get_space(cfg.space.name), cfg.space, batch, spec, mode=s.prune_mode,
                                  seed=cfg.run.seed, progress=cfg.run.progress and dist_info().is_main,
                                  cost_batch=cost_batch)
-        if cfg.run.progress and dist_info().is_main:
+        if dist_info().is_main:  # a result, like the final summary: printed with --no-progress too
             print(report.line(), flush=True)
     masks = getattr(supernet, "masks", None)
     if masks:

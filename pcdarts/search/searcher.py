@@ -26,8 +26,7 @@ from pcdarts.config import Config, SearchConfig, build_config, load_config_file,
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, barrier,
-                                  check_identical, dist_info, init_distributed, per_process_batch, resolve_device)
+from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, check_identical, dist_info, init_distributed, per_process_batch, resolve_device)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
@@ -684,17 +683,7 @@ class Searcher:
     def save_checkpoint(self) -> None:
         self._check_finite()  # never overwrite the last good checkpoint with a diverged state
         self._agree_buffers()  # one set of batch-norm statistics goes into the checkpoint
-        state_meters = None
-        if self.dist.is_distributed:  # the epoch's running sums over every rank, so any rank count resumes
-            state_meters = [v.detach().clone() for v in self.meters.values()]
-            all_reduce_sum(state_meters)
-        if self.dist.is_main:
-            state = self.state_dict()
-            if state_meters is not None:
-                state["meters"] = {k: v.cpu() for k, v in zip(self.meters, state_meters)}
-            runs.save_checkpoint(state, self.run_dir / CHECKPOINT)
-            self.rundir.commit()
-        barrier()  # under torchrun: nobody leaves while rank 0 is still writing
+        runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
         self.supernet.load_state_dict(ck["supernet"])

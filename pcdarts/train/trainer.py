@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.distributed import (all_reduce_max, all_reduce_sum, average_buffers, barrier, dist_info, init_distributed, per_process_batch,
+from pcdarts.distributed import (all_reduce_max, all_reduce_sum, average_buffers, dist_info, init_distributed, per_process_batch,
                                   resolve_device)
 from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
 from pcdarts.analysis import tensorboard
@@ -392,17 +392,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self._check_finite()  # never overwrite the last good checkpoint with a diverged state
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics in the checkpoint
-        summed = None
-        if self.dist.is_distributed:  # the epoch's running sums over every rank, so any rank count resumes
-            summed = [v.detach().clone() for v in self.meters.values()]
-            all_reduce_sum(summed)
-        if self.dist.is_main:
-            state = self.state_dict()
-            if summed is not None:
-                state["meters"] = {k: v.cpu() for k, v in zip(self.meters, summed)}
-            runs.save_checkpoint(state, self.run_dir / CHECKPOINT)
-            self.rundir.commit()
-        barrier()  # under torchrun: nobody leaves while rank 0 is still writing
+        runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 
     def _load_checkpoint(self, ck: dict[str, Any]) -> None:
         self.net.load_state_dict(ck["model"])
