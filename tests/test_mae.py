@@ -443,3 +443,12 @@ def test_cli_search_on_unlabelled_cifar10_images(tmp_path, capsys):
 
 def test_mae_is_registered_with_a_description():
     assert "mae" in OBJECTIVES and "ALGORITHMS §9" in OBJECTIVES.describe("mae")
+
+
+def test_training_on_an_unlabelled_folder_is_refused_in_one_line(tmp_path, capsys):
+    for i in range(4):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    code = main(["train", "DARTS_V2", "--data", f"unlabelled:{tmp_path}", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs labels" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
