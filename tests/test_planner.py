@@ -87,7 +87,8 @@ def test_fast_path_plans_far_less_memory_than_reference(estimates):
     assert fast.breakdown["activations"] < 0.5 * ref.breakdown["activations"]
 
 
-def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode, rss):
+def _fake_measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode, rss,
+                  objective="cross-entropy"):
     """Deterministic stand-in: 10 MiB of state, activations 2 + batch * 8 / k MiB, peak RSS
     112 + batch * 8 / k (100 MiB of process and heap beyond the tensors)."""
     state = {"params": 4.0, "buffers": 1.0, "grads": 4.0, "optimizer": 1.0, "arch": 0.0}
@@ -138,3 +139,25 @@ def test_cli_handler(monkeypatch, capsys):
     assert args.func(args) == 1  # does not fit
     d = json.loads(capsys.readouterr().out)
     assert d["fits"] is False and d["suggest_batch"] == 11 and isinstance(PlanResult(**d), PlanResult)
+
+
+def test_the_planner_counts_the_objectives_decoder_and_a_multi_level_methods_models():
+    """`pcdarts plan --objective mae` plans the decoder (weights, grads, momenta); a method
+    that owns its step runs its own step, and its extra models count as its state."""
+    import torch
+    from pcdarts.search.planner import _Step
+    torch.manual_seed(0)
+    ce = _Step("nb201", "pc-darts", 8, 1, 2, 16, 3, 10, "fast", "first+shuffle")
+    mae = _Step("nb201", "pc-darts", 8, 1, 2, 16, 3, 10, "fast", "first+shuffle", objective="mae")
+    decoder = sum(p.numel() for p in mae.objective.parameters()) * 4 / 2**20
+    assert decoder > 0
+    for step in (ce, mae):
+        step.run(4)
+    assert mae.state_mib()["params"] == pytest.approx(ce.state_mib()["params"] + decoder)
+    assert mae.state_mib()["grads"] > ce.state_mib()["grads"]
+    lbt = _Step("nb201", "lbt", 8, 1, 1, 16, 3, 10, "fast", "first+shuffle")
+    before = {k: v.clone() for k, v in lbt.method.models.state_dict().items()}
+    lbt.run(4)  # the method's own step: the student is trained too
+    assert any(not torch.equal(before[k], v) for k, v in lbt.method.models.state_dict().items())
+    student = sum(p.numel() for p in lbt.method.models.parameters()) * 4 / 2**20
+    assert lbt.state_mib()["arch"] >= student

@@ -130,6 +130,7 @@ def add_plan_subcommand(subparsers: Any) -> None:
                                           "--budget-mib is given and the step does not fit.")
     p.add_argument("--space", default="darts", help="darts | nb201 | broad")
     p.add_argument("--method", default="pc-darts")
+    p.add_argument("--objective", default="cross-entropy", help="search objective (mae: its decoder is planned too)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--C", type=int, default=16, dest="C")
     p.add_argument("--layers", type=int, default=None,
@@ -151,7 +152,7 @@ def add_plan_subcommand(subparsers: Any) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     res = plan(args.space, args.method, args.batch, args.C, args.layers, args.k, args.device, args.input_size,
                args.in_channels, args.num_classes, args.budget_mib, impl=args.impl, amp=not args.no_amp,
-               data_mib=args.data_mib)
+               data_mib=args.data_mib, objective=args.objective)
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0 if res.fits in (None, True) else 1
 

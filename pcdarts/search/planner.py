@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
+import torch.nn as nn
 
 from pcdarts.search.searcher import weight_optimizer, weight_step, weight_step_info
 from pcdarts.utils import peak_rss_mib
@@ -90,12 +91,14 @@ class PlanResult:
     suggest_batch: Optional[int] = None
     suggest_k: Optional[int] = None
     notes: list[str] = field(default_factory=list)
+    objective: str = "cross-entropy"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [(f"search step: {self.space}/{self.method} C={self.C} layers={self.layers} K={self.k} "
+        what = self.method if self.objective == "cross-entropy" else f"{self.method}+{self.objective}"
+        lines = [(f"search step: {self.space}/{what} C={self.C} layers={self.layers} K={self.k} "
                   f"batch={self.batch} {self.input_size}x{self.input_size} on {self.device} ({self.impl} path"
                   f"{', bf16' if self.amp else ''})"),
                  f"estimated peak: {self.peak_mib:.0f} MiB (tensors {self.tensor_mib:.0f} MiB)"]
@@ -125,9 +128,11 @@ class _Step:
     """The Searcher's search step (arch step + weight step) at a given batch, on CPU."""
 
     def __init__(self, space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
-                 in_channels: int, num_classes: int, impl: str, channel_mode: str) -> None:
+                 in_channels: int, num_classes: int, impl: str, channel_mode: str,
+                 objective: str = "cross-entropy") -> None:
         from pcdarts.config import SearchConfig, SpaceConfig
         from pcdarts.methods import SearchContext
+        from pcdarts.objectives.base import ObjectiveSetup, build_objective
         from pcdarts.registry import METHODS, OBJECTIVES
         from pcdarts.spaces import get_space
 
@@ -139,10 +144,13 @@ class _Step:
                                                       **method_cls.supernet_options(method_cls.Config()))
         self.method = method_cls(method_cls.Config(), self.space_obj, self.space_cfg, "cpu")
         self.method.prepare_supernet(self.supernet, (in_channels, input_size, input_size))
-        self.objective = OBJECTIVES.get("cross-entropy")()
+        # the search's objective, built as the Searcher builds it (a decoder sized from the stages)
+        self.objective = build_objective(objective, OBJECTIVES.get(objective).Config(), ObjectiveSetup(
+            self.supernet, self.space_obj, self.space_cfg, (in_channels, input_size, input_size), num_classes,
+            torch.device("cpu")))
         s = SearchConfig()
         self.grad_clip = s.grad_clip
-        self.weight_params = [p for p in self.supernet.parameters() if p.requires_grad]
+        self.weight_params = [p for m in (self.supernet, self.objective) for p in m.parameters() if p.requires_grad]
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.autocast: Any = contextlib.nullcontext
         self.ctx = SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
@@ -157,8 +165,14 @@ class _Step:
         return x, torch.randint(0, self.num_classes, (n,), generator=g)
 
     def run(self, n: int) -> None:
-        """One search step exactly as ``Searcher.search_step`` does it (arch-first order)."""
+        """One search step exactly as ``Searcher.search_step`` does it (arch-first order; a
+        method that owns its step runs its own, extra models and per-level updates included)."""
         train, arch = self.batch(n, 0), self.batch(n, 1)
+        if self.method.owns_step:
+            batches = {"train": train, "arch": arch}
+            self.method.step(self.ctx, {name: batches[name] for name in self.method.data_streams},
+                             lambda b: weight_step(self.method, self.optimizer, b, self.ctx, grad_clip=self.grad_clip))
+            return
         if self.method.has_arch:
             self.method.arch_step(self.ctx, train, arch)
         weight_step(self.method, self.optimizer, train, self.ctx, grad_clip=self.grad_clip)
@@ -166,14 +180,20 @@ class _Step:
     def state_mib(self) -> dict[str, float]:
         """Tensors alive between steps, per kind (MiB)."""
         net, opt = self.supernet, self.optimizer
+        # the method's state: architecture tensors, every module it holds (a student, heads) and
+        # the state of every optimiser it holds
         arch = list(self.method.arch.parameters()) + list(self.method.arch.buffers())
-        arch_opt = getattr(self.method, "optimizer", None)
-        if arch_opt is not None:
-            arch += [v for st in arch_opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        for value in vars(self.method).values():
+            if isinstance(value, nn.Module) and value is not self.method.arch:
+                arch += list(value.parameters()) + list(value.buffers())
+                arch += [p.grad for p in value.parameters() if p.grad is not None]
+            elif isinstance(value, torch.optim.Optimizer):
+                arch += [v for st in value.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        weights = list(net.parameters()) + list(self.objective.parameters())
         return {
-            "params": _tensors_mib(net.parameters()),
-            "buffers": _tensors_mib(net.buffers()),
-            "grads": _tensors_mib(p.grad for p in net.parameters() if p.grad is not None),
+            "params": _tensors_mib(weights),
+            "buffers": _tensors_mib(list(net.buffers()) + list(self.objective.buffers())),
+            "grads": _tensors_mib(p.grad for p in weights if p.grad is not None),
             "optimizer": _tensors_mib(v for st in opt.state.values() for v in st.values()
                                       if isinstance(v, torch.Tensor)),
             "arch": _tensors_mib(arch),
@@ -225,7 +245,8 @@ def measure_rss(step: _Step, batches: tuple[int, int] = RSS_BATCHES, repeats: in
 def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int = 16, layers: Optional[int] = None,
          k: Optional[int] = None, device: str = "cpu", input_size: int = 32, in_channels: int = 3,
          num_classes: int = 10, budget_mib: Optional[float] = None, *, impl: str = "auto", amp: bool = True,
-         channel_mode: str = "first+shuffle", data_mib: float = 0.0, suggest: bool = True) -> PlanResult:
+         channel_mode: str = "first+shuffle", data_mib: float = 0.0, suggest: bool = True,
+         objective: str = "cross-entropy") -> PlanResult:
     """Estimate the peak memory of one search step (see the module docstring).
 
     ``impl="auto"`` plans for the path a search on ``device`` uses (fast on CPU, reference on CUDA).
@@ -240,6 +261,8 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         channel_mode: partial-channel mode. data_mib: the dataset resident on the device
             (the device loader keeps it there), added to the estimate.
         suggest: compute ``suggest_k`` (one more measurement per candidate K).
+        objective: the search objective (``mae``: its decoder's weights, gradients, momenta and
+            activations are planned too).
     """
     from pcdarts.config import resolve_impl
     impl = resolve_impl(impl, torch.device(device).type)
@@ -255,7 +278,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
     cuda = str(device).startswith("cuda")
     amp = bool(amp and cuda)
     m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode,
-                 not cuda)
+                 not cuda, objective)
     breakdown = dict(m.state)
     breakdown["data"] = float(data_mib)
     breakdown["activations"] = m.fixed + batch * m.per
@@ -270,14 +293,14 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
     res = PlanResult(space, method, str(device), batch, C, layers, k, input_size, impl, amp,
                      peak_mib=peak, tensor_mib=tensor, breakdown=breakdown, per_sample_mib=m.per,
                      fixed_mib=m.fixed, rss_per_sample_mib=None if cuda else m.rss_per,
-                     rss_fixed_mib=None if cuda else m.rss_fixed, notes=notes)
+                     rss_fixed_mib=None if cuda else m.rss_fixed, notes=notes, objective=objective)
     if budget_mib is not None:
         res.budget_mib = float(budget_mib)
         res.fits = res.peak_mib <= budget_mib
         res.suggest_batch = m.largest_batch(budget_mib - data_mib, cuda)
         if suggest:
             res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
-                                        impl, amp, channel_mode, cuda, budget_mib - data_mib, {k: m})
+                                        impl, amp, channel_mode, cuda, budget_mib - data_mib, {k: m}, objective)
     return res
 
 
@@ -309,12 +332,13 @@ class _Measured:
 
 
 def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int, in_channels: int,
-             num_classes: int, impl: str, amp: bool, channel_mode: str, rss: bool) -> _Measured:
+             num_classes: int, impl: str, amp: bool, channel_mode: str, rss: bool,
+             objective: str = "cross-entropy") -> _Measured:
     """The measurement (see :class:`_Measured`; the peak-RSS fit only with ``rss``), made
     in a fresh Python process so that nothing this process did (caches, earlier
     profiling, other models) leaks into it."""
     args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
-                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode, rss=rss)
+                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode, rss=rss, objective=objective)
     code = ("import sys, json; from pcdarts.search.planner import _measure_local; "
             "print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))")
     env = dict(os.environ)
@@ -329,12 +353,12 @@ def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, inp
 
 def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
                    in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str,
-                   rss: bool) -> dict[str, Any]:
+                   rss: bool, objective: str = "cross-entropy") -> dict[str, Any]:
     """The measurement itself (see :func:`_measure`), in this process."""
     # one thread: the tensors a step allocates do not depend on it, and a planner must not
     # fight a busy machine (OpenMP threads wait for each other when cores are shared)
     torch.set_num_threads(1)
-    step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode)
+    step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode, objective)
     if amp:
         step.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     rss_fixed, rss_per = measure_rss(step) if rss else (0.0, 0.0)  # first: before any profiling
@@ -344,14 +368,14 @@ def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: in
 
 def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[int], input_size: int,
                 in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str, cuda: bool,
-                budget: float, measured: dict[int, _Measured]) -> Optional[int]:
+                budget: float, measured: dict[int, _Measured], objective: str = "cross-entropy") -> Optional[int]:
     """The smallest K dividing C whose step fits ``budget``; ``measured``: the Ks already measured."""
     for k in [d for d in range(1, C + 1) if C % d == 0]:
         m = measured.get(k)
         if m is None:
             try:
                 m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp,
-                             channel_mode, not cuda)
+                             channel_mode, not cuda, objective)
             except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
                 continue
         if m.peak(batch, cuda) <= budget:
