@@ -133,7 +133,7 @@ def test_two_process_label_free_search_goes_through_ddp(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lbt", "il", "lease"])
+@pytest.mark.parametrize("method", ["il", "lease"])  # lbt's student is averaged like lease's audience
 def test_two_process_multi_level_search(tmp_path, method):
     """The learning-by-X methods own their step: their extra models' gradients are averaged too,
     and the epoch-end check (identical architecture state on both ranks) passes."""
