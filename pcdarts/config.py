@@ -38,6 +38,13 @@ BAD_IMAGES = ("fail", "skip")
 FOLDER_DATASETS = ("folder", "unlabelled")  # the datasets read from image files
 
 
+def has_labels(dataset: str) -> bool:
+    """Whether the registered dataset ``dataset`` has labels (``unlabelled`` has none); an
+    unknown name counts as labelled (loading it gives the named error)."""
+    name = dataset.lower()
+    return name not in DATASETS or getattr(DATASETS.get(name), "labelled", True)
+
+
 def check_bad_images(d: "DataSource") -> None:
     """``data.bad_images skip`` only where images are read one file at a time."""
     if d.bad_images != "fail" and d.dataset not in FOLDER_DATASETS:
@@ -298,8 +305,7 @@ def validate(cfg: Config) -> None:
     method_cls.check_config(cfg)
     objective_cls = OBJECTIVES.get(cfg.objective_name)
     objective_cls.check_config(cfg)
-    loader = DATASETS.get(d.dataset.lower()) if d.dataset.lower() in DATASETS else None
-    if objective_cls.needs_labels and loader is not None and not getattr(loader, "labelled", True):
+    if objective_cls.needs_labels and not has_labels(d.dataset):
         raise ConfigError(f"objective {cfg.objective_name!r} reads labels, but data.dataset {d.dataset!r} has none; "
                           f"use a label-free objective (--objective mae) or a labelled dataset")
     if s.prune_mode not in ("remove", "keep"):

@@ -108,6 +108,28 @@ def group_rank_world() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel (weight gradients averaged in the backward; the
+    initial weights broadcast from rank 0). Buffers are not broadcast every step: each rank's
+    batch-norm statistics follow its shard and are averaged (:func:`average_buffers`) wherever
+    they are read. ``find_unused``: some parameters may get no gradient in a step."""
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused,
+                                   broadcast_buffers=False)
+
+
+def agreed_stop(requested: bool, due: bool, device: torch.device) -> bool:
+    """Whether to stop at this step. Alone: ``requested`` (the signal flag). Under torchrun every
+    rank must stop at the same step, so the flags are combined by one all-reduce, only at the
+    steps where ``due`` (where the divergence watch reads its flag, and at epoch ends)."""
+    if not is_distributed():
+        return requested
+    if not due:
+        return False
+    return bool(all_reduce_max(float(requested), device))
+
+
 def barrier() -> None:
     """Wait for every process (no-op alone): e.g. after rank 0 writes a checkpoint, so that no
     rank exits (and torchrun tears the others down) while the file is still being written."""

@@ -199,6 +199,14 @@ def save_rank_checkpoint(state: Callable[[], dict[str, Any]], meters: dict[str, 
     barrier()
 
 
+def rank_meters(saved: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The running meter sums of a checkpoint written by :func:`save_rank_checkpoint`: they are
+    over every rank, so rank 0 carries them on and the other ranks start from zero."""
+    from pcdarts.distributed import dist_info
+    main = dist_info().is_main
+    return {k: (v if main else torch.zeros_like(v)).to(device) for k, v in saved.items()}
+
+
 def test_stop_after_steps() -> Optional[int]:
     """``PCDARTS_TEST_STOP_AFTER_STEPS``: the CLI stops a search or training after that many
     steps with a checkpoint, as Ctrl-C would, at the same step on every rank (tests of resume

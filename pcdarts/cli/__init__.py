@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, merge_onto_preset,
-                            parse_overrides, preset_names, scale_budget)
+from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, has_labels,
+                            merge_onto_preset, parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import PcdartsError
-from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SPACES
+from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 
 DEFAULT_PRESET = "quick"
 
@@ -131,8 +131,7 @@ def search_summary(result: Any) -> list[str]:
         test = f", test {acc['test']:.2f}" if acc.get("test") is not None else ""
         lines.append(f"NAS-Bench-201: {ds} valid {acc['valid']:.2f}{test}")
     g = run_dir / "genotype.json"
-    loader = DATASETS.get(cfg.data.dataset) if cfg.data.dataset in DATASETS else None
-    data = cfg.data.spec if getattr(loader, "labelled", True) else "LABELLED_SET:PATH"  # training needs labels
+    data = cfg.data.spec if has_labels(cfg.data.dataset) else "LABELLED_SET:PATH"  # training needs labels
     if cfg.space.name == "nb201":
         lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {data}")
     elif cfg.data.dataset == "digits":

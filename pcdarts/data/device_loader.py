@@ -163,7 +163,11 @@ class DeviceLoader:
     def _set_order(self, perm: torch.Tensor) -> None:
         """Keep the epoch's global permutation and this rank's shard of it (on the device)."""
         self._perm = perm
-        self._order = perm[self.rank :: self.world_size][: self.num_samples].contiguous()  # CPU, for state_dict
+        self._put_order(perm[self.rank :: self.world_size][: self.num_samples].contiguous())
+
+    def _put_order(self, order: torch.Tensor) -> None:
+        """This rank's order: on the CPU for state_dict, and on the device for the batches."""
+        self._order = order
         if self.device.type == "cuda":  # pinned + non_blocking: no host sync at an epoch boundary
             self._order_dev = self._order.pin_memory().to(self.device, non_blocking=True)
         else:
@@ -289,8 +293,7 @@ class DeviceLoader:
             self._set_order(torch.as_tensor(state["perm"], dtype=torch.int64).cpu())
         else:  # saved before the global permutation was kept: this rank's order is all there is
             self._perm = order.clone()
-            self._order = order.clone()
-            self._order_dev = self._order.to(self.device)
+            self._put_order(order.clone())
 
     def _load_resharded(self, state: dict[str, Any]) -> None:
         saved_global = int(state["batch_size"]) * int(state["world_size"])

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from pcdarts.config import BAD_IMAGES
 from pcdarts.errors import PcdartsError
 from pcdarts.data.transforms import CenterCrop, Compose, Resize, ToTensor
 
@@ -344,39 +345,39 @@ def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSI
             "num_images": len(samples), "sample_image_size": size, "sample_image_mode": mode}
 
 
-BAD_IMAGE_CHOICES = ("fail", "skip")
-
-
-def _skipped(root: str | os.PathLike, bad: list[str], total: int) -> None:
-    """One warning line for the unreadable images ``data.bad_images skip`` left out; a
-    FolderError when nothing readable is left."""
-    if not bad:
-        return
-    if len(bad) == total:
-        raise FolderError(f"{root}: none of its {total} image files can be read (e.g. {bad[0]}); "
+def _decoded(root: str | os.PathLike, samples: list[tuple[str, int]], channels: int,
+             on_bad: str) -> Iterator[tuple[str, int, Image.Image]]:
+    """(path, label, decoded image) of every readable sample. An unreadable one raises with
+    ``on_bad`` ``fail`` and is left out with ``skip``: then one warning line gives the count
+    and an example at the end, and a FolderError says so when nothing readable is left."""
+    if on_bad not in BAD_IMAGES:
+        raise ValueError(f"on_bad must be one of {BAD_IMAGES}, got {on_bad!r}")
+    bad: list[str] = []
+    for path, label in samples:
+        try:
+            img = _open_image(path, channels)
+        except FolderError:
+            if on_bad == "fail":
+                raise
+            bad.append(path)
+            continue
+        yield path, label, img
+    if len(bad) == len(samples) and bad:
+        raise FolderError(f"{root}: none of its {len(bad)} image files can be read (e.g. {bad[0]}); "
                           "check the folder")
-    warnings.warn(f"{root}: skipped {len(bad)} of {total} image files that cannot be read "
-                  f"(data.bad_images skip), e.g. {bad[0]}")
+    if bad:
+        warnings.warn(f"{root}: skipped {len(bad)} of {len(samples)} image files that cannot be read "
+                      f"(data.bad_images skip), e.g. {bad[0]}")
 
 
 def readable_scan(root: str | os.PathLike, scan: Scan, channels: int = 3, on_bad: str = "fail") -> Scan:
     """``scan`` without its unreadable images when ``on_bad`` is ``skip`` (every file is decoded
     once to find them: for streamed folders, which decode lazily); unchanged for ``fail``,
     where the first bad file stops the run when it is read."""
-    if on_bad not in BAD_IMAGE_CHOICES:
-        raise ValueError(f"on_bad must be one of {BAD_IMAGE_CHOICES}, got {on_bad!r}")
     if on_bad == "fail":
         return scan
     classes, samples = scan
-    kept, bad = [], []
-    for path, label in samples:
-        try:
-            _open_image(path, channels)
-            kept.append((path, label))
-        except FolderError:
-            bad.append(path)
-    _skipped(root, bad, len(samples))
-    return classes, kept
+    return classes, [(path, label) for path, label, _ in _decoded(root, samples, channels, on_bad)]
 
 
 def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3, *,
@@ -410,20 +411,9 @@ def load_folder_as_tensor(root: str | os.PathLike, size: int, channels: int = 3,
                           "raise max_bytes")
     prep = Compose([Resize(size if resize is None else resize), CenterCrop(size),
                     ToTensor(torch.uint8)])
-    if on_bad not in BAD_IMAGE_CHOICES:
-        raise ValueError(f"on_bad must be one of {BAD_IMAGE_CHOICES}, got {on_bad!r}")
     images = torch.empty((len(samples), channels, size, size), dtype=torch.uint8)
     kept: list[int] = []
-    bad: list[str] = []
-    for path, label in samples:
-        try:
-            img = _open_image(path, channels)
-        except FolderError:
-            if on_bad == "fail":
-                raise
-            bad.append(path)
-            continue
+    for _, label, img in _decoded(root, samples, channels, on_bad):
         images[len(kept)] = prep(img)
         kept.append(label)
-    _skipped(root, bad, len(samples))
     return images[:len(kept)], torch.tensor(kept, dtype=torch.int64), classes

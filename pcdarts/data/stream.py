@@ -48,7 +48,7 @@ class _EpochBatches(Sampler[list[int]]):
         full, rest = divmod(self.per_rank, batch_size)
         self.batches_per_epoch = full + (1 if rest and not drop_last else 0)
         if self.batches_per_epoch == 0:
-            raise TrainError(f"train.batch_size {batch_size} is larger than the {n} training images and "
+            raise TrainError(f"train.batch_size {batch_size * world_size} is larger than the {n} training images and "
                              "train.drop_last is on; lower the batch size or set train.drop_last false")
         self.epoch, self.start = 0, 0
 

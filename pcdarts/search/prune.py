@@ -361,6 +361,7 @@ def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
     return report
 
 
-__all__ = ["PRUNE_MODES", "PruneSpec", "PruneReport", "StepCost", "measure_step", "compare_steps", "saving_line", "parse_prune", "removal_count", "selectable_ops",
+__all__ = ["PRUNE_MODES", "PruneSpec", "PruneReport", "StepCost", "measure_step", "compare_steps", "saving_line",
+           "parse_prune", "removal_count", "selectable_ops",
            "SupernetAt", "live_mixing", "op_scores", "prune_masks", "zero_shot_prune", "first_images",
            "prune_at_start"]

@@ -26,7 +26,9 @@ from pcdarts.config import Config, SearchConfig, build_config, load_config_file,
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, check_identical, dist_info, init_distributed, per_process_batch, resolve_device)
+from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers,
+                                  check_identical, dist_info, init_distributed, per_process_batch, resolve_device,
+                                  wrap_ddp)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
@@ -263,15 +265,11 @@ class Searcher:
         call the bare supernet; their gradients are averaged by ``ctx.all_reduce_grads``."""
         if not self.dist.is_distributed:
             return self.model
-        from torch.nn.parallel import DistributedDataParallel
-        ids = [self.device.index] if self.device.type == "cuda" else None
         # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
         warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
-        # buffers are not broadcast every step: each rank's batch-norm statistics follow its shard
-        # and the ranks average them wherever they are read (self._agree_buffers)
-        # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward
-        return DistributedDataParallel(SupernetCall(self.supernet), device_ids=ids, find_unused_parameters=True,
-                                       broadcast_buffers=False)
+        # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward;
+        # batch-norm statistics are averaged wherever they are read (self._agree_buffers)
+        return wrap_ddp(SupernetCall(self.supernet), self.device, find_unused=True)
 
     def _agree_buffers(self) -> None:
         """Under torchrun: the ranks' batch-norm running statistics (supernet and objective)
@@ -468,8 +466,8 @@ class Searcher:
                     if self.watch.due(self.step):
                         self._check_finite()
                     utils.progress_tick(bar, self.step, steps, s.log_every, self._postfix)
-                    halt = self._agreed_stop(stop.requested) or (stop_after_steps is not None
-                                                                 and done_steps >= stop_after_steps)
+                    halt = agreed_stop(stop.requested, self.watch.due(self.step), self.device) or (
+                        stop_after_steps is not None and done_steps >= stop_after_steps)
                     if halt and self.step < steps:
                         break
                     if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < steps:
@@ -481,7 +479,7 @@ class Searcher:
                     interrupted = True
                     break
                 self._end_epoch(ctx)
-                if self._agreed_stop(stop.requested, always=True) or (
+                if agreed_stop(stop.requested, True, self.device) or (
                         stop_after_steps is not None and done_steps >= stop_after_steps and self.epoch < s.epochs):
                     interrupted = True
                     break
@@ -501,16 +499,6 @@ class Searcher:
         if float(m["arch_n"]) > 0 and self.objective_has_accuracy:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
-
-    def _agreed_stop(self, requested: bool, always: bool = False) -> bool:
-        """Whether to stop here. Alone: the signal flag. Under torchrun every rank must stop at
-        the same step, so the flags are combined (one all-reduce) at the steps where the
-        divergence watch reads its flag (every ``log_every`` steps, every step on CPU)."""
-        if not self.dist.is_distributed:
-            return requested
-        if not (always or self.watch.due(self.step)):
-            return False
-        return bool(all_reduce_max(float(requested), self.device))
 
     def _check_finite(self) -> None:
         """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite
@@ -693,9 +681,7 @@ class Searcher:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.train_loader.load_state_dict(ck["loaders"]["train"])
         self.arch_loader.load_state_dict(ck["loaders"]["arch"])
-        # the saved sums are over every rank: one rank (0) carries them on, the others start at 0
-        self.meters = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device)
-                       for k, v in ck["meters"].items()}
+        self.meters = runs.rank_meters(ck["meters"], self.device)
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         # another process count may have one step fewer per epoch (the shards are N // ranks)
         self.step = min(self.step, self.train_loader.steps_per_epoch)

@@ -201,9 +201,7 @@ def validate(cfg: TrainConfig) -> None:
         config.check_bad_images(d)
     except ConfigError as e:
         raise TrainError(str(e)) from None
-    from pcdarts.registry import DATASETS
-    name = d.dataset.lower()
-    if name in DATASETS and not getattr(DATASETS.get(name), "labelled", True):
+    if not config.has_labels(d.dataset):
         raise TrainError(f"pcdarts train needs labels, and data.dataset {d.dataset!r} has none; train the found cell "
                          "on a labelled set (folder:DIR with one sub-folder per class, cifar10:PATH, ...)")
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")

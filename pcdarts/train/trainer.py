@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.distributed import (all_reduce_max, all_reduce_sum, average_buffers, dist_info, init_distributed, per_process_batch,
-                                  resolve_device)
+from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_sum, average_buffers, dist_info,
+                                  init_distributed, per_process_batch, resolve_device, wrap_ddp)
 from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import count_params, genotype_stats
@@ -143,14 +143,10 @@ class Trainer:
         initial weights broadcast from rank 0); alone: the network itself."""
         if not self.dist.is_distributed:
             return net
-        from torch.nn.parallel import DistributedDataParallel
-        ids = [self.device.index] if self.device.type == "cuda" else None
         # an auxiliary head whose loss has weight 0 gets no gradient: DDP must then look for unused ones
         m = self.cfg.model
         unused = bool(getattr(m, "auxiliary", False)) and m.auxiliary_weight <= 0
-        # buffers are not broadcast every step: each rank's batch-norm statistics follow its shard
-        # and are averaged before the evaluation and the checkpoint read them
-        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=False)
+        return wrap_ddp(net, self.device, find_unused=unused)  # BN statistics: averaged where read
 
     # ------------------------------------------------------------------ steps
     def _zero_meters(self) -> dict[str, torch.Tensor]:
@@ -257,8 +253,8 @@ class Trainer:
                         self._check_finite()
                     utils.progress_tick(bar, self.step, self.steps, t.log_every, self._postfix)
                     at_boundary = self.step % k == 0  # never stop inside an accumulation group
-                    wants_stop = self._agreed_stop(stop.requested) or (stop_after_steps is not None
-                                                                       and done >= stop_after_steps)
+                    wants_stop = agreed_stop(stop.requested, self.watch.due(self.step), self.device) or (
+                        stop_after_steps is not None and done >= stop_after_steps)
                     if wants_stop and at_boundary and self.step < self.steps:
                         break
                 if self.device.type == "cuda":
@@ -271,7 +267,7 @@ class Trainer:
                     interrupted = True
                     break
                 self._end_epoch()
-                if (self._agreed_stop(stop.requested, always=True)
+                if (agreed_stop(stop.requested, True, self.device)
                         or (stop_after_steps is not None and done >= stop_after_steps)) and self.epoch < t.epochs:
                     interrupted = True
                     break
@@ -286,16 +282,6 @@ class Trainer:
         n = max(float(self.meters["n"]), 1.0)
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
-
-    def _agreed_stop(self, requested: bool, always: bool = False) -> bool:
-        """Whether to stop here. Alone: the signal flag. Under torchrun every rank must stop at the
-        same step, so the flags are combined (one all-reduce) where the divergence watch reads its
-        flag (every ``log_every`` steps; every step on CPU) and at epoch ends."""
-        if not self.dist.is_distributed:
-            return requested
-        if not (always or self.watch.due(self.step)):
-            return False
-        return bool(all_reduce_max(float(requested), self.device))
 
     def _check_finite(self) -> None:
         """Stop with a one-line DivergenceError if the training loss went non-finite (under
@@ -398,9 +384,7 @@ class Trainer:
         self.net.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.data.train.load_state_dict(ck["loader"])
-        # the saved sums are over every rank: rank 0 carries them on, the others start at 0
-        self.meters = {k: (v if self.dist.is_main else torch.zeros_like(v)).to(self.device)
-                       for k, v in ck["meters"].items()}
+        self.meters = runs.rank_meters(ck["meters"], self.device)
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         self.step = min(self.step, self.steps)  # another process count may have a step fewer per epoch
         self.best, self.train_time = dict(ck.get("best") or {}), float(ck.get("train_time", 0.0))

@@ -266,7 +266,8 @@ def add_into(out: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     return out.add_(z)
 
 
-__all__ = ["add_columns", "CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
+__all__ = ["add_columns",
+           "CL", "autocast_dtype", "cast_floats", "mat", "unmat", "replicate", "gather_channels", "grids",
            "grids_backward", "fr_weight", "bn_factor", "train_running_stats",
            "group_batch_norm", "block_diag_1x1", "multiplier_pointwise", "mix_matrix", "kron_eye", "accumulate",
            "add_into"]
