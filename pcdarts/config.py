@@ -20,7 +20,7 @@ import yaml
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import (Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges, check_values, epoch_fields,
                             field_range, range_hints)
-from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SPACES
+from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, PROXIES, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 IMPLS = ("auto", "fast", "reference")
@@ -312,7 +312,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"search.prune_mode must be 'remove' or 'keep', got {s.prune_mode!r}")
     if s.prune is not None:
         from pcdarts.search.prune import parse_prune  # late: the proxies import torch
-        parse_prune(s.prune)
+        proxy = parse_prune(s.prune).proxy
+        if getattr(PROXIES.get(proxy), "needs_labels", False) and not has_labels(d.dataset):
+            label_free = [n for n in PROXIES.names() if not getattr(PROXIES.get(n), "needs_labels", False)]
+            raise ConfigError(f"search.prune={s.prune}: the {proxy} proxy reads labels, but data.dataset "
+                              f"{d.dataset!r} has none; prune with one of {', '.join(label_free)}")
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

@@ -452,3 +452,20 @@ def test_training_on_an_unlabelled_folder_is_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "needs labels" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_zero_shot_pruning_on_an_unlabelled_folder(tmp_path, capsys):
+    """--prune measures the pruned step without labels; a proxy that reads labels is refused."""
+    for i in range(8):
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    common = ["search", "--objective", "mae", "--data", f"unlabelled:{tmp_path}", "--space.C", "4",
+              "--space.layers", "3", "--search.epochs", "1", "--search.batch_size", "2", "--method.warmup_epochs", "0",
+              "--no-progress", "--run.plots", "false", "--run.threads", "1"]
+    code = main([*common, "--prune", "naswot:0.5", "--out", str(tmp_path / "ok")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "pruned vs full supernet" in out and (tmp_path / "ok" / "genotype.json").is_file()
+    code = main([*common, "--prune", "snip:0.5", "--out", str(tmp_path / "snip")])
+    err = capsys.readouterr().err
+    assert code == 2 and "snip proxy reads labels" in err and "naswot" in err and "Traceback" not in err
+    assert not (tmp_path / "snip").exists()

@@ -216,6 +216,8 @@ def synflow(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
 
 
 # ---------------------------------------------------------------- snip, grad_norm
+# (the two proxies that read labels: ``needs_labels`` lets zero-shot pruning refuse them on an
+# unlabelled set in one line)
 
 def _loss_grads(net: nn.Module, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     x, y = batch
@@ -236,6 +238,10 @@ def grad_norm(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
     with preserved(net, seed, _batch_device(batch)):
         _, grads = _loss_grads(net, batch)
         return sum(float(g.norm()) for g in grads)
+
+
+snip.needs_labels = True  # type: ignore[attr-defined]
+grad_norm.needs_labels = True  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- jacob_cov
