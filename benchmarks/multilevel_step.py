@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.search_step import run_steps  # noqa: E402  (the same timed steps as the fast-path benchmark)
 from pcdarts.registry import SPACES  # noqa: E402
 from pcdarts.spaces import get_space  # noqa: E402
 
@@ -51,21 +51,6 @@ def build_searcher(args: argparse.Namespace, method: dict[str, Any], run_dir: st
         "run": {"device": args.device, "progress": False, "plots": False, "seed": 0},
     })
     return Searcher(cfg, Path(run_dir))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_steps(searcher: Any, ctx: Any, n: int) -> float:
-    """Seconds for ``n`` search steps with the architecture step active."""
-    _sync(searcher.device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        searcher.search_step(True, ctx)
-    _sync(searcher.device)
-    return time.perf_counter() - t0
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

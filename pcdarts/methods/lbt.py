@@ -99,16 +99,11 @@ class LBT(MultiLevelMethod):
         return loss, {"n": y.numel()}
 
     def levels(self, ctx: SearchContext) -> list[Level]:
-        return [Level("teacher", lambda ctx, b, mix, outer: self.supernet_loss(ctx, b, mix), stream="train",
-                      trains_supernet=True),
-                Level("student", self.student_loss, stream="train", params=list(self.model("student").parameters()))]
+        return [self.supernet_level("teacher"), self.model_level("student", self.student_loss)]
 
     def upper(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing) -> tuple[torch.Tensor, dict]:
         """``L(V'; D_val) + gamma L(A, W'; D_val)``; metrics: the teacher's."""
-        batch = batches["arch"]
-        student, _ = cross_entropy(self.forward_model(ctx, "student", batch[0]), batch[1])
-        teacher, metrics = self.supernet_loss(ctx, batch, mixing, "arch")
-        return student + self.cfg.teacher_weight * teacher, metrics
+        return self.model_then_supernet(ctx, batches, mixing, "student", self.cfg.teacher_weight)
 
 
 __all__ = ["LBT", "LBTConfig"]

@@ -113,16 +113,11 @@ class LeaSE(MultiLevelMethod):
         return cross_entropy(self.forward_model(ctx, "audience", self.explain(ctx, batch, mixing, outer)), batch[1])
 
     def levels(self, ctx: SearchContext) -> list[Level]:
-        return [Level("explainer", lambda ctx, b, mix, outer: self.supernet_loss(ctx, b, mix), stream="train",
-                      trains_supernet=True),
-                Level("audience", self.audience_loss, stream="train", params=list(self.model("audience").parameters()))]
+        return [self.supernet_level("explainer"), self.model_level("audience", self.audience_loss)]
 
     def upper(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing) -> tuple[torch.Tensor, dict]:
         """``L(V'; D_val) + gamma L(A, W'; D_val)``; metrics: the explainer's."""
-        batch = batches["arch"]
-        audience, _ = cross_entropy(self.forward_model(ctx, "audience", batch[0]), batch[1])
-        explainer, metrics = self.supernet_loss(ctx, batch, mixing, "arch")
-        return audience + self.cfg.explainer_weight * explainer, metrics
+        return self.model_then_supernet(ctx, batches, mixing, "audience", self.cfg.explainer_weight)
 
 
 __all__ = ["LeaSE", "LeaSEConfig"]

@@ -185,6 +185,25 @@ class MultiLevelMethod(Darts):
                       step: str = "weight") -> tuple[torch.Tensor, dict[str, Any]]:
         return Method.loss(self, ctx, batch, mixing, step)
 
+    def supernet_level(self, name: str) -> Level:
+        """The level that trains the supernet weights with its own loss on the train stream."""
+        return Level(name, lambda ctx, b, mix, outer: self.supernet_loss(ctx, b, mix), stream="train",
+                     trains_supernet=True)
+
+    def model_level(self, name: str, loss: Callable[..., tuple[torch.Tensor, dict[str, Any]]]) -> Level:
+        """The level that trains the method's model ``name`` with ``loss`` on the train stream."""
+        return Level(name, loss, stream="train", params=list(self.model(name).parameters()))
+
+    def model_then_supernet(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing, name: str,
+                            supernet_weight: float) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The upper loss of a supernet + one model method (LBT's student, LeaSE's audience):
+        ``L(model'; D_val) + supernet_weight * L(A, W'; D_val)`` on the arch stream; metrics:
+        the supernet's."""
+        x, y = batches["arch"]
+        model_loss, _ = cross_entropy(self.forward_model(ctx, name, x), y)
+        supernet, metrics = self.supernet_loss(ctx, (x, y), mixing, "arch")
+        return model_loss + supernet_weight * supernet, metrics
+
     def loss(self, ctx: SearchContext, batch: Batch, mixing: Mixing,
              step: str = "arch") -> tuple[torch.Tensor, dict[str, Any]]:
         """The Searcher's weight step runs the loss of the level being updated."""
