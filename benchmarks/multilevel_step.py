@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.search_step import run_steps  # noqa: E402  (the same timed steps as the fast-path benchmark)
+from benchmarks.search_step import interleaved_times  # noqa: E402  (timed as the fast-path benchmark times)
 from pcdarts.registry import SPACES  # noqa: E402
 from pcdarts.spaces import get_space  # noqa: E402
 
@@ -80,16 +80,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if BASELINE not in names:
         names.insert(0, BASELINE)
-    times = {m: 0.0 for m in names}
     with tempfile.TemporaryDirectory() as tmp:
         searchers = {m: build_searcher(args, METHODS[m], f"{tmp}/{m}") for m in names}
-        ctxs = {m: s.context() for m, s in searchers.items()}
-        for m in names:
-            run_steps(searchers[m], ctxs[m], args.warmup)
-        per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
-        for n in per_round:
-            for m in names:
-                times[m] += run_steps(searchers[m], ctxs[m], n)
+        times = interleaved_times(searchers, args.warmup, args.steps, args.rounds)
         device = searchers[names[0]].device
     rec: dict[str, Any] = {
         "space": args.space, "C": args.C, "cells": args.cells or get_space(args.space).default_layers,

@@ -78,6 +78,19 @@ def run_steps(searcher: Any, ctx: Any, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def interleaved_times(searchers: dict[str, Any], warmup: int, steps: int, rounds: int) -> dict[str, float]:
+    """Seconds of ``steps`` search steps per searcher, after ``warmup`` each, taken in ``rounds``
+    rounds that alternate between the searchers (so all see the same machine load)."""
+    ctxs = {name: s.context() for name, s in searchers.items()}
+    for name, s in searchers.items():
+        run_steps(s, ctxs[name], warmup)
+    times = {name: 0.0 for name in searchers}
+    for n in [steps // rounds + (r < steps % rounds) for r in range(rounds)]:
+        for name, s in searchers.items():
+            times[name] += run_steps(s, ctxs[name], n)
+    return times
+
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One path alone: warm-up, a few steps, peak memory (run in a fresh process)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,16 +150,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(child(args)))
         return 0
     impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
-    times = {impl: 0.0 for impl in impls}
     with tempfile.TemporaryDirectory() as tmp:
         searchers = {impl: build_searcher(args, impl, f"{tmp}/{impl}") for impl in impls}
-        ctxs = {impl: s.context() for impl, s in searchers.items()}
-        for impl in impls:
-            run_steps(searchers[impl], ctxs[impl], args.warmup)
-        per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
-        for n in per_round:
-            for impl in impls:
-                times[impl] += run_steps(searchers[impl], ctxs[impl], n)
+        times = interleaved_times(searchers, args.warmup, args.steps, args.rounds)
         device = searchers[impls[0]].device
     short = {"fast": "fast", "reference": "ref"}
     rec: dict[str, Any] = {
