@@ -13,17 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _per_step(run: Path, batch: int) -> float:
@@ -57,8 +50,8 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "pcdarts", *common, "--out", str(one), "--run.threads",
                         str(a.nproc)], check=True, capture_output=True, text=True)
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc),
-                        "--master_port", str(_port()), "-m", "pcdarts", *common, "--out", str(many),
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                        str(a.nproc), "-m", "pcdarts", *common, "--out", str(many),
                         "--run.threads", "1"], check=True, capture_output=True, text=True, env=env)
         out["one_process_s_per_step"] = _per_step(one, a.batch)
         out[f"{a.nproc}_processes_s_per_step"] = _per_step(many, a.batch)

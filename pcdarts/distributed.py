@@ -95,6 +95,19 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     torch.distributed.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
+def leave_process_group(clean: bool) -> None:
+    """Leave the torchrun process group at the end of a command (no-op when none was joined).
+    After a clean run every rank first waits for the others (rank 0 may still be writing the
+    run's files), so that no rank tears the group down under one still using it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        if clean:
+            torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def is_distributed() -> bool:
     """Whether this process is one of several in an initialised process group."""
     return (torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -113,10 +126,14 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused: bool) -
     initial weights broadcast from rank 0). Buffers are not broadcast every step: each rank's
     batch-norm statistics follow its shard and are averaged (:func:`average_buffers`) wherever
     they are read. ``find_unused``: some parameters may get no gradient in a step."""
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused,
-                                   broadcast_buffers=False)
+    # newer torch renamed the flag (and warns on the old name); buffers are alike at construction
+    sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers")
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused, **{sync: False})
 
 
 def agreed_stop(requested: bool, due: bool, device: torch.device) -> bool:

@@ -277,12 +277,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _one_line_warning
+        rc = 1
         try:
             if getattr(args, "takes_overrides", False):
-                return int(args.func(args, overrides))
-            if overrides:
-                parser.error(f"unrecognised arguments: {' '.join(overrides)}")
-            return int(args.func(args) or 0)
+                rc = int(args.func(args, overrides))
+            else:
+                if overrides:
+                    parser.error(f"unrecognised arguments: {' '.join(overrides)}")
+                rc = int(args.func(args) or 0)
+            return rc
         except USER_ERRORS as e:
             if debug:
                 raise
@@ -292,6 +295,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        finally:
+            if "torch.distributed" in sys.modules:  # torchrun: every rank ends together
+                from pcdarts.distributed import leave_process_group
+                leave_process_group(clean=rc == 0)
 
 
 if __name__ == "__main__":
