@@ -264,7 +264,7 @@ class Config:
         objective_cls = OBJECTIVES.get(self.objective_name)  # an unknown name lists the known ones
         if self.objective is None:
             object.__setattr__(self, "objective", objective_cls.Config())
-        SPACES.get(self.space.name)
+        SPACES.get(self.space.name)().check_config(self.space)
         validate(self)
 
     @property

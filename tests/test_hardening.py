@@ -411,3 +411,19 @@ def test_tensorboard_missing_is_one_line(tmp_path, capsys, monkeypatch, command)
     code, _, err = run_cli([*args, "--out", tmp_path / "r", "--tensorboard"], capsys)
     line = one_line_error(err)
     assert code == 2 and 'pip install "pcdarts[tensorboard]"' in line and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--space.layers", "2"], "space.layers=2 builds a DARTS supernet without a normal cell"),
+    (["--space.layers", "3", "--data.max_samples", "40"], "search.batch_size=64 is larger than the 20 images"),
+    (["--space.layers", "3", "--data.max_samples", "200", "--search.arch_batch_size", "128"],
+     "search.arch_batch_size=128 is larger than the 100 images"),
+])
+def test_a_supernet_or_batch_that_cannot_train_is_refused_before_the_run_directory(tmp_path, capsys, args, named):
+    """Too few cells for a normal cell (its weights got no gradient: a traceback before), or a
+    batch larger than its split (the loader's internal message before): one line, no folder."""
+    code = main(["search", "--space.C", "4", "--search.epochs", "1", "--method.warmup_epochs", "0",
+                 "--no-progress", "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

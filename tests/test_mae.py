@@ -458,8 +458,8 @@ def test_zero_shot_pruning_on_an_unlabelled_folder(tmp_path, capsys):
     """--prune measures the pruned step without labels; a proxy that reads labels is refused."""
     for i in range(8):
         Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(tmp_path / f"{i}.png")
-    common = ["search", "--objective", "mae", "--data", f"unlabelled:{tmp_path}", "--space.C", "4",
-              "--space.layers", "3", "--search.epochs", "1", "--search.batch_size", "2", "--method.warmup_epochs", "0",
+    common = ["search", "--objective", "mae", "--data", f"unlabelled:{tmp_path}", "--space", "nb201", "--space.C", "4",
+              "--space.layers", "1", "--search.epochs", "1", "--search.batch_size", "2", "--method.warmup_epochs", "0",
               "--no-progress", "--run.plots", "false", "--run.threads", "1"]
     code = main([*common, "--prune", "naswot:0.5", "--out", str(tmp_path / "ok")])
     out, err = capsys.readouterr()

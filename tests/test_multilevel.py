@@ -317,7 +317,7 @@ def test_lease_fast_path_equals_the_reference_path(tiny):
     explanation pass runs the reference forward, equals the reference path's to float32 precision."""
     out = []
     for impl in ("fast", "reference"):
-        s = _searcher(tiny(method={"name": "lease"}, space={"name": "darts", "layers": 2, "impl": impl},
+        s = _searcher(tiny(method={"name": "lease"}, space={"name": "darts", "layers": 3, "impl": impl},
                            run={"out": tiny()["run"]["out"] + impl}))
         s.search_step(True, s.context())
         out.append(([p.detach().clone() for p in s.method.arch_parameters()], s.method.models.state_dict()))

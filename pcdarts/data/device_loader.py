@@ -107,7 +107,10 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        batch_field: str = "",
     ) -> None:
+        """``batch_field``: the config field the (global) batch size comes from, named in the
+        error when the data holds no full batch."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(
                 f"DeviceLoader: images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
@@ -138,6 +141,11 @@ class DeviceLoader:
         self.num_samples = int(images.shape[0]) // world_size  # this rank's share per epoch
         if self.num_samples == 0:
             raise DataError(f"DeviceLoader: {images.shape[0]} samples cannot be sharded over {world_size} ranks")
+        if drop_last and self.batch_size > self.num_samples and batch_field:
+            raise DataError(
+                f"{batch_field}={self.batch_size * world_size} is larger than the {images.shape[0]} images this "
+                f"loader reads per epoch, so no full batch would be drawn; lower {batch_field} or use more images"
+                " (data.max_samples, data.train_portion)")
         if drop_last and self.batch_size > self.num_samples:
             raise DataError(
                 f"DeviceLoader: batch_size {self.batch_size} is larger than the {self.num_samples} samples per "

@@ -24,6 +24,9 @@ class SearchSpace:
     default_layers: int = 1  # space.layers when the config leaves it None
     train_preset: str = "cifar10_paper"  # the training preset the end-of-search summary suggests
 
+    def check_config(self, space_cfg: Any) -> None:
+        """Refuse (ConfigError naming the field) a space config that builds a broken supernet."""
+
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         """Edge indices entering each intermediate node (the edge-normalisation groups)."""
         raise NotImplementedError

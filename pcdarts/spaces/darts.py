@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.nn.edges import MixedEdge, Mixing
+from pcdarts.errors import ConfigError
 from pcdarts.genotype import DartsGenotype
 from pcdarts.nn.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
 from pcdarts.nn.fast import kernels as fo
@@ -272,6 +273,13 @@ class DartsSpace(SearchSpace):
     primitives = DARTS_PRIMITIVES
     cell_types = ("normal", "reduce")
     default_layers = 8  # cells of the CIFAR supernet
+
+    def check_config(self, space_cfg: Any) -> None:
+        layers = space_cfg.layers or self.default_layers
+        if layers < 3:  # reductions at layers//3 and 2*layers//3: every cell would reduce
+            raise ConfigError(f"space.layers={layers} builds a DARTS supernet without a normal cell (cells "
+                              f"layers//3 and 2*layers//3 reduce), so the normal cell's weights would never be "
+                              f"trained; use space.layers >= 3")
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))
