@@ -389,7 +389,7 @@ def test_presets_use_darts_second_order_settings():
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p.endswith("cifar10") else p
                                     for p in PRESETS])
 def test_short_run_from_each_preset_via_the_cli(tmp_path, capsys, preset):
-    layers = "2" if preset.endswith("cifar10") else "1"
+    layers = "3" if preset.endswith("cifar10") else "1"
     code = main(["search", "--preset", preset, "--data", "digits", "--space.C", "4", "--space.layers", layers,
                  "--search.epochs", "1", "--data.max_samples", "16", "--search.batch_size", "8",
                  "--out", str(tmp_path / "r"), "--no-progress", "--run.plots", "false"])
