@@ -451,11 +451,14 @@ def test_arch_weight_summary():
 
 @pytest.mark.slow
 def test_default_search_moves_the_architecture_weights(tmp_path):
-    """The main job (the quick preset) must end clearly away from uniform weights."""
+    """The main job (the quick preset) must end clearly away from uniform weights, with a
+    convolution-heavy normal cell (the old preset's pool-dominated one read as collapse)."""
     from pcdarts.analysis.stats import arch_weight_summary
     res = search({"run": {"out": str(tmp_path / "q"), "progress": False, "plots": False, "threads": 1}})
     moved = arch_weight_summary(res.history[-1]["arch_weights"])
     assert moved["entropy"] < 0.95 and moved["max"] > 2 * moved["uniform"], moved  # 1.00 and 0.127 before
+    convs = [op for op, _ in res.genotype.normal if "conv" in op]
+    assert len(convs) >= 5, res.genotype  # 6-7 of 8 for seeds 0-2
 
 
 
