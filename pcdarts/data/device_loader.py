@@ -141,12 +141,12 @@ class DeviceLoader:
         self.num_samples = int(images.shape[0]) // world_size  # this rank's share per epoch
         if self.num_samples == 0:
             raise DataError(f"DeviceLoader: {images.shape[0]} samples cannot be sharded over {world_size} ranks")
-        if drop_last and self.batch_size > self.num_samples and batch_field:
-            raise DataError(
-                f"{batch_field}={self.batch_size * world_size} is larger than the {images.shape[0]} images this "
-                f"loader reads per epoch, so no full batch would be drawn; lower {batch_field} or use more images"
-                " (data.max_samples, data.train_portion)")
         if drop_last and self.batch_size > self.num_samples:
+            if batch_field:  # a config field the user can change
+                raise DataError(
+                    f"{batch_field}={self.batch_size * world_size} is larger than the {images.shape[0]} images "
+                    f"this loader reads per epoch, so no full batch would be drawn; lower {batch_field} or use "
+                    "more images (data.max_samples, data.train_portion)")
             raise DataError(
                 f"DeviceLoader: batch_size {self.batch_size} is larger than the {self.num_samples} samples per "
                 f"epoch{' on this rank' if world_size > 1 else ''}; with drop_last=True no batch would be produced - "
