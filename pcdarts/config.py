@@ -264,7 +264,7 @@ class Config:
         objective_cls = OBJECTIVES.get(self.objective_name)  # an unknown name lists the known ones
         if self.objective is None:
             object.__setattr__(self, "objective", objective_cls.Config())
-        SPACES.get(self.space.name)().check_config(self.space)
+        SPACES.get(self.space.name)
         validate(self)
 
     @property
@@ -301,6 +301,7 @@ def validate(cfg: Config) -> None:
         check_ranges(getattr(cfg, name), name)
     if s.step_order not in ("arch-first", "weight-first"):
         raise ConfigError(f"search.step_order must be 'arch-first' or 'weight-first', got {s.step_order!r}")
+    SPACES.get(sp.name)().check_config(sp)
     method_cls = METHODS.get(cfg.method_name)  # the Method class (cfg.method is its config)
     method_cls.check_config(cfg)
     objective_cls = OBJECTIVES.get(cfg.objective_name)
