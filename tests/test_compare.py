@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pcdarts.analysis.stats import collapse_stats, collapse_warning
+from pcdarts.analysis.stats import collapse_stats, collapse_warning, genotype_agreement, seed_agreement
 from pcdarts.cli import main
 from pcdarts.config import build_config, load_preset, scale_budget
 from pcdarts.errors import ConfigError, PcdartsError
@@ -94,6 +94,32 @@ def test_spread_is_the_sample_std_over_seeds():
 
 
 @pytest.mark.slow
+def test_seed_agreement_counts_the_shared_choices_by_hand():
+    def darts(normal, reduce):
+        return parse_genotype(f"Genotype(normal={normal}, normal_concat=[2, 3, 4, 5], "
+                              f"reduce={reduce}, reduce_concat=[2, 3, 4, 5])")
+
+    base = [("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),
+            ("max_pool_3x3", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)]
+    a = darts(base, base)
+    # node 2: the same pairs in the other order (2 shared); node 3: one op changed (1);
+    # node 4: one input changed (1); node 5: both changed (0) -> 4 of 8 in the normal cell
+    other = [("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 2),
+             ("max_pool_3x3", 2), ("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("dil_conv_5x5", 0)]
+    b = darts(other, base)
+    assert genotype_agreement(a, a) == (16, 16)
+    assert genotype_agreement(a, b) == (4 + 8, 16) == genotype_agreement(b, a)
+    c = darts(base, other)
+    # pairs (a, b) 12/16, (a, c) 12/16, (b, c) 8/16
+    assert seed_agreement([a, b, c]) == pytest.approx((0.75 + 0.75 + 0.5) / 3)
+    assert seed_agreement([a]) is None
+    x = parse_genotype("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|")
+    y = parse_genotype("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|nor_conv_1x1~2|")
+    assert genotype_agreement(x, y) == (4, 6)
+    with pytest.raises(ValueError, match="cannot compare"):
+        genotype_agreement(a, x)
+
+
 def test_compare_writes_its_table_and_skips_finished_runs(tmp_path):
     root = tmp_path / "cmp"
     logs: list[str] = []
@@ -102,7 +128,7 @@ def test_compare_writes_its_table_and_skips_finished_runs(tmp_path):
     for method in ("darts", "pc-darts"):
         assert run_state(root / f"{method}-s3") == "done"
     table = (root / "compare.md").read_text()
-    assert "Numbers are one search seed" in table
+    assert "Numbers are one search seed" in table and "| seed agreement (%) | arch entropy |" in table
     assert "| darts | darts1_nb201 | 2 |" in table and "| pc-darts | pc-darts_nb201 | 2 |" in table
     assert "method.warmup_epochs 15->1" in table  # the scaled fields are recorded
     rows = list(csv.DictReader(open(root / "compare.csv")))

@@ -187,6 +187,38 @@ def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]]) ->
     return {"entropy": float(ent.mean()), "max": float(w.max(1).values.mean()), "uniform": 1.0 / w.shape[1]}
 
 
+def genotype_agreement(a: Genotype, b: Genotype) -> tuple[int, int]:
+    """How many of two cells' choices coincide: ``(shared, total)``.
+
+    NB201: the edges that carry the same op, of 6. DARTS-like spaces: per cell type and
+    node, the (op, input) pairs both genotypes chose (a node's two pairs count as a set, so
+    their order does not matter), of all pairs (16 for 4-node cells).
+    """
+    if type(a) is not type(b) or a.space != b.space:
+        raise ValueError(f"cannot compare a {a.space} genotype with a {b.space} genotype")
+    if isinstance(a, NB201Genotype):
+        return sum(x == y for x, y in zip(a.ops, b.ops)), len(a.ops)
+    shared = total = 0
+    for ca, cb in ((a.normal, b.normal), (a.reduce, b.reduce)):
+        if len(ca) != len(cb):
+            raise ValueError(f"cannot compare cells of {len(ca) // 2} and {len(cb) // 2} nodes")
+        for k in range(0, len(ca), 2):
+            left, right = list(ca[k:k + 2]), list(cb[k:k + 2])
+            for pair in left:
+                if pair in right:
+                    right.remove(pair)
+                    shared += 1
+        total += len(ca)
+    return shared, total
+
+
+def seed_agreement(genotypes: Sequence[Genotype]) -> Optional[float]:
+    """The mean, over every pair of genotypes (e.g. one per search seed), of the share of
+    their choices that coincide (:func:`genotype_agreement`); None for fewer than two."""
+    pairs = [genotype_agreement(a, b) for i, a in enumerate(genotypes) for b in genotypes[i + 1:]]
+    return sum(s / t for s, t in pairs) / len(pairs) if pairs else None
+
+
 def genotype_ops(genotype: Genotype) -> list[str]:
     """The op names of a genotype's cells (NB201: its 6 edges; DARTS-like: normal then reduce)."""
     if isinstance(genotype, NB201Genotype):

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pcdarts import utils
+from pcdarts.analysis.stats import seed_agreement
 from pcdarts.config import (Config, apply_override, build_config, describe_budget, load_preset, merge_onto_preset,
                             parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import ConfigError, PcdartsError
+from pcdarts.genotype import GenotypeError, parse_genotype
 from pcdarts.registry import METHODS, SPACES
 
 LOOKUP_DATASET = "cifar10"  # the NB201 benchmark column of the table and the plot
@@ -212,11 +214,20 @@ def _fmt(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def _agreement(cells: Sequence[str]) -> Optional[float]:
+    """The seeds' mean pairwise agreement in percent (:func:`seed_agreement`), None with one seed."""
+    try:
+        share = seed_agreement([parse_genotype(text) for text in cells])
+    except (GenotypeError, ValueError):
+        return None
+    return None if share is None else 100.0 * share
+
+
 def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space: str) -> list[dict[str, Any]]:
     """One row per method from its runs' history.jsonl and manifest.json."""
     rows = []
     for entry in entries:
-        cells, acc, times, peaks, free, params, macs = [], [], [], [], [], [], []
+        cells, acc, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], [], []
         kind = "valid"
         for seed in seeds:
             run_dir = root / f"{entry.method}-s{seed}"
@@ -233,6 +244,8 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
                 peaks.append(manifest["peak_memory_mib"])
             if "param_free_ops" in last:
                 free.append(float(last["param_free_ops"]))
+            if last.get("arch_entropy"):  # mean over the cell types
+                entropy.append(sum(last["arch_entropy"].values()) / len(last["arch_entropy"]))
             if "genotype_params_m" in last:
                 params.append(last["genotype_params_m"])
                 macs.append(last["genotype_macs_m"])
@@ -242,6 +255,8 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             "scaled": "; ".join(f"{n} {o}->{v}" for n, o, v in entry.scaled if n != "search.epochs"),
             "cells": " / ".join(cells),
             "param_free_ops": _mean_std(free),
+            "agreement": _agreement(cells),
+            "arch_entropy": _mean_std(entropy),
             "search_time_s": _mean_std(times),
             "peak_memory_mib": max(peaks) if peaks else None,
         }
@@ -266,7 +281,8 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     else:
         metric = [("params (M)", "params_m", 3), ("multiply-adds (M)", "macs_m", 1)]
     cols = [("method", "method", None), ("preset", "preset", None), ("epochs", "epochs", None), *metric,
-            ("parameter-free ops", "param_free_ops", 1), ("search time (s)", "search_time_s", 1),
+            ("parameter-free ops", "param_free_ops", 1), ("seed agreement (%)", "agreement", None),
+            ("arch entropy", "arch_entropy", 2), ("search time (s)", "search_time_s", 1),
             ("peak memory (MiB)", "peak_memory_mib", None), ("scaled fields", "scaled", None),
             ("cells found (per seed)", "cells", None)]
 
@@ -281,6 +297,9 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     lines = [f"# pcdarts compare: {space} space, seeds {', '.join(str(s) for s in seeds)}"
              + (f", budget {budget} epochs" if budget else ""), "",
              f"Numbers are {spread}. Parameter-free ops: of the final cell's ops (a sign of collapse when most are). "
+             "Seed agreement: the share of the cell's choices (NB201: an edge's op; DARTS: a node's (op, input) "
+             "pairs) that two seeds' cells share, averaged over the pairs of seeds (needs 2 or more seeds). "
+             "Arch entropy: of the final op weights, per edge, normalised (1.00 = uniform, not moved). "
              "Peak memory: the largest over seeds (process RSS on CPU, CUDA allocator peak on a GPU).", "",
              "| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
