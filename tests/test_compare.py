@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from pcdarts.analysis.stats import collapse_stats, collapse_warning, genotype_agreement, seed_agreement
 from pcdarts.cli import main
@@ -142,3 +143,28 @@ def test_compare_writes_its_table_and_skips_finished_runs(tmp_path):
             progress=False, log=logs.append)
     assert len(logs) == 2 and all(line.endswith("finished earlier, skipped") for line in logs)
     assert (root / "compare.md").read_text() == table
+
+
+def test_seed_signal_benchmark_is_deterministic_and_reports_every_pair(capsys):
+    """benchmarks/seed_signal.py (README, quick preset): one seed's gradient is reproducible,
+    and every pair of seeds gets a correlation in [-1, 1] for every architecture parameter."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_signal.py"
+    spec = importlib.util.spec_from_file_location("seed_signal", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = ["--space.C", "4", "--space.layers", "1", "--data.max_samples", "64", "--search.batch_size", "16",
+            "--data.dataset", "digits"]
+    first = bench.architecture_gradient("pc-darts_nb201", tiny, 0, 2, 1)
+    again = bench.architecture_gradient("pc-darts_nb201", tiny, 0, 2, 1)
+    assert first.keys() == again.keys() and len(first) >= 1
+    for name in first:
+        assert torch.equal(first[name], again[name]) and first[name].abs().sum() > 0
+    bench.main(["--preset", "pc-darts_nb201", "--seeds", "0,1,2", "--steps", "2", *tiny])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {line["parameter"] for line in lines} == set(first)
+    for line in lines:
+        assert set(line["correlation"]) == {"0-1", "0-2", "1-2"}
+        assert all(-1.0 <= c <= 1.0 for c in line["correlation"].values())
