@@ -52,7 +52,7 @@ def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
         "search": {"batch_size": args.batch, "amp": not args.no_amp,
                    **({"prune": args.prune, "prune_batch_size": args.prune_batch} if args.prune else {})},
         "run": {"device": args.device, "progress": False, "plots": False, "seed": 0,
-                "deterministic": args.deterministic},
+                "deterministic": args.deterministic, "flush_denormal": not args.keep_subnormals},
     })
     searcher = Searcher(cfg, Path(run_dir))
     net = searcher.supernet
@@ -129,6 +129,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--impl", default="both", choices=["both", "fast", "reference"])
     p.add_argument("--no-recompute", action="store_true", help="fast path: keep block activations")
+    p.add_argument("--keep-subnormals", action="store_true",
+                   help="run.flush_denormal false: IEEE subnormal floats on the CPU (slow on x86)")
     p.add_argument("--no-amp", action="store_true", help="CUDA: no bf16 autocast")
     p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the supernet")
     p.add_argument("--deterministic", action="store_true")

@@ -381,3 +381,20 @@ def test_prepare_supernet_runs_before_the_optimiser_and_the_checkpoint(tiny, mon
     assert resumed.interrupted and len(calls) == 3
     step = planner._Step("darts", name, 4, 3, 2, 8, 1, 10, "fast", "first+shuffle")
     assert calls[-1] == (1, 8, 8) and {id(p) for p in step.weight_params} == {id(p) for p in step.supernet.parameters()}
+
+
+def _subnormal_survives() -> bool:
+    x = torch.full((4,), 1e-39)  # a float32 subnormal
+    return bool((x * 1.5).ne(0).all())
+
+
+def test_a_run_flushes_subnormals_unless_told_not_to(tiny):
+    """run.flush_denormal (default on): MSR-DARTS's tiny softmax(-srank) weights make the CPU
+    backward run on subnormal floats, 10-100x slower per operation; a run flushes them."""
+    try:
+        _searcher(_msr(tiny))
+        assert not _subnormal_survives()
+        _searcher({**_msr(tiny), "run": {**_msr(tiny).get("run", {}), "flush_denormal": False}})
+        assert _subnormal_survives()
+    finally:
+        torch.set_flush_denormal(False)

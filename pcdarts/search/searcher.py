@@ -135,8 +135,7 @@ class Searcher:
             self.rundir = runs.RunDir(self.run_dir, resume=True)
         if self.dist.is_distributed and cfg.search.compile:
             raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
         # the same seed on every rank: identical architecture initialisation and identical draws
         # from the global generator (random channel masks); ranks differ only in their data shard
         utils.seed_everything(cfg.run.seed)

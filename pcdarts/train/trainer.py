@@ -100,8 +100,7 @@ class Trainer:
         init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
         if not self.dist.is_main:  # only rank 0 touches the run directory
             self.rundir = runs.RunDir(self.run_dir, resume=True)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
         utils.seed_everything(cfg.run.seed)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
