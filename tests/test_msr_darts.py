@@ -391,10 +391,11 @@ def _subnormal_survives() -> bool:
 def test_a_run_flushes_subnormals_unless_told_not_to(tiny):
     """run.flush_denormal (default on): MSR-DARTS's tiny softmax(-srank) weights make the CPU
     backward run on subnormal floats, 10-100x slower per operation; a run flushes them."""
+    cfg = _msr(tiny)
     try:
-        _searcher(_msr(tiny))
+        _searcher(cfg)
         assert not _subnormal_survives()
-        _searcher({**_msr(tiny), "run": {**_msr(tiny).get("run", {}), "flush_denormal": False}})
+        _searcher({**cfg, "run": {**cfg.get("run", {}), "flush_denormal": False}})
         assert _subnormal_survives()
     finally:
         torch.set_flush_denormal(False)

@@ -220,12 +220,12 @@ class Searcher:
         s = cfg.search
         # search.batch_size is the global batch: each of the torchrun processes reads its share
         batch = per_process_batch(s.batch_size, self.dist.world_size, "search.batch_size")
-        arch_batch = per_process_batch(s.arch_batch_size or s.batch_size, self.dist.world_size,
-                                       "search.arch_batch_size" if s.arch_batch_size else "search.batch_size")
+        arch_field = "search.arch_batch_size" if s.arch_batch_size else "search.batch_size"
+        arch_batch = per_process_batch(s.arch_batch_size or s.batch_size, self.dist.world_size, arch_field)
         self.train_loader = DeviceLoader(*weight_split, batch, augment=aug, seed=cfg.run.seed,
                                          batch_field="search.batch_size", **common)
-        self.arch_loader = DeviceLoader(*arch_split, arch_batch, augment=aug, seed=cfg.run.seed + 1, **common,
-                                        batch_field="search.arch_batch_size" if s.arch_batch_size else "search.batch_size")
+        self.arch_loader = DeviceLoader(*arch_split, arch_batch, augment=aug, seed=cfg.run.seed + 1,
+                                        batch_field=arch_field, **common)
         self.eval_loader = DeviceLoader(*arch_split, max(batch, 256), augment=None, shuffle=False,
                                         drop_last=False, **common)
         self._splits = {"train": weight_split, "arch": arch_split}
