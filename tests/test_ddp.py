@@ -73,9 +73,12 @@ def test_two_process_search_matches_one_process_at_the_same_global_batch(tmp_pat
             assert _max_weight_diff(a, b) < tol, (method, _max_weight_diff(a, b))
     ck, ck1 = (torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False) for d in (two, one))
     live = [{k: v.sum(1).tolist() for k, v in c["masks"].items()} for c in (ck, ck1)]
-    assert live[0] == live[1]  # the same number of ops left per edge (DrNAS stage, IS-DARTS shrinking)
-    if method == "is-darts":  # here even the same ops (IIM scored on the same images on every rank)
-        assert (two / "genotype.json").read_text() == (one / "genotype.json").read_text()
+    # the same number of ops left per edge (DrNAS stage, IS-DARTS shrinking: both follow a schedule).
+    # Which ops are kept is not asserted across process counts: with 8 images per rank the batch-norm
+    # statistics differ from one process's 16, so scores that nearly tie (IS-DARTS's IIM) may order
+    # differently. What the code guarantees is that the ranks of one run agree bit for bit, checked at
+    # every epoch end inside the run (it fails otherwise).
+    assert live[0] == live[1]
 
 
 @pytest.mark.slow
