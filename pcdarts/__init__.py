@@ -8,7 +8,7 @@ Python API (mirrors the CLI)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pcdarts._version import __version__
 
 from pcdarts import data, methods, objectives, scorers  # noqa: F401  (registration)
 from pcdarts.config import Config, build_config, load_preset

@@ -34,6 +34,39 @@ def resolve_impl(impl: str, device_type: str) -> str:
     return "reference" if device_type == "cuda" else "fast"
 
 
+DEFAULT_FRACTION = 0.5  # search.prune without a fraction removes half of each edge's candidate ops
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """``search.prune`` parsed: the registered proxy and the fraction of each subset to remove."""
+
+    proxy: str
+    fraction: float = DEFAULT_FRACTION
+
+    def __str__(self) -> str:
+        return f"{self.proxy}:{self.fraction:g}"
+
+
+def parse_prune(text: str) -> PruneSpec:
+    """``"PROXY[:FRACTION]"`` -> :class:`PruneSpec`; a one-line ConfigError otherwise."""
+    proxy, sep, frac = str(text).strip().partition(":")
+    proxy = proxy.strip()
+    if proxy not in PROXIES:
+        raise ConfigError(f"search.prune={text!r}: unknown proxy {proxy!r}; write PROXY[:FRACTION] with PROXY one of "
+                          f"{', '.join(PROXIES.names())} (e.g. naswot:0.5)")
+    fraction = DEFAULT_FRACTION
+    if sep:
+        try:
+            fraction = float(frac)
+        except ValueError:
+            fraction = float("nan")
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"search.prune={text!r}: the fraction to remove must be a number in (0, 1), "
+                              f"got {frac.strip()!r} (e.g. naswot:0.5 removes half of each edge's ops)")
+    return PruneSpec(proxy, fraction)
+
+
 BAD_IMAGES = ("fail", "skip")
 FOLDER_DATASETS = ("folder", "unlabelled")  # the datasets read from image files
 
@@ -316,7 +349,6 @@ def validate(cfg: Config) -> None:
     if s.prune_mode not in ("remove", "keep"):
         raise ConfigError(f"search.prune_mode must be 'remove' or 'keep', got {s.prune_mode!r}")
     if s.prune is not None:
-        from pcdarts.search.prune import parse_prune  # late: the proxies import torch
         proxy = parse_prune(s.prune).proxy
         if getattr(PROXIES.get(proxy), "needs_labels", False) and not has_labels(d.dataset):
             label_free = [n for n in PROXIES.names() if not getattr(PROXIES.get(n), "needs_labels", False)]

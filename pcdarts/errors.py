@@ -15,6 +15,13 @@ class ConfigError(PcdartsError, ValueError):
     """A configuration value or key that cannot be used; the message names the key and the fix."""
 
 
+class TrainError(ConfigError):
+    """A training configuration, run directory or input that cannot be used (``pcdarts train``).
+
+    The message names the file or config field and says how to fix it.
+    """
+
+
 class RunDirError(PcdartsError, ValueError):
     """A run directory that cannot be used (missing, not a run, a run of another kind, or an existing run)."""
 
@@ -31,5 +38,5 @@ class CheckpointWriteError(PcdartsError, RuntimeError):
     """A checkpoint could not be written (disk full, quota, I/O error); the last complete one is intact."""
 
 
-__all__ = ["PcdartsError", "ConfigError", "RunDirError", "CheckpointError", "DivergenceError",
+__all__ = ["PcdartsError", "ConfigError", "TrainError", "RunDirError", "CheckpointError", "DivergenceError",
            "CheckpointWriteError"]

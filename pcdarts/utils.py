@@ -1,4 +1,4 @@
-"""Run bookkeeping: seeding, RNG-state capture/restore, run directories, manifests, JSONL."""
+"""Run bookkeeping: seeding, RNG-state capture/restore, run directories, manifests, JSONL, TensorBoard."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+
+from pcdarts._version import __version__
+from pcdarts.errors import ConfigError
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -73,7 +76,6 @@ def git_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    from pcdarts import __version__
     v: dict[str, Any] = {
         "pcdarts": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(),
@@ -107,6 +109,83 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# TensorBoard output of a search or a training run (run.tensorboard): see pcdarts.analysis.tensorboard
+TENSORBOARD_MISSING = ("run.tensorboard (--tensorboard) needs the tensorboard package: "
+                       "pip install \"pcdarts[tensorboard]\" (or pip install tensorboard), or drop --tensorboard")
+_TB_SKIP = {"epoch"}  # the step, not a scalar
+
+
+def _summary_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch.utils.tensorboard imports the tensorboard package
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
+def tb_scalars(rec: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a record, nested dicts flattened with ``/`` (``arch_entropy/normal``);
+    booleans, strings, lists and ``epoch`` left out."""
+    out: dict[str, float] = {}
+    for key, value in rec.items():
+        if not prefix and key in _TB_SKIP:
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(tb_scalars(value, tag + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[tag] = float(value)
+    return out
+
+
+class TBWriter:
+    """Writes a run's per-epoch records to ``run_dir/tb`` (TensorBoard, ``run.tensorboard``; the
+    search's writer, :class:`pcdarts.analysis.tensorboard.TBWriter`, adds the cell picture).
+
+    Args:
+        run_dir: the run directory.
+
+    Raises:
+        ConfigError: the tensorboard package is not installed (checked here, at once).
+    """
+
+    def __init__(self, run_dir: Union[str, Path]) -> None:
+        self.log_dir = Path(run_dir) / "tb"
+        self._cls = _summary_writer()
+        self._writer: Optional[Any] = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            self._writer = self._cls(log_dir=str(self.log_dir))
+        return self._writer
+
+    def epoch(self, rec: dict[str, Any]) -> None:
+        """Scalars and arch-weight histograms of one epoch's record (step = ``rec["epoch"]``)."""
+        step = int(rec.get("epoch", 0))
+        w = self.writer
+        for tag, value in tb_scalars(rec).items():
+            w.add_scalar(tag, value, step)
+        for name in ("arch_weights", "edge_weights"):
+            for cell_type, rows in (rec.get(name) or {}).items():
+                if name == "edge_weights":
+                    w.add_histogram(f"{name}/{cell_type}", np.asarray(rows, dtype=np.float64), step)
+                    continue
+                for i, row in enumerate(rows):
+                    w.add_histogram(f"{name}/{cell_type}/edge{i}", np.asarray(row, dtype=np.float64), step)
+        w.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def tb_writer(run_dir: Union[str, Path], enabled: bool) -> Optional[TBWriter]:
+    """A :class:`TBWriter` when ``enabled`` (else None): the one line a loop calls."""
+    return TBWriter(run_dir) if enabled else None
 
 
 def peak_rss_mib() -> float:

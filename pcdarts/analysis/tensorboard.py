@@ -20,72 +20,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from pcdarts.errors import ConfigError
+from pcdarts import utils
+from pcdarts.utils import TENSORBOARD_MISSING as MISSING, tb_scalars as scalars
 
-MISSING = ("run.tensorboard (--tensorboard) needs the tensorboard package: pip install \"pcdarts[tensorboard]\" "
-           "(or pip install tensorboard), or drop --tensorboard")
-SKIP = {"epoch"}  # the step, not a scalar
-
-
-def _summary_writer() -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch.utils.tensorboard imports the tensorboard package
-        raise ConfigError(MISSING) from None
-    return SummaryWriter
+__all__ = ["MISSING", "TBWriter", "scalars", "writer"]
 
 
-def scalars(rec: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numbers of a record, nested dicts flattened with ``/`` (``arch_entropy/normal``);
-    booleans, strings, lists and ``epoch`` left out."""
-    out: dict[str, float] = {}
-    for key, value in rec.items():
-        if not prefix and key in SKIP:
-            continue
-        tag = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(scalars(value, tag + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[tag] = float(value)
-    return out
-
-
-class TBWriter:
-    """Writes a run's per-epoch records to ``run_dir/tb``.
-
-    Args:
-        run_dir: the run directory.
-
-    Raises:
-        ConfigError: the tensorboard package is not installed (checked here, at once).
-    """
-
-    def __init__(self, run_dir: Union[str, Path]) -> None:
-        self.log_dir = Path(run_dir) / "tb"
-        self._cls = _summary_writer()
-        self._writer: Optional[Any] = None
-
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            self._writer = self._cls(log_dir=str(self.log_dir))
-        return self._writer
-
-    def epoch(self, rec: dict[str, Any]) -> None:
-        """Scalars and arch-weight histograms of one epoch's record (step = ``rec["epoch"]``)."""
-        step = int(rec.get("epoch", 0))
-        w = self.writer
-        for tag, value in scalars(rec).items():
-            w.add_scalar(tag, value, step)
-        import numpy as np
-        for name in ("arch_weights", "edge_weights"):
-            for cell_type, rows in (rec.get(name) or {}).items():
-                if name == "edge_weights":
-                    w.add_histogram(f"{name}/{cell_type}", np.asarray(rows, dtype=np.float64), step)
-                    continue
-                for i, row in enumerate(rows):
-                    w.add_histogram(f"{name}/{cell_type}/edge{i}", np.asarray(row, dtype=np.float64), step)
-        w.flush()
+class TBWriter(utils.TBWriter):
+    """The search's TensorBoard writer: the per-epoch records (:class:`pcdarts.utils.TBWriter`,
+    which training uses alone) and, at the end, the picture of the derived cell."""
 
     def cell(self, genotype: Any, step: int = 0) -> None:
         """The picture of the derived cell(s) (:func:`pcdarts.analysis.plot.plot_genotype`);
@@ -102,15 +45,7 @@ class TBWriter:
         except Exception as e:  # a convenience: never lose a finished run over it
             warnings.warn(f"could not add the cell picture to TensorBoard: {e}")
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
 
 def writer(run_dir: Union[str, Path], enabled: bool) -> Optional[TBWriter]:
-    """A :class:`TBWriter` when ``enabled`` (else None): the one line the loops call."""
+    """A :class:`TBWriter` when ``enabled`` (else None): the one line the search calls."""
     return TBWriter(run_dir) if enabled else None
-
-
-__all__ = ["MISSING", "TBWriter", "scalars", "writer"]

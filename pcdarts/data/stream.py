@@ -18,7 +18,8 @@ from torch.utils.data import Dataset, Sampler
 
 from pcdarts.data.folders import (split_roots, FolderLoader, ImageFolderDataset, Scan, readable_scan, scan_folder,
                                   select_classes)
-from pcdarts.train.config import TrainDataConfig, TrainError
+from pcdarts.data.config import TrainDataConfig
+from pcdarts.errors import TrainError
 from pcdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]

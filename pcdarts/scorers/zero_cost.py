@@ -29,7 +29,7 @@ What each computes, as the official code does (§15, "NASWOT" and "Zero-cost pro
   correlation matrix's eigenvalues ``l``: ``-sum(log(l + 1e-5) + 1 / (l + 1e-5))``; -inf when
   undefined (a constant gradient row, e.g. a cell that does not connect input to output).
 * ``params`` and ``macs``: parameter count and multiply-adds of one image
-  (:func:`pcdarts.analysis.stats.count_params` / ``count_macs``), the baselines every
+  (:func:`pcdarts.nn.counting.count_params` / ``count_macs``), the baselines every
   proxy must beat (§8.3).
 
 Only ``nn.Conv2d`` and ``nn.Linear`` weights are scored; a spectrally normalised conv
@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from pcdarts.analysis.stats import count_macs, count_params
+from pcdarts.nn.counting import count_macs, count_params
 from pcdarts.registry import PROXIES
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -47,45 +47,14 @@ import torch
 import torch.nn as nn
 
 from pcdarts.distributed import all_reduce_mean, dist_info
-from pcdarts.errors import ConfigError
+from pcdarts.config import DEFAULT_FRACTION, PruneSpec, parse_prune  # noqa: F401  (parsed with the config)
 from pcdarts.nn.edges import Mixing
 from pcdarts.registry import PROXIES
 from pcdarts.utils import progress_bar
 from pcdarts.scorers import zero_cost  # noqa: F401  (registers the proxies)
 
 PRUNE_MODES = ("remove", "keep")
-DEFAULT_FRACTION = 0.5
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    """``search.prune`` parsed: the registered proxy and the fraction of each subset to remove."""
-
-    proxy: str
-    fraction: float = DEFAULT_FRACTION
-
-    def __str__(self) -> str:
-        return f"{self.proxy}:{self.fraction:g}"
-
-
-def parse_prune(text: str) -> PruneSpec:
-    """``"PROXY[:FRACTION]"`` -> :class:`PruneSpec`; a one-line ConfigError otherwise."""
-    proxy, sep, frac = str(text).strip().partition(":")
-    proxy = proxy.strip()
-    if proxy not in PROXIES:
-        raise ConfigError(f"search.prune={text!r}: unknown proxy {proxy!r}; write PROXY[:FRACTION] with PROXY one of "
-                          f"{', '.join(PROXIES.names())} (e.g. naswot:0.5)")
-    fraction = DEFAULT_FRACTION
-    if sep:
-        try:
-            fraction = float(frac)
-        except ValueError:
-            fraction = float("nan")
-        if not 0.0 < fraction < 1.0:
-            raise ConfigError(f"search.prune={text!r}: the fraction to remove must be a number in (0, 1), "
-                              f"got {frac.strip()!r} (e.g. naswot:0.5 removes half of each edge's ops)")
-    return PruneSpec(proxy, fraction)
 
 
 def removal_count(n: int, fraction: float) -> int:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.genotype import Genotype
+from pcdarts.nn.counting import genotype_stats
 from pcdarts.registry import SPACES
 
 
@@ -59,7 +60,6 @@ class SearchSpace:
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
                        input_size: int) -> dict[str, float]:
         """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
-        from pcdarts.analysis.stats import genotype_stats  # late: stats builds evaluation networks
         return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
     # A space whose genotypes are neither DARTS nor NB201 ones (``genotype.space`` is its

@@ -33,8 +33,7 @@ from pcdarts import runs, utils
 from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_sum, average_buffers, dist_info,
                                   init_distributed, per_process_batch, resolve_device, wrap_ddp)
 from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
-from pcdarts.analysis import tensorboard
-from pcdarts.analysis.stats import count_params, genotype_stats
+from pcdarts.nn.counting import count_params, genotype_stats
 from pcdarts.train.config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
 from pcdarts.train.data import TrainData, build_train_data
 from pcdarts.train.model import autocast, build_model, evaluate, topk_correct
@@ -129,7 +128,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.history: list[dict[str, Any]] = []
-        self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard and self.dist.is_main)
+        self.tb = utils.tb_writer(self.run_dir, cfg.run.tensorboard and self.dist.is_main)
         self.best: dict[str, Any] = {}
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded), across resumes
         self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
