@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
+from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -33,11 +33,10 @@ from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype, save_genotype
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
-from pcdarts.objectives.base import EpochEnd, ObjectiveSetup, SupernetCall, build_objective, epoch_end
+from pcdarts.objectives.base import EpochEnd, SupernetCall, epoch_end
 from pcdarts.registry import METHODS
 from pcdarts.nn.edges import widen_edges, widen_tensor
-from pcdarts.search.prune import prune_at_start
-from pcdarts.spaces import get_space
+from pcdarts.search.build import build_components
 
 CHECKPOINT = runs.CHECKPOINT
 
@@ -144,41 +143,29 @@ class Searcher:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.run.deterministic
 
-        self.space = get_space(cfg.space.name)
         self._build_data()
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
                                           config=cfg.to_dict(), sections=("method", "space")) if resume else None
-        masks = checkpoint["masks"] if checkpoint else None
-        self.k = int(checkpoint.get("structure", {}).get("k", cfg.k)) if checkpoint else cfg.k
-        options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
-        self.impl = resolve_impl(cfg.space.impl, self.device.type)
-        self.supernet = self.space.build_supernet(dataclasses.replace(cfg.space, impl=self.impl), k=self.k,
-                                                  num_classes=self.num_classes,
-                                                  in_channels=self.in_channels, masks=masks,
-                                                  **options).to(self.device)
-        if self.device.type == "cuda":
-            self.supernet = self.supernet.to(memory_format=torch.channels_last)
+        # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
+        # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
+        parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
+                                 num_classes=self.num_classes, device=self.device, checkpoint=checkpoint,
+                                 sample_batches=self._fixed_batches)
+        self.space, self.supernet, self.method = parts.space, parts.supernet, parts.method
+        self.objective = parts.objective
+        self.k, self.impl, self.prune_report = parts.k, parts.impl, parts.prune_report
+        # every architecture random draw (Dirichlet samples, random masks) comes from here
+        self.arch_generator = parts.generator
         self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
         if cfg.search.compile:
             self.model = torch.compile(self.supernet)
-        self.method: Method = METHODS.get(cfg.method_name)(cfg.method, self.space, cfg.space, self.device)
         unknown = sorted(set(self.method.data_streams) - {"train", "arch"}) if self.method.owns_step else []
         if unknown:
             raise ConfigError(f"method {cfg.method_name!r} asks for data streams {unknown}; the search provides "
                               "'train' (the weight split) and 'arch' (the architecture split)")
-        # every architecture random draw (Dirichlet samples, random masks) comes from here
-        self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
-        self.method.generator = self.arch_generator
-        self.method.prepare_supernet(self.supernet, (self.in_channels, self.input_size, self.input_size))
-        # zero-shot pruning of a new run's space (search.prune, ALGORITHMS §8.1); the method learns the masks
-        self.prune_report = prune_at_start(self.supernet, self.method, cfg,
-                                           self.sample_batches if checkpoint is None else None)
-        self.objective = build_objective(cfg.objective_name, cfg.objective, ObjectiveSetup(
-            self.supernet, self.space, cfg.space, (self.in_channels, self.input_size, self.input_size),
-            self.num_classes, self.device, cfg.run.seed))
         self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
-        self.weight_params = self._live_weights()
+        self.weight_params = parts.weight_params
         self.weight_model = self._data_parallel()
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.scheduler = weight_schedule(self.optimizer, s)

@@ -33,6 +33,7 @@ from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.fast.blocks import DARTS_KINDS, darts_block
 from pcdarts.nn.fast.cells import FastOptions, cell_plans, run_cell
 from pcdarts.nn.ops import OPS, ReLUConvBN
+from pcdarts.spaces import SearchSpace
 
 TINY_PRIMITIVES = ("max_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_5x5")
 TINY_EDGES = ((0, 1), (0, 2), (1, 2))  # (source node, target node); node 0 is the preprocessed input
@@ -140,11 +141,34 @@ class TinySupernet(nn.Module, FastOptions):
                     yield "cell", c, e, o, edge.ops[str(o)]
 
 
+class TinySpace(SearchSpace):
+    """The tiny space as the one assembly's supernet stage sees it
+    (:func:`pcdarts.spaces.build.make_supernet`): its primitives, cell and supernet, nothing more
+    (no genotype, derive rule or evaluation network; not registered, see the module docstring).
+    ``space_cfg.impl`` picks the forward (``fast`` or ``reference``); the tiny supernet has no
+    partial channels, op masks or auxiliary skip, so asking for one is an error."""
+
+    name = "tiny"
+    primitives = TINY_PRIMITIVES
+    cell_types = ("cell",)
+    default_layers = TINY_CELLS
+
+    def node_edges(self, space_cfg: Any) -> list[list[int]]:
+        return [list(g) for g in TINY_NODE_EDGES]
+
+    def build_supernet(self, space_cfg: Any, *, k: int, num_classes: int, in_channels: int,
+                       masks: Optional[dict[str, torch.Tensor]] = None, aux_skip: bool = False) -> nn.Module:
+        if k != 1 or masks or aux_skip:
+            raise ValueError(f"the tiny space has no partial channels, op masks or auxiliary skip "
+                             f"(got k={k}, masks={bool(masks)}, aux_skip={aux_skip})")
+        return TinySupernet(space_cfg.C, num_classes, in_channels, fast=space_cfg.impl == "fast")
+
+
 def build_tiny_supernet(C: int, *, num_classes: int, in_channels: int, bn_momentum: float = 0.1,
                         fast: bool = True, **kwargs: Any) -> TinySupernet:
     """The tiny supernet (see :class:`TinySupernet`)."""
     return TinySupernet(C, num_classes, in_channels, bn_momentum=bn_momentum, fast=fast, **kwargs)
 
 
-__all__ = ["TINY_PRIMITIVES", "TINY_EDGES", "TINY_CELLS", "TinySupernet", "build_tiny_supernet", "tiny_children",
+__all__ = ["TINY_PRIMITIVES", "TINY_EDGES", "TINY_CELLS", "TinySupernet", "TinySpace", "build_tiny_supernet", "tiny_children",
            "tiny_child_name"]
