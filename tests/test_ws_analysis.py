@@ -65,9 +65,9 @@ def test_single_path_step_trains_only_the_active_child(space):
     cfg = small_cfg(space=space, sample=4, layers=1)
     sp = enumerate_children(cfg)
     data = build_data(cfg, CPU)
-    from pcdarts.analysis.ws_train import build_supernet
+    from pcdarts.analysis.ws_train import fresh_supernet
     torch.manual_seed(0)
-    model = build_supernet(cfg, sp, data.num_classes, data.in_channels, fast=True)
+    model = fresh_supernet(cfg, sp, data.num_classes, data.in_channels, fast=True)
     unit = Unit(cfg, model, [0, 1], data, 0, None, CPU)
     child = sp.children[1]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -144,9 +144,9 @@ def test_partitions_and_group_copies_are_independent():
 def test_prefix_sharing_keeps_a_copy_per_child():
     cfg = small_cfg(space="nb201", sample=4, layers=1)
     sp, data = enumerate_children(cfg), build_data(cfg, CPU)
-    from pcdarts.analysis.ws_train import build_supernet
+    from pcdarts.analysis.ws_train import fresh_supernet
     torch.manual_seed(0)
-    model = build_supernet(cfg, sp, data.num_classes, data.in_channels, fast=True)
+    model = fresh_supernet(cfg, sp, data.num_classes, data.in_channels, fast=True)
     unit = Unit(cfg, model, [0, 1], data, 0, 1, CPU)  # share the stem and cells[0]
     mix = [child_mixing(c, 5, CPU) for c in sp.children[:2]]
     unit.select(1)

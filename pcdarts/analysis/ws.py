@@ -54,9 +54,10 @@ import torch
 from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.data.sources import default_augment, load_dataset
 from pcdarts.errors import ConfigError
+from pcdarts.spaces import SearchSpace, get_space
 from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges
 from pcdarts.utils import manifest, progress_bar, write_json
-from pcdarts.analysis.ws_train import (ChildOrder, RunLog, build_supernet, child_mixing, edge_check, evaluate_child,
+from pcdarts.analysis.ws_train import (ChildOrder, RunLog, child_mixing, edge_check, evaluate_child, fresh_supernet,
                                        partition_children, setting_label, standalone_ground_truth, train_run)
 
 ORDERS = ("round-robin", "shuffle-once", "shuffle-per-epoch")
@@ -174,20 +175,22 @@ class WSConfig:
 
 @dataclass
 class Space:
-    """The children under study and how to build their supernet."""
+    """The children under study and how to build their supernet (``structure``: the space object
+    whose supernet :func:`~pcdarts.analysis.ws_train.fresh_supernet` builds)."""
 
     name: str
     primitives: tuple[str, ...]
     children: list[tuple[int, ...]]  # op index per edge
     names: list[str]  # arch strings (NB201) or op names joined by '+' (tiny)
+    structure: SearchSpace
 
 
 def enumerate_children(cfg: WSConfig) -> Space:
     """The tiny space's 64 children, or ``cfg.sample`` NB201 cells (all for 0), sorted by code."""
     if cfg.space == "tiny":
-        from pcdarts.spaces.tiny import TINY_PRIMITIVES, tiny_child_name, tiny_children
+        from pcdarts.spaces.tiny import TINY_PRIMITIVES, TinySpace, tiny_child_name, tiny_children
         kids = tiny_children()
-        return Space("tiny", TINY_PRIMITIVES, kids, [tiny_child_name(c) for c in kids])
+        return Space("tiny", TINY_PRIMITIVES, kids, [tiny_child_name(c) for c in kids], TinySpace())
     from pcdarts.genotype import NB201_PRIMITIVES, NB201Genotype
     n_ops, n_edges = len(NB201_PRIMITIVES), 6
     total = n_ops ** n_edges
@@ -197,7 +200,7 @@ def enumerate_children(cfg: WSConfig) -> Space:
         codes = np.sort(np.random.RandomState(cfg.sample_seed).choice(total, cfg.sample, replace=False))
     kids = [tuple(int(c) // n_ops ** (n_edges - 1 - e) % n_ops for e in range(n_edges)) for c in codes]
     names = [NB201Genotype(tuple(NB201_PRIMITIVES[o] for o in k)).arch_str() for k in kids]
-    return Space("nb201", NB201_PRIMITIVES, kids, names)
+    return Space("nb201", NB201_PRIMITIVES, kids, names, get_space("nb201"))
 
 
 
@@ -394,6 +397,6 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
 
 
 __all__ = ["run_ws_analysis", "WSConfig", "Space", "WSData", "RunLog", "enumerate_children", "child_mixing",
-           "build_supernet", "build_data", "evaluate_child", "partition_children", "ChildOrder", "train_run",
+           "fresh_supernet", "build_data", "evaluate_child", "partition_children", "ChildOrder", "train_run",
            "read_ground_truth", "lookup_ground_truth", "standalone_ground_truth", "edge_check", "setting_label",
            "ORDERS", "BN_POLICIES"]

@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pcdarts.config import SpaceConfig
 from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import Mixing
+from pcdarts.spaces.build import make_supernet
 
 
 def child_mixing(ops: Sequence[int], n_ops: int, device: torch.device) -> Mixing:
@@ -31,15 +33,16 @@ def child_mixing(ops: Sequence[int], n_ops: int, device: torch.device) -> Mixing
     return Mixing(ops={"cell": active.float().to(device)}, active={"cell": active})
 
 
-def build_supernet(cfg: Any, space: Any, num_classes: int, in_channels: int, fast: bool) -> nn.Module:
-    """A fresh supernet of the analysed space (BN momentum ``cfg.bn_momentum``)."""
-    if space.name == "tiny":
-        from pcdarts.spaces.tiny import TinySupernet
-        return TinySupernet(cfg.C, num_classes, in_channels, bn_momentum=cfg.bn_momentum, fast=fast)
-    from pcdarts.spaces.nb201 import FastNB201Supernet
-    net = FastNB201Supernet(C=cfg.C, N=cfg.layers, num_classes=num_classes, in_channels=in_channels,
-                            track_running_stats=True)
-    net.use_reference = not fast
+def fresh_supernet(cfg: Any, space: Any, num_classes: int, in_channels: int, fast: bool) -> nn.Module:
+    """A fresh supernet of the analysed space (``space.structure``, a
+    :class:`~pcdarts.spaces.SearchSpace`), built on the CPU by the one assembly's supernet stage
+    (:func:`pcdarts.spaces.build.make_supernet`): ``cfg.C`` channels, ``cfg.layers`` cells per
+    stage (NB201), BN running statistics kept, momentum ``cfg.bn_momentum``; the fast forward
+    unless ``fast`` is False."""
+    space_cfg = SpaceConfig(name=space.name, C=cfg.C, layers=cfg.layers, track_running_stats=True,
+                            impl="fast" if fast else "reference")
+    net = make_supernet(space.structure, space_cfg, k=1, num_classes=num_classes, in_channels=in_channels,
+                        device=torch.device("cpu"))
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = cfg.bn_momentum
@@ -274,7 +277,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
     """Train the supernet copies of one sharing setting single-path and evaluate every child each epoch."""
     t0 = time.time()
     torch.manual_seed(seed)
-    base = build_supernet(cfg, space, data.num_classes, data.in_channels, resolve_fast(cfg, device)).to(device)
+    base = fresh_supernet(cfg, space, data.num_classes, data.in_channels, resolve_fast(cfg, device)).to(device)
     parts = partition_children(len(space.children), groups, cfg.partition, cfg.sample_seed)
     # every group starts from the same initial weights (G independent runs with one seed, as the official code)
     units = [Unit(cfg, base if g == 0 else copy.deepcopy(base), members, data, seed, prefix, device)
@@ -363,7 +366,7 @@ def standalone_ground_truth(cfg: Any, space: Any, data: Any, device: torch.devic
     out = []
     for m, ops in enumerate(space.children):
         torch.manual_seed(cfg.seeds[0])
-        model = build_supernet(sa, space, data.num_classes, data.in_channels, fast).to(device)
+        model = fresh_supernet(sa, space, data.num_classes, data.in_channels, fast).to(device)
         u = Unit(sa, model, [m], data, cfg.seeds[0], None, device)
         mixing = child_mixing(ops, len(space.primitives), device)
         for _ in range(sa.epochs):
@@ -434,6 +437,6 @@ def edge_check(supernet: nn.Module, mixing: Mixing, scores: dict[str, torch.Tens
             "best_op_agreement": float(np.mean(agree)) if agree else float("nan")}
 
 
-__all__ = ["recalibrate_bn", "child_mixing", "build_supernet", "ChildOrder", "partition_children", "evaluate_child",
+__all__ = ["recalibrate_bn", "child_mixing", "fresh_supernet", "ChildOrder", "partition_children", "evaluate_child",
            "Unshared", "Unit", "RunLog", "setting_label", "resolve_fast", "train_run", "interference",
            "standalone_ground_truth", "edge_check"]

@@ -156,19 +156,11 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 
 def derive_from_run(run_dir: str | Path) -> Any:
-    """The genotype of a run's latest checkpoint (works on unfinished runs too)."""
-    from pcdarts.config import load_config_file
-    from pcdarts.runs import CHECKPOINT, check_resumable, load_checkpoint
-    from pcdarts.spaces import get_space
-    p = check_resumable(run_dir, "search", "pcdarts derive")
-    cfg = load_config_file(p / "config.yaml")
-    ck = load_checkpoint(p / CHECKPOINT, "search", "pcdarts derive")
-    space = get_space(cfg.space.name)
-    method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
-    method.load_state_dict(ck["method"])
-    if ck.get("masks"):
-        method.set_masks(ck["masks"])  # a space pruned before the search: scores over the live ops, as in the run
-    return space.derive(method.scores(), ck.get("masks") or None, method.derive_rule())
+    """The genotype of a run's latest checkpoint (works on unfinished runs too): the run loaded
+    by the one assembly (:func:`pcdarts.search.build.load_run`), its method's scores over the
+    supernet's live ops (a space pruned before the search: as in the run)."""
+    from pcdarts.search.build import load_run
+    return load_run(run_dir, command="pcdarts derive").parts.derive()
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pcdarts.analysis.plot import _BACKENDS, FORMATS, default_prefix, plot_genot
 from pcdarts.analysis.stats import describe_cells, genotype_stats
 from pcdarts.data.subset import LINK_MODES, build_subset
 from pcdarts.genotype import GenotypeError, load_genotype
-from pcdarts.search.planner import plan
+from pcdarts.search.planner import plan, plan_run
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -128,10 +128,14 @@ def add_plan_subcommand(subparsers: Any) -> None:
                               description="Estimate the peak memory of one search step (arch step + weight "
                                           "step) without running it at full size. Exit status 1 when a "
                                           "--budget-mib is given and the step does not fit.")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="plan the step of a search run directory: its config (space, method and objective with "
+                        "their settings, search.batch_size) and data shape; --batch, --device, --budget-mib, "
+                        "--no-amp and --data-mib still apply, the other options are the run's")
     p.add_argument("--space", default="darts", help="darts | nb201 | broad")
     p.add_argument("--method", default="pc-darts")
     p.add_argument("--objective", default="cross-entropy", help="search objective (mae: its decoder is planned too)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="batch of each split (default 64; --run: the run's)")
     p.add_argument("--C", type=int, default=16, dest="C")
     p.add_argument("--layers", type=int, default=None,
                    help="DARTS cells (8) / NB201 cells per stage (5) / broad blocks (2)")
@@ -150,9 +154,13 @@ def add_plan_subcommand(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    res = plan(args.space, args.method, args.batch, args.C, args.layers, args.k, args.device, args.input_size,
-               args.in_channels, args.num_classes, args.budget_mib, impl=args.impl, amp=not args.no_amp,
-               data_mib=args.data_mib, objective=args.objective)
+    if getattr(args, "run", None):
+        res = plan_run(args.run, batch=args.batch, device=args.device, budget_mib=args.budget_mib,
+                       amp=False if args.no_amp else None, data_mib=args.data_mib)
+    else:
+        res = plan(args.space, args.method, args.batch or 64, args.C, args.layers, args.k, args.device,
+                   args.input_size, args.in_channels, args.num_classes, args.budget_mib, impl=args.impl,
+                   amp=not args.no_amp, data_mib=args.data_mib, objective=args.objective)
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0 if res.fits in (None, True) else 1
 

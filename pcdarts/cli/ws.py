@@ -3,13 +3,12 @@
 Two modes: the weight-sharing analysis (single-path supernet training on the tiny space
 or an NB201 sample, every child evaluated with shared weights every epoch), and
 ``--edge-check RUN_DIR``, the IS-DARTS §3.2 check on a finished DARTS-family search.
-The search run is loaded here (config, checkpoint, method) because the analysis package
-does not import method code.
+The search run is loaded here, by the one assembly (:func:`pcdarts.search.build.load_run`),
+because the analysis package does not import search code.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -95,29 +94,13 @@ def cmd_ws(args: argparse.Namespace) -> int:
 
 
 def load_search_run(run_dir: str | Path, device: torch.device) -> dict[str, Any]:
-    """Supernet (with the run's weights and masks), method mixing and scores, config of a search run."""
-    from pcdarts.config import load_config_file, resolve_impl
-    from pcdarts.registry import METHODS
-    from pcdarts.runs import CHECKPOINT, check_resumable, load_checkpoint
-    from pcdarts.spaces import get_space
+    """Supernet (with the run's weights and masks), method mixing and scores, config of a search
+    run, loaded by the one assembly (:func:`pcdarts.search.build.load_run`: the method prepares
+    the supernet, e.g. MSR-DARTS's spectral norms, before the checkpoint is loaded)."""
+    from pcdarts.search.build import load_run
     command = "pcdarts ws-analysis --edge-check"
-    p = check_resumable(run_dir, "search", command)
-    cfg = load_config_file(p / "config.yaml")
-    ck = load_checkpoint(p / CHECKPOINT, "search", command)
-    space = get_space(cfg.space.name)
-    method_cls = METHODS.get(cfg.method_name)
-    state = ck["supernet"]
-    in_channels = int(state["stem.0.weight"].shape[1])
-    num_classes = int(state["classifier.weight"].shape[0])
-    impl = resolve_impl(cfg.space.impl, device.type)
-    supernet = space.build_supernet(dataclasses.replace(cfg.space, impl=impl),
-                                    k=int(ck.get("structure", {}).get("k", cfg.k)), num_classes=num_classes,
-                                    in_channels=in_channels, masks=ck.get("masks") or None,
-                                    **method_cls.supernet_options(cfg.method)).to(device)
-    supernet.load_state_dict(state)
-    method = method_cls(cfg.method, space, cfg.space, device)
-    method.generator = torch.Generator(device=device).manual_seed(0)
-    method.load_state_dict(ck["method"])
+    run = load_run(run_dir, device=device, command=command)
+    cfg, space, supernet, method = run.cfg, run.parts.space, run.parts.supernet, run.parts.method
     try:
         with torch.no_grad():
             mixing, scores = method.mixing(), method.scores()
@@ -126,7 +109,7 @@ def load_search_run(run_dir: str | Path, device: torch.device) -> dict[str, Any]
                           f"a running search ({e}); the check needs a method with architecture weights "
                           "(darts, pc-darts, drnas, darts-minus)") from None
     return {"cfg": cfg, "supernet": supernet, "mixing": mixing, "scores": scores, "space": space,
-            "masks": ck.get("masks") or None}
+            "masks": run.checkpoint.get("masks") or None}
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:

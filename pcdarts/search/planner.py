@@ -33,6 +33,7 @@ RSS of a real search step in a fresh process (both within 25%).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -45,6 +46,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.config import Config, build_config
+from pcdarts.search.build import build_components, run_shape
 from pcdarts.search.searcher import weight_optimizer, weight_step, weight_step_info
 from pcdarts.utils import peak_rss_mib
 
@@ -124,33 +127,38 @@ def _tensors_mib(tensors: Any) -> float:
     return sum(seen.values()) / MIB
 
 
+def step_config(space: str, method: str, C: int, layers: Optional[int], k: Optional[int], impl: str,
+                channel_mode: str, objective: str = "cross-entropy",
+                config: Optional[dict[str, Any]] = None) -> Config:
+    """The search config of a planned step: ``config`` (a run's or a preset's, as a nested dict;
+    the method's and objective's own settings come from it) with the planned space fields, method
+    and objective laid over it; without one, the defaults of every section."""
+    d = copy.deepcopy(config) if config else {}
+    if d.get("method", {}).get("name") != method:
+        d["method"] = {"name": method}  # another method than the config's: its own defaults
+    if d.get("objective", {}).get("name", "cross-entropy") != objective:
+        d["objective"] = {"name": objective}
+    d.setdefault("space", {}).update(name=space, C=C, layers=layers, k=k, impl=impl, channel_mode=channel_mode)
+    return build_config(d)
+
+
 class _Step:
-    """The Searcher's search step (arch step + weight step) at a given batch, on CPU."""
+    """The Searcher's search step (arch step + weight step) at a given batch, on CPU, with the
+    components built by the one assembly (:func:`pcdarts.search.build.build_components`)."""
 
     def __init__(self, space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
                  in_channels: int, num_classes: int, impl: str, channel_mode: str,
-                 objective: str = "cross-entropy") -> None:
-        from pcdarts.config import SearchConfig, SpaceConfig
+                 objective: str = "cross-entropy", config: Optional[dict[str, Any]] = None) -> None:
         from pcdarts.methods import SearchContext
-        from pcdarts.objectives.base import ObjectiveSetup, build_objective
-        from pcdarts.registry import METHODS, OBJECTIVES
-        from pcdarts.spaces import get_space
 
-        self.space_obj = get_space(space)
-        self.space_cfg = SpaceConfig(name=space, C=C, layers=layers, k=k, impl=impl, channel_mode=channel_mode)
-        method_cls = METHODS.get(method)
-        self.supernet = self.space_obj.build_supernet(self.space_cfg, k=k, num_classes=num_classes,
-                                                      in_channels=in_channels,
-                                                      **method_cls.supernet_options(method_cls.Config()))
-        self.method = method_cls(method_cls.Config(), self.space_obj, self.space_cfg, "cpu")
-        self.method.prepare_supernet(self.supernet, (in_channels, input_size, input_size))
-        # the search's objective, built as the Searcher builds it (a decoder sized from the stages)
-        self.objective = build_objective(objective, OBJECTIVES.get(objective).Config(), ObjectiveSetup(
-            self.supernet, self.space_obj, self.space_cfg, (in_channels, input_size, input_size), num_classes,
-            torch.device("cpu")))
-        s = SearchConfig()
+        cfg = step_config(space, method, C, layers, k, impl, channel_mode, objective, config)
+        parts = build_components(cfg, input_shape=(in_channels, input_size, input_size), num_classes=num_classes,
+                                 device="cpu")
+        self.space_obj, self.space_cfg = parts.space, cfg.space
+        self.supernet, self.method, self.objective = parts.supernet, parts.method, parts.objective
+        s = cfg.search
         self.grad_clip = s.grad_clip
-        self.weight_params = [p for m in (self.supernet, self.objective) for p in m.parameters() if p.requires_grad]
+        self.weight_params = parts.weight_params
         self.optimizer = weight_optimizer(self.weight_params, s)
         self.autocast: Any = contextlib.nullcontext
         self.ctx = SearchContext(supernet=self.supernet, objective=self.objective, weight_params=self.weight_params,
@@ -246,7 +254,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
          k: Optional[int] = None, device: str = "cpu", input_size: int = 32, in_channels: int = 3,
          num_classes: int = 10, budget_mib: Optional[float] = None, *, impl: str = "auto", amp: bool = True,
          channel_mode: str = "first+shuffle", data_mib: float = 0.0, suggest: bool = True,
-         objective: str = "cross-entropy") -> PlanResult:
+         objective: str = "cross-entropy", config: Optional[Config] = None) -> PlanResult:
     """Estimate the peak memory of one search step (see the module docstring).
 
     ``impl="auto"`` plans for the path a search on ``device`` uses (fast on CPU, reference on CUDA).
@@ -263,14 +271,18 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         suggest: compute ``suggest_k`` (one more measurement per candidate K).
         objective: the search objective (``mae``: its decoder's weights, gradients, momenta and
             activations are planned too).
+        config: a whole search config (a run's, see :func:`plan_run`): the method's and the
+            objective's own settings and the search section come from it (None: their defaults);
+            the arguments above still name the space fields, method and objective planned.
     """
     from pcdarts.config import resolve_impl
     impl = resolve_impl(impl, torch.device(device).type)
-    from pcdarts.registry import METHODS
     from pcdarts.spaces import get_space
 
-    if k is None:
-        k = int(getattr(METHODS.get(method).Config(), "k", 1))
+    base = config.to_dict() if config is not None else None
+    extra: dict[str, Any] = {"config": base} if base else {}
+    if k is None:  # the K the config puts in force (the method's default, with its real settings)
+        k = step_config(space, method, C, layers, None, impl, channel_mode, objective, base).k
     if layers is None:  # the space's default (SpaceConfig.layers=None)
         layers = get_space(space).default_layers
     if batch < 1:
@@ -278,7 +290,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
     cuda = str(device).startswith("cuda")
     amp = bool(amp and cuda)
     m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode,
-                 not cuda, objective)
+                 not cuda, objective, **extra)
     breakdown = dict(m.state)
     breakdown["data"] = float(data_mib)
     breakdown["activations"] = m.fixed + batch * m.per
@@ -290,6 +302,9 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
     else:
         notes = ["CPU: the peak is the process's peak RSS (tensors, libraries, glibc heap), fitted from real "
                  f"steps at batches {RSS_BATCHES[0]} and {RSS_BATCHES[1]}; the tensors alone are tensor_mib"]
+    if config is not None and config.search.prune:
+        notes.append(f"search.prune={config.search.prune}: planned on the whole space (the pruned supernet "
+                     "needs less)")
     res = PlanResult(space, method, str(device), batch, C, layers, k, input_size, impl, amp,
                      peak_mib=peak, tensor_mib=tensor, breakdown=breakdown, per_sample_mib=m.per,
                      fixed_mib=m.fixed, rss_per_sample_mib=None if cuda else m.rss_per,
@@ -300,8 +315,27 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
         res.suggest_batch = m.largest_batch(budget_mib - data_mib, cuda)
         if suggest:
             res.suggest_k = _smallest_k(space, method, batch, C, layers, input_size, in_channels, num_classes,
-                                        impl, amp, channel_mode, cuda, budget_mib - data_mib, {k: m}, objective)
+                                        impl, amp, channel_mode, cuda, budget_mib - data_mib, {k: m}, objective,
+                                        base)
     return res
+
+
+def plan_run(run_dir: Any, *, batch: Optional[int] = None, device: str = "cpu", budget_mib: Optional[float] = None,
+             amp: Optional[bool] = None, data_mib: float = 0.0, suggest: bool = True) -> PlanResult:
+    """:func:`plan` of a search run directory's step: its config (space, method and objective with
+    their own settings, ``search.batch_size`` unless ``batch`` is given, ``search.amp`` unless
+    ``amp`` is) and its data shape (from its manifest), as :func:`pcdarts.search.build.load_run`
+    reads them."""
+    from pcdarts.runs import check_resumable
+    from pcdarts.config import load_config_file
+    path = check_resumable(run_dir, "search", "pcdarts plan --run")
+    cfg = load_config_file(path / "config.yaml")
+    (in_channels, side, _), num_classes = run_shape(path, None, cfg)
+    sp = cfg.space
+    return plan(sp.name, cfg.method_name, batch or cfg.search.batch_size, sp.C, sp.layers, sp.k, device, side,
+                in_channels, num_classes, budget_mib, impl=sp.impl, amp=cfg.search.amp if amp is None else amp,
+                channel_mode=sp.channel_mode, data_mib=data_mib, suggest=suggest, objective=cfg.objective_name,
+                config=cfg)
 
 
 @dataclass
@@ -333,12 +367,13 @@ class _Measured:
 
 def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int, in_channels: int,
              num_classes: int, impl: str, amp: bool, channel_mode: str, rss: bool,
-             objective: str = "cross-entropy") -> _Measured:
+             objective: str = "cross-entropy", config: Optional[dict[str, Any]] = None) -> _Measured:
     """The measurement (see :class:`_Measured`; the peak-RSS fit only with ``rss``), made
     in a fresh Python process so that nothing this process did (caches, earlier
     profiling, other models) leaks into it."""
     args = dict(space=space, method=method, C=C, layers=layers, k=k, input_size=input_size, in_channels=in_channels,
-                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode, rss=rss, objective=objective)
+                num_classes=num_classes, impl=impl, amp=amp, channel_mode=channel_mode, rss=rss, objective=objective,
+                config=config)
     code = ("import sys, json; from pcdarts.search.planner import _measure_local; "
             "print(json.dumps(_measure_local(**json.loads(sys.argv[1]))))")
     env = dict(os.environ)
@@ -353,12 +388,14 @@ def _measure(space: str, method: str, C: int, layers: Optional[int], k: int, inp
 
 def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: int, input_size: int,
                    in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str,
-                   rss: bool, objective: str = "cross-entropy") -> dict[str, Any]:
+                   rss: bool, objective: str = "cross-entropy", config: Optional[dict[str, Any]] = None
+                   ) -> dict[str, Any]:
     """The measurement itself (see :func:`_measure`), in this process."""
     # one thread: the tensors a step allocates do not depend on it, and a planner must not
     # fight a busy machine (OpenMP threads wait for each other when cores are shared)
     torch.set_num_threads(1)
-    step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode, objective)
+    step = _Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode, objective,
+                 config)
     if amp:
         step.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     rss_fixed, rss_per = measure_rss(step) if rss else (0.0, 0.0)  # first: before any profiling
@@ -368,14 +405,15 @@ def _measure_local(space: str, method: str, C: int, layers: Optional[int], k: in
 
 def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[int], input_size: int,
                 in_channels: int, num_classes: int, impl: str, amp: bool, channel_mode: str, cuda: bool,
-                budget: float, measured: dict[int, _Measured], objective: str = "cross-entropy") -> Optional[int]:
+                budget: float, measured: dict[int, _Measured], objective: str = "cross-entropy",
+                config: Optional[dict[str, Any]] = None) -> Optional[int]:
     """The smallest K dividing C whose step fits ``budget``; ``measured``: the Ks already measured."""
     for k in [d for d in range(1, C + 1) if C % d == 0]:
         m = measured.get(k)
         if m is None:
             try:
                 m = _measure(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp,
-                             channel_mode, not cuda, objective)
+                             channel_mode, not cuda, objective, **({"config": config} if config else {}))
             except (ValueError, RuntimeError):  # K not usable with this space (e.g. odd C/K)
                 continue
         if m.peak(batch, cuda) <= budget:
@@ -383,4 +421,4 @@ def _smallest_k(space: str, method: str, batch: int, C: int, layers: Optional[in
     return None
 
 
-__all__ = ["PlanResult", "plan", "measure_activations"]
+__all__ = ["PlanResult", "plan", "plan_run", "measure_activations", "step_config"]
