@@ -341,7 +341,7 @@ def test_resume_equals_uninterrupted_run(tiny, full_and_resumed):
     bufs_full = [s["momentum_buffer"] for s in ck_full["method"]["aux_optimizer"]["state"].values()]
     bufs_res = [s["momentum_buffer"] for s in ck_res["method"]["aux_optimizer"]["state"].values()]
     assert bufs_full and all(torch.equal(a, b) for a, b in zip(bufs_full, bufs_res))
-    # pcdarts derive reads the run without building the student
+    # pcdarts derive reads the run back through the one assembly (student included): the same genotype
     from pcdarts.cli import derive_from_run
     assert derive_from_run(full.run_dir) == full.genotype
 
