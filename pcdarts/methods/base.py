@@ -94,7 +94,7 @@ class Method:
     # named data stream it declares, instead of arch_step + weight step
     owns_step = False
     data_streams: tuple[str, ...] = ("train", "arch")
-    # the generator of every architecture random draw; the Searcher sets it (None = torch's default)
+    # the generator of every architecture random draw; the one assembly sets it (None = torch's default)
     generator: Optional[torch.Generator] = None
     has_arch = True          # has architecture parameters updated by arch_step
     needs_arch_split = True  # needs a held-out split to train them
@@ -119,20 +119,21 @@ class Method:
     @classmethod
     def supernet_options(cls, cfg: Any) -> dict[str, Any]:
         """Extra keyword arguments of ``space.build_supernet`` this method needs (e.g.
-        ``{"aux_skip": True}`` for DARTS-); the Searcher and every builder pass them on."""
+        ``{"aux_skip": True}`` for DARTS-); the one assembly (:mod:`pcdarts.search.build`) passes them on."""
         return {}
 
     def prepare_supernet(self, supernet: nn.Module, input_shape: tuple[int, int, int]) -> None:
         """Transform the freshly built supernet in place before anything reads its structure
         (e.g. remove the ops that are not candidates, reparametrise weights: MSR-DARTS's
-        spectral norm). Every builder of search components calls it once, right after the
-        supernet (on its device) and the method exist and before the weight optimiser is
-        built and a checkpoint is loaded, so both see the final structure. ``input_shape``
+        spectral norm). The one assembly (:func:`pcdarts.search.build.build_components`,
+        used by the Searcher, the planner, ``derive`` and ``ws-analysis --edge-check``) calls it
+        once, right after the supernet (on its device) and the method exist and before the weight
+        optimiser is built and a checkpoint is loaded, so both see the final structure. ``input_shape``
         is (channels, height, width) of one input image. Default: nothing."""
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """The supernet's op masks (cell type -> [E, O] booleans, False = removed) when the
-        search starts: the Searcher calls it once, after :meth:`prepare_supernet` and the
+        search starts: the one assembly calls it once, after :meth:`prepare_supernet` and the
         zero-shot pruning of ``search.prune`` (ALGORITHMS §8.1), on new and resumed runs alike,
         before a checkpoint is loaded. A method whose mixing spans every op (a softmax over
         alpha) leaves the removed ones out of it; one with masks of its own ANDs them in.

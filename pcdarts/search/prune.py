@@ -309,7 +309,8 @@ def first_images(sample_batches: Callable[[int, str], list[Batch]], n: int, spli
 
 def prune_at_start(supernet: nn.Module, method: Any, cfg: Any,
                    sample_batches: Optional[Callable[[int, str], list[Batch]]] = None) -> Optional[PruneReport]:
-    """The Searcher's one call, after ``method.prepare_supernet`` and before the weight optimiser:
+    """The one assembly's call (:func:`pcdarts.search.build.build_components`), after
+    ``method.prepare_supernet`` and before the objective and the weight optimiser:
     a new run (``sample_batches`` given) with ``search.prune`` set is pruned zero-shot; then the
     method learns the supernet's masks (:meth:`Method.set_masks`) on new and resumed runs alike."""
     from pcdarts.spaces import get_space
