@@ -140,7 +140,8 @@ def test_the_assembly_order_and_a_loaded_run_equal_the_searchers(tiny):
 
 
 def test_build_components_prunes_a_new_run_only_and_takes_a_checkpoints_structure(tiny):
-    cfg = build_config(tiny(space={"name": "nb201", "layers": 1}, search={"prune": "naswot:0.5", "prune_batch_size": 4}))
+    cfg = build_config(tiny(space={"name": "nb201", "layers": 1},
+                            search={"prune": "naswot:0.5", "prune_batch_size": 4}))
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))]
     parts = build_components(cfg, input_shape=(1, 8, 8), num_classes=10, sample_batches=lambda n, split: batches)

@@ -158,7 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         res = plan_run(args.run, batch=args.batch, device=args.device, budget_mib=args.budget_mib,
                        amp=False if args.no_amp else None, data_mib=args.data_mib)
     else:
-        res = plan(args.space, args.method, args.batch or 64, args.C, args.layers, args.k, args.device,
+        res = plan(args.space, args.method, 64 if args.batch is None else args.batch, args.C, args.layers, args.k, args.device,
                    args.input_size, args.in_channels, args.num_classes, args.budget_mib, impl=args.impl,
                    amp=not args.no_amp, data_mib=args.data_mib, objective=args.objective)
     print(json.dumps(res.to_dict()) if args.json else res.summary())

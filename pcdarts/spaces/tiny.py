@@ -170,5 +170,5 @@ def build_tiny_supernet(C: int, *, num_classes: int, in_channels: int, bn_moment
     return TinySupernet(C, num_classes, in_channels, bn_momentum=bn_momentum, fast=fast, **kwargs)
 
 
-__all__ = ["TINY_PRIMITIVES", "TINY_EDGES", "TINY_CELLS", "TinySupernet", "TinySpace", "build_tiny_supernet", "tiny_children",
-           "tiny_child_name"]
+__all__ = ["TINY_PRIMITIVES", "TINY_EDGES", "TINY_CELLS", "TinySupernet", "TinySpace", "build_tiny_supernet",
+           "tiny_children", "tiny_child_name"]
