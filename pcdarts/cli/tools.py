@@ -158,9 +158,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         res = plan_run(args.run, batch=args.batch, device=args.device, budget_mib=args.budget_mib,
                        amp=False if args.no_amp else None, data_mib=args.data_mib)
     else:
-        res = plan(args.space, args.method, 64 if args.batch is None else args.batch, args.C, args.layers, args.k, args.device,
-                   args.input_size, args.in_channels, args.num_classes, args.budget_mib, impl=args.impl,
-                   amp=not args.no_amp, data_mib=args.data_mib, objective=args.objective)
+        batch = 64 if args.batch is None else args.batch
+        res = plan(args.space, args.method, batch, args.C, args.layers, args.k, args.device, args.input_size,
+                   args.in_channels, args.num_classes, args.budget_mib, impl=args.impl, amp=not args.no_amp,
+                   data_mib=args.data_mib, objective=args.objective)
     print(json.dumps(res.to_dict()) if args.json else res.summary())
     return 0 if res.fits in (None, True) else 1
 

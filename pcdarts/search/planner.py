@@ -332,10 +332,10 @@ def plan_run(run_dir: Any, *, batch: Optional[int] = None, device: str = "cpu", 
     cfg = load_config_file(path / "config.yaml")
     (in_channels, side, _), num_classes = run_shape(path, None, cfg)
     sp = cfg.space
-    return plan(sp.name, cfg.method_name, cfg.search.batch_size if batch is None else batch, sp.C, sp.layers, sp.k, device, side,
-                in_channels, num_classes, budget_mib, impl=sp.impl, amp=cfg.search.amp if amp is None else amp,
-                channel_mode=sp.channel_mode, data_mib=data_mib, suggest=suggest, objective=cfg.objective_name,
-                config=cfg)
+    batch = cfg.search.batch_size if batch is None else batch
+    return plan(sp.name, cfg.method_name, batch, sp.C, sp.layers, sp.k, device, side, in_channels, num_classes,
+                budget_mib, impl=sp.impl, amp=cfg.search.amp if amp is None else amp, channel_mode=sp.channel_mode,
+                data_mib=data_mib, suggest=suggest, objective=cfg.objective_name, config=cfg)
 
 
 @dataclass
