@@ -14,6 +14,7 @@ from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (r
 from pcdarts.methods.lbt import LBT, LBTConfig  # noqa: F401  (registration)
 from pcdarts.methods.il import IL, ILConfig  # noqa: F401  (registration)
 from pcdarts.methods.lease import LeaSE, LeaSEConfig  # noqa: F401  (registration)
+from pcdarts.methods.sdarts import SDarts, SDartsConfig  # noqa: F401  (registration)
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
            "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]

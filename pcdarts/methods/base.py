@@ -145,6 +145,17 @@ class Method:
     def mixing(self) -> Mixing:
         raise NotImplementedError
 
+    def weight_mixing(self, ctx: "SearchContext", batch: tuple[torch.Tensor, torch.Tensor]) -> Mixing:
+        """The mixing the weight step trains the supernet weights at, on its ``batch``; it
+        must carry no graph to the architecture state. Default: :meth:`mixing` under
+        ``no_grad``. A method that trains the weights at other mixing weights than its
+        architecture's (SDARTS: softmax(alpha) perturbed within a radius) overrides it. Any
+        random draw comes from :attr:`generator`, so a resumed run repeats it. ``ctx.supernet``
+        is the bare supernet (never the DDP wrapper), so extra passes here (an attack) take
+        no part in the weight gradients; average what they compute with ``ctx.all_reduce_grads``."""
+        with torch.no_grad():
+            return self.mixing()
+
     def is_arch_active(self, epoch: int) -> bool:
         """Whether the architecture is trained in ``epoch`` (and an arch batch is drawn)."""
         return self.has_arch

@@ -91,18 +91,22 @@ def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter
 
 
 def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-                ctx: SearchContext, *, grad_clip: float,
-                after_backward: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step of the supernet weights (``ctx.weight_params``) at the method's
-    current mixing weights.
+                ctx: SearchContext, *, grad_clip: float, after_backward: Optional[Callable[[], None]] = None,
+                model: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the supernet weights (``ctx.weight_params``) at the mixing the method
+    gives for this batch (:meth:`Method.weight_mixing`: its current mixing weights unless it
+    perturbs them).
 
     The one weight step of every search: the Searcher (hence the benchmark) and the
     memory planner call it. Returns (loss, the objective's metrics), still on the device.
     ``after_backward`` runs between the backward pass and the clip (the Searcher averages the
-    gradients DDP does not own there: an objective's own parameters).
+    gradients DDP does not own there: an objective's own parameters). ``model``: the module
+    the loss runs through when it is not ``ctx.supernet`` (the DDP wrapper under torchrun);
+    ``weight_mixing`` always sees the bare supernet.
     """
-    with torch.no_grad():  # the weight step needs no graph through the architecture
-        mixing = method.mixing()
+    mixing = method.weight_mixing(ctx, batch)  # no graph through the architecture
+    if model is not None:
+        ctx = dataclasses.replace(ctx, supernet=model)
     optimizer.zero_grad(set_to_none=True)
     loss, metrics = method.loss(ctx, batch, mixing, "weight")
     loss.backward()
@@ -317,11 +321,11 @@ class Searcher:
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> dict[str, Any]:
         x, y = batch
-        if self.weight_model is not self.model:  # under torchrun: the step goes through DDP
-            ctx = dataclasses.replace(ctx, supernet=self.weight_model)
         loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip,
                                     after_backward=self._average_objective_grads if self.dist.is_distributed
-                                    else None)
+                                    else None,
+                                    # under torchrun: the step goes through DDP
+                                    model=self.weight_model if self.weight_model is not self.model else None)
         self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
