@@ -400,3 +400,34 @@ def test_a_method_may_own_its_step(tiny):
     with pytest.raises(Exception, match="data streams \\['unlabelled'\\]"):
         _searcher(tiny(method={"name": name, "warmup_epochs": 0, "k": 2}, run={"out": tiny()["run"]["out"] + "2"}))
     TwoWeightSteps.data_streams = ("arch", "train")
+
+
+# ---------------------------------------------------------------- the weight step's mixing
+
+def test_the_weight_step_trains_at_the_methods_weight_mixing(tiny, monkeypatch):
+    """``Method.weight_mixing(ctx, batch)`` decides the mixing of the weight step: by default the
+    method's own, detached; an override's is the one the loss runs at. It sees the step's batch
+    and the bare supernet even when the loss runs through another module (DDP's wrapper)."""
+    import copy
+    from pcdarts.nn.edges import Mixing
+    from pcdarts.objectives.base import SupernetCall
+    from pcdarts.search.searcher import weight_step
+
+    s = _searcher(tiny(method={"name": "darts"}, space={"name": "nb201", "layers": 1}))
+    ctx, batch = s.context(), s.train_loader.next()
+    default = s.method.weight_mixing(ctx, batch)
+    assert all(not w.requires_grad and torch.equal(w, s.method.mixing().ops[ct]) for ct, w in default.ops.items())
+
+    uniform = Mixing(ops={ct: torch.full_like(w, 1 / w.shape[1]) for ct, w in default.ops.items()})
+    state = copy.deepcopy(s.supernet.state_dict())
+    expected = s.method.loss(ctx, batch, uniform, "weight")[0].item()
+    plain = s.method.loss(ctx, batch, default, "weight")[0].item()
+    s.supernet.load_state_dict(state)  # the BN statistics those passes moved
+    seen = []
+    monkeypatch.setattr(s.method, "weight_mixing", lambda c, b: seen.append((c.supernet, b)) or uniform)
+    wrapper, through = SupernetCall(s.supernet), []
+    wrapper.register_forward_hook(lambda *args: through.append(1))
+    loss, _ = weight_step(s.method, s.optimizer, batch, ctx, grad_clip=0.0, model=wrapper)
+    assert through == [1], "the loss did not run through the given module"
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and loss.item() != pytest.approx(plain, rel=1e-6)
+    assert len(seen) == 1 and seen[0][0] is s.supernet and seen[0][1] is batch
