@@ -8,6 +8,7 @@ from __future__ import annotations
 from pcdarts.methods.base import Method, SearchContext, WeightStepInfo
 from pcdarts.methods.darts import Darts, DartsConfig, PCDarts, PCDartsConfig
 from pcdarts.methods.darts_minus import DartsMinus, DartsMinusConfig
+from pcdarts.methods.beta_darts import BetaDarts, BetaDartsConfig  # noqa: F401  (registration)
 from pcdarts.methods.drnas import DrNAS, DrNASConfig
 from pcdarts.methods.is_darts import ISDarts, ISDartsConfig  # noqa: F401  (registration)
 from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (registration)
