@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -269,6 +269,102 @@ def jacob_cov(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
         return jacob_cov_score(g)
 
 
+# ---------------------------------------------------------------- MeCo, ZiCo
+
+def meco_of_features(fea: torch.Tensor) -> float:
+    """The MeCo term of one feature map ``fea`` [C, ...] of one image: the smallest eigenvalue
+    of the C x C correlation matrix of its channels (each channel's values as one variable;
+    undefined entries, e.g. of a constant channel, set to 0), in float64. NaN when there is no
+    matrix to speak of (C < 2)."""
+    f = fea.detach().reshape(fea.shape[0], -1).double()
+    if f.shape[0] < 2:
+        return float("nan")
+    if f.shape[1] < 2:  # one value per channel: every correlation undefined, the matrix 0 (as the authors')
+        return 0.0
+    corr = torch.corrcoef(f)
+    corr = torch.where(torch.isfinite(corr), corr, torch.zeros_like(corr))
+    return float(torch.linalg.eigvalsh(corr)[0])
+
+
+@PROXIES.register("meco", description="MeCo: sum over modules of the min eigenvalue of the channel correlation "
+                                      "of one image's feature map (label-free)")
+def meco(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """MeCo (Jiang et al., NeurIPS 2023), as the authors' NAS-Bench-201 script
+    (``HamsterMimi/MeCo``, ``correlation/NAS_Bench_201.py``) computes it: one forward pass of
+    **one image** (the batch's first) with the network in train mode; for the output of every
+    module (containers included, as the authors hook ``named_modules()``) the feature map of
+    that image, [C, H, W] -> C variables, gives :func:`meco_of_features`; the score is the sum
+    of the finite terms. A module whose output is a tuple contributes through its first tensor
+    (the authors' hook would index the tuple instead and fail on it)."""
+    x = batch[0][:1]
+    terms: list[float] = []
+
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
+        t = out
+        while isinstance(t, (tuple, list)) and t:
+            t = t[0]
+        if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == 1:
+            terms.append(meco_of_features(t[0]))
+
+    with preserved(net, seed, x.device):
+        net.train()
+        handles = [m.register_forward_hook(hook) for m in net.modules()]
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            for h in handles:
+                h.remove()
+    return float(sum(v for v in terms if math.isfinite(v)))
+
+
+def zico_of_grads(grads: Sequence[Sequence[torch.Tensor]]) -> float:
+    """ZiCo from per-layer gradient recordings: ``grads[l]`` holds layer l's gradient at each
+    recording (same shape). Per layer, over the entries whose standard deviation across the
+    recordings (population, ddof 0) is non-zero: ``log(sum(mean|g| / std(g)))``, a layer whose
+    sum is 0 left out; the score is the sum over layers."""
+    total = 0.0
+    for layer in grads:
+        g = torch.stack([t.detach().reshape(-1).double() for t in layer])
+        std = g.std(0, unbiased=False)
+        keep = std != 0
+        s = float((g.abs().mean(0)[keep] / std[keep]).sum())
+        if s != 0:
+            total += math.log(s)
+    return total
+
+
+@PROXIES.register("zico", description="ZiCo: sum over layers of log sum mean|g|/std(g), gradients of two half-batches")
+def zico(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """ZiCo (Li et al., ICLR 2023), as the official code (``SLDGroup/ZiCo``,
+    ``ZeroShotProxy/compute_zico.py``, and its NAS-Bench-201 copy that splits one batch in two):
+    the network in train mode, the batch split into two halves, the cross-entropy of each half
+    backpropagated **without clearing the gradients in between**, so the two recordings of a
+    layer are g1 and g1 + g2 (the official code's accumulation, kept); over Conv2d/Linear
+    weights, :func:`zico_of_grads`. Needs labels and at least 2 images."""
+    x, y = batch
+    if x.shape[0] < 2:
+        raise ValueError("zico needs a batch of at least 2 images (it splits the batch in two halves)")
+    half = x.shape[0] // 2
+    with preserved(net, seed, x.device):
+        net.train()
+        tracked = _tracked_weights(net)
+        recs: list[list[Optional[torch.Tensor]]] = [[] for _ in tracked]
+        acc: list[Optional[torch.Tensor]] = [None] * len(tracked)
+        for lo, hi in ((0, half), (half, x.shape[0])):
+            loss = F.cross_entropy(logits_of(net(x[lo:hi])), y[lo:hi])
+            gs = torch.autograd.grad(loss, tracked, allow_unused=True)
+            for i, g in enumerate(gs):
+                if g is not None:
+                    acc[i] = g if acc[i] is None else acc[i] + g
+                recs[i].append(acc[i])
+        layers = [[t for t in r] for r in recs if all(t is not None for t in r)]
+        return zico_of_grads(layers)  # type: ignore[arg-type]
+
+
+zico.needs_labels = True  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------- baselines
 
 @PROXIES.register("params", description="number of parameters (the baseline)")
@@ -301,5 +397,6 @@ def score(net: nn.Module, batch: Batch, proxies: Sequence[str], *, seed: int = 0
     return {name: shared[name] if name in shared else float(fn(net, batch, seed=seed)) for name, fn in funcs.items()}
 
 
-__all__ = ["naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs", "score", "naswot_kernel",
+__all__ = ["naswot", "synflow", "snip", "grad_norm", "jacob_cov", "meco", "zico", "params", "macs", "score",
+           "meco_of_features", "zico_of_grads", "naswot_kernel",
            "naswot_score", "jacob_cov_score", "scored_weights", "logits_of", "preserved"]
