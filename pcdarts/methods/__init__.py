@@ -15,6 +15,8 @@ from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (r
 from pcdarts.methods.lbt import LBT, LBTConfig  # noqa: F401  (registration)
 from pcdarts.methods.il import IL, ILConfig  # noqa: F401  (registration)
 from pcdarts.methods.lease import LeaSE, LeaSEConfig  # noqa: F401  (registration)
+from pcdarts.methods.rsws import RSWS, RSWSConfig  # noqa: F401  (registration)
+from pcdarts.methods.random_lookup import RandomLookup, RandomLookupConfig  # noqa: F401  (registration)
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
            "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]

@@ -144,6 +144,8 @@ class BroadSpace(SearchSpace):
     train_preset = "b-darts_cifar10"  # the broad evaluation network's protocol
     default_cells_per_block = 0    # deep cells before each broad cell
     default_enhancement_cells = 1
+    inputs_per_node = 2            # DARTS cells
+    derive_excluded = ("none",)
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))

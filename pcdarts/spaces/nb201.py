@@ -151,6 +151,7 @@ class NB201Space(SearchSpace):
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
     default_layers = 5  # cells per stage, N
+    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201)
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return [list(g) for g in NB201_NODE_EDGES]
