@@ -6,7 +6,17 @@ data, the same overrides and, with a budget, every epoch-based field scaled by
 comparison stays fair. Every run is a normal search run directory under the compare
 directory (``<method>-s<seed>``), started as its own ``pcdarts search`` process, so a
 crash of one method does not take the others down and each run's peak memory is its
-own. A finished run is skipped on a re-run, an interrupted one resumed exactly.
+own. On a re-run a finished run is skipped and an interrupted one resumed exactly, but only when
+its config.yaml holds the settings asked for (:func:`config_differences`; fields of
+:data:`BOOKKEEPING` aside): a run searched with other settings is refused in one line that names
+the fields, and ``overwrite`` searches it again (the old run is replaced once the new one has a
+checkpoint). SIGINT and SIGTERM are forwarded to the running searches, which save their state
+before the comparison stops (exit code 130 or 143).
+
+``jobs`` runs that many searches at once on one host (one GPU each, or the CPU cores split
+through ``run.threads``); ``shard="I/N"`` runs the I-th of N disjoint parts of the grid
+(:func:`shard_part`), so that a job array spreads one comparison over several hosts; ``merge``
+builds the table from every shard's finished runs (in ``out`` or in the shards' folders).
 
 The table (``compare.md`` and ``compare.csv``) holds per method the cells found, the
 NAS-Bench-201 lookup accuracy as mean +- sample standard deviation **over search seeds**
@@ -335,7 +345,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int, to_terminal: bool, log: Any = pr
                 task = pending.pop(0)
                 slot = min(set(range(jobs)) - set(running))
                 env = dict(os.environ, PYTHONUNBUFFERED="1")
-                if gpus and task.entry.config.run.device in ("auto", "cuda"):
+                if jobs > 1 and gpus and task.entry.config.run.device in ("auto", "cuda"):
                     env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
                 sink = None
                 if not to_terminal:
