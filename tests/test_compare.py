@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,6 +129,7 @@ def test_seed_agreement_counts_the_shared_choices_by_hand():
         genotype_agreement(a, x)
 
 
+@pytest.mark.slow
 def test_compare_writes_its_table_and_skips_finished_runs(tmp_path):
     root = tmp_path / "cmp"
     logs: list[str] = []
@@ -196,6 +198,14 @@ def test_compare_refuses_bad_jobs_shard_and_merge_values_in_one_line(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and expected in err and err.count("\n") == 1, (extra, err)
     assert not out.exists()  # nothing written by a refused command
+    # a run another compare is making (its mark names a live process) is not made a second time
+    out.mkdir()
+    mark = out / ".running-darts-s0"
+    mark.write_text(f"{socket.gethostname()} {os.getpid()}")
+    code = main(base)
+    err = capsys.readouterr().err
+    assert code == 2 and "is being searched by another pcdarts compare" in err and str(mark) in err
+    assert mark.is_file() and not (out / "darts-s0").exists() and not (out / "compare.json").exists()
     with pytest.raises(ConfigError, match="--seeds names 1 more than once"):
         compare("nb201", ["darts"], [1, 1], data="digits", out=out)
 
@@ -223,7 +233,10 @@ def test_shards_merge_into_the_table_that_jobs_2_builds_in_the_default_out(tmp_p
     args = dict(data="digits", budget=2, overrides=[*TINY_NB201, "--run.threads", "1"], progress=False)
     grid = (["darts", "pc-darts"], [0])
     logs: list[str] = []
+    Path("s1").mkdir()
+    Path("s1/.running-darts-s0").write_text(f"{socket.gethostname()} 99999999")  # left by a process that is gone
     compare("nb201", *grid, out="s1", shard="1/2", log=logs.append, **args)
+    assert not list(Path("s1").glob(".running-*"))
     assert run_state(Path("s1/darts-s0")) == "done" and not Path("s1/pc-darts-s0").exists()
     assert not Path("s1/compare.md").exists() and "--merge" in logs[-1]
     with pytest.raises(ConfigError, match="1 of the grid's 2 runs are not finished.*pc-darts-s0"):

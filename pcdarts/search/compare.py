@@ -16,7 +16,9 @@ before the comparison stops (exit code 130 or 143).
 ``jobs`` runs that many searches at once on one host (one GPU each, or the CPU cores split
 through ``run.threads``); ``shard="I/N"`` runs the I-th of N disjoint parts of the grid
 (:func:`shard_part`), so that a job array spreads one comparison over several hosts; ``merge``
-builds the table from every shard's finished runs (in ``out`` or in the shards' folders).
+builds the table from every shard's finished runs (in ``out`` or in the shards' folders). A
+run being made is marked (``out/.running-<run>``), so two comparisons on one folder never make
+the same run twice.
 
 The table (``compare.md`` and ``compare.csv``) holds per method the cells found, the
 NAS-Bench-201 lookup accuracy as mean +- sample standard deviation **over search seeds**
@@ -27,6 +29,7 @@ per epoch, one line per method (mean over seeds).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -34,13 +37,14 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from pcdarts import utils
 from pcdarts.analysis.stats import seed_agreement
@@ -327,6 +331,50 @@ def _last_error_line(path: Optional[Path]) -> str:
     return (errors or lines or [""])[-1]
 
 
+def _alive(host: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``host`` may still run (another host's: assumed so)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claimed(root: Path, tasks: Sequence[Task]) -> Iterator[None]:
+    """Mark the runs about to be made as taken (``<out>/.running-<run>``: host and process id) for as
+    long as this comparison runs, so that a second ``pcdarts compare`` on the same folder (another
+    shard's host, a second terminal) refuses them in one line instead of making them twice. A mark
+    left by a process of this host that is gone is taken over."""
+    taken: list[Path] = []
+    me = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        for task in tasks:
+            mark = root / f".running-{task.run_dir.name}"
+            try:
+                fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = mark.read_text().strip().partition(" ")
+                if pid.isdigit() and not _alive(host, int(pid)):
+                    mark.write_text(me)
+                    taken.append(mark)
+                    continue
+                raise ConfigError(f"{task.run_dir} is being searched by another pcdarts compare (process {pid or '?'} "
+                                  f"on {host or '?'}); let it finish (the table is built once every run is there), "
+                                  f"or delete {mark} if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            taken.append(mark)
+        yield
+    finally:
+        for mark in taken:
+            mark.unlink(missing_ok=True)
+
+
 def run_tasks(tasks: Sequence[Task], jobs: int, to_terminal: bool, log: Any = print) -> None:
     """Start the runs, at most ``jobs`` at a time (each its own ``pcdarts search`` process; with
     GPUs each pinned to one by CUDA_VISIBLE_DEVICES, round robin over the visible ones), and wait
@@ -452,9 +500,10 @@ def compare(space: str, methods: Sequence[str], seeds: Sequence[int], *, data: O
                 + (f" ({', '.join(names)})" if names else ""))
         tasks = _plan_tasks(root, grid, names, data, budget, overrides, progress, overwrite, jobs, log)
         root.mkdir(parents=True, exist_ok=True)  # only once every run is known to be usable
-        utils.write_json(root / "compare.json", settings)
-        if tasks:
-            run_tasks(tasks, jobs, to_terminal=progress and jobs == 1, log=log)
+        with claimed(root, tasks):
+            utils.write_json(root / "compare.json", settings)
+            if tasks:
+                run_tasks(tasks, jobs, to_terminal=progress and jobs == 1, log=log)
         if part is not None:
             missing = _unfinished(root, grid)
             if missing:
