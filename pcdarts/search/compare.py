@@ -598,7 +598,7 @@ def _gather(root: Path, grid: dict[str, tuple[Entry, int]], folders: Sequence[Pa
                               f"{found[name]} is finished; move {root / name} away or choose another --out")
     if missing:
         other = [s for s in stale if s[0].name in missing]
-        hint = f"; {stale_message(other, 'run its shard again with the same settings')}" if other else ""
+        hint = f"; {stale_message(other, 'run its shard again with these settings and --overwrite')}" if other else ""
         raise ConfigError(f"--merge: {len(missing)} of the grid's {len(grid)} runs are not finished in "
                           f"{', '.join(str(s) for s in sources)}: {', '.join(missing[:6])}"
                           f"{', ...' if len(missing) > 6 else ''}; run their shards (or the same command without "
