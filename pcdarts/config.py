@@ -210,7 +210,8 @@ class RunOptions:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         overwrite: allow ``out`` to point at an existing run directory (replaced without loss).
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
-        progress: show a progress bar (training: and one summary line per epoch).
+        progress: show a progress bar; the one line per epoch, the stop and the resume messages
+            print either way (batch jobs run without a terminal).
         threads: CPU threads for PyTorch (process-wide); None = PyTorch's default. On a
             shared or busy machine 1 avoids stalls from oversubscribed threads.
         tensorboard: write TensorBoard events (scalars, arch-weight histograms, the cell

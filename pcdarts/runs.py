@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import pickle
 import shutil
@@ -397,6 +398,16 @@ class StopFlag:
         self._previous = {}
 
 
+def stop_exit_code(signal_name: str) -> int:
+    """The exit code of a run stopped early: 128 + the signal's number, as a shell reports a
+    process killed by it (SIGINT 130, SIGTERM 143); 130 for a stop without a signal (tests'
+    ``stop_after_steps``)."""
+    try:
+        return 128 + int(signal.Signals[signal_name]) if signal_name else 130
+    except KeyError:
+        return 130
+
+
 def stop_message(command: str, run_dir: Path, epoch: int, epochs: int, step: int, steps: int,
                  signal_name: str = "") -> str:
     """The one line printed when a run stops early; epochs and steps are 1-based as on the progress bar."""
@@ -409,7 +420,10 @@ def stop_message(command: str, run_dir: Path, epoch: int, epochs: int, step: int
 
 
 def resume_message(epoch: int, epochs: int, step: int, steps: int) -> str:
-    """Where a resumed run continues, 1-based like the progress bar."""
+    """Where a resumed run continues, 1-based like the progress bar; a run whose every epoch
+    was done (stopped or killed after its last one) is finished instead."""
+    if epoch >= epochs:
+        return f"all {epochs} epochs were done before the stop: finishing the run (writing its final files)"
     return f"resuming at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}"
 
 
@@ -440,6 +454,34 @@ class NonFiniteWatch:
     def first_bad(self) -> Optional[str]:
         bad = self.flags.tolist()
         return next((n for n, b in zip(self.names, bad) if b), None)
+
+
+def nonfinite_buffer(modules: dict[str, torch.nn.Module]) -> Optional[str]:
+    """The name (``"supernet.cells.0...running_var"``) of the first floating-point buffer, a
+    batch-norm running statistic, of the named ``modules`` holding a NaN or an inf, or None; one
+    host sync for all of them. Training-mode batch norm normalises with the batch's own
+    statistics, so the step losses stay finite while the running statistics that evaluation
+    and the checkpoint use have diverged."""
+    named = [(f"{label}.{n}", b) for label, m in modules.items() for n, b in m.named_buffers()
+             if b.is_floating_point() and b.numel()]
+    if not named:
+        return None
+    ok = torch.stack([torch.isfinite(b).all() for _, b in named]).tolist()
+    return next((n for (n, _), good in zip(named, ok) if not good), None)
+
+
+# an epoch loss this many times the reference (chance level, or the first epoch's) gets a warning line
+EXPLOSION_FACTOR = 100.0
+
+
+def explosion_warning(what: str, loss: float, reference: Optional[float], reference_name: str,
+                      where: str, hint: str) -> Optional[str]:
+    """The warning for a finite loss that grew by orders of magnitude (more than
+    :data:`EXPLOSION_FACTOR` times ``reference``); None while it did not (or without a reference)."""
+    if reference is None or not reference > 0 or not math.isfinite(loss) or loss <= EXPLOSION_FACTOR * reference:
+        return None
+    return (f"{what} is {loss:.3g} {where}, {loss / reference:.3g}x {reference_name} ({reference:.3g}): the run is "
+            f"probably diverging and its results unlikely to mean anything; {hint}")
 
 
 def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> str:

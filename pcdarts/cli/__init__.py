@@ -3,7 +3,9 @@
 Turns presets, options and dotted overrides into configs and calls the library; no
 search logic lives here. Errors a user can fix (every :class:`~pcdarts.errors.PcdartsError`)
 are printed as one ``error:`` line (exit code 2), warnings as one ``warning:`` line; set
-``--debug`` (or PCDARTS_DEBUG=1) to see the traceback.
+``--debug`` (or PCDARTS_DEBUG=1) to see the traceback. A run stopped by Ctrl-C exits 130, by
+SIGTERM 143. Under torchrun only rank 0 prints these lines (the other ranks exit with the same
+code in silence); ``PCDARTS_ALL_RANKS=1`` lets every rank print them, prefixed by its rank.
 """
 from __future__ import annotations
 
@@ -21,14 +23,32 @@ from pcdarts.errors import PcdartsError
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 
 DEFAULT_PRESET = "quick"
+ALL_RANKS_ENV = "PCDARTS_ALL_RANKS"  # set (not 0): every torchrun rank prints its errors and warnings
 
 USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
+
+
+def rank_prefix() -> Optional[str]:
+    """What starts this process's own lines (errors, warnings, the budget line): ``""`` alone and
+    on torchrun's rank 0; None (print nothing) on the other ranks, which would repeat rank 0's
+    lines, unless ``PCDARTS_ALL_RANKS`` is set (then ``"[rank N] "``)."""
+    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if os.environ.get(ALL_RANKS_ENV, "0") not in ("", "0") and world > 1:
+        return f"[rank {rank}] "
+    return "" if rank == 0 else None
+
+
+def say(text: str, file: Any = None) -> None:
+    """Print one of the command's own lines on the ranks that print (see :func:`rank_prefix`)."""
+    prefix = rank_prefix()
+    if prefix is not None:
+        print(prefix + text, file=sys.stdout if file is None else file, flush=True)
 
 
 def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                       line: Any = None) -> None:
     """Warnings reach a user as ``warning: ...``, without a source path and line."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    say(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -102,10 +122,11 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         cfg = build_config(search_config_dict(args, overrides))
         if args.budget is not None:
             cfg, changes = scale_budget(cfg, args.budget)
-            print(describe_budget(cfg, changes), flush=True)
+            say(describe_budget(cfg, changes))
         result = search(cfg, stop_after_steps=stop)
     if result.interrupted:
-        return 130
+        from pcdarts.runs import stop_exit_code
+        return stop_exit_code(result.stop_signal)  # SIGINT 130, SIGTERM 143
     from pcdarts.distributed import dist_info
     if dist_info().is_main:  # under torchrun one summary, from rank 0
         for line in search_summary(result):
@@ -222,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
     s.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
                         "pip install \"pcdarts[tensorboard]\")")
@@ -290,10 +312,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if debug:
                 raise
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
+            say(f"error: {msg}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            say("interrupted", file=sys.stderr)
             return 130
         finally:
             if "torch.distributed" in sys.modules:  # torchrun: every rank ends together

@@ -41,7 +41,7 @@ def train_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dic
 
 
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    """Handler of ``pcdarts train``; returns the exit code (130 when stopped by Ctrl-C)."""
+    """Handler of ``pcdarts train``; returns the exit code (130 when stopped by Ctrl-C, 143 by SIGTERM)."""
     from pcdarts.runs import test_stop_after_steps
     from pcdarts.train.trainer import train
     from pcdarts.train.seeds import SEEDS_FILE, parse_seeds, resume_seeds, summary_line, train_seeds
@@ -71,8 +71,12 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def _report(result: Any) -> int:
+    from pcdarts.distributed import dist_info
+    from pcdarts.runs import stop_exit_code
     if result.interrupted:
-        return 130
+        return stop_exit_code(result.stop_signal)  # SIGINT 130, SIGTERM 143
+    if not dist_info().is_main:  # under torchrun one summary, from rank 0
+        return 0
     m = result.metrics
     print(f"run directory: {result.run_dir}")
     top5 = f", top-5 {m['final_test_top5']:.2f}%" if m.get("final_test_top5") is not None else ""
@@ -85,8 +89,9 @@ def _report(result: Any) -> int:
 
 
 def _report_seeds(res: Any, line: Any) -> int:
+    from pcdarts.runs import stop_exit_code
     if res.interrupted:
-        return 130
+        return stop_exit_code(res.stop_signal)  # SIGINT 130, SIGTERM 143
     for seed, m in sorted(res.per_seed.items()):
         if m.get("final_test_top1") is not None:
             print(f"seed {seed}: final test top-1 {m['final_test_top1']:.2f}%")
@@ -127,7 +132,8 @@ def add_subcommands(subparsers: Any) -> None:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or --seeds folder) exactly")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
     t.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
                         "pip install \"pcdarts[tensorboard]\")")

@@ -33,6 +33,7 @@ class SeedsResult:
     run_dir: Path
     per_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped it
 
 
 # ---------------------------------------------------------------- run directories
@@ -124,11 +125,10 @@ def _run_seeds(g: Genotype, cfg: TrainConfig, out: Path, seeds: list[int],
                            progress=cfg.run.progress)
         else:
             seed_cfg = cfg.replace(run={"seed": seed, "out": str(sub), "overwrite": True})
-            if cfg.run.progress:
-                print(f"training seed {seed} -> {sub}", flush=True)
+            print(f"training seed {seed} -> {sub}", flush=True)  # with --no-progress too, like the epoch lines
             result = train(g, seed_cfg, stop_after_steps=stop_after_steps)
         if result.interrupted:
-            return SeedsResult({}, out, per_seed, interrupted=True)
+            return SeedsResult({}, out, per_seed, interrupted=True, stop_signal=result.stop_signal)
         per_seed[seed] = result.metrics
     summary = summarize(per_seed)
     utils.write_json(out / SUMMARY_FILE, summary)

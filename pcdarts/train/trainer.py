@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -71,12 +73,14 @@ class TrainResult:
         run_dir: the run directory.
         history: one dict per finished epoch.
         interrupted: the run stopped early (Ctrl-C or ``stop_after_steps``) and can be resumed.
+        stop_signal: ``"SIGINT"`` or ``"SIGTERM"`` when a signal stopped it (the CLI's exit code follows it).
     """
 
     metrics: dict[str, Any]
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: str = ""
 
 
 class Trainer:
@@ -230,7 +234,7 @@ class Trainer:
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         main = self.dist.is_main
-        if self.rundir.resume and cfg.run.progress and main:
+        if self.rundir.resume and main:  # printed with --no-progress too: batch jobs have no terminal
             print(runs.resume_message(self.epoch, t.epochs, self.step, self.steps), flush=True)
         if self.epoch == 0 and self.step == 0 and not self.history and main:
             self._write_run_files()
@@ -271,10 +275,10 @@ class Trainer:
                     interrupted = True
                     break
         if interrupted:
-            if cfg.run.progress and main:
+            if main:  # printed with --no-progress too: batch jobs have no terminal
                 print(runs.stop_message("pcdarts train", self.run_dir, self.epoch, t.epochs, self.step, self.steps,
                                         stop.signal_name), flush=True)
-            return TrainResult({}, self.run_dir, self.history, interrupted=True)
+            return TrainResult({}, self.run_dir, self.history, interrupted=True, stop_signal=stop.signal_name)
         return TrainResult(self._finish(), self.run_dir, self.history)
 
     def _postfix(self) -> dict[str, str]:
@@ -282,23 +286,44 @@ class Trainer:
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
-    def _check_finite(self) -> None:
-        """Stop with a one-line DivergenceError if the training loss went non-finite (under
-        torchrun on every rank together)."""
-        bad = self.watch.first_bad() is not None
+    def _check_finite(self, statistics: bool = False) -> None:
+        """Stop with a one-line DivergenceError if the training loss went non-finite, or
+        (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic
+        (under torchrun on every rank together)."""
+        bad = 1.0 if self.watch.first_bad() is not None else 0.0
+        buffer = runs.nonfinite_buffer({"network": self.net}) if statistics and not bad else None
+        if buffer is not None:
+            bad = 2.0
         if self.dist.is_distributed:
-            bad = bool(all_reduce_max(float(bad), self.device))
+            bad = all_reduce_max(bad, self.device)
         if not bad:
             return
         where = f"by epoch {self.epoch + 1}/{self.cfg.train.epochs} step {self.step}/{self.steps}"
-        hint = (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
+        what = ("the training loss" if bad == 1.0 else
+                f"the batch-norm running statistics ({buffer or 'on another rank'})")
+        raise DivergenceError(runs.divergence_message(what, where, self._lr_hint(), self.run_dir / CHECKPOINT))
+
+    def _lr_hint(self) -> str:
+        return (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
                 "(or raise train.warmup_epochs) and start again")
-        raise DivergenceError(runs.divergence_message("the training loss", where, hint, self.run_dir / CHECKPOINT))
+
+    def _check_epoch_losses(self, rec: dict[str, Any]) -> None:
+        """A non-finite test loss is divergence (DivergenceError); a finite train loss more than
+        ``runs.EXPLOSION_FACTOR`` times the loss at chance, log(num_classes), gets a warning line."""
+        where = f"in epoch {self.epoch + 1}/{self.cfg.train.epochs}"
+        if "test_loss" in rec and not math.isfinite(rec["test_loss"]):
+            raise DivergenceError(runs.divergence_message("the test loss", where, self._lr_hint(),
+                                                          self.run_dir / CHECKPOINT))
+        k = self.data.num_classes
+        message = runs.explosion_warning("the train loss", rec["train_loss"], math.log(k) if k > 1 else None,
+                                         f"the loss at chance, log({k})", where, self._lr_hint())
+        if message and self.dist.is_main:
+            warnings.warn(message)
 
     def _end_epoch(self) -> None:
         t = self.cfg.train
-        self._check_finite()
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics for the test pass
+        self._check_finite(statistics=True)
         if self.dist.is_distributed:
             all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
         m = {k: float(v) for k, v in self.meters.items()}
@@ -314,11 +339,11 @@ class Trainer:
             if rec.get("test_top5") is not None:
                 self.best["test_top5"] = max(self.best.get("test_top5", 0.0), rec["test_top5"])
         rec["train_time_s"] = round(self.train_time, 3)
+        self._check_epoch_losses(rec)
         self.history.append(rec)
         if self.dist.is_main:
             utils.append_jsonl(self.run_dir / "history.jsonl", rec)
-            if self.cfg.run.progress:
-                _print_epoch(rec, t.epochs)
+            _print_epoch(rec, t.epochs)  # with --no-progress too: batch jobs have no terminal
         if self.tb is not None:
             self.tb.epoch(rec)
         self.epoch += 1
@@ -375,7 +400,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        self._check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics in the checkpoint
         runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 
