@@ -25,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -348,7 +349,9 @@ def _read_checkpoint(path: Path, command: str, older: str, trust: bool) -> Any:
         return CheckpointError(f"{command}: {path} is damaged (truncated or corrupt: {reason}); {older}")
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file is reported below; torch's protocol notice adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # the weights-only unpickler refused something in it
         unsafe = _unsafe_globals(path)
         if not unsafe:
