@@ -137,14 +137,14 @@ def test_search_and_training_checkpoints_load_weights_only(search_run, train_run
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_state_loads_weights_only(tmp_path, method):
-    d = tiny_config(tmp_path, method={"name": method, "warmup_epochs": 0, **(
-        {"shrink_steps": 1, "shrink_interval": 1} if method == "is-darts" else {})},
-        space={"name": "nb201", "layers": 1})
-    s = Searcher(build_config(d), new_run_dir(build_config(d)))
-    s.search_step(arch_active=True, ctx=s.context())
-    runs.save_checkpoint(s.state_dict(), tmp_path / runs.CHECKPOINT)
-    weights_only(tmp_path / runs.CHECKPOINT)
-    s._load_checkpoint(runs.load_checkpoint(tmp_path / runs.CHECKPOINT, "search", "test"))
+    settings = {"shrink_steps": 1, "shrink_interval": 1} if method == "is-darts" else {"warmup_epochs": 0}
+    cfg = build_config(tiny_config(tmp_path, method={"name": method, **settings}, space={"name": "nb201", "layers": 1}))
+    s = Searcher(cfg, new_run_dir(cfg))
+    s.search_step(arch_active=s.method.is_arch_active(0), ctx=s.context())
+    path = s.rundir.open() / runs.CHECKPOINT
+    runs.save_checkpoint(s.state_dict(), path)
+    weights_only(path)
+    s._load_checkpoint(runs.load_checkpoint(path, "search", "test"))  # and it restores
 
 
 # ---------------------------------------------------------------- a crafted checkpoint runs nothing
@@ -177,6 +177,7 @@ def test_trust_checkpoint_needs_resume(capsys):
 
 # ---------------------------------------------------------------- an older pcdarts's checkpoint
 
+@pytest.mark.slow
 def test_an_old_format_search_checkpoint_resumes_exactly_with_trust(search_run, tmp_path, capsys):
     new = _copy(search_run, tmp_path / "new")
     old = _copy(search_run, tmp_path / "old")
