@@ -567,5 +567,5 @@ def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> st
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_VERSION", "PREVIOUS", "TRUST_FLAG", "TRUST_HELP", "NonFiniteWatch", "RunDir",
            "StopFlag", "check_resumable", "checkpoint_write_message", "decode_state", "divergence_message",
-           "encode_state", "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint", "stop_message",
-           "wrong_kind_message"]
+           "encode_state", "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint",
+           "stop_message", "wrong_kind_message"]
