@@ -288,7 +288,7 @@ def test_a_shortened_run_shrinks_to_one_cell_and_logs_iim(tiny):
     cfg = _isd(tiny, shrink_steps=2, shrink_interval=1, iim_num_samples=10)
     cfg["search"]["epochs"] = 4  # shrinks after epochs 2 and 3
     res = pcdarts.search(cfg)
-    ck = torch.load(res.run_dir / "checkpoint.pt", weights_only=False)
+    ck = torch.load(res.run_dir / "checkpoint.pt", weights_only=True)
     assert (ck["masks"]["cell"].sum(1) == 1).all()
     assert isinstance(res.genotype, NB201Genotype) and "none" not in res.genotype.ops
     assert res.genotype == NB201Genotype(tuple(NB201_PRIMITIVES[int(i)] for i in ck["masks"]["cell"].float().argmax(1)))
@@ -314,8 +314,8 @@ def test_resume_mid_search_equals_uninterrupted_run(tiny, space, stop):
     assert resumed.genotype == full.genotype
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     assert [r.get("iim") for r in resumed.history] == [r.get("iim") for r in full.history]
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(ck_full["masks"][ct], ck_res["masks"][ct]) for ct in ck_full["masks"])
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k

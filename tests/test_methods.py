@@ -145,8 +145,8 @@ def test_resume_equals_uninterrupted_run(tiny, method, stop):
     assert _final_alphas(resumed) == _final_alphas(full)
     assert resumed.genotype == full.genotype
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k
 
@@ -307,7 +307,7 @@ def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
                 search={"epochs": 3}, space={"name": "nb201", "layers": 1})
     base["run"]["out"] += "-full"
     full = pcdarts.search(base)
-    ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
+    ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
     assert int(ck["masks"]["cell"].sum(1).max()) == 3 and ck["structure"]["k"] == 1
     assert len(ck["optimizer"]["param_groups"][0]["params"]) == len(ck["supernet"]) - sum(
         1 for k in ck["supernet"] if "running" in k or "num_batches" in k)
@@ -317,7 +317,7 @@ def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
         assert first.interrupted
         resumed = pcdarts.search(resume=first.run_dir)
         assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
-        ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+        ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
         for k, v in ck["supernet"].items():
             assert torch.equal(v, ck_res["supernet"][k]), k
 

@@ -21,6 +21,7 @@ from pcdarts.config import (ConfigError, apply_override, build_config, describe_
                             merge_onto_preset, parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import PcdartsError
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 
 DEFAULT_PRESET = "quick"
 ALL_RANKS_ENV = "PCDARTS_ALL_RANKS"  # set (not 0): every torchrun rank prints its errors and warnings
@@ -117,8 +118,11 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.resume:
         if overrides or args.preset or args.budget is not None:
             raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides/--budget")
-        result = search(resume=args.resume, stop_after_steps=stop)
+        result = search(resume=args.resume, stop_after_steps=stop, trust_checkpoint=args.trust_checkpoint)
     else:
+        if args.trust_checkpoint:
+            raise ConfigError(f"{TRUST_FLAG} only applies to --resume RUN_DIR (a new run reads no checkpoint); "
+                              "drop it")
         cfg = build_config(search_config_dict(args, overrides))
         if args.budget is not None:
             cfg, changes = scale_budget(cfg, args.budget)
@@ -168,7 +172,7 @@ def search_summary(result: Any) -> list[str]:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     from pcdarts.genotype import save_genotype
-    genotype = derive_from_run(args.run_dir)
+    genotype = derive_from_run(args.run_dir, trust_checkpoint=args.trust_checkpoint)
     print(str(genotype))
     if args.out:
         save_genotype(genotype, Path(args.out))
@@ -176,14 +180,15 @@ def cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
-def derive_from_run(run_dir: str | Path) -> Any:
-    """The genotype of a run's latest checkpoint (works on unfinished runs too)."""
+def derive_from_run(run_dir: str | Path, trust_checkpoint: bool = False) -> Any:
+    """The genotype of a run's latest checkpoint (works on unfinished runs too); ``trust_checkpoint``
+    unpickles it in full when it needs that (``--trust-checkpoint``)."""
     from pcdarts.config import load_config_file
     from pcdarts.runs import CHECKPOINT, check_resumable, load_checkpoint
     from pcdarts.spaces import get_space
     p = check_resumable(run_dir, "search", "pcdarts derive")
     cfg = load_config_file(p / "config.yaml")
-    ck = load_checkpoint(p / CHECKPOINT, "search", "pcdarts derive")
+    ck = load_checkpoint(p / CHECKPOINT, "search", "pcdarts derive", trust=trust_checkpoint)
     space = get_space(cfg.space.name)
     method = METHODS.get(cfg.method_name)(cfg.method, space, cfg.space, "cpu")
     method.load_state_dict(ck["method"])
@@ -242,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory (default runs/<space>-<method>-<data>-s<seed>-<time>)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    s.add_argument(TRUST_FLAG, action="store_true", help=f"with --resume: {TRUST_HELP}")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     s.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
@@ -261,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="derive the genotype from a run's checkpoint")
     d.add_argument("run_dir")
     d.add_argument("--out", help="also write the genotype JSON here")
+    d.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     d.set_defaults(func=cmd_derive)
 
     sh = sub.add_parser("show", help="print a genotype: ops per node and parameter count")

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 from pcdarts.train.config import (DEFAULT_PRESET, TrainError, apply_override, build_train_config, load_train_preset,
                            parse_overrides, train_preset_names)
 
@@ -55,10 +56,13 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if args.no_progress:
             run["progress"] = False
         if (Path(args.resume) / SEEDS_FILE).is_file():
-            res = resume_seeds(args.resume, **run)
+            res = resume_seeds(args.resume, trust_checkpoint=args.trust_checkpoint, **run)
             return _report_seeds(res, summary_line)
-        result = train(resume=args.resume, stop_after_steps=test_stop_after_steps(), **run)
+        result = train(resume=args.resume, stop_after_steps=test_stop_after_steps(),
+                       trust_checkpoint=args.trust_checkpoint, **run)
         return _report(result)
+    if args.trust_checkpoint:
+        raise TrainError(f"{TRUST_FLAG} only applies to --resume RUN_DIR (a new run reads no checkpoint); drop it")
     if not args.genotype:
         raise TrainError("pcdarts train needs a genotype: a published name (e.g. DARTS_V2), a genotype.json, "
                          "a search run directory or a genotype string")
@@ -104,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Handler of ``pcdarts eval``: print loss, top-1 and top-5 of a trained network."""
     from pcdarts.train.evaluate import evaluate_checkpoint
     r = evaluate_checkpoint(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                            device=args.device or "auto")
+                            device=args.device or "auto", trust_checkpoint=args.trust_checkpoint)
     top5 = f"  top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
     print(f"{r['dataset']} {r['split']} split, {r['images']} images (network after epoch {r['epoch']}):")
     print(f"loss {r['loss']:.4f}  top-1 {r['top1']:.2f}%{top5}")
@@ -131,6 +135,7 @@ def add_subcommands(subparsers: Any) -> None:
     t.add_argument("--out", help="run directory (default runs/train-<data>-s<seed>-<time>)")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or --seeds folder) exactly")
+    t.add_argument(TRUST_FLAG, action="store_true", help=f"with --resume: {TRUST_HELP}")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
@@ -147,4 +152,5 @@ def add_subcommands(subparsers: Any) -> None:
     e.add_argument("--split", default="test", choices=("test", "train"))
     e.add_argument("--batch-size", type=int, help="evaluation batch size")
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    e.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     e.set_defaults(func=cmd_eval)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from pcdarts.errors import ConfigError
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -94,8 +95,9 @@ def cmd_ws(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- IS-DARTS §3.2
 
 
-def load_search_run(run_dir: str | Path, device: torch.device) -> dict[str, Any]:
-    """Supernet (with the run's weights and masks), method mixing and scores, config of a search run."""
+def load_search_run(run_dir: str | Path, device: torch.device, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Supernet (with the run's weights and masks), method mixing and scores, config of a search run
+    (``trust_checkpoint``: unpickle its checkpoint in full when it needs that, ``--trust-checkpoint``)."""
     from pcdarts.config import load_config_file, resolve_impl
     from pcdarts.registry import METHODS
     from pcdarts.runs import CHECKPOINT, check_resumable, load_checkpoint
@@ -103,7 +105,7 @@ def load_search_run(run_dir: str | Path, device: torch.device) -> dict[str, Any]
     command = "pcdarts ws-analysis --edge-check"
     p = check_resumable(run_dir, "search", command)
     cfg = load_config_file(p / "config.yaml")
-    ck = load_checkpoint(p / CHECKPOINT, "search", command)
+    ck = load_checkpoint(p / CHECKPOINT, "search", command, trust=trust_checkpoint)
     space = get_space(cfg.space.name)
     method_cls = METHODS.get(cfg.method_name)
     state = ck["supernet"]
@@ -134,7 +136,7 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     from pcdarts.distributed import resolve_device
     from pcdarts.utils import write_json
     device = resolve_device(args.device or "cpu")
-    run = load_search_run(args.edge_check, device)
+    run = load_search_run(args.edge_check, device, trust_checkpoint=args.trust_checkpoint)
     cfg = run["cfg"]
     wcfg = WSConfig(data=args.data or cfg.data.spec, validation=args.validation or "test",
                     val_samples=args.val_samples, batch_size=args.batch_size or 64,
@@ -222,6 +224,7 @@ def add_subcommand(sub: Any) -> None:
     w.add_argument("--edge-check", metavar="RUN_DIR",
                    help="IS-DARTS §3.2: per edge, the search's op scores vs the supernet accuracy after "
                         "discretising that edge (uses --data, --bn, --val-samples, --out)")
+    w.add_argument(TRUST_FLAG, action="store_true", help=f"with --edge-check: {TRUST_HELP}")
     w.set_defaults(func=cmd_ws)
 
 

@@ -125,6 +125,8 @@ class Searcher:
         run_dir: where files go: a :class:`~pcdarts.runs.RunDir` (see :func:`new_run_dir`) or a
             path. Nothing is written there before :meth:`run` starts.
         resume: load ``run_dir/checkpoint.pt`` and continue from it.
+        trust_checkpoint: the checkpoint may be unpickled in full when it needs that (an older
+            pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
     # the current epoch's clock: seconds spent in it before the last resume (kept in the
@@ -132,10 +134,12 @@ class Searcher:
     _epoch_time_before: float = 0.0
     _epoch_t0: Optional[float] = None
 
-    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False,
+                 trust_checkpoint: bool = False) -> None:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.cfg, self.run_dir = cfg, self.rundir.path
+        self.trust_checkpoint = trust_checkpoint
         self.dist = dist_info()
         self.device = resolve_device(cfg.run.device, self.dist)
         init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
@@ -155,7 +159,8 @@ class Searcher:
         self.space = get_space(cfg.space.name)
         self._build_data()
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
-                                          config=cfg.to_dict(), sections=("method", "space")) if resume else None
+                                          config=cfg.to_dict(), sections=("method", "space"),
+                                          trust=trust_checkpoint) if resume else None
         masks = checkpoint["masks"] if checkpoint else None
         self.k = int(checkpoint.get("structure", {}).get("k", cfg.k)) if checkpoint else cfg.k
         options = METHODS.get(cfg.method_name).supernet_options(cfg.method)
@@ -421,7 +426,7 @@ class Searcher:
         path = self.run_dir / CHECKPOINT
         if used >= self.cfg.search.rollback or not path.is_file():
             return False
-        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)")
+        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)", trust=self.trust_checkpoint)
         if int(ck.get("structure", {}).get("k", self.k)) != self.k or any(
                 not torch.equal(v.cpu(), ck.get("masks", {}).get(n, v).cpu())
                 for n, v in getattr(self.supernet, "masks", {}).items()):
@@ -712,7 +717,7 @@ class Searcher:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": "pcdarts-search", "version": 1,
+            "format": "pcdarts-search", "version": runs.CHECKPOINT_VERSION,
             "epoch": self.epoch, "step": self.step,
             "supernet": self.supernet.state_dict(),
             "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
@@ -781,7 +786,8 @@ def epoch_line(rec: dict[str, Any], epochs: int) -> str:
 
 
 def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",
-           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None) -> SearchResult:
+           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None,
+           trust_checkpoint: bool = False) -> SearchResult:
     """Run an architecture search (the Python twin of ``pcdarts search``).
 
     Args:
@@ -790,6 +796,8 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
         preset: preset name or YAML path the dict is laid over (default ``quick``, like the CLI).
         resume: a run directory to continue; its saved config is used.
         stop_after_steps: stop after this many steps, checkpointing (for tests and time-boxed runs).
+        trust_checkpoint: with ``resume``, unpickle a checkpoint in full when it needs that (one
+            written by an older pcdarts); only for a source you trust (``--trust-checkpoint``).
 
     Returns:
         SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
@@ -797,7 +805,7 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_config_file(run_dir / "config.yaml")
-        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True)
+        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True, trust_checkpoint=trust_checkpoint)
     else:
         cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
         searcher = Searcher(cfg, new_run_dir(cfg))  # builds everything before the directory is touched

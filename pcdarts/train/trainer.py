@@ -92,10 +92,12 @@ class Trainer:
         run_dir: where the run's files go: a :class:`~pcdarts.runs.RunDir` or a path; nothing is
             written there before :meth:`run` starts.
         resume: continue from ``run_dir/checkpoint.pt``.
+        trust_checkpoint: the checkpoint may be unpickled in full when it needs that (an older
+            pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
     def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Union[Path, str, runs.RunDir], *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, trust_checkpoint: bool = False) -> None:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.genotype, self.cfg, self.run_dir = genotype, cfg, self.rundir.path
@@ -139,7 +141,8 @@ class Trainer:
         self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
         if resume:
             self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume",
-                                                       config=cfg.to_dict(), sections=("model",)))
+                                                       config=cfg.to_dict(), sections=("model",),
+                                                       trust=trust_checkpoint))
 
     def _ddp(self, net: nn.Module) -> nn.Module:
         """Under torchrun: DistributedDataParallel (gradients averaged in the backward; the
@@ -389,7 +392,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "version": 1, "epoch": self.epoch, "step": self.step,
+            "format": FORMAT, "version": runs.CHECKPOINT_VERSION, "epoch": self.epoch, "step": self.step,
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": {"name": self.cfg.train.lr_schedule, "lr": self.optimizer.param_groups[0]["lr"]},
             "loader": self.data.train.state_dict(),
@@ -428,7 +431,7 @@ def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
 
 def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig, dict[str, Any], None] = None, *,
           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None,
-          **run_overrides: Any) -> TrainResult:
+          trust_checkpoint: bool = False, **run_overrides: Any) -> TrainResult:
     """Train a genotype from scratch (the Python twin of ``pcdarts train``).
 
     Args:
@@ -436,6 +439,8 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
         config: a :class:`TrainConfig`, a nested dict as in a preset YAML, or None (defaults).
         resume: a run directory to continue exactly (its saved config and genotype are used).
         stop_after_steps: stop after this many micro-batches, checkpointing (tests, time boxes).
+        trust_checkpoint: with ``resume``, unpickle a checkpoint in full when it needs that (one
+            written by an older pcdarts); only for a source you trust (``--trust-checkpoint``).
         **run_overrides: fields of the ``run`` section allowed to change on resume
             (``device``, ``progress``).
 
@@ -451,7 +456,8 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
             metrics = json.loads((run_dir / "metrics.json").read_text())
             return TrainResult(metrics, run_dir, utils.read_jsonl(run_dir / "history.jsonl"))
         g = load_genotype(run_dir)
-        return Trainer(g, cfg, runs.RunDir(run_dir, resume=True), resume=True).run(stop_after_steps)
+        return Trainer(g, cfg, runs.RunDir(run_dir, resume=True), resume=True,
+                       trust_checkpoint=trust_checkpoint).run(stop_after_steps)
     if genotype is None:
         raise TrainError("train() needs a genotype (a published name like DARTS_V2, a genotype file or string)")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)
