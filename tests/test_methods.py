@@ -12,6 +12,7 @@ from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
+from conftest import tiny_method
 
 
 def _searcher(cfg_dict):
@@ -19,9 +20,6 @@ def _searcher(cfg_dict):
     return Searcher(cfg, new_run_dir(cfg))
 
 
-# method settings that fit the tiny 2-epoch run (default: no architecture warm-up)
-TINY_METHOD = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}, "rsws": {"num_samples": 2},
-               "random-lookup": {"num_samples": 2}}
 TRAINS_NO_WEIGHTS = {"random-lookup"}  # a lookup baseline: nothing is trained
 
 
@@ -31,8 +29,7 @@ def test_one_search_step_per_method_and_space(tiny, method, space):
     from pcdarts.errors import ConfigError
     layers = 3 if space == "darts" else 1
     try:
-        s = _searcher(tiny(method={"name": method, **TINY_METHOD.get(method, {"warmup_epochs": 0})},
-                           space={"name": space, "layers": layers}))
+        s = _searcher(tiny(method=tiny_method(method), space={"name": space, "layers": layers}))
     except ConfigError as e:
         if method == "random-lookup" and "has none" in str(e):
             pytest.skip(f"refused by design: {e}")

@@ -77,7 +77,7 @@ def test_no_progress_run_stopped_by_sigterm_says_how_to_resume_and_exits_143(tmp
             proc.kill()
     assert proc.returncode == 143, err
     assert "SIGTERM: stopped " in rest and f"state saved. Continue with: pcdarts search --resume {out}" in rest, rest
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 1 <= ck["epoch"] < 40 and not (out / "genotype.json").exists()
 
 

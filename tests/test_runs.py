@@ -26,7 +26,7 @@ from pcdarts.registry import METHODS
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.train.trainer import train
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_method
 
 TRAIN_TINY = {
     "data": {"dataset": "digits", "max_samples": 32, "max_test_samples": 16},
@@ -137,8 +137,7 @@ def test_search_and_training_checkpoints_load_weights_only(search_run, train_run
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_state_loads_weights_only(tmp_path, method):
-    settings = {"shrink_steps": 1, "shrink_interval": 1} if method == "is-darts" else {"warmup_epochs": 0}
-    cfg = build_config(tiny_config(tmp_path, method={"name": method, **settings}, space={"name": "nb201", "layers": 1}))
+    cfg = build_config(tiny_config(tmp_path, method=tiny_method(method), space={"name": "nb201", "layers": 1}))
     s = Searcher(cfg, new_run_dir(cfg))
     s.search_step(arch_active=s.method.is_arch_active(0), ctx=s.context())
     path = s.rundir.open() / runs.CHECKPOINT
