@@ -126,7 +126,12 @@ class SpaceConfig:
         stem_multiplier: stem width as a multiple of C (DARTS: 3).
         k: partial-channel factor K (1 = plain DARTS); None = the method's default.
         channel_mode: ``first+shuffle`` (official PC-DARTS), ``first+shift`` or ``random``.
-        track_running_stats: BN running statistics in the search cells (NB201 switch).
+        track_running_stats: BN running statistics in the search cells' BNs (NB201, DARTS and
+            broad; the stems and NB201's reduction blocks keep theirs); false = batch statistics
+            also in eval mode (the NB201 benchmark's and the IS-DARTS code's search cells).
+        pool_bn: DARTS and broad spaces: BN(affine=False) after the pooling ops of the search
+            cells; None = true (the DARTS code); false = pooling alone (the IS-DARTS code).
+            The NB201 cell's pool never carries BN.
         impl: mixed-edge implementation: ``fast``, ``reference`` or ``auto`` (default: the fast
             path on CPU, the reference on CUDA, where the fast path is slower and its
             gradients have not yet been verified against the reference; see the README).
@@ -143,6 +148,7 @@ class SpaceConfig:
     k: Optional[Count] = None
     channel_mode: str = "first+shuffle"
     track_running_stats: bool = True
+    pool_bn: Optional[bool] = None
     impl: str = "auto"
 
 

@@ -125,8 +125,10 @@ class MixedEdge(nn.Module):
                 self.ops[str(i)] = factories[name](C // k, stride, False)
         self.active = [int(i) for i in self.ops.keys()]
         self.aux: Optional[nn.Module] = None
-        if aux_skip:
-            self.aux = Identity() if stride == 1 else FactorizedReduce(C, C, affine=False)
+        if aux_skip:  # stride 2: the space's own non-affine FactorizedReduce (its BN options), on all C channels
+            reduce = factories.get("skip_connect")
+            self.aux = Identity() if stride == 1 else (reduce(C, stride, False) if reduce is not None
+                                                       else FactorizedReduce(C, C, affine=False))
 
     def prune(self, keep: Sequence[bool]) -> None:
         """Drop the ops whose ``keep`` entry is False (they are freed, never run again)."""

@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 space (ALGORITHMS §3): 4-node cell, one shared 6x5 architecture tensor."""
+"""The NAS-Bench-201 space (docs/methods.md, "Search spaces"): 4-node cell, one shared 6x5 architecture tensor."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional
@@ -6,6 +6,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.nn.ops import NB201_PRIMITIVES, ResNetReduction, nb201_ops
@@ -151,6 +152,11 @@ class NB201Space(SearchSpace):
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
     default_layers = 5  # cells per stage, N
+
+    def check_config(self, space_cfg: Any) -> None:
+        if getattr(space_cfg, "pool_bn", None):
+            raise ConfigError("space.pool_bn=true: the NB201 cell's avg_pool_3x3 carries no BN (the benchmark's "
+                              "cell); drop --space.pool_bn for the nb201 space")
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return [list(g) for g in NB201_NODE_EDGES]
