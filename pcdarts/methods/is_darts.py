@@ -19,7 +19,7 @@ Step ``s`` (0-based) removes ``ceil((live - keep) / (S - s))`` of a subset, so a
 with exactly ``keep`` survivors; exact ties (e.g. the +inf of ``none`` and of constant maps) go
 to the lowest input, then in the official code's op order (:data:`OFFICIAL_OP_ORDER`: its
 DARTS list is none, skip, sep 3/5, dil 3/5, avg pool, max pool, not ours). The paper's
-"shrink rate" is 1/S (ablation, §6.3: rate 0.5 / 0.25 / 0.143 / 0.1 / 0.05 = S 2 / 4 / 7 /
+"shrink rate" is 1/S (its ablation: rate 0.5 / 0.25 / 0.143 / 0.1 / 0.05 = S 2 / 4 / 7 /
 10 / 20 with D 18 / 6 / 3 / 2 / 1 on the DARTS space; rate 1, one-shot selection, is S = 1).
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ISDartsConfig:
             whole, augmented, training loader). The paper uses 200 (NB201) and 600 (DARTS
             space); the presets set those.
         iim_formula: ``official`` (``3 (x - mu)^2 / sigma^6``, the released code) or
-            ``textbook`` (``(x - mu)^2 / sigma^6 - 1 / (2 sigma^4)``, sigma floored), §6.2.
+            ``textbook`` (``(x - mu)^2 / sigma^6 - 1 / (2 sigma^4)``, sigma floored; the paper's observed information).
     """
 
     shrink_steps: Optional[Count] = None

@@ -1,4 +1,4 @@
-"""The broad space of B-DARTS / BNAS-v2 (ALGORITHMS §10): DARTS cells in a shallow, broad network.
+"""The broad space of B-DARTS / BNAS-v2 (docs/methods.md, "B-DARTS"): DARTS cells in a shallow, broad network.
 
 Topology (BCNN), read from the authors' code (zixiangding/BNASv2, ``BNASv2CLR/model_search_b.py``
 and ``model_b.py``; BNAS-v2, arXiv 2009.08886, same authors, is B-DARTS extended, with the same

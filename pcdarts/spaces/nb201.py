@@ -108,7 +108,7 @@ class NB201Supernet(nn.Module):
 
 def derive_nb201(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
                  primitives: tuple[str, ...] = NB201_PRIMITIVES) -> NB201Genotype:
-    """NB201 rule: argmax op per edge; ``none`` is allowed (ALGORITHMS §3.4)."""
+    """NB201 rule: argmax op per edge; ``none`` is allowed (docs/methods.md, "Search spaces")."""
     s = masked_scores(scores["cell"], None if masks is None else masks.get("cell"))
     return NB201Genotype(tuple(primitives[int(s[e].argmax())] for e in range(s.shape[0])))
 
