@@ -153,6 +153,11 @@ def naswot_score(K: torch.Tensor) -> float:
     return float(torch.linalg.slogdet(K.double())[1])
 
 
+def _drop(t: Any) -> None:
+    """A saved-tensor hook that keeps nothing (the graph is never run backward)."""
+    return None
+
+
 def _reached_nodes(root: Any) -> set[int]:
     """Ids of the autograd nodes a backward from ``root`` (a ``grad_fn``) runs: every node
     reachable through ``next_functions`` (the graph is alive while the caller holds it)."""
@@ -190,7 +195,9 @@ def naswot(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
         net.train()
         handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
         try:
-            with torch.enable_grad():
+            # the graph is only walked, never run backward: nothing it would save is kept (the
+            # memory of a no-grad forward, not of a training step)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
                 xg = x.detach().clone().requires_grad_(True)
                 root = logits_of(net(xg.clone())).grad_fn  # a non-leaf input: an in-place first op is legal
                 reached = _reached_nodes(root)
