@@ -186,7 +186,8 @@ def add_subcommand(sub: Any) -> None:
                     "--ground-truth CSV or --standalone-epochs), rank stability within a run and across seeds, "
                     "the recency (interference) correlation and the degree-of-sharing sweep (--groups, "
                     "--prefix). Writes report.json, CSVs and plots into --out. With --edge-check RUN_DIR: the "
-                    "IS-DARTS check of a finished DARTS-family search instead.")
+                    "IS-DARTS check of a finished DARTS-family search instead. The paper's protocol and what "
+                    "differs from its code: docs/methods.md, \"Weight-sharing analysis\".")
     w.add_argument("--space", choices=("tiny", "nb201"), help="analysed space (default tiny)")
     w.add_argument("--sample", type=int, help="NB201 children sampled (default 50; 0 = all 15,625)")
     w.add_argument("--sample-seed", type=int, help="seed of the NB201 sample and the group partition (default 0)")
