@@ -442,7 +442,7 @@ def test_cli_search_on_unlabelled_cifar10_images(tmp_path, capsys):
 
 
 def test_mae_is_registered_with_a_description():
-    assert "mae" in OBJECTIVES and "ALGORITHMS §9" in OBJECTIVES.describe("mae")
+    assert "mae" in OBJECTIVES and "docs/methods.md" in OBJECTIVES.describe("mae")
 
 
 def test_training_on_an_unlabelled_folder_is_refused_in_one_line(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Zero-cost proxies (ALGORITHMS §8.2, §8.3, §15) against hand computations, their determinism
+"""Zero-cost proxies (docs/methods.md, "Zero-cost proxies") against hand computations, their determinism
 and restore guarantees, and ``pcdarts zero-cost`` (scores.csv, the cache)."""
 from __future__ import annotations
 
@@ -65,6 +65,52 @@ def test_naswot_hooks_relu_inputs_in_train_mode_and_restores_the_net():
     expected = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0]))[1])
     assert zc.naswot(net, (x, torch.zeros(9, dtype=torch.long))) == pytest.approx(expected, abs=1e-9)
     assert not net.training and _same_state(net, before)  # running stats and mode restored
+
+
+class _Branchy(nn.Module):
+    """An MLP whose forward also runs a ReLU branch and discards it (``aux_out``: returns it as
+    a second output instead, as an evaluation network's auxiliary head)."""
+
+    def __init__(self, aux_out: bool = False) -> None:
+        super().__init__()
+        self.lin1, self.lin2, self.head = nn.Linear(4, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU(inplace=True)
+        self.side, self.side_relu, self.aux_out = nn.Linear(32, 24), nn.ReLU(), aux_out
+
+    def forward(self, x):
+        h = self.relu1(self.lin1(x))
+        side = self.side_relu(self.side(h))  # runs in every forward, never reaches the logits
+        logits = self.head(self.relu2(self.lin2(h)))
+        return (logits, side) if self.aux_out else logits
+
+
+@pytest.mark.parametrize("aux_out", [False, True])
+def test_naswot_counts_only_the_relus_the_backward_of_the_logits_reaches(aux_out):
+    torch.manual_seed(0)
+    net = _Branchy(aux_out)
+    x = torch.randn(8, 4)
+    with torch.no_grad():  # hand computation: the two ReLUs on the path to the logits
+        pre1 = net.lin1(x)
+        pre2 = net.lin2(F.relu(pre1))
+        side = net.side(F.relu(pre1))
+    expected = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0]))[1])
+    with_side = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0, side > 0]))[1])
+    assert math.isfinite(expected) and expected < with_side - 1  # the test can tell the two apart
+    assert zc.naswot(net, (x, torch.zeros(8, dtype=torch.long))) == pytest.approx(expected, abs=1e-9)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_naswot_without_a_reached_relu_is_minus_inf():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu, self.lin = nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.relu(x)  # runs, but the logits do not depend on it
+            return self.lin(x)
+
+    assert zc.naswot(Detached(), (torch.randn(5, 3), torch.zeros(5, dtype=torch.long))) == float("-inf")
 
 
 # ---------------------------------------------------------------- synflow

@@ -1,5 +1,5 @@
 """Zero-cost proxies on NAS-Bench-201 cells: scores, rank correlations with the benchmark,
-a training-free search (``pcdarts zero-cost``; ALGORITHMS §8.2, §8.3).
+a training-free search (``pcdarts zero-cost``; docs/methods.md, "Zero-cost proxies").
 
 Every sampled (or every one of the 15,625) NB201 cell is built as its evaluation network
 (:class:`pcdarts.nn.networks.NB201Network`, ``C`` channels, ``N`` cells per stage), initialised
@@ -39,8 +39,8 @@ from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc
 from pcdarts.utils import progress_bar
 
-# the order of the table: the proxies of §8, the newer ones, the rank ensemble, then the
-# baselines; other registered ones after
+# the order of the table: the proxies, the newer ones, the rank ensemble, then the baselines;
+# other registered ones after
 PROXY_ORDER = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "meco", "zico", "ensemble", "params", "macs")
 NUM_CELLS = len(NB201_PRIMITIVES) ** len(NB201_EDGES)  # 15,625
 CACHE_FILE = "zero_cost_cache.jsonl"

@@ -242,8 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", help=f"method: {', '.join(METHODS.names())}")
     s.add_argument("--objective", help=f"search objective (objective.name): {', '.join(OBJECTIVES.names())}; "
                                        "mae needs no labels (e.g. --data unlabelled:DIR)")
-    s.add_argument("--data", help="dataset, e.g. digits, cifar10:PATH, cifar100:PATH, unlabelled:DIR")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--data", help="dataset: digits (bundled), cifar10:PATH, cifar100:PATH, folder:DIR (one "
+                                  "sub-folder of images per class), unlabelled:DIR (no labels: --objective mae) "
+                                  "or synthetic:SIZExCHANNELSxCOUNT")
+    s.add_argument("--seed", type=int,
+                   help="run seed (run.seed, default 0): weight initialisation, data order, architecture draws "
+                        "and, unless data.split_seed is set, the weight/architecture split")
     s.add_argument("--out", help="run directory (default runs/<space>-<method>-<data>-s<seed>-<time>)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
@@ -259,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "stage starts, shrink epochs, decay horizons) by EPOCHS/search.epochs")
     s.add_argument("--prune", metavar="PROXY[:FRACTION]",
                    help="zero-shot pruning before the search: remove FRACTION (default 0.5) of each edge's ops, "
-                        "ranked by a zero-cost proxy, e.g. naswot:0.5 (search.prune; ALGORITHMS §8.1)")
+                        "ranked by a zero-cost proxy, e.g. naswot:0.5 (search.prune; docs/methods.md, "
+                        "\"Zero-shot pruning\")")
     s.add_argument("--nb201-lookup", action="store_true",
                    help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
     s.set_defaults(func=cmd_search, takes_overrides=True)

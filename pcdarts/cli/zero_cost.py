@@ -1,4 +1,7 @@
-"""``pcdarts zero-cost``: zero-cost proxies of NAS-Bench-201 cells against the benchmark (ALGORITHMS §8)."""
+"""``pcdarts zero-cost``: zero-cost proxies of NAS-Bench-201 cells against the benchmark.
+
+What each proxy computes, and where it follows or differs from the official code: docs/methods.md,
+"Zero-cost proxies"."""
 from __future__ import annotations
 
 import argparse
@@ -77,7 +80,8 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                     "images, print each proxy's Kendall tau and Spearman rho against the benchmark's validation "
                     "accuracy (needs the NB201 lookup: pip install \"pcdarts[nb201]\"), and with --out write "
                     "scores.csv, correlations.json and scatter.png. Scores are cached per (cell, proxy, seed, "
-                    "data, network size): a re-run is instant. ALGORITHMS §8.")
+                    "data, network size): a re-run is instant. What each proxy computes: docs/methods.md, "
+                    "\"Zero-cost proxies\".")
     p.add_argument("--space", default="nb201", help="search space whose cells are scored (nb201)")
     p.add_argument("--sample", type=int, default=200, help="score this many cells drawn at random (default 200)")
     p.add_argument("--all", action="store_true", help="score all 15,625 cells")

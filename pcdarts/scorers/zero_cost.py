@@ -1,4 +1,4 @@
-"""Zero-cost proxies: rank a network at initialisation from one minibatch (ALGORITHMS §8.2, §8.3, §15).
+"""Zero-cost proxies: rank a network at initialisation from one minibatch (docs/methods.md, "Zero-cost proxies").
 
 Each proxy is a function ``proxy(net, batch, *, seed=0) -> float`` registered in
 :data:`pcdarts.registry.PROXIES`. ``net`` is any ``nn.Module`` whose forward takes an
@@ -10,14 +10,16 @@ statistics, train/eval flags, ``requires_grad``; ``.grad`` is never written: gra
 from ``torch.autograd.grad``), and runs under a forked RNG seeded with ``seed``, so equal
 seeds give equal scores and the caller's random streams do not move.
 
-What each computes, as the official code does (§15, "NASWOT" and "Zero-cost proxies"):
+What each computes, as the official code does (checked by running it on identical inputs):
 
 * ``naswot`` (Mellor et al., ICML 2021): the network in **train** mode, one forward pass; the
   input of every ``nn.ReLU`` module (its pre-activation) is binarised per sample,
   ``c = 1[x > 0]``; ``K = sum over ReLUs of C C^T + (1 - C)(1 - C)^T`` in float64, i.e.
   ``K[i, j] = N_A - hamming(c_i, c_j)`` (:func:`naswot_kernel`); the score is ``log|det K|``
   (``slogdet``, sign dropped; a singular K gives -inf). K is not normalised: more ReLU units,
-  larger scores (NASWOT#20).
+  larger scores (NASWOT#20). Only ReLUs that the backward of the first output (the logits)
+  reaches count, as the official code's hooks (a discarded branch, e.g. the auxiliary head of
+  an evaluation network, adds nothing); no ReLU reached gives K = 0, so -inf.
 * ``synflow`` (Tanaka et al.; Abdelfattah et al., ICLR 2021): every parameter (and float
   buffer) replaced by its absolute value, BatchNorm removed (identity), float64, one all-ones
   image; ``R = sum of the logits``; ``sum over Conv2d/Linear weights of |W * dR/dW|``. Returned
@@ -30,7 +32,7 @@ What each computes, as the official code does (§15, "NASWOT" and "Zero-cost pro
   undefined (a constant gradient row, e.g. a cell that does not connect input to output).
 * ``params`` and ``macs``: parameter count and multiply-adds of one image
   (:func:`pcdarts.analysis.stats.count_params` / ``count_macs``), the baselines every
-  proxy must beat (§8.3).
+  proxy must beat.
 
 Only ``nn.Conv2d`` and ``nn.Linear`` weights are scored; a spectrally normalised conv
 (a parametrised weight, MSR-DARTS) is scored through its raw weight.
@@ -151,34 +153,65 @@ def naswot_score(K: torch.Tensor) -> float:
     return float(torch.linalg.slogdet(K.double())[1])
 
 
+def _drop(t: Any) -> None:
+    """A saved-tensor hook that keeps nothing (the graph is never run backward)."""
+    return None
+
+
+def _reached_nodes(root: Any) -> set[int]:
+    """Ids of the autograd nodes a backward from ``root`` (a ``grad_fn``) runs: every node
+    reachable through ``next_functions`` (the graph is alive while the caller holds it)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        stack.extend(f for f, _ in fn.next_functions)
+    return seen
+
+
 @PROXIES.register("naswot", description="NASWOT: log|det K_H| of the ReLU codes of one batch (train mode)")
 def naswot(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
-    """NASWOT score of ``net`` on ``batch`` (see the module docstring)."""
+    """NASWOT score of ``net`` on ``batch`` (see the module docstring).
+
+    As the official ``search.py``, a ReLU module counts only when the backward of the first
+    output reaches it: one forward with the graph recorded (the input requires grad), then
+    the ReLUs whose output node is reachable from the logits' ``grad_fn`` add every code they
+    produced in that forward; a branch whose output is discarded (e.g. an auxiliary head)
+    adds nothing. No gradient is computed: reaching a node is read off the graph."""
     x = batch[0]
     n = x.shape[0]
-    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    fired = 0
+    calls: list[tuple[nn.Module, torch.Tensor, Any]] = []  # (module, its K term, its output's grad_fn)
 
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        nonlocal K, fired
-        pre = args[0].detach()
+    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        pre = args[0].detach()  # an in-place ReLU hands its output here: the same code, 1[x > 0]
         if pre.shape[0] != n:
             return
-        K = K + _code_kernel((pre.reshape(n, -1) > 0))
-        fired += 1
+        calls.append((module, _code_kernel(pre.reshape(n, -1) > 0), getattr(out, "grad_fn", None)))
 
     with preserved(net, seed, x.device):
         net.train()
-        handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+        handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
         try:
-            with torch.no_grad():
-                net(x)
+            # the graph is only walked, never run backward: nothing it would save is kept (the
+            # memory of a no-grad forward, not of a training step)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
+                xg = x.detach().clone().requires_grad_(True)
+                root = logits_of(net(xg.clone())).grad_fn  # a non-leaf input: an in-place first op is legal
+                reached = _reached_nodes(root)
         finally:
             for h in handles:
                 h.remove()
-    if not fired:
+    if not calls:
         raise ValueError("naswot: no nn.ReLU module ran in the forward pass (functional ReLUs cannot be "
                          "hooked; a fast supernet must run its reference path: pcdarts.search.prune.SupernetAt)")
+    counted = {id(m) for m, _, fn in calls if fn is not None and id(fn) in reached}
+    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for m, term, _ in calls:
+        if id(m) in counted:  # the official flag is per module: all its calls count once one is reached
+            K = K + term
     return naswot_score(K)
 
 

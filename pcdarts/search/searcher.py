@@ -1,4 +1,4 @@
-"""The Searcher: the one search loop (ALGORITHMS §1.4, STYLE §2.4).
+"""The Searcher: the one search loop (docs/methods.md, "DARTS", STYLE §2.4).
 
 Per step: a weight batch, and (while the architecture is being trained) an
 architecture batch from a persistent cycling iterator; the arch step and the weight
@@ -183,7 +183,7 @@ class Searcher:
         self.arch_generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 2)
         self.method.generator = self.arch_generator
         self.method.prepare_supernet(self.supernet, (self.in_channels, self.input_size, self.input_size))
-        # zero-shot pruning of a new run's space (search.prune, ALGORITHMS §8.1); the method learns the masks
+        # zero-shot pruning of a new run's space (search.prune, docs/methods.md); the method learns the masks
         self.prune_report = prune_at_start(self.supernet, self.method, cfg,
                                            self.sample_batches if checkpoint is None else None)
         self.objective = build_objective(cfg.objective_name, cfg.objective, ObjectiveSetup(

@@ -1,4 +1,4 @@
-"""The Trainer: train a searched cell from scratch and evaluate it (ALGORITHMS §1.7, §2.5).
+"""The Trainer: train a searched cell from scratch and evaluate it (docs/methods.md, "Training a found cell").
 
 It sees a :data:`~pcdarts.genotype.Genotype` and nothing from the search: the network
 comes from :func:`pcdarts.nn.networks.build_network` (DARTS cells -> NetworkCIFAR or
