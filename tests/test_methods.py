@@ -12,6 +12,7 @@ from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
+from conftest import tiny_method
 
 
 def _searcher(cfg_dict):
@@ -19,21 +20,26 @@ def _searcher(cfg_dict):
     return Searcher(cfg, new_run_dir(cfg))
 
 
-# method settings that fit the tiny 2-epoch run (default: no architecture warm-up)
-TINY_METHOD = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}}
+TRAINS_NO_WEIGHTS = {"random-lookup"}  # a lookup baseline: nothing is trained
 
 
 @pytest.mark.parametrize("space", SPACES.names())
 @pytest.mark.parametrize("method", METHODS.names())
 def test_one_search_step_per_method_and_space(tiny, method, space):
+    from pcdarts.errors import ConfigError
     layers = 3 if space == "darts" else 1
-    s = _searcher(tiny(method={"name": method, **TINY_METHOD.get(method, {"warmup_epochs": 0})},
-                       space={"name": space, "layers": layers}))
+    try:
+        s = _searcher(tiny(method=tiny_method(method), space={"name": space, "layers": layers}))
+    except ConfigError as e:
+        if method == "random-lookup" and "has none" in str(e):
+            pytest.skip(f"refused by design: {e}")
+        raise
     w0 = [p.detach().clone() for p in s.weight_params]
     a0 = [p.detach().clone() for p in s.method.arch_parameters()]
     s.search_step(arch_active=s.method.is_arch_active(0), ctx=s.context())
     assert torch.isfinite(s.meters["loss"])
-    assert any(not torch.equal(a, b) for a, b in zip(w0, s.weight_params)), "weights did not change"
+    changed = any(not torch.equal(a, b) for a, b in zip(w0, s.weight_params))
+    assert changed != (method in TRAINS_NO_WEIGHTS), "weights did not change" if changed else "weights changed"
     changed = any(not torch.equal(a, b) for a, b in zip(a0, s.method.arch_parameters()))
     assert changed == s.method.has_arch
     # architecture parameters are registered, but not in the weight optimiser
@@ -136,8 +142,8 @@ def test_resume_equals_uninterrupted_run(tiny, method, stop):
     assert _final_alphas(resumed) == _final_alphas(full)
     assert resumed.genotype == full.genotype
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k
 
@@ -189,11 +195,7 @@ def test_darts_minus_beta_schedule():
     assert aux_beta(lin, 0, 50) == 1.0 and aux_beta(lin, 49, 50) == pytest.approx(0.02)
     assert aux_beta(DartsMinusConfig(beta_schedule="cosine"), 49, 50) == pytest.approx(0.00099, abs=1e-5)
     assert aux_beta(DartsMinusConfig(beta_schedule="slow-cosine"), 49, 50) == pytest.approx(0.031, abs=1e-3)
-    # the released code's quirk: with a decay start, the epoch number itself is used
-    quirk = DartsMinusConfig(decay_start=10)
-    assert aux_beta(quirk, 9, 50) == 1.0 and aux_beta(quirk, 10, 50) == pytest.approx(0.8)
-    smooth = DartsMinusConfig(decay_start=10, decay_from_start=True)
-    assert aux_beta(smooth, 10, 50) == 1.0 and aux_beta(smooth, 30, 50) == pytest.approx(0.5)
+    # a decay start > 0 (the released DecayScheduler's values): tests/test_darts_minus.py
 
 
 def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tiny, tmp_path):
@@ -298,7 +300,7 @@ def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
                 search={"epochs": 3}, space={"name": "nb201", "layers": 1})
     base["run"]["out"] += "-full"
     full = pcdarts.search(base)
-    ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
+    ck = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
     assert int(ck["masks"]["cell"].sum(1).max()) == 3 and ck["structure"]["k"] == 1
     assert len(ck["optimizer"]["param_groups"][0]["params"]) == len(ck["supernet"]) - sum(
         1 for k in ck["supernet"] if "running" in k or "num_batches" in k)
@@ -308,7 +310,7 @@ def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):
         assert first.interrupted
         resumed = pcdarts.search(resume=first.run_dir)
         assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
-        ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+        ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
         for k, v in ck["supernet"].items():
             assert torch.equal(v, ck_res["supernet"][k]), k
 

@@ -331,8 +331,8 @@ def test_resume_equals_uninterrupted_run(tiny, full_and_resumed):
     base = tiny(method={"name": "lbt", "aux_lr": 0.05}, search={"epochs": 2}, space={"name": "nb201", "layers": 1},
                 data={"max_samples": 32})
     full, resumed = full_and_resumed(base, 3)
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for section in ("supernet",):
         for k, v in ck_full[section].items():
             assert torch.equal(v, ck_res[section][k]), k

@@ -4,7 +4,7 @@ Counting rule
 -------------
 * **Parameters** (:func:`count_params`): every parameter of the model except those of
   modules whose name starts with an excluded prefix (default ``"auxiliary"``, i.e. the
-  auxiliary head, which is dropped at test time; ALGORITHMS §1.7). Prefixes are matched
+  auxiliary head, which is dropped at test time; docs/methods.md, "Training a found cell"). Prefixes are matched
   against every dotted component of the parameter name, so wrapped models
   (``module.auxiliary_head...``) are handled too. Buffers (BN running stats) are not
   parameters and are not counted.

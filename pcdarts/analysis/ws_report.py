@@ -1,11 +1,11 @@
-"""Metrics, report files and plots of ``pcdarts ws-analysis`` (ALGORITHMS §12.2).
+"""Metrics, report files and plots of ``pcdarts ws-analysis`` (docs/methods.md, "Weight-sharing analysis").
 
 Pure functions of the logged accuracies ``A[run][epoch][child]``, the steps since each
 child was last trained, and the optional ground truth; every correlation comes from
 :mod:`pcdarts.analysis.correlation` (Kendall tau-b, Spearman rho, top-k overlap; checked
 against scipy), Pearson r from numpy. Nothing here trains or evaluates a network.
 
-Metric definitions (§12.2):
+Metric definitions (docs/methods.md, "Weight-sharing analysis"):
 
 * ranking vs ground truth per epoch: Kendall tau, Spearman rho, Pearson r, top-k overlap
   for k = 1 %, 5 %, 10 % of the children (at least one), and the ground-truth percentile

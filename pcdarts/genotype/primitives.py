@@ -1,4 +1,4 @@
-"""Candidate operation names of the spaces, in their canonical order (ALGORITHMS §1.1, §3.1).
+"""Candidate operation names of the spaces, in their canonical order (docs/methods.md, "Search spaces").
 
 Plain data (no torch), so genotypes can be validated without building any network.
 """

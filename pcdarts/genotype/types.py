@@ -132,7 +132,7 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
 @dataclass(frozen=True)
 class BroadGenotype(DartsGenotype):
     """A B-DARTS (broad space) result: DARTS cells, marked for the broad evaluation network
-    (ALGORITHMS §10). ``normal`` is the convolution cell (the deep cells, and with stride 2
+    (docs/methods.md, "B-DARTS"). ``normal`` is the convolution cell (the deep cells, and with stride 2
     the broad cell ending each convolution block), ``reduce`` the enhancement cell (stride 1):
     the naming of the official BNAS-v2 code. Prints and parses as ``BroadGenotype(...)``;
     JSON ``"space": "broad"``. Never equal to a :class:`DartsGenotype` with the same cells

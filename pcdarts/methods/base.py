@@ -133,7 +133,7 @@ class Method:
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """The supernet's op masks (cell type -> [E, O] booleans, False = removed) when the
         search starts: the Searcher calls it once, after :meth:`prepare_supernet` and the
-        zero-shot pruning of ``search.prune`` (ALGORITHMS §8.1), on new and resumed runs alike,
+        zero-shot pruning of ``search.prune`` (docs/methods.md, "Zero-shot pruning"), on new and resumed runs alike,
         before a checkpoint is loaded. A method whose mixing spans every op (a softmax over
         alpha) leaves the removed ones out of it; one with masks of its own ANDs them in.
         Default: nothing (every removed op is simply never run)."""

@@ -1,4 +1,4 @@
-"""IL, interleaving learning (Ban & Xie, 2021; ALGORITHMS §11), on the multi-level engine.
+"""IL, interleaving learning (Ban & Xie, 2021; docs/methods.md, "IL"), on the multi-level engine.
 
 K models share one data encoder E, the supernet's feature part (architecture A, weights W:
 everything up to the classifier's input); each model k has its own head and its own task.
@@ -44,7 +44,7 @@ COUPLINGS = ("init", "prox")
 
 @dataclass(frozen=True)
 class ILConfig(MultiLevelConfig):
-    """IL (ALGORITHMS §11). Architecture optimiser and unrolling: DARTS second order's.
+    """IL (docs/methods.md, "IL"). Architecture optimiser and unrolling: DARTS second order's.
 
     Attributes:
         tasks: K, the number of models sharing the encoder [UNVERIFIED: 2].

@@ -1,4 +1,4 @@
-"""The multi-level optimisation engine of the learning-by-X methods (ALGORITHMS §11).
+"""The multi-level optimisation engine of the learning-by-X methods (docs/methods.md, "Learning-by-X engine").
 
 A multi-level method declares its lower levels as :class:`Level`s: the parameters a level
 trains (the supernet weights and/or the method's own extra models: a student, an audience,
@@ -53,7 +53,7 @@ class MultiLevelConfig(DartsConfig):
     method's own models.
 
     Attributes:
-        order: 2 = the unrolled chain of one-step approximations (ALGORITHMS §11); 1 = first
+        order: 2 = the unrolled chain of one-step approximations (docs/methods.md, "Learning-by-X engine"); 1 = first
             order (every xi = 0: the upper loss's gradient at the current weights; cheap).
         aux_lr: the SGD lr of the method's own models; None = the supernet weight lr of the
             step (the same cosine schedule) [UNVERIFIED: the papers' students use DARTS's settings].

@@ -24,6 +24,14 @@ class SearchSpace:
     default_layers: int = 1  # space.layers when the config leaves it None
     train_preset: str = "cifar10_paper"  # the training preset the end-of-search summary suggests
 
+    # the discrete cells of this space: each intermediate node keeps ``inputs_per_node`` of its
+    # incoming edges (None = every one), each kept edge exactly one op, never one of
+    # ``derive_excluded`` (read by :meth:`sample_cell`; the derive rules follow the same shape)
+    inputs_per_node: Optional[int] = None
+    derive_excluded: tuple[str, ...] = ()
+    # the name of this space's benchmark lookup in :data:`pcdarts.registry.BENCHMARKS`, if any
+    benchmark: Optional[str] = None
+
     def check_config(self, space_cfg: Any) -> None:
         """Refuse (ConfigError naming the field) a space config that builds a broken supernet."""
 
@@ -55,6 +63,40 @@ class SearchSpace:
             raise ConfigError(f"unknown derive rule {name!r} for the {self.name} space; "
                               f"choose one of: {', '.join(self.derive_rules)}")
         return self.derive_rules[name](scores, masks, self.primitives)
+
+    def sample_cell(self, space_cfg: Any, generator: Optional[torch.Generator] = None,
+                    masks: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """A discrete cell drawn uniformly from the space (random-search baselines): per cell
+        type an [E, O] float tensor with a 1 for each kept (edge, op) and 0 elsewhere. Per node,
+        ``inputs_per_node`` distinct incoming edges are drawn uniformly among those with a live
+        op, and on each an op uniformly among its live ops (``masks``: cell type -> [E, O], False =
+        removed; ``derive_excluded`` ops never). Every draw comes from ``generator``, so a seed
+        gives one sequence of cells. ``space.derive`` of the result gives back exactly this cell."""
+        E, O = self.arch_shape(space_cfg)
+        allowed = torch.ones(E, O, dtype=torch.bool)
+        for name in self.derive_excluded:
+            if name in self.primitives:
+                allowed[:, self.primitives.index(name)] = False
+        device = generator.device if generator is not None else torch.device("cpu")
+
+        def draw(n: int) -> list[int]:  # a uniform random order of range(n)
+            return torch.randperm(n, generator=generator, device=device).tolist()
+
+        cells = {}
+        for ct in self.cell_types:
+            ok = allowed & masks[ct].bool().cpu() if masks is not None and ct in masks else allowed
+            w = torch.zeros(E, O)
+            for node, group in enumerate(self.node_edges(space_cfg)):
+                cands = [e for e in group if bool(ok[e].any())]
+                keep = len(group) if self.inputs_per_node is None else self.inputs_per_node
+                if len(cands) < keep:
+                    raise ValueError(f"{ct} cell node {node}: {len(cands)} incoming edges with a live op, "
+                                     f"{keep} needed to draw a cell")
+                for i in sorted(draw(len(cands))[:keep]):
+                    ops = ok[cands[i]].nonzero().flatten().tolist()
+                    w[cands[i], ops[draw(len(ops))[0]]] = 1.0
+            cells[ct] = w
+        return cells
 
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
                        input_size: int) -> dict[str, float]:
