@@ -123,7 +123,8 @@ def search_summary(result: Any) -> list[str]:
     if "genotype_params_m" in last:
         lines.append(f"cell size:     {last['genotype_params_m']:.3f} M parameters, {last['genotype_macs_m']:.1f} M "
                      f"multiply-adds ({last.get('genotype_network', 'evaluation network')})")
-    moved = arch_weight_summary(last.get("arch_weights"))
+    # over each edge's live ops; only where the op weights can move (the searcher then logs arch_entropy)
+    moved = arch_weight_summary(last.get("arch_weights"), last.get("op_masks")) if "arch_entropy" in last else {}
     if moved:
         lines.append(f"arch weights:  mean entropy {moved['entropy']:.2f} of uniform (1.00 = not moved), "
                      f"strongest op {moved['max']:.2f} on average (uniform {moved['uniform']:.2f})")

@@ -98,6 +98,10 @@ class Method:
     generator: Optional[torch.Generator] = None
     has_arch = True          # has architecture parameters updated by arch_step
     needs_arch_split = True  # needs a held-out split to train them
+    # whether the op weights of arch_weights() can move during a search (learned or measured):
+    # their entropy over the live ops is then reported (arch_entropy) and a run whose weights
+    # stayed uniform is told so; False for weights fixed by construction (IS-DARTS's 1/|O|)
+    op_weights_move = True
 
     def __init__(self, cfg: Any, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         self.cfg, self.space, self.space_cfg = cfg, space, space_cfg

@@ -123,6 +123,7 @@ class ISDarts(Method):
     Config = ISDartsConfig
     has_arch = False
     needs_arch_split = False
+    op_weights_move = False  # 1/|O| over the live ops: uniform by construction, their entropy says nothing
 
     def __init__(self, cfg: ISDartsConfig, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         super().__init__(cfg, space, space_cfg, device)

@@ -561,7 +561,11 @@ class Searcher:
             rec["nb201"] = self._nb201_lookup(genotype)
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
-        rec.update(collapse_stats(genotype, rec.get("arch_weights")))
+        masks = getattr(self.supernet, "masks", None) or {}
+        if any(not bool(m.all()) for m in masks.values()):  # ops were removed: the live ones, for the entropy
+            rec["op_masks"] = {ct: m.int().cpu().tolist() for ct, m in masks.items()}
+        rec.update(collapse_stats(genotype, rec.get("arch_weights") if self.method.op_weights_move else None,
+                                  rec.get("op_masks")))
         rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
         self.history.append(rec)
         if self.dist.is_main:
@@ -625,7 +629,7 @@ class Searcher:
     def _finish(self) -> SearchResult:
         genotype = self.derive()
         if self.dist.is_main:
-            warning = collapse_warning(genotype)
+            warning = collapse_warning(genotype, self.history[-1].get("arch_entropy") if self.history else None)
             if warning:
                 warnings.warn(warning)
             save_genotype(genotype, self.run_dir / "genotype.json")
