@@ -99,10 +99,13 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides/--budget")
         result = search(resume=args.resume, stop_after_steps=stop)
     else:
-        cfg = build_config(search_config_dict(args, overrides))
-        if args.budget is not None:
-            cfg, changes = scale_budget(cfg, args.budget)
-            print(describe_budget(cfg, changes), flush=True)
+        try:
+            cfg = build_config(search_config_dict(args, overrides))
+            if args.budget is not None:
+                cfg, changes = scale_budget(cfg, args.budget)
+                print(describe_budget(cfg, changes), flush=True)
+        except ConfigError as e:
+            raise ConfigError(f"{e}{switched_method_hint(args)}") from None
         result = search(cfg, stop_after_steps=stop)
     if result.interrupted:
         return 130
@@ -111,6 +114,30 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         for line in search_summary(result):
             print(line)
     return 0
+
+
+def switched_method_hint(args: argparse.Namespace) -> str:
+    """When ``--method`` names another method than the preset's, the tail of a config error:
+    the other sections (epochs, space, data) are still the preset's, so name the presets made
+    for that method (those of the preset's space first); empty otherwise."""
+    from pcdarts.config import load_preset
+    preset = args.preset or DEFAULT_PRESET
+    try:
+        base = load_preset(preset)
+    except ConfigError:  # an unknown preset: that error says so itself
+        return ""
+    made_for = (base.get("method") or {}).get("name", "pc-darts")
+    if not args.method or args.method == made_for:
+        return ""
+    space = args.space or (base.get("space") or {}).get("name", "darts")
+    own = [(((d.get("space") or {}).get("name") != space), name) for name in preset_names()
+           for d in [load_preset(name)] if (d.get("method") or {}).get("name") == args.method]
+    names = [name for _, name in sorted(own)]
+    where = f"--method {args.method} on the {preset} preset keeps that preset's other settings (made for {made_for})"
+    if not names:
+        return f"; {where}: set the fields named above for {args.method}"
+    also = f" (also: {', '.join(names[1:])})" if len(names) > 1 else ""
+    return f"; {where}: start from a preset made for {args.method} instead, e.g. --preset {names[0]}{also}"
 
 
 def search_summary(result: Any) -> list[str]:
