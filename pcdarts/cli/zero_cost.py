@@ -26,6 +26,13 @@ def _cmd(args: argparse.Namespace) -> int:
     for name, v in (("--C", args.C), ("--N", args.N), ("--batch-size", args.batch_size)):
         if v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
+    for p in dict.fromkeys(proxies + ([args.search] if args.search else [])):
+        need = getattr(PROXIES.get(p), "min_images", 1)
+        if args.batch_size < need:
+            others = [q for q in proxies if getattr(PROXIES.get(q), "min_images", 1) <= args.batch_size]
+            raise ConfigError(f"--batch-size {args.batch_size}: the {p} proxy needs at least {need} images; "
+                              f"use --batch-size {need} or more, or leave {p} out (e.g. --proxies "
+                              f"{','.join(others) or 'naswot'})")
     if not args.all and not 1 <= args.sample <= NUM_CELLS:
         raise ConfigError(f"--sample must be between 1 and {NUM_CELLS}, got {args.sample} (or use --all)")
     data_name = args.data.partition(":")[0].strip().lower()
