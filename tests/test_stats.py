@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import pcdarts
-from pcdarts.analysis.stats import arch_weight_summary, collapse_stats, collapse_warning
+from pcdarts.analysis.stats import arch_weight_summary, collapse_stats, collapse_warning, network_label
 from pcdarts.genotype import NB201Genotype
 
 
@@ -69,3 +69,12 @@ def test_fixed_op_weights_report_no_entropy(tiny):
                               space={"name": "nb201", "layers": 1}, search={"epochs": 2}))
     assert "arch_weights" in res.history[-1] and "op_masks" in res.history[-1]
     assert all("arch_entropy" not in r for r in res.history)
+
+
+def test_network_label_words_the_head():
+    g = NB201Genotype(("nor_conv_3x3",) * 6)
+    shape = dict(in_channels=3, input_size=16)
+    assert "10 classes, 3x16x16 input" in network_label(g, num_classes=10, **shape)
+    assert "1 class, 3x16x16" in network_label(g, num_classes=1, **shape)
+    unlabelled = network_label(g, num_classes=1, labelled=False, **shape)
+    assert "1-output head (unlabelled data: no classes), 3x16x16 input" in unlabelled and "class," not in unlabelled

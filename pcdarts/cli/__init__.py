@@ -211,10 +211,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_network_shape(source: str) -> dict[str, int]:
-    """The data shape (classes, channels, input side) of the run a genotype comes from, read
-    from its manifest.json, so that ``pcdarts show RUN`` reports the network that the run's
-    history.jsonl reports; empty (the CIFAR defaults) for anything else."""
+def run_network_shape(source: str) -> dict[str, Any]:
+    """The data shape (classes, channels, input side; ``labelled`` False for a search on data
+    without classes) of the run a genotype comes from, read from its manifest.json, so that
+    ``pcdarts show RUN`` reports the network that the run's history.jsonl reports; empty (the
+    CIFAR defaults) for anything else."""
     p = Path(source)
     run_dir = p if p.is_dir() else p.parent
     try:
@@ -222,7 +223,10 @@ def run_network_shape(source: str) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     keys = ("num_classes", "in_channels", "input_size")
-    return {k: int(shape[k]) for k in keys if k in shape} if p.exists() else {}
+    out: dict[str, Any] = {k: int(shape[k]) for k in keys if k in shape}
+    if shape.get("labelled") is False:
+        out["labelled"] = False
+    return out if p.exists() else {}
 
 
 # ---------------------------------------------------------------- parser

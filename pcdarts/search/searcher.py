@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
+from pcdarts.config import (Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset,
+                            resolve_impl)
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -521,8 +522,9 @@ class Searcher:
             hint = self.method.divergence_hint()
         raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
 
-    def _shape_info(self) -> dict[str, int]:
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
+    def _shape_info(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size,
+                "labelled": has_labels(self.cfg.data.dataset)}
 
     def _end_epoch(self, ctx: SearchContext) -> None:
         s = self.cfg.search
@@ -585,7 +587,7 @@ class Searcher:
 
     def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
         st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
-                                       input_size=self.input_size)
+                                       input_size=self.input_size, labelled=has_labels(self.cfg.data.dataset))
         return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
