@@ -182,6 +182,15 @@ class Method:
         "edge_weights": {cell type: [E]}}`` (the latter only with edge normalisation)."""
         return {}
 
+    def epoch_record(self, ctx: SearchContext) -> dict[str, Any]:
+        """Extra JSON-friendly fields of the epoch's history.jsonl record (and TensorBoard
+        scalars): what the method measured over the epoch beyond the Searcher's own meters,
+        e.g. the loss of its own models (LBT's ``student_loss``). The Searcher calls it at the
+        end of every epoch, after :meth:`on_epoch_end`, on every process alike (a method may
+        combine its per-process sums there with ``ctx.all_reduce_grads``); whatever it sums
+        must be in :meth:`state_dict` for a mid-epoch resume. Default: nothing."""
+        return {}
+
     # ---- hooks (the closed set) ----------------------------------------------
     def on_search_start(self, ctx: SearchContext) -> None:
         pass

@@ -568,6 +568,11 @@ class Searcher:
             rec["op_masks"] = {ct: m.int().cpu().tolist() for ct, m in masks.items()}
         rec.update(collapse_stats(genotype, rec.get("arch_weights") if self.method.op_weights_move else None,
                                   rec.get("op_masks")))
+        extra = self.method.epoch_record(ctx)  # the method's own per-epoch fields (e.g. a student's loss)
+        if set(extra) & set(rec):
+            raise ValueError(f"{type(self.method).__name__}.epoch_record returns fields the search already "
+                             f"logs: {sorted(set(extra) & set(rec))}; name them otherwise")
+        rec.update(extra)
         rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
         self.history.append(rec)
         if self.dist.is_main:
