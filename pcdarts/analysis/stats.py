@@ -30,7 +30,6 @@ device would skip the arithmetic but runs its shape functions in Python, 5-10x s
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
