@@ -329,6 +329,10 @@ def validate(cfg: Config) -> None:
             label_free = [n for n in PROXIES.names() if not getattr(PROXIES.get(n), "needs_labels", False)]
             raise ConfigError(f"search.prune={s.prune}: the {proxy} proxy reads labels, but data.dataset "
                               f"{d.dataset!r} has none; prune with one of {', '.join(label_free)}")
+        need = getattr(PROXIES.get(proxy), "min_images", 1)
+        if s.prune_batch_size < need:
+            raise ConfigError(f"search.prune={s.prune}: the {proxy} proxy needs at least {need} images; raise "
+                              f"search.prune_batch_size={s.prune_batch_size} to {need} or more")
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

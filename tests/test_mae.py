@@ -415,6 +415,11 @@ def test_cli_search_on_an_unlabelled_folder(tmp_path, capsys):
     _check_run(out, stdout)
     assert load_config_file(out / "config.yaml").objective_name == "mae"
     assert "--data LABELLED_SET:PATH" in stdout  # training needs labels: the summary does not suggest this set
+    # the size is of a network with a 1-output head, not of a "1 classes" classifier (here and in pcdarts show)
+    head = "1-output head (unlabelled data: no classes), 3x8x8 input)"
+    assert "cell size:" in stdout and head in stdout and "1 classes" not in stdout, stdout
+    code, shown, err = _cli(["show", out], capsys)
+    assert code == 0 and head in shown, shown + err
     # NB201 too (one step)
     out201 = tmp_path / "run201"
     code, stdout, err = _cli(["search", "--objective", "mae", "--space", "nb201", "--data", f"unlabelled:{images}",

@@ -148,6 +148,25 @@ def test_resume_equals_uninterrupted_run(tiny, method, stop):
         assert torch.equal(v, ck_res["supernet"][k]), k
 
 
+def test_a_method_adds_fields_to_each_epochs_record(tiny, monkeypatch):
+    """The epoch_record seam: what a method returns lands in that epoch's history.jsonl line
+    (and the result's history), after the Searcher's own fields; the default adds nothing."""
+    import json
+    from pcdarts.methods import Darts, Method
+    assert Method.epoch_record(Darts(DartsConfig(), get_space("nb201"), SpaceConfig(name="nb201")),
+                               SearchContext(None, None, [], lambda: None)) == {}
+    monkeypatch.setattr(Darts, "epoch_record", lambda self, ctx: {"my_field": ctx.epoch + 0.5})
+    res = pcdarts.search(tiny(space={"name": "nb201", "layers": 1}, search={"epochs": 2}, data={"max_samples": 16}))
+    lines = [json.loads(line) for line in (res.run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["my_field"] for r in lines] == [r["my_field"] for r in res.history] == [0.5, 1.5]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    # a field the search already logs is never overwritten: the method's mistake is named
+    monkeypatch.setattr(Darts, "epoch_record", lambda self, ctx: {"epoch": 99})
+    with pytest.raises(ValueError, match=r"epoch_record returns fields the search already logs: \['epoch'\]"):
+        pcdarts.search(tiny(space={"name": "nb201", "layers": 1}, method={"name": "pc-darts", "warmup_epochs": 0},
+                            search={"epochs": 1}, data={"max_samples": 16}, run={"out": str(res.run_dir) + "-clash"}))
+
+
 def test_config_checks_read_the_method_class_flags(monkeypatch):
     """validate() asks the Method class (not its config dataclass) whether it has an
     architecture and needs an architecture split."""

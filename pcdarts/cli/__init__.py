@@ -123,10 +123,13 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if args.trust_checkpoint:
             raise ConfigError(f"{TRUST_FLAG} only applies to --resume RUN_DIR (a new run reads no checkpoint); "
                               "drop it")
-        cfg = build_config(search_config_dict(args, overrides))
-        if args.budget is not None:
-            cfg, changes = scale_budget(cfg, args.budget)
-            say(describe_budget(cfg, changes))
+        try:
+            cfg = build_config(search_config_dict(args, overrides))
+            if args.budget is not None:
+                cfg, changes = scale_budget(cfg, args.budget)
+                say(describe_budget(cfg, changes))
+        except ConfigError as e:
+            raise ConfigError(f"{e}{switched_method_hint(args)}") from None
         result = search(cfg, stop_after_steps=stop)
     if result.interrupted:
         from pcdarts.runs import stop_exit_code
@@ -136,6 +139,30 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         for line in search_summary(result):
             print(line)
     return 0
+
+
+def switched_method_hint(args: argparse.Namespace) -> str:
+    """When ``--method`` names another method than the preset's, the tail of a config error:
+    the other sections (epochs, space, data) are still the preset's, so name the presets made
+    for that method (those of the preset's space first); empty otherwise."""
+    from pcdarts.config import load_preset
+    preset = args.preset or DEFAULT_PRESET
+    try:
+        base = load_preset(preset)
+    except ConfigError:  # an unknown preset: that error says so itself
+        return ""
+    made_for = (base.get("method") or {}).get("name", "pc-darts")
+    if not args.method or args.method == made_for:
+        return ""
+    space = args.space or (base.get("space") or {}).get("name", "darts")
+    own = [(((d.get("space") or {}).get("name") != space), name) for name in preset_names()
+           for d in [load_preset(name)] if (d.get("method") or {}).get("name") == args.method]
+    names = [name for _, name in sorted(own)]
+    where = f"--method {args.method} on the {preset} preset keeps that preset's other settings (made for {made_for})"
+    if not names:
+        return f"; {where}: set the fields named above for {args.method}"
+    also = f" (also: {', '.join(names[1:])})" if len(names) > 1 else ""
+    return f"; {where}: start from a preset made for {args.method} instead, e.g. --preset {names[0]}{also}"
 
 
 def search_summary(result: Any) -> list[str]:
@@ -148,7 +175,8 @@ def search_summary(result: Any) -> list[str]:
     if "genotype_params_m" in last:
         lines.append(f"cell size:     {last['genotype_params_m']:.3f} M parameters, {last['genotype_macs_m']:.1f} M "
                      f"multiply-adds ({last.get('genotype_network', 'evaluation network')})")
-    moved = arch_weight_summary(last.get("arch_weights"))
+    # over each edge's live ops; only where the op weights can move (the searcher then logs arch_entropy)
+    moved = arch_weight_summary(last.get("arch_weights"), last.get("op_masks")) if "arch_entropy" in last else {}
     if moved:
         lines.append(f"arch weights:  mean entropy {moved['entropy']:.2f} of uniform (1.00 = not moved), "
                      f"strongest op {moved['max']:.2f} on average (uniform {moved['uniform']:.2f})")
@@ -209,10 +237,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_network_shape(source: str) -> dict[str, int]:
-    """The data shape (classes, channels, input side) of the run a genotype comes from, read
-    from its manifest.json, so that ``pcdarts show RUN`` reports the network that the run's
-    history.jsonl reports; empty (the CIFAR defaults) for anything else."""
+def run_network_shape(source: str) -> dict[str, Any]:
+    """The data shape (classes, channels, input side; ``labelled`` False for a search on data
+    without classes) of the run a genotype comes from, read from its manifest.json, so that
+    ``pcdarts show RUN`` reports the network that the run's history.jsonl reports; empty (the
+    CIFAR defaults) for anything else."""
     p = Path(source)
     run_dir = p if p.is_dir() else p.parent
     try:
@@ -220,7 +249,10 @@ def run_network_shape(source: str) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     keys = ("num_classes", "in_channels", "input_size")
-    return {k: int(shape[k]) for k in keys if k in shape} if p.exists() else {}
+    out: dict[str, Any] = {k: int(shape[k]) for k in keys if k in shape}
+    if shape.get("labelled") is False:
+        out["labelled"] = False
+    return out if p.exists() else {}
 
 
 # ---------------------------------------------------------------- parser

@@ -92,7 +92,9 @@ def cmd_ws(args: argparse.Namespace) -> int:
             line += (f" (ground truth {sel['selected_gt']['mean']:.2f} of best "
                      f"{sel['selected_gt']['best_possible']:.2f})")
         print(line)
-    print(f"report: {out / 'report.json'} (+ accuracy.csv, epochs.csv, sweep.csv); plots: "
+    gt_csv = ", ground_truth.csv" if report["ground_truth"]["accuracy"] is not None else ""
+    print(f"report: {out / 'report.json'} (+ children.csv, accuracy.csv, epochs.csv, sweep.csv{gt_csv}, "
+          f"manifest.json); plots: "
           f"{out / 'tau_vs_epoch.png'}, {out / 'rank_heatmap.png'}, {out / 'top1_histogram.png'}")
     return 0
 

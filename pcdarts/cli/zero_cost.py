@@ -37,6 +37,19 @@ def _cmd(args: argparse.Namespace) -> int:
     for name, v in (("--C", args.C), ("--N", args.N), ("--batch-size", args.batch_size)):
         if v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
+    asked = proxies + ([args.search] if args.search else [])
+    single = [p for p in asked if p != ENSEMBLE] + (members if ENSEMBLE in asked else [])
+
+    def need_of(q: str) -> int:  # the ensemble needs what its members need
+        return max(need_of(m) for m in members) if q == ENSEMBLE else getattr(PROXIES.get(q), "min_images", 1)
+
+    for p in dict.fromkeys(single):
+        need = need_of(p)
+        if args.batch_size < need:
+            others = [q for q in proxies if need_of(q) <= args.batch_size]
+            raise ConfigError(f"--batch-size {args.batch_size}: the {p} proxy needs at least {need} images; "
+                              f"use --batch-size {need} or more, or leave {p} out (e.g. --proxies "
+                              f"{','.join(others) or 'naswot'})")
     if not args.all and not 1 <= args.sample <= NUM_CELLS:
         raise ConfigError(f"--sample must be between 1 and {NUM_CELLS}, got {args.sample} (or use --all)")
     data_name = args.data.partition(":")[0].strip().lower()

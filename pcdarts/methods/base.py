@@ -98,6 +98,10 @@ class Method:
     generator: Optional[torch.Generator] = None
     has_arch = True          # has architecture parameters updated by arch_step
     needs_arch_split = True  # needs a held-out split to train them
+    # whether the op weights of arch_weights() can move during a search (learned or measured):
+    # their entropy over the live ops is then reported (arch_entropy) and a run whose weights
+    # stayed uniform is told so; False for weights fixed by construction (IS-DARTS's 1/|O|)
+    op_weights_move = True
 
     def __init__(self, cfg: Any, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         self.cfg, self.space, self.space_cfg = cfg, space, space_cfg
@@ -187,6 +191,15 @@ class Method:
     def arch_weights(self) -> dict[str, Any]:
         """JSON-friendly architecture weights for history.jsonl: ``{"arch_weights": {cell type: [E][O]},
         "edge_weights": {cell type: [E]}}`` (the latter only with edge normalisation)."""
+        return {}
+
+    def epoch_record(self, ctx: SearchContext) -> dict[str, Any]:
+        """Extra JSON-friendly fields of the epoch's history.jsonl record (and TensorBoard
+        scalars): what the method measured over the epoch beyond the Searcher's own meters,
+        e.g. the loss of its own models (LBT's ``student_loss``). The Searcher calls it at the
+        end of every epoch, after :meth:`on_epoch_end`, on every process alike (a method may
+        combine its per-process sums there with ``ctx.all_reduce_grads``); whatever it sums
+        must be in :meth:`state_dict` for a mid-epoch resume. Default: nothing."""
         return {}
 
     # ---- hooks (the closed set) ----------------------------------------------

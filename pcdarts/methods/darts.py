@@ -148,7 +148,9 @@ class Darts(Method):
     def check_config(cls, cfg: Any) -> None:
         if cls.has_arch and cfg.method.warmup_epochs >= cfg.search.epochs:
             raise ConfigError(f"method.warmup_epochs={cfg.method.warmup_epochs} must be smaller than search.epochs="
-                              f"{cfg.search.epochs}: the architecture would never be updated")
+                              f"{cfg.search.epochs}: the architecture would never be updated; to run fewer epochs, "
+                              "use --budget N instead of --search.epochs (it scales the warm-up alike), or lower "
+                              "--method.warmup_epochs")
 
     def is_arch_active(self, epoch: int) -> bool:
         return epoch >= self.cfg.warmup_epochs

@@ -121,7 +121,8 @@ class DrNAS(Darts):
         for i, (start, new_k) in enumerate(zip(m.stage_starts, m.stage_k or [None] * len(m.stage_starts))):
             if int(start) >= cfg.search.epochs:
                 raise ConfigError(f"method.stage_starts[{i}]={start} must be smaller than search.epochs="
-                                  f"{cfg.search.epochs}")
+                                  f"{cfg.search.epochs}; to run fewer epochs, use --budget N instead of "
+                                  "--search.epochs (it scales the stage starts alike)")
             if new_k is not None:
                 if int(new_k) >= k or cfg.space.C % int(new_k):
                     raise ConfigError(f"method.stage_k[{i}]={new_k} must be smaller than the K before it ({k}) "

@@ -135,7 +135,8 @@ class IL(MultiLevelMethod):
         return [Level(f"round {r + 1} model {k + 1}", self.task_loss(k), stream="train", trains_supernet=True,
                       params=list(self.model(f"head{k}").parameters()) if k else [],
                       select=lambda batch, k=k: self.task_batch(batch, k),
-                      restart=c.coupling == "prox", prox=c.prox if c.coupling == "prox" else 0.0)
+                      restart=c.coupling == "prox", prox=c.prox if c.coupling == "prox" else 0.0,
+                      log_as=f"task{k + 1}")
                 for r in range(c.rounds) for k in range(c.tasks)]
 
     def upper(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing) -> tuple[torch.Tensor, dict]:

@@ -141,6 +141,7 @@ class ISDarts(Method):
     Config = ISDartsConfig
     has_arch = False
     needs_arch_split = False
+    op_weights_move = False  # 1/|O| over the live ops: uniform by construction, their entropy says nothing
 
     def __init__(self, cfg: ISDartsConfig, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         super().__init__(cfg, space, space_cfg, device)
@@ -164,8 +165,8 @@ class ISDarts(Method):
         if S * D >= E:
             raise ConfigError(
                 f"method.shrink_steps={S} x method.shrink_interval={D} = {S * D} epochs of shrinking must be fewer "
-                f"than search.epochs={E} (the first shrink follows a trained epoch); raise search.epochs or lower "
-                f"method.shrink_steps or method.shrink_interval (--budget N scales the interval with the epochs)")
+                f"than search.epochs={E} (the first shrink follows a trained epoch); give the search more epochs "
+                f"(search.epochs, or a larger --budget) or lower method.shrink_steps or method.shrink_interval")
 
     # ---- state -------------------------------------------------------------
     def masks(self) -> dict[str, torch.Tensor]:

@@ -96,7 +96,8 @@ class LBT(MultiLevelMethod):
             loss = -(target * torch.log_softmax(at_least_float32(student) / T, 1)).sum(1).mean() * T * T
         if c.student_label_weight:
             loss = loss + c.student_label_weight * cross_entropy(student, y)[0]
-        return loss, {"n": y.numel()}
+        # hits against the true labels: the student's accuracy in the history (student_acc)
+        return loss, {"n": y.numel(), "correct": (student.detach().argmax(1) == y).sum()}
 
     def levels(self, ctx: SearchContext) -> list[Level]:
         return [self.supernet_level("teacher"), self.model_level("student", self.student_loss)]

@@ -281,7 +281,11 @@ grad_norm.needs_labels = True  # type: ignore[attr-defined]
 
 def jacob_cov_score(jacobian: torch.Tensor) -> float:
     """``-sum(log(l + k) + 1/(l + k))`` over the eigenvalues l of the correlation matrix of the
-    rows of ``jacobian`` [N, D] (k = 1e-5); -inf when undefined."""
+    rows of ``jacobian`` [N, D] (k = 1e-5); -inf when undefined. N >= 2: a correlation between
+    images needs two of them (ValueError otherwise)."""
+    if jacobian.shape[0] < jacob_cov.min_images:
+        raise ValueError(f"jacob_cov correlates the input gradients of the batch's images: it needs at least "
+                         f"{jacob_cov.min_images} images, got {jacobian.shape[0]}")
     corr = torch.corrcoef(jacobian.reshape(jacobian.shape[0], -1).double())
     if not bool(torch.isfinite(corr).all()):
         return float("-inf")
@@ -396,6 +400,10 @@ def zico(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
 
 
 zico.needs_labels = True  # type: ignore[attr-defined]
+
+
+jacob_cov.min_images = 2  # type: ignore[attr-defined]  (the smallest batch it is defined on; default 1)
+zico.min_images = 2  # type: ignore[attr-defined]  (two half-batches)
 
 
 # ---------------------------------------------------------------- baselines

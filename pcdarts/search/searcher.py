@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset, resolve_impl
+from pcdarts.config import (Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset,
+                            resolve_impl)
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -590,8 +591,9 @@ class Searcher:
                 warnings.warn(message)
                 return  # one line per epoch is enough
 
-    def _shape_info(self) -> dict[str, int]:
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
+    def _shape_info(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size,
+                "labelled": has_labels(self.cfg.data.dataset)}
 
     def _end_epoch(self, ctx: SearchContext) -> None:
         s = self.cfg.search
@@ -630,7 +632,16 @@ class Searcher:
             rec["nb201"] = self._nb201_lookup(genotype)
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
-        rec.update(collapse_stats(genotype, rec.get("arch_weights")))
+        masks = getattr(self.supernet, "masks", None) or {}
+        if any(not bool(m.all()) for m in masks.values()):  # ops were removed: the live ones, for the entropy
+            rec["op_masks"] = {ct: m.int().cpu().tolist() for ct, m in masks.items()}
+        rec.update(collapse_stats(genotype, rec.get("arch_weights") if self.method.op_weights_move else None,
+                                  rec.get("op_masks")))
+        extra = self.method.epoch_record(ctx)  # the method's own per-epoch fields (e.g. a student's loss)
+        if set(extra) & set(rec):
+            raise ValueError(f"{type(self.method).__name__}.epoch_record returns fields the search already "
+                             f"logs: {sorted(set(extra) & set(rec))}; name them otherwise")
+        rec.update(extra)
         rec["time_s"] = round(self._epoch_seconds(), 3)
         self._epoch_time_before, self._epoch_t0 = 0.0, None
         self._check_epoch_losses(rec)
@@ -651,7 +662,7 @@ class Searcher:
 
     def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
         st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
-                                       input_size=self.input_size)
+                                       input_size=self.input_size, labelled=has_labels(self.cfg.data.dataset))
         return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
@@ -695,7 +706,7 @@ class Searcher:
     def _finish(self) -> SearchResult:
         genotype = self.derive()
         if self.dist.is_main:
-            warning = collapse_warning(genotype)
+            warning = collapse_warning(genotype, self.history[-1].get("arch_entropy") if self.history else None)
             if warning:
                 warnings.warn(warning)
             save_genotype(genotype, self.run_dir / "genotype.json")

@@ -99,10 +99,12 @@ class SearchSpace:
         return cells
 
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
-                       input_size: int) -> dict[str, float]:
-        """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
+                       input_size: int, labelled: bool = True) -> dict[str, float]:
+        """Parameters (M) and multiply-adds (M) of the genotype's evaluation network
+        (``labelled`` False: data without classes, worded so in the network's label)."""
         from pcdarts.analysis.stats import genotype_stats  # late: stats builds evaluation networks
-        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                              labelled=labelled)
 
     # A space whose genotypes are neither DARTS nor NB201 ones (``genotype.space`` is its
     # name) registers its evaluation network in ``pcdarts.registry.NETWORKS`` (see
