@@ -61,6 +61,7 @@ S2_OPS: tuple[str, ...] = ("skip_connect", "sep_conv_3x3")
 S3_OPS: tuple[str, ...] = ("none", "skip_connect", "sep_conv_3x3")
 S4_OPS: tuple[str, ...] = ("noise", "sep_conv_3x3")
 NODES = 4  # the cells of the official spaces (S1's lists are per edge of a 4-node cell)
+ROBUST_SPACES = ("s1", "s2", "s3", "s4")  # their registered names
 
 
 class RobustSpace(DartsSpace):
@@ -99,5 +100,5 @@ class S4Space(RobustSpace):
     primitives = S4_OPS
 
 
-__all__ = ["S1_NORMAL", "S1_REDUCE", "S2_OPS", "S3_OPS", "S4_OPS", "RobustSpace", "S1Space", "S2Space", "S3Space",
+__all__ = ["ROBUST_SPACES", "S1_NORMAL", "S1_REDUCE", "S2_OPS", "S3_OPS", "S4_OPS", "RobustSpace", "S1Space", "S2Space", "S3Space",
            "S4Space"]
