@@ -147,7 +147,9 @@ def _compare(space, ref, fast, edge_weights, noise_seed=7):
     return out_r
 
 
-CASES = [(1, "first+shuffle", False), (2, "first+shuffle", True), (2, "random", True)]
+# K=1, and K=2 in the random channel mode (its permutations and the noise interleave on one
+# generator) with edge weights; the other modes are the DARTS space's (test_fast.py)
+CASES = [(1, "first+shuffle", False), (2, "random", True)]
 
 
 @pytest.mark.parametrize("name", ROBUST_SPACES)
@@ -258,6 +260,7 @@ def test_every_method_takes_a_step_within_the_edges_ops(tmp_path, method, name):
             assert op in want[ct][NODE_EDGES[j // 2][t]]
 
 
+@pytest.mark.slow
 def test_resumed_search_with_noise_equals_the_uninterrupted_one(tmp_path, full_and_resumed):
     # the noise draws come from the default generator, whose state the checkpoint keeps
     full_and_resumed(_tiny(tmp_path, "darts", "s4"), stop_after_steps=3)  # mid-epoch 1 (2 steps per epoch)

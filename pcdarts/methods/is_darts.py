@@ -2,7 +2,8 @@
 
 No architecture parameters: the mixed edge is ``sum_o m_o o(x) / |O|`` with binary masks
 ``m`` (one per cell type) and the constant divisor ``|O|``, the number of the space's
-candidate ops (of the edge's own, on a space whose edges differ), not of the survivors. All training images train the weights (no split,
+candidate ops (the edge's own, on a space whose edges differ), not of the survivors.
+All training images train the weights (no split,
 no architecture step). Near the end of the search the supernet is shrunk progressively:
 after the training epochs ``E - S*D + k*D`` (1-based, k = 0..S-1; ``S = shrink_steps``,
 ``D = shrink_interval``, ``E = search.epochs``) the IIM pass

@@ -100,5 +100,5 @@ class S4Space(RobustSpace):
     primitives = S4_OPS
 
 
-__all__ = ["ROBUST_SPACES", "S1_NORMAL", "S1_REDUCE", "S2_OPS", "S3_OPS", "S4_OPS", "RobustSpace", "S1Space", "S2Space", "S3Space",
-           "S4Space"]
+__all__ = ["ROBUST_SPACES", "S1_NORMAL", "S1_REDUCE", "S2_OPS", "S3_OPS", "S4_OPS", "RobustSpace", "S1Space",
+           "S2Space", "S3Space", "S4Space"]

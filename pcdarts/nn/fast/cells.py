@@ -25,7 +25,9 @@ the mathematics of :class:`pcdarts.nn.edges.MixedEdge` (the oracle of ``tests/te
 
 Channel modes: ``first+shuffle`` / ``first+shift`` as above; ``random`` draws the same
 ``torch.randperm(C)`` calls in the same order as the reference (all edges of a cell, in
-edge order, before the cell runs), so equal seeds give equal results on both paths.
+edge order, before the cell runs), so equal seeds give equal results on both paths. The
+``noise`` op (RobustDARTS's S4) is drawn the same way, after its edge's permutation, and
+added into its edges' columns after the source's block (it reads nothing of the source).
 ``Mixing.aux_skip`` is ignored, exactly like the reference supernets.
 """
 from __future__ import annotations
@@ -174,7 +176,6 @@ def run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[
     C, k, mode = e0.C, e0.k, e0.channel_mode
     c = C // k
     random = mode == "random" and k > 1
-    E = len(edge_list)
     # the reference draws one randperm per edge (and the noise op's sample), in edge order, as
     # the cell runs; drawing them all up front in that order consumes the generators identically
     perms, noise = _draws(cell, plans, states, edge_list, C, c, random)
