@@ -19,7 +19,7 @@ from pcdarts.genotype.primitives import DARTS_PRIMITIVES, PARAMETER_FREE
 from pcdarts.nn.edges import Mixing, normalise_edges
 from pcdarts.nn.ops import Noise
 from pcdarts.registry import METHODS
-from pcdarts.search.searcher import Searcher, new_run_dir
+from pcdarts.search.searcher import Searcher, new_run_dir, search as pcdarts_search
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import darts_node_edges
 from pcdarts.spaces.robust import ROBUST_SPACES, S1_NORMAL, S1_REDUCE
@@ -292,3 +292,12 @@ def test_presets_load_with_the_papers_settings(name):
     assert (cfg.search.epochs, cfg.search.batch_size, cfg.search.lr, cfg.search.weight_decay) == (50, 64, 0.025, 3e-4)
     assert cfg.data.dataset == "cifar10" and cfg.data.train_portion == 0.5
 
+
+
+@pytest.mark.gpu
+def test_cuda_search_step_with_noise(tmp_path):
+    # the noise op draws on the device of its input, from the device's default generator
+    cfg = _tiny(tmp_path, "darts", "s4")
+    cfg["run"]["device"] = "cuda"
+    result = pcdarts_search(cfg)
+    assert result.genotype is not None and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
