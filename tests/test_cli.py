@@ -63,7 +63,7 @@ def test_cli_search_nb201_prints_arch_string(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--space", "dartz"], "unknown search space 'dartz'; choose one of: broad, darts, nb201"),
+    (["--space", "dartz"], "unknown search space 'dartz'; choose one of: broad, darts, nb201, s1, s2, s3, s4"),
     (["--method", "pcdarts"], "unknown method 'pcdarts'; choose one of:"),
     (["--preset", "nope"], "unknown preset 'nope'; choose one of:"),
     (["--search.epoch", "3"], "unknown key search.epoch; valid keys of 'search':"),

@@ -118,11 +118,12 @@ def _stats_cached(space: str, text: str, num_classes: int, in_channels: int, inp
     size = (in_channels, input_size, input_size)
 
     # One CPU build and forward of a 1-image batch: the arithmetic is cheap, and the forked
-    # RNG leaves the run's random stream as it was (the weights' initialisation draws from it).
+    # RNG leaves the run's random stream as it was (the weights' initialisation draws from it,
+    # and so does the forward of a cell with RobustDARTS's ``noise`` op), cached or not.
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         net = build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
                             layers=layers, stem=stem, auxiliary=False)
-    return count_params(net), count_macs(net, size)
+        return count_params(net), count_macs(net, size)
 
 
 def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: int = 3,

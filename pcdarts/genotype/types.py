@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from pcdarts.errors import PcdartsError
-from pcdarts.genotype.primitives import DARTS_PRIMITIVES, NB201_PRIMITIVES
+from pcdarts.genotype.primitives import DARTS_CELL_OPS, NB201_PRIMITIVES
 
 
 class GenotypeError(PcdartsError, ValueError):
@@ -121,8 +121,8 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
     if len(cell) == 0 or len(cell) % 2:
         raise GenotypeError(f"field {field!r} must hold two (op, input) pairs per node, got {len(cell)} entries")
     for k, (op, inp) in enumerate(cell):
-        if op not in DARTS_PRIMITIVES or op == "none":
-            valid = ", ".join(p for p in DARTS_PRIMITIVES if p != "none")
+        if op not in DARTS_CELL_OPS:
+            valid = ", ".join(DARTS_CELL_OPS)
             raise GenotypeError(f"field {field!r} entry {k}: unknown op {op!r}; valid ops: {valid}")
         node = k // 2 + 2
         if not 0 <= inp < node:

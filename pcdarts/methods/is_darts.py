@@ -2,7 +2,8 @@
 
 No architecture parameters: the mixed edge is ``sum_o m_o o(x) / |O|`` with binary masks
 ``m`` (one per cell type) and the constant divisor ``|O|``, the number of the space's
-candidate ops, not of the survivors. All training images train the weights (no split,
+candidate ops (the edge's own, on a space whose edges differ), not of the survivors.
+All training images train the weights (no split,
 no architecture step). Near the end of the search the supernet is shrunk progressively:
 after the training epochs ``E - S*D + k*D`` (1-based, k = 0..S-1; ``S = shrink_steps``,
 ``D = shrink_interval``, ``E = search.epochs``) the IIM pass
@@ -148,7 +149,11 @@ class ISDarts(Method):
         self.kind, self.keep, self.rule, _, _ = space_rule(space)
         self.steps, self.interval = resolved_schedule(cfg, space)
         E, O = space.arch_shape(space_cfg)
-        self.num_ops = O  # the constant divisor: the space's candidate ops
+        # the constant divisor |O|: the space's candidate ops, per edge where its edges offer
+        # different sets (RobustDARTS's S1: the edge's own two, not the six of the union)
+        cand = space.candidate_masks()
+        self.num_ops: dict[str, Any] = {ct: O if cand is None else cand[ct].sum(-1, keepdim=True).float().to(device)
+                                        for ct in space.cell_types}
         self.cell_types = space.cell_types
         self.groups = subsets(self.kind, self.node_edges, E)
         self.op_ranks = tie_ranks(space.primitives)
@@ -184,7 +189,7 @@ class ISDarts(Method):
         return {ct: getattr(self.arch, f"iim_{ct}") for ct in self.cell_types}
 
     def mixing(self) -> Mixing:
-        return Mixing(ops={ct: m.float() / self.num_ops for ct, m in self.masks().items()})
+        return Mixing(ops={ct: m.float() / self.num_ops[ct] for ct, m in self.masks().items()})
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
         """Live ops ranked by the last IIM pass (lowest F = most informative first), pruned ones

@@ -362,6 +362,17 @@ class MSRDarts(Method):
             raise ConfigError(f"method.ops={cfg.method.ops!r}: the candidates must be primitives of the "
                               f"{cfg.space.name} space ({', '.join(prims)})" + (f"; unknown: {unknown}" if unknown
                                                                                 else ""))
+        # a space whose edges offer their own ops (RobustDARTS's S1) may leave a node with too few
+        # inputs that have a candidate: refused now, not when the finished search derives its cell
+        space = get_space(cfg.space.name)
+        E, O = space.arch_shape(cfg.space)
+        cand = torch.tensor([p in names for p in prims]).expand(E, O)
+        try:
+            space.derive({ct: torch.zeros(E, O) for ct in space.cell_types}, {ct: cand for ct in space.cell_types})
+        except ValueError as e:
+            raise ConfigError(f"msr-darts ranks only the ops with a convolution (method.ops: {', '.join(names)}), and "
+                              f"on the {cfg.space.name} space they leave a cell that cannot be derived ({e}); "
+                              f"search this space with another method") from None
 
     # ---- building ------------------------------------------------------------
     def prepare_supernet(self, supernet: nn.Module, input_shape: tuple[int, int, int]) -> None:

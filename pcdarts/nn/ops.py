@@ -2,12 +2,14 @@
 
 Every factory has the signature ``factory(C, stride, affine) -> nn.Module`` and maps C
 channels to C channels. The ``none`` op exists for discrete networks and for shape
-tests; mixed edges never execute it (its contribution is exactly zero).
+tests; mixed edges never execute it (its contribution is exactly zero). ``noise`` (the
+RobustDARTS S4 op, :class:`Noise`) is in the DARTS tables too, so its cells train with
+the DARTS evaluation network; the DARTS space itself never offers it.
 No device logic here.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +31,40 @@ class Zero(nn.Module):
         if self.stride == 1:
             return x.mul(0.0)
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+def draw_noise(shape: tuple[int, ...], like: torch.Tensor, generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
+    """N(0, 1) samples of ``shape`` with ``like``'s dtype and device (a contiguous NCHW tensor,
+    filled in memory order), from ``generator`` (None = the device's default generator, whose
+    state a search checkpoint keeps). The one draw of the reference op and of the fast path."""
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+class Noise(nn.Module):
+    """The ``noise`` op of RobustDARTS's space S4 (Zela et al., ICLR 2020; ``NoiseOp(stride, 0, 1)``
+    in the official ``src/operations.py``): a fresh N(0, 1) tensor of the shape of the input
+    seen at the op's stride (``x[:, :, ::stride, ::stride]``: same channels, ceil(H/stride) x
+    ceil(W/stride)), independent of the input's values, drawn at every call (training and
+    evaluation alike, as the official op). No parameters, no gradient to the input.
+
+    Attributes:
+        generator: the generator the samples come from; None = the device's default one.
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.generator: Optional[torch.Generator] = None
+
+    def out_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The output shape for an input ``shape`` [N, C, H, W]."""
+        n, c, h, w = shape
+        s = self.stride
+        return (n, c, (h + s - 1) // s, (w + s - 1) // s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return draw_noise(self.out_shape(x.shape), x, self.generator)
 
 
 class Identity(nn.Module):
@@ -143,6 +179,7 @@ def darts_ops(pool_bn: bool, track_running_stats: bool = True) -> dict[str, OpFa
         "sep_conv_5x5": lambda C, s, affine: SepConv(C, C, 5, s, 2, affine, t),
         "dil_conv_3x3": lambda C, s, affine: DilConv(C, C, 3, s, 2, 2, affine, t),
         "dil_conv_5x5": lambda C, s, affine: DilConv(C, C, 5, s, 4, 2, affine, t),
+        "noise": lambda C, s, affine: Noise(s),
     }
 
 

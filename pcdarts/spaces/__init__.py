@@ -31,9 +31,31 @@ class SearchSpace:
     derive_excluded: tuple[str, ...] = ()
     # the name of this space's benchmark lookup in :data:`pcdarts.registry.BENCHMARKS`, if any
     benchmark: Optional[str] = None
+    # per cell type, per edge: the op names that edge offers, when the edges differ (RobustDARTS's
+    # S1); None = every primitive on every edge. Pure data; read through candidate_masks()
+    edge_candidates: Optional[dict[str, tuple[tuple[str, ...], ...]]] = None
 
     def check_config(self, space_cfg: Any) -> None:
         """Refuse (ConfigError naming the field) a space config that builds a broken supernet."""
+
+    def candidate_masks(self) -> Optional[dict[str, torch.Tensor]]:
+        """Per cell type, [E, O] booleans of the ops each edge offers (from :attr:`edge_candidates`);
+        None = every primitive on every edge. This is the seam of per-edge candidate sets: the
+        space builds its supernet with these masks (the other ops never exist, on the reference
+        and the fast path alike), every method learns them through ``set_masks`` (a softmax or a
+        Dirichlet then spans only the edge's own ops) and :meth:`derive` never picks outside them."""
+        if self.edge_candidates is None:
+            return None
+        return {ct: torch.tensor([[p in ops for p in self.primitives] for ops in edges], dtype=torch.bool)
+                for ct, edges in self.edge_candidates.items()}
+
+    def start_masks(self, masks: Optional[dict[str, torch.Tensor]] = None) -> Optional[dict[str, torch.Tensor]]:
+        """The op masks a supernet is built with: ``masks`` (a resumed, pruned run's) within the
+        space's :meth:`candidate_masks`."""
+        cand = self.candidate_masks()
+        if cand is None:
+            return masks
+        return {ct: c & masks[ct].bool().cpu() if masks and ct in masks else c for ct, c in cand.items()}
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         """Edge indices entering each intermediate node (the edge-normalisation groups)."""
@@ -62,7 +84,8 @@ class SearchSpace:
             from pcdarts.errors import ConfigError
             raise ConfigError(f"unknown derive rule {name!r} for the {self.name} space; "
                               f"choose one of: {', '.join(self.derive_rules)}")
-        return self.derive_rules[name](scores, masks, self.primitives)
+        # never an op the edge does not offer
+        return self.derive_rules[name](scores, self.start_masks(masks), self.primitives)
 
     def sample_cell(self, space_cfg: Any, generator: Optional[torch.Generator] = None,
                     masks: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
@@ -123,6 +146,6 @@ def get_space(name: str) -> SearchSpace:
     return SPACES.get(name)()
 
 
-from pcdarts.spaces import darts, nb201, broad  # noqa: E402,F401  (registration; broad builds on darts)
+from pcdarts.spaces import darts, nb201, broad, robust  # noqa: E402,F401  (registration; broad, robust build on darts)
 
 __all__ = ["SearchSpace", "get_space", "masked_scores", "SPACES"]
