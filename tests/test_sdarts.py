@@ -249,3 +249,14 @@ def test_presets(preset, space, attack):
     assert cfg.search.step_order == "arch-first" and cfg.search.batch_size == 64 and cfg.method.order == 1
     assert cfg.search.epochs == (50 if space == "darts" else 100)
     assert cfg.method.skip_zero_ops == (space == "darts")
+
+
+@pytest.mark.parametrize("space", ["s1", "s2", "s3", "s4"])
+def test_robustdarts_space_presets_are_the_darts_space_settings(space):
+    from pcdarts.config import build_config, load_preset
+    from pcdarts.search.compare import preset_for
+    for variant in ("rs", "adv"):
+        name = f"sdarts-{variant}_{space}_cifar10"
+        assert preset_for(f"sdarts-{variant}", space) == name  # what `pcdarts compare --space s2` runs
+        cfg, ref = (build_config(load_preset(n)) for n in (name, f"sdarts-{variant}_cifar10"))
+        assert cfg.space.name == space and cfg.method == ref.method and cfg.search == ref.search
