@@ -12,7 +12,7 @@ Two budgets:
 
 * ``--scale cpu`` (default): fits a session on a 2-core machine: the NB201 supernet shrunk
   to C=8, N=2, 2000 images of the shared CIFAR-10 batch with one fixed split for every seed,
-  ``--budget 4`` (every epoch field of every preset scaled alike), one thread per run, two
+  ``--budget 5`` (every epoch field of every preset scaled alike), one thread per run, two
   runs at once;
 * ``--scale paper``: the presets as they are (C=16, N=5, 50-100 epochs, all the data): the
   command for a GPU (``--data cifar10:PATH --jobs <GPUs>``).
@@ -125,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                    "and both baselines)")
     p.add_argument("--seeds", default="0,1,2", help="search seeds (default 0,1,2)")
     p.add_argument("--data", default=None, help=f"NAME:PATH (default cifar10:{SHARED_CIFAR})")
-    p.add_argument("--budget", type=int, default=None, help="search epochs (default 4 at --scale cpu, the "
+    p.add_argument("--budget", type=int, default=None, help="search epochs (default 5 at --scale cpu, the "
                                                             "presets' at --scale paper)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     p.add_argument("--out", default=None, help="the compare folder (default runs/quality-<scale>)")
@@ -135,13 +135,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else nb201_methods()
     seeds = [int(s) for s in args.seeds.split(",")]
     data = args.data or f"cifar10:{SHARED_CIFAR}"
-    budget = args.budget if args.budget is not None else (4 if args.scale == "cpu" else None)
+    budget = args.budget if args.budget is not None else (5 if args.scale == "cpu" else None)
     extra = list(CPU_OVERRIDES if args.scale == "cpu" else ()) + list(overrides)
     out = Path(args.out or f"runs/quality-{args.scale}")
     print(f"methods: {', '.join(methods)}; seeds {args.seeds}; data {data}; budget {budget}; "
           f"overrides {' '.join(extra) or '-'}", flush=True)
-    root = compare("nb201", methods, seeds, data=data, budget=budget, out=out, overrides=extra,
-                   progress=not args.no_progress and args.jobs == 1, jobs=args.jobs)
+    from pcdarts.errors import PcdartsError
+    try:
+        root = compare("nb201", methods, seeds, data=data, budget=budget, out=out, overrides=extra,
+                       progress=not args.no_progress and args.jobs == 1, jobs=args.jobs)
+    except PcdartsError as e:  # one line, as the command line prints it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     report = quality_report(root, methods, seeds)
     path = write_report(root, report)
     print(path.read_text())
