@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from pcdarts import utils
+from pcdarts.analysis.plot import integer_ticks
 from pcdarts.analysis.stats import seed_agreement
 from pcdarts.config import (Config, apply_override, build_config, describe_budget, load_config_file, load_preset,
                             merge_onto_preset, parse_overrides, plain, preset_names, scale_budget)
@@ -763,8 +764,7 @@ def plot_compare(root: Path, entries: Sequence[Entry], seeds: Sequence[int], spa
         if per_epoch:
             xs = sorted(per_epoch)
             ax.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs], marker="o", label=entry.method)
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.xaxis)  # whole epochs, one tick for a single epoch
     ax.set_xlabel("search epoch")
     ax.set_ylabel(f"NB201 {LOOKUP_DATASET} lookup accuracy (%)" if space == "nb201"
                   else "parameter-free ops in the cell")
