@@ -19,6 +19,7 @@ parameter goes to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -47,7 +48,8 @@ def architecture_gradient(preset: str, overrides: list[str], seed: int, steps: O
         cfg = build_config(merge_onto_preset(preset, d))
         searcher = Searcher(cfg, Path(tmp) / "run")
         warmup = getattr(cfg.method, "warmup_epochs", 0) * len(searcher.train_loader)
-        searcher.run(stop_after_steps=steps if steps is not None else warmup)
+        with contextlib.redirect_stdout(sys.stderr):  # the run's epoch and stop lines; stdout is this script's JSON
+            searcher.run(stop_after_steps=steps if steps is not None else warmup)
         ctx, method = searcher.context(), searcher.method
         searcher.supernet.train()
         named = [(n, p) for n, p in method.arch.named_parameters() if p.requires_grad]

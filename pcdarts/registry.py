@@ -80,3 +80,7 @@ PROXIES: Registry[Any] = Registry("zero-cost proxy")  # proxy(net, batch, *, see
 # evaluation networks of genotypes of spaces beyond darts / nb201, by the genotype's ``space``:
 # an object with ``build(genotype, **kwargs)`` and ``label(genotype, C=, layers=, stem=)``
 NETWORKS: Registry[Any] = Registry("evaluation network")
+# benchmark lookups by name, the value of a space's ``benchmark`` attribute (``nb201``):
+# ``lookup(genotype, dataset) -> the benchmark's mean validation accuracy (%)``; filled by the
+# package that holds the tables (pcdarts.nb201), so that lower layers (methods) read it by name
+BENCHMARKS: Registry[Any] = Registry("benchmark")

@@ -7,21 +7,32 @@ failed ``--overwrite`` loses nothing). Checkpoints are written atomically and th
 previous one is kept as ``checkpoint.prev.pt``; a damaged file is reported in one
 line that names it and the older one. Ctrl-C and SIGTERM both ask the loops to stop
 at the next step boundary.
+
+Checkpoints hold only tensors and plain Python types, so they are read with
+``torch.load(weights_only=True)``, which cannot run code: :func:`encode_state` turns what
+else a state holds (numpy's RNG state) into such types on save, :func:`decode_state` turns it
+back on load. A checkpoint that needs full unpickling (one written by pcdarts before
+checkpoint version 2, or a crafted one) is refused unless the caller trusts it
+(``--trust-checkpoint``).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import pickle
 import shutil
 import signal
 import threading
 import time
+import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+import numpy as np
 import torch
 import yaml
 
@@ -43,7 +54,12 @@ KINDS = {
     "train": ("a training run", "pcdarts train --resume {p}", "evaluate it with `pcdarts eval {p}`"),
 }
 FORMATS = {"search": "pcdarts-search", "train": "pcdarts-train"}
-CHECKPOINT_VERSION = 1  # the newest checkpoint layout this code reads (the "version" field)
+# the newest checkpoint layout this code reads and writes (the "version" field); version 2 is the
+# first that loads with torch.load(weights_only=True), version 1 needs --trust-checkpoint
+CHECKPOINT_VERSION = 2
+TRUST_FLAG = "--trust-checkpoint"
+TRUST_HELP = ("read a checkpoint that needs full unpickling (one written by an older pcdarts); unpickling can run "
+              "code hidden in the file, so only for a run directory from a source you trust")
 
 
 def run_kind(path: Union[str, Path]) -> Optional[str]:
@@ -99,6 +115,62 @@ def check_resumable(path: Union[str, Path], kind: str, command: str,
 
 # ---------------------------------------------------------------- checkpoints
 
+_ARRAY = "__numpy_array__"  # the key of an encoded numpy array: {_ARRAY: dtype, "shape": [...], "data": bytes}
+_PLAIN = (str, bytes, int, float, complex, bool, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def encode_state(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with every entry that ``torch.load(weights_only=True)`` refuses made loadable.
+
+    numpy arrays (numpy's RNG state) become ``{"__numpy_array__": dtype, "shape", "data": bytes}``,
+    numpy scalars Python numbers, dict subclasses dicts; tensors and plain Python types stay (the
+    very objects: containers are rebuilt only where something changed, so a module's state dict
+    keeps its ``_metadata``). Anything else raises TypeError naming the entry: a state that
+    could only be read by full unpickling is a bug of the code that built it.
+    """
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject or obj.dtype.fields is not None:
+            raise TypeError(f"{where} is a numpy array of dtype {obj.dtype}, which a checkpoint cannot hold; "
+                            "store tensors and plain Python types")
+        return {_ARRAY: obj.dtype.str, "shape": list(obj.shape), "data": np.ascontiguousarray(obj).tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        items = [(encode_state(k, f"a key of {where}"), encode_state(v, f"{where}[{k!r}]")) for k, v in obj.items()]
+        if type(obj) in (dict, OrderedDict) and all(a is k and b is v for (a, b), (k, v) in zip(items, obj.items())):
+            return obj
+        out = OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+        if isinstance(obj, OrderedDict) and hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]  # a module state dict's versions
+        return out
+    if type(obj) in (list, tuple, set):
+        items = [encode_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return obj if all(a is b for a, b in zip(items, obj)) else type(obj)(items)
+    raise TypeError(f"{where} holds a {type(obj).__module__}.{type(obj).__qualname__}, which "
+                    "torch.load(weights_only=True) cannot read; store tensors and plain Python types")
+
+
+def decode_state(obj: Any) -> Any:
+    """The inverse of :func:`encode_state` (numpy arrays back); anything else is returned as it is."""
+    if isinstance(obj, dict):
+        if set(obj) == {_ARRAY, "shape", "data"}:
+            dtype = np.dtype(obj[_ARRAY])
+            return np.frombuffer(obj["data"], dtype=dtype).reshape(obj["shape"]).copy()
+        items = [(k, decode_state(v)) for k, v in obj.items()]
+        if all(b is v for (_, b), v in zip(items, obj.values())):
+            return obj
+        out = OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if type(obj) in (list, tuple):
+        items = [decode_state(v) for v in obj]
+        return obj if all(a is b for a, b in zip(items, obj)) else type(obj)(items)
+    return obj
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` atomically and durably; the checkpoint it replaces is kept as ``checkpoint.prev.pt``.
 
@@ -111,8 +183,12 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
     ``PCDARTS_TEST_CHECKPOINT_PAUSE=SECONDS`` sleeps between the stages (tests kill the
     process there to prove the claim above).
+
+    The state is written through :func:`encode_state`, so it loads with
+    ``torch.load(weights_only=True)`` (:func:`load_checkpoint`).
     """
     path = Path(path)
+    state = encode_state(state)  # before anything is opened: a state that cannot be encoded writes nothing
     tmp = path.with_name(path.name + ".tmp")
     prev = path.with_name(PREVIOUS)
     prev_tmp = prev.with_name(prev.name + ".tmp")
@@ -222,11 +298,16 @@ def _test_pause() -> None:
 
 
 def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Optional[dict[str, Any]] = None,
-                    sections: tuple[str, ...] = ()) -> dict[str, Any]:
+                    sections: tuple[str, ...] = (), *, trust: bool = False) -> dict[str, Any]:
     """Read a checkpoint of ``kind``; a damaged file, one of another kind, one written by a newer
     pcdarts, or (given the run's ``config`` dict) one whose ``sections`` differ from it (a
     checkpoint of another space or method copied in) raises CheckpointError in one line that
-    names the file and what to do (the older checkpoint, if one is kept)."""
+    names the file and what to do (the older checkpoint, if one is kept).
+
+    The file is read with ``torch.load(weights_only=True)``, which runs no code. One that needs
+    full unpickling (written by pcdarts before checkpoint version 2, or crafted to run code) is
+    refused in one line naming ``--trust-checkpoint``; with ``trust`` (the user vouches for its
+    source) it is unpickled in full."""
     path = Path(path)
     prev = path.with_name(PREVIOUS)
     older = (f"an older checkpoint is kept: rename {prev} to {path} to continue from it"
@@ -235,12 +316,7 @@ def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Opt
         raise CheckpointError(f"{command}: {path} does not exist; {older}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{command}: {path} is damaged (empty file); {older}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise CheckpointError(f"{command}: {path} is damaged (truncated or corrupt: {reason}); {older}") from None
+    ck = decode_state(_read_checkpoint(path, command, older, trust))
     found = next((k for k, f in FORMATS.items() if isinstance(ck, dict) and ck.get("format") == f), None)
     if found != kind:
         if found is not None:
@@ -261,6 +337,47 @@ def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Opt
                                   f"{path.parent / 'config.yaml'}); put back the run's own checkpoint, or "
                                   f"start a new run")
     return ck
+
+
+_READ_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+                AttributeError, ImportError, IndexError, KeyError, TypeError)
+
+
+def _read_checkpoint(path: Path, command: str, older: str, trust: bool) -> Any:
+    """``torch.load`` of a checkpoint: weights only, or in full when it needs that and ``trust``."""
+    def damaged(e: BaseException) -> CheckpointError:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        return CheckpointError(f"{command}: {path} is damaged (truncated or corrupt: {reason}); {older}")
+
+    try:
+        with warnings.catch_warnings():  # a damaged file is reported below; torch's protocol notice adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler refused something in it
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise damaged(e) from None
+        if not trust:
+            shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
+            raise CheckpointError(f"{command}: {path} can only be read by full unpickling, which would run any "
+                                  f"code in the file (it imports {shown}: a checkpoint of an older pcdarts, or a "
+                                  f"crafted one); if you trust where it came from, pass {TRUST_FLAG} "
+                                  f"(trust_checkpoint=True in Python)") from None
+    except _READ_ERRORS as e:
+        raise damaged(e) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
+    except _READ_ERRORS as e:
+        raise damaged(e) from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The names a checkpoint's pickle imports beyond what ``weights_only`` allows; [] when none
+    or when its pickle cannot even be parsed (then it is damaged)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - anything unreadable is reported as damaged by the caller
+        return []
 
 
 # ---------------------------------------------------------------- claiming a run directory
@@ -397,6 +514,16 @@ class StopFlag:
         self._previous = {}
 
 
+def stop_exit_code(signal_name: str) -> int:
+    """The exit code of a run stopped early: 128 + the signal's number, as a shell reports a
+    process killed by it (SIGINT 130, SIGTERM 143); 130 for a stop without a signal (tests'
+    ``stop_after_steps``)."""
+    try:
+        return 128 + int(signal.Signals[signal_name]) if signal_name else 130
+    except KeyError:
+        return 130
+
+
 def stop_message(command: str, run_dir: Path, epoch: int, epochs: int, step: int, steps: int,
                  signal_name: str = "") -> str:
     """The one line printed when a run stops early; epochs and steps are 1-based as on the progress bar."""
@@ -409,7 +536,10 @@ def stop_message(command: str, run_dir: Path, epoch: int, epochs: int, step: int
 
 
 def resume_message(epoch: int, epochs: int, step: int, steps: int) -> str:
-    """Where a resumed run continues, 1-based like the progress bar."""
+    """Where a resumed run continues, 1-based like the progress bar; a run whose every epoch
+    was done (stopped or killed after its last one) is finished instead."""
+    if epoch >= epochs:
+        return f"all {epochs} epochs were done before the stop: finishing the run (writing its final files)"
     return f"resuming at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}"
 
 
@@ -442,6 +572,34 @@ class NonFiniteWatch:
         return next((n for n, b in zip(self.names, bad) if b), None)
 
 
+def nonfinite_buffer(modules: dict[str, torch.nn.Module]) -> Optional[str]:
+    """The name (``"supernet.cells.0...running_var"``) of the first floating-point buffer, a
+    batch-norm running statistic, of the named ``modules`` holding a NaN or an inf, or None; one
+    host sync for all of them. Training-mode batch norm normalises with the batch's own
+    statistics, so the step losses stay finite while the running statistics that evaluation
+    and the checkpoint use have diverged."""
+    named = [(f"{label}.{n}", b) for label, m in modules.items() for n, b in m.named_buffers()
+             if b.is_floating_point() and b.numel()]
+    if not named:
+        return None
+    ok = torch.stack([torch.isfinite(b).all() for _, b in named]).tolist()
+    return next((n for (n, _), good in zip(named, ok) if not good), None)
+
+
+# an epoch loss this many times the reference (chance level, or the first epoch's) gets a warning line
+EXPLOSION_FACTOR = 100.0
+
+
+def explosion_warning(what: str, loss: float, reference: Optional[float], reference_name: str,
+                      where: str, hint: str) -> Optional[str]:
+    """The warning for a finite loss that grew by orders of magnitude (more than
+    :data:`EXPLOSION_FACTOR` times ``reference``); None while it did not (or without a reference)."""
+    if reference is None or not reference > 0 or not math.isfinite(loss) or loss <= EXPLOSION_FACTOR * reference:
+        return None
+    return (f"{what} is {loss:.3g} {where}, {loss / reference:.3g}x {reference_name} ({reference:.3g}): the run is "
+            f"probably diverging and its results unlikely to mean anything; {hint}")
+
+
 def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> str:
     """One line: which loss went non-finite, where, the likely cause, and what was kept."""
     kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.is_file()
@@ -449,8 +607,7 @@ def divergence_message(what: str, where: str, hint: str, checkpoint: Path) -> st
     return f"{what} became non-finite (NaN or inf) {where}: {hint}; {kept}, no genotype was derived from it"
 
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_VERSION", "PREVIOUS", "NonFiniteWatch", "RunDir", "StopFlag", "check_resumable",
-           "checkpoint_write_message",
-           "divergence_message",
-           "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint", "stop_message",
-           "wrong_kind_message"]
+__all__ = ["CHECKPOINT", "CHECKPOINT_VERSION", "PREVIOUS", "TRUST_FLAG", "TRUST_HELP", "NonFiniteWatch", "RunDir",
+           "StopFlag", "check_resumable", "checkpoint_write_message", "decode_state", "divergence_message",
+           "encode_state", "is_run_dir", "load_checkpoint", "resume_message", "run_kind", "save_checkpoint",
+           "stop_message", "wrong_kind_message"]

@@ -27,6 +27,22 @@ def tiny_config(tmp_path: Path, **sections) -> dict:
     return d
 
 
+# what a tiny run needs beyond "no architecture warm-up" (for tests parametrised over METHODS)
+TINY_METHOD_SETTINGS = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1},
+                        "rsws": {"num_samples": 2, "eval_batches": 1}, "random-lookup": {"num_samples": 2}}
+
+
+def tiny_method(name: str) -> dict:
+    """The method section of a tiny run of method ``name``: no architecture warm-up where the
+    method has one, plus :data:`TINY_METHOD_SETTINGS`."""
+    import dataclasses
+
+    from pcdarts.registry import METHODS
+    fields = {f.name for f in dataclasses.fields(METHODS.get(name).Config)}
+    return {"name": name, **({"warmup_epochs": 0} if "warmup_epochs" in fields else {}),
+            **TINY_METHOD_SETTINGS.get(name, {})}
+
+
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **sections: tiny_config(tmp_path, **sections)

@@ -182,7 +182,7 @@ def test_broad_search_resumes_mid_epoch_exactly(tiny):
     part_cfg = _broad_search(tiny, out=tiny()["run"]["out"] + "-part")
     first = pcdarts.search(part_cfg, stop_after_steps=2)  # 3 steps per epoch: stops mid-epoch 0
     assert first.interrupted
-    ck = torch.load(first.run_dir / "checkpoint.pt", weights_only=False)
+    ck = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
     # the epoch's lr is in the optimiser state (set at the epoch start only, not again on resume)
     assert (ck["epoch"], ck["step"]) == (0, 2)
     assert ck["method"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 / 4)
@@ -191,8 +191,8 @@ def test_broad_search_resumes_mid_epoch_exactly(tiny):
     assert [r["arch_lr"] for r in resumed.history] == [r["arch_lr"] for r in full.history]
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     assert resumed.genotype == full.genotype
-    a = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    a = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for k, v in a["supernet"].items():
         assert torch.equal(v, b["supernet"][k]), k
 
@@ -212,7 +212,7 @@ def test_broad_genotype_goes_through_train_show_info_and_plot(tiny, tmp_path, ca
                              "run": {"out": str(tmp_path / "train"), "progress": False, "device": "cpu"}})
     assert tr.metrics["final_test_top1"] is not None and tr.metrics["genotype"].startswith("BroadGenotype(")
     assert load_genotype(tr.run_dir) == g
-    ck = torch.load(tr.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(tr.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("en_out.") for k in ck["model"])
     capsys.readouterr()
     assert main(["show", str(g_file)]) == 0

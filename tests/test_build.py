@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_method
 
 from pcdarts.cli import main
 from pcdarts.config import ConfigError, SpaceConfig, build_config
@@ -16,27 +17,28 @@ from pcdarts.search import planner
 from pcdarts.search.build import build_components, load_run
 from pcdarts.search.searcher import Searcher, new_run_dir
 
-# method settings that let a short run train (and shrink) its architecture; default: no warm-up
-METHOD_SETTINGS = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}}
 EPOCHS = {"is-darts": 2}  # its first shrink follows a trained epoch; every other method: 1 epoch
 OBJECTIVE = "cross-entropy"  # the default objective
 
 
-def smallest_layers(space: str) -> int:
-    """The fewest cells (or cells per stage, blocks) the space accepts: the quickest supernet."""
+def smallest_shape(space: str) -> dict:
+    """The fewest cells (or cells per stage, blocks) and nodes the space accepts: the quickest
+    supernet (a space whose candidates are given per edge of a 4-node cell keeps 4 nodes)."""
     for layers in (1, 2, 3):
-        try:
-            SPACES.get(space)().check_config(SpaceConfig(name=space, C=4, layers=layers))
-            return layers
-        except ConfigError:
-            continue
-    return SPACES.get(space)().default_layers
+        for nodes in (2, None):
+            shape = {"layers": layers, **({"nodes": nodes} if nodes else {})}
+            try:
+                SPACES.get(space)().check_config(SpaceConfig(name=space, C=4, **shape))
+                return shape
+            except ConfigError:
+                continue
+    return {}
 
 
 def run_config(method: str, space: str, objective: str, out: Path) -> dict:
     return {
-        "method": {"name": method, **METHOD_SETTINGS.get(method, {"warmup_epochs": 0})},
-        "space": {"name": space, "C": 4, "layers": smallest_layers(space), "nodes": 2},
+        "method": tiny_method(method),
+        "space": {"name": space, "C": 4, **smallest_shape(space)},
         "objective": {"name": objective},
         "data": {"dataset": "digits", "max_samples": 32, "train_portion": 0.5},
         "search": {"epochs": EPOCHS.get(method, 1), "batch_size": 8},

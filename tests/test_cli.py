@@ -63,7 +63,7 @@ def test_cli_search_nb201_prints_arch_string(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--space", "dartz"], "unknown search space 'dartz'; choose one of: broad, darts, nb201"),
+    (["--space", "dartz"], "unknown search space 'dartz'; choose one of: broad, darts, nb201, s1, s2, s3, s4"),
     (["--method", "pcdarts"], "unknown method 'pcdarts'; choose one of:"),
     (["--preset", "nope"], "unknown preset 'nope'; choose one of:"),
     (["--search.epoch", "3"], "unknown key search.epoch; valid keys of 'search':"),
@@ -82,6 +82,40 @@ def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
     assert code == 2
     assert message in err, err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_a_run_that_never_leaves_its_warm_up_points_to_budget(tmp_path, capsys):
+    """--search.epochs 1 on the default preset (3 warm-up epochs): the error points to --budget N,
+    and --budget 1 does build a valid config (the warm-up scaled to 0)."""
+    from pcdarts.config import build_config, load_preset, scale_budget
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--search.epochs", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "warmup_epochs=3 must be smaller than search.epochs=1" in err and "use --budget N" in err, err
+    cfg, _ = scale_budget(build_config(load_preset("quick")), 1)
+    assert (cfg.search.epochs, cfg.method.warmup_epochs) == (1, 0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_switching_to_a_method_the_default_preset_cannot_run_names_its_presets(tmp_path, capsys):
+    """--method is-darts keeps the quick preset's 7 epochs (IS-DARTS shrinks 7 times every 3 epochs
+    by default): refused, at any --budget (the preset is checked before scaling), with the
+    presets made for IS-DARTS named, the one of the preset's space first; they are valid."""
+    from pcdarts.config import build_config, load_preset
+    for extra in ([], ["--budget", "30"]):
+        code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--method", "is-darts", *extra], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "--method is-darts on the quick preset keeps that preset's other settings (made for pc-darts)" in err
+        assert "e.g. --preset is-darts_cifar10 (also: is-darts_nb201)" in err, err
+        assert "--budget N scales" not in err  # the old hint, which led nowhere
+    for name in ("is-darts_cifar10", "is-darts_nb201"):
+        assert build_config(load_preset(name)).method_name == "is-darts"
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--space", "nb201", "--method", "is-darts"],
+                           capsys)
+    assert code == 2 and "e.g. --preset is-darts_nb201 (also: is-darts_cifar10)" in err, err
+    # the preset's own method, or an error unrelated to switching, gets no such tail
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--search.epochs", "1"], capsys)
+    assert "--preset" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_torchrun_launch_of_several_training_seeds_is_refused_before_anything_is_written(tmp_path, capsys,

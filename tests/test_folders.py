@@ -103,6 +103,41 @@ def test_folder_info(folder: Path) -> None:
     assert tuple(info["sample_image_size"]) == (20, 24)
 
 
+
+@pytest.mark.parametrize("source", ["folder", "unlabelled"])
+def test_a_corrupt_first_image_is_skipped_with_skip(tmp_path: Path, source: str) -> None:
+    """The first file in sort order is unreadable: ``skip`` leaves it out (the input size comes
+    from the first readable image); ``fail`` names the file and the ``skip`` option."""
+    from pcdarts.data.sources import load_dataset
+    root = make_folder(tmp_path / "imgs", per_class=2, classes=("cat", "dog"))
+    (root / "cat" / "aaa_broken.png").write_bytes(b"definitely not a png")
+    with pytest.warns(UserWarning, match="skipped 1 of 5 image files"):
+        ds = load_dataset(f"{source}:{root}", "train", bad_images="skip")
+    assert ds.images.shape == (4, 3, 20, 20)
+    with pytest.raises(FolderError, match=r"aaa_broken\.png: cannot read image .*--data\.bad_images skip"):
+        load_dataset(f"{source}:{root}", "train")
+    with pytest.raises(FolderError, match=r"aaa_broken\.png.*--data\.bad_images skip"):
+        folder_info(root)
+    assert tuple(folder_info(root, on_bad="skip")["sample_image_size"]) == (20, 24)
+    for f in (root / "cat").iterdir():
+        f.write_bytes(b"x")
+    for f in (root / "dog").iterdir():
+        f.write_bytes(b"x")
+    with pytest.raises(FolderError, match="none of its 5 image files can be read"):
+        folder_info(root, on_bad="skip")
+
+
+@pytest.mark.parametrize("source", ["folder", "unlabelled"])
+def test_a_missing_data_folder_is_called_missing(tmp_path: Path, source: str) -> None:
+    from pcdarts.data.sources import load_dataset
+    with pytest.raises(FolderError, match=rf"--data {source}:PATH .*MISSING' is not a folder: it does not exist; "
+                                          "check the path$"):
+        load_dataset(f"{source}:{tmp_path / 'MISSING'}", "train")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(FolderError, match="is not a folder but a file"):
+        load_dataset(f"{source}:{tmp_path / 'file.png'}", "train")
+
+
 # --------------------------------------------------------------------------- transforms
 def test_transforms_shapes() -> None:
     img = gradient_image(40, 30)

@@ -60,7 +60,7 @@ def _search_process(args: list[str], pause: str = "") -> subprocess.Popen:
 
 
 def _final_state(run: Path) -> tuple[dict, dict, str]:
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     return ck["supernet"], ck["method"], (run / "genotype.json").read_text()
 
 
@@ -232,7 +232,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_checkpoint_of_another_space_or_method_is_named(search_run, tmp_path, capsys):
     x = _copy(search_run, tmp_path / "x")
-    ck = torch.load(x / "checkpoint.pt", weights_only=False)
+    ck = torch.load(x / "checkpoint.pt", weights_only=True)
     ck["config"]["space"]["C"] = 8  # a checkpoint of a wider supernet copied in
     torch.save(ck, x / "checkpoint.pt")
     before = digest(x)
@@ -244,7 +244,7 @@ def test_checkpoint_of_another_space_or_method_is_named(search_run, tmp_path, ca
 
 def test_checkpoint_from_a_newer_version_is_named(search_run, tmp_path, capsys):
     x = _copy(search_run, tmp_path / "x")
-    ck = torch.load(x / "checkpoint.pt", weights_only=False)
+    ck = torch.load(x / "checkpoint.pt", weights_only=True)
     ck["version"] = 99
     torch.save(ck, x / "checkpoint.pt")
     before = digest(x)

@@ -1,4 +1,4 @@
-"""IS-DARTS (ALGORITHMS §6, §15): the IIM statistic, the shrink schedule and counts, pruning,
+"""IS-DARTS (docs/methods.md, "IS-DARTS"): the IIM statistic, the shrink schedule and counts, pruning,
 the node-pairs derivation on survivors, and exact resume across a shrink."""
 from __future__ import annotations
 
@@ -184,6 +184,28 @@ def test_removal_count_and_ties_go_to_the_lowest_index():
     assert new[2].tolist() == [False, True, True, True]  # all tied: lowest index goes first
 
 
+def test_exact_ties_break_in_the_official_op_order():
+    """The official code lists a node's (op, input) pairs input by input, each in its own op
+    order (none, skip, sep 3/5, dil 3/5, avg pool, max pool), and removes the first of a stable
+    sort by -F: ties go to the lowest input, then that order (not DARTS_PRIMITIVES')."""
+    space = get_space("darts")
+    m = ISDarts(ISDartsConfig(), space, SpaceConfig(name="darts"))
+    names = ["none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+             "avg_pool_3x3", "max_pool_3x3"]
+    assert sorted(range(8), key=lambda o: m.op_ranks[o]) == [DARTS_PRIMITIVES.index(n) for n in names]
+    mask = torch.ones(14, 8, dtype=torch.bool)
+    flat = torch.full((14, 8), math.inf, dtype=torch.float64)  # every pair of node 2 tied: keep the last two
+    new = shrink_mask(flat, mask, [[0, 1]], keep=2, step=0, steps=1, op_ranks=m.op_ranks)
+    kept = [(e, DARTS_PRIMITIVES[o]) for e, o in new[:2].nonzero().tolist()]
+    assert sorted(kept) == [(1, "avg_pool_3x3"), (1, "max_pool_3x3")]
+    fisher = torch.ones(14, 8, dtype=torch.float64)
+    fisher[0, DARTS_PRIMITIVES.index("max_pool_3x3")] = fisher[0, DARTS_PRIMITIVES.index("skip_connect")] = 5.0
+    new = shrink_mask(fisher, mask, [[0, 1]], keep=2, step=0, steps=14, op_ranks=m.op_ranks)  # removes one
+    assert not new[0, DARTS_PRIMITIVES.index("skip_connect")] and new[0, DARTS_PRIMITIVES.index("max_pool_3x3")]
+    nb = ISDarts(ISDartsConfig(), get_space("nb201"), SpaceConfig(name="nb201"))
+    assert nb.op_ranks == sorted(nb.op_ranks)  # NB201: the official order is ours
+
+
 # ---------------------------------------------------------------- config
 
 def test_config_defaults_presets_and_checks(tiny):
@@ -197,6 +219,7 @@ def test_config_defaults_presets_and_checks(tiny):
     dc = build_config(load_preset("is-darts_cifar10"))
     assert (dc.space.name, dc.space.layers, dc.search.epochs, dc.method.shrink_steps, dc.method.shrink_interval,
             dc.method.iim_num_samples) == ("darts", 8, 50, 7, 3, 600)
+    assert (dc.space.pool_bn, dc.space.track_running_stats) == (False, False)  # the official search cell
     with pytest.raises(ConfigError, match=r"method\.shrink_steps=4 x method\.shrink_interval=2 = 8 epochs"):
         build_config(_isd(tiny))  # 2 epochs
     with pytest.raises(ConfigError, match=r"method\.iim_formula must be one of official, textbook"):
@@ -227,6 +250,8 @@ def test_no_split_no_arch_step_constant_mixing(tiny):
 def test_a_shrink_frees_ops_and_the_optimiser_forgets_them(tiny, space):
     cfg = _isd(tiny, space, shrink_steps=2, shrink_interval=1)
     cfg["search"]["epochs"] = 3
+    if space == "darts":  # the official search cell (the is-darts_cifar10 preset's space options)
+        cfg["space"].update(pool_bn=False, track_running_stats=False)
     s = _searcher(cfg)
     ctx = s.context()
     s.search_step(False, ctx)
@@ -288,7 +313,7 @@ def test_a_shortened_run_shrinks_to_one_cell_and_logs_iim(tiny):
     cfg = _isd(tiny, shrink_steps=2, shrink_interval=1, iim_num_samples=10)
     cfg["search"]["epochs"] = 4  # shrinks after epochs 2 and 3
     res = pcdarts.search(cfg)
-    ck = torch.load(res.run_dir / "checkpoint.pt", weights_only=False)
+    ck = torch.load(res.run_dir / "checkpoint.pt", weights_only=True)
     assert (ck["masks"]["cell"].sum(1) == 1).all()
     assert isinstance(res.genotype, NB201Genotype) and "none" not in res.genotype.ops
     assert res.genotype == NB201Genotype(tuple(NB201_PRIMITIVES[int(i)] for i in ck["masks"]["cell"].float().argmax(1)))
@@ -314,8 +339,8 @@ def test_resume_mid_search_equals_uninterrupted_run(tiny, space, stop):
     assert resumed.genotype == full.genotype
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     assert [r.get("iim") for r in resumed.history] == [r.get("iim") for r in full.history]
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(ck_full["masks"][ct], ck_res["masks"][ct]) for ct in ck_full["masks"])
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k

@@ -251,8 +251,8 @@ def test_resume_equals_the_uninterrupted_run(tiny, full_and_resumed, method, spa
     base = tiny(method=m, objective=MAE, search={"epochs": 2}, run={"plots": method == "drnas"},
                 space={"name": space, "layers": 1} if space == "nb201" else {})
     full, resumed = full_and_resumed(base, 4)
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for part_name in ("supernet", "objective"):
         for k, v in ck_full[part_name].items():
             if isinstance(v, torch.Tensor):
@@ -415,6 +415,11 @@ def test_cli_search_on_an_unlabelled_folder(tmp_path, capsys):
     _check_run(out, stdout)
     assert load_config_file(out / "config.yaml").objective_name == "mae"
     assert "--data LABELLED_SET:PATH" in stdout  # training needs labels: the summary does not suggest this set
+    # the size is of a network with a 1-output head, not of a "1 classes" classifier (here and in pcdarts show)
+    head = "1-output head (unlabelled data: no classes), 3x8x8 input)"
+    assert "cell size:" in stdout and head in stdout and "1 classes" not in stdout, stdout
+    code, shown, err = _cli(["show", out], capsys)
+    assert code == 0 and head in shown, shown + err
     # NB201 too (one step)
     out201 = tmp_path / "run201"
     code, stdout, err = _cli(["search", "--objective", "mae", "--space", "nb201", "--data", f"unlabelled:{images}",
@@ -442,7 +447,7 @@ def test_cli_search_on_unlabelled_cifar10_images(tmp_path, capsys):
 
 
 def test_mae_is_registered_with_a_description():
-    assert "mae" in OBJECTIVES and "ALGORITHMS §9" in OBJECTIVES.describe("mae")
+    assert "mae" in OBJECTIVES and "docs/methods.md" in OBJECTIVES.describe("mae")
 
 
 def test_training_on_an_unlabelled_folder_is_refused_in_one_line(tmp_path, capsys):

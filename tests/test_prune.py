@@ -186,8 +186,8 @@ def test_a_pruned_search_resumes_exactly_with_the_checkpoint_masks(tiny, method)
     part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
     first = pcdarts.search(part, stop_after_steps=2)
     resumed = pcdarts.search(resume=first.run_dir)
-    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)
+    ck_full = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)
+    ck_res = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     assert torch.equal(ck_full["masks"]["cell"], ck_res["masks"]["cell"]) and not ck_full["masks"]["cell"].all()
     assert resumed.history[-1]["arch_weights"] == full.history[-1]["arch_weights"]
     assert resumed.genotype == full.genotype

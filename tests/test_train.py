@@ -57,7 +57,7 @@ def test_cli_train_short_preset_on_digits(tmp_path: Path) -> None:
     assert 0 <= m["final_test_top1"] <= 100 and m["final_test_top5"] >= m["final_test_top1"]
     assert m["params_m"] > 0 and m["macs_m"] > 0 and m["epochs"] == 2 and m["seed"] == 0
     assert len(read_history(out)) == 2
-    ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     assert ck["epoch"] == 2 and {"model", "optimizer", "loader", "rng", "config"} <= set(ck)
 
 
@@ -80,7 +80,7 @@ def test_cli_train_on_shared_cifar10_batch(tmp_path: Path, capsys: pytest.Captur
 def test_nb201_genotype_trains(tmp_path: Path) -> None:
     res = train("NB201_best_cifar10", tiny(tmp_path))
     assert not res.interrupted and res.metrics["final_test_top1"] is not None
-    ck = torch.load(res.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    ck = torch.load(res.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     assert any(k.startswith("cells.") for k in ck["model"])
     assert res.metrics["genotype"].startswith("|nor_conv_3x3~0|")
 
@@ -94,11 +94,11 @@ def test_resume_equals_uninterrupted(tmp_path: Path, grad_accum: int) -> None:
     full = train("DARTS_V2", tiny(tmp_path, "full", **sections))
     part = train("DARTS_V2", tiny(tmp_path, "part", **sections), stop_after_steps=2)
     assert part.interrupted and not (part.run_dir / "metrics.json").exists()
-    ck = torch.load(part.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    ck = torch.load(part.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (0, 2)  # stopped mid-epoch, at an optimiser-step boundary
     resumed = train(resume=part.run_dir)
-    a = torch.load(full.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
-    b = torch.load(resumed.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+    a = torch.load(full.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
+    b = torch.load(resumed.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -129,7 +129,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_checkpoints(tmp_path: Path) -> None
     tr.net.stem.register_forward_hook(hook)
     res = tr.run()
     assert res.interrupted and len(calls) == 2
-    ck = torch.load(tmp_path / "run" / CHECKPOINT, map_location="cpu", weights_only=False)
+    ck = torch.load(tmp_path / "run" / CHECKPOINT, map_location="cpu", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (0, 2)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
@@ -317,8 +317,8 @@ def test_folder_stream_resume_is_exact(tmp_path: Path) -> None:
     full = train("DARTS_V2", tiny(tmp_path, "full", data=data, train={"batch_size": 8}))
     part = train("DARTS_V2", tiny(tmp_path, "part", data=data, train={"batch_size": 8}), stop_after_steps=2)
     resumed = train(resume=part.run_dir)
-    a = torch.load(full.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
-    b = torch.load(resumed.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+    a = torch.load(full.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
+    b = torch.load(resumed.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

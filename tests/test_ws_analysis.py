@@ -219,9 +219,17 @@ def test_tiny_analysis_writes_report_and_plots_with_correct_correlations(tmp_pat
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Kendall tau first epoch" in printed
-    for f in ("report.json", "children.csv", "accuracy.csv", "epochs.csv", "sweep.csv", "ground_truth.csv",
-              "manifest.json", "tau_vs_epoch.png", "rank_heatmap.png", "top1_histogram.png"):
+    from tests.conftest import REPO
+    readme = REPO.joinpath("README.md").read_text()
+    section = readme[readme.index("Trains a supernet single-path"):readme.index("### Label-free search")]
+    written = sorted(f.name for f in out.iterdir())
+    assert written == sorted(("report.json", "children.csv", "accuracy.csv", "epochs.csv", "sweep.csv",
+                              "ground_truth.csv", "manifest.json", "tau_vs_epoch.png", "rank_heatmap.png",
+                              "top1_histogram.png"))
+    for f in written:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+        assert f"`{f}`" in section, f"the README's ws-analysis section does not list {f}"
+        assert f in printed or f.endswith(".png"), f"the printed summary does not name {f}"
     rep = json.loads((out / "report.json").read_text())
     assert rep["ground_truth"]["accuracy"] == pytest.approx(list(gt))
     assert len(rep["runs"]) == 2 and all(len(r["accuracy"]) == 2 and len(r["accuracy"][0]) == 64
@@ -251,6 +259,13 @@ def test_tiny_analysis_writes_report_and_plots_with_correct_correlations(tmp_pat
     again = _strip_times(tmp_path / "ws2" / "report.json")["runs"][0]
     first = _strip_times(out / "report.json")["runs"][1]
     assert again == first
+    # a spread over one seed is undefined: null / n/a, not 0.0; over two seeds a number
+    one = json.loads((tmp_path / "ws2" / "report.json").read_text())["settings"][0]
+    two = rep["settings"][0]
+    assert one["final_kendall_std"] is None and one["across_seeds"]["selected_gt"]["std"] is None
+    assert two["final_kendall_std"] >= 0 and two["across_seeds"]["selected_gt"]["std"] >= 0
+    sweep = list(csv.DictReader(open(tmp_path / "ws2" / "sweep.csv")))[0]
+    assert sweep["final_kendall_std"] == "n/a" and float(sweep["final_kendall_mean"]) == one["final_kendall_mean"]
 
 
 def test_interference_probe_restores_the_run():

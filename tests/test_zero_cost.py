@@ -1,4 +1,4 @@
-"""Zero-cost proxies (ALGORITHMS §8.2, §8.3, §15) against hand computations, their determinism
+"""Zero-cost proxies (docs/methods.md, "Zero-cost proxies") against hand computations, their determinism
 and restore guarantees, and ``pcdarts zero-cost`` (scores.csv, the cache)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pcdarts.nn.networks import build_network
 from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc
 
-ALL = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs")
+ALL = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "meco", "zico", "params", "macs")
 
 
 def _state(net):
@@ -32,7 +32,9 @@ def _same_state(net, before):
 
 def test_every_proxy_is_registered():
     assert set(ALL) <= set(PROXIES.names())
-    assert az.default_proxies()[:len(ALL)] == list(ALL)
+    # the rank ensemble is no single-network proxy: listed by the command, not in the registry
+    assert az.default_proxies()[:len(ALL) + 1] == [*ALL[:7], "ensemble", *ALL[7:]]
+    assert "ensemble" not in PROXIES and az.known_proxy("ensemble")
 
 
 # ---------------------------------------------------------------- NASWOT
@@ -63,6 +65,52 @@ def test_naswot_hooks_relu_inputs_in_train_mode_and_restores_the_net():
     expected = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0]))[1])
     assert zc.naswot(net, (x, torch.zeros(9, dtype=torch.long))) == pytest.approx(expected, abs=1e-9)
     assert not net.training and _same_state(net, before)  # running stats and mode restored
+
+
+class _Branchy(nn.Module):
+    """An MLP whose forward also runs a ReLU branch and discards it (``aux_out``: returns it as
+    a second output instead, as an evaluation network's auxiliary head)."""
+
+    def __init__(self, aux_out: bool = False) -> None:
+        super().__init__()
+        self.lin1, self.lin2, self.head = nn.Linear(4, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU(inplace=True)
+        self.side, self.side_relu, self.aux_out = nn.Linear(32, 24), nn.ReLU(), aux_out
+
+    def forward(self, x):
+        h = self.relu1(self.lin1(x))
+        side = self.side_relu(self.side(h))  # runs in every forward, never reaches the logits
+        logits = self.head(self.relu2(self.lin2(h)))
+        return (logits, side) if self.aux_out else logits
+
+
+@pytest.mark.parametrize("aux_out", [False, True])
+def test_naswot_counts_only_the_relus_the_backward_of_the_logits_reaches(aux_out):
+    torch.manual_seed(0)
+    net = _Branchy(aux_out)
+    x = torch.randn(8, 4)
+    with torch.no_grad():  # hand computation: the two ReLUs on the path to the logits
+        pre1 = net.lin1(x)
+        pre2 = net.lin2(F.relu(pre1))
+        side = net.side(F.relu(pre1))
+    expected = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0]))[1])
+    with_side = float(torch.linalg.slogdet(zc.naswot_kernel([pre1 > 0, pre2 > 0, side > 0]))[1])
+    assert math.isfinite(expected) and expected < with_side - 1  # the test can tell the two apart
+    assert zc.naswot(net, (x, torch.zeros(8, dtype=torch.long))) == pytest.approx(expected, abs=1e-9)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_naswot_without_a_reached_relu_is_minus_inf():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu, self.lin = nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.relu(x)  # runs, but the logits do not depend on it
+            return self.lin(x)
+
+    assert zc.naswot(Detached(), (torch.randn(5, 3), torch.zeros(5, dtype=torch.long))) == float("-inf")
 
 
 # ---------------------------------------------------------------- synflow
@@ -187,9 +235,31 @@ def test_zero_cost_cli_writes_scores_and_a_rerun_hits_the_cache(tmp_path, capsys
     assert len(rows) == 5 and set(ALL) <= set(rows[0]) and rows[0]["arch"].startswith("|")
     assert "training-free search (naswot)" in text
     assert main(argv) == 0
-    assert "35 scores from the cache" in capsys.readouterr().out
+    assert "45 scores from the cache" in capsys.readouterr().out  # 5 cells x 9 proxies (the ensemble: computed)
     assert main(["zero-cost", "--space", "darts"]) == 2  # one error line
     assert "nb201" in capsys.readouterr().err
+
+
+def test_a_one_image_batch_is_refused_in_one_line_where_a_proxy_needs_two(tmp_path, capsys, tiny):
+    """jacob_cov correlates the images' input gradients: a batch of 1 was a traceback from
+    eigvalsh; now a one-line error (CLI, search.prune) or a ValueError (library) naming it, and
+    the suggested proxies score a batch of 1."""
+    from pcdarts.cli import main
+    from pcdarts.config import build_config
+    from pcdarts.errors import ConfigError
+    argv = ["zero-cost", "--space", "nb201", "--sample", "2", "--data", "synthetic:8x1x32", "--C", "4", "--N", "1",
+            "--batch-size", "1", "--no-cache", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size 1: the jacob_cov proxy needs at least 2 images" in err, err
+    suggested = err.split("--proxies ")[1].rstrip(")\n")
+    assert "jacob_cov" not in suggested and "naswot" in suggested
+    assert main(argv + ["--proxies", suggested]) == 0
+    assert "2 cells in" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs at least 2 images, got 1"):
+        zc.jacob_cov_score(torch.randn(1, 10))
+    with pytest.raises(ConfigError, match="search.prune_batch_size=1 to 2"):
+        build_config(tiny(search={"prune": "jacob_cov:0.5", "prune_batch_size": 1}))
 
 
 def test_zero_cost_correlations_with_the_lookup(tmp_path):
@@ -203,3 +273,70 @@ def test_zero_cost_correlations_with_the_lookup(tmp_path):
     assert res.best["arch"] == max(res.rows, key=lambda r: r["params"])["arch"]
     assert (tmp_path / "scatter.png").stat().st_size > 0
     assert "Kendall tau" in az.format_table(res.correlations, "cifar10")
+
+
+# ---------------------------------------------------------------- MeCo, ZiCo, the rank ensemble
+
+def test_meco_term_is_the_smallest_eigenvalue_of_the_channel_correlation():
+    # channels [1,2,3] and [1,3,2]: centred [-1,0,1] and [-1,1,0], r = 1/2, eigenvalues 1 -/+ 1/2
+    assert zc.meco_of_features(torch.tensor([[1.0, 2.0, 3.0], [1.0, 3.0, 2.0]])) == pytest.approx(0.5)
+    assert zc.meco_of_features(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])) == pytest.approx(0.0, abs=1e-12)
+    # a constant channel's undefined correlations are set to 0: [[0, 0], [0, 1]]
+    assert zc.meco_of_features(torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(zc.meco_of_features(torch.ones(1, 4)))
+    assert zc.meco_of_features(torch.ones(3, 1)) == 0.0  # one value per channel (a linear layer's output)
+
+
+def test_meco_sums_every_module_output_of_the_first_image_only():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+    net = nn.Sequential(conv)  # two modules, one output: the container and the conv
+    x = torch.randn(4, 1, 6, 6)
+    want = 2 * zc.meco_of_features(conv(x[:1])[0].detach())
+    got = zc.meco(net, (x, torch.zeros(4, dtype=torch.long)))
+    assert got == pytest.approx(want, rel=1e-9)
+    other = x.clone()
+    other[1:] = torch.randn(3, 1, 6, 6)  # the other images are not read
+    assert zc.meco(net, (other, torch.zeros(4, dtype=torch.long))) == got
+
+
+def test_zico_by_hand_with_the_official_accumulated_gradients():
+    # one layer: recordings g1 = [1, 2, 0], g1 + g2 = [3, 2, 0]: std [1, 0, 0], mean|g| [2, 2, 0]
+    # -> only entry 0 counts: log(2 / 1); a layer whose every std is 0 adds nothing
+    layer = [torch.tensor([1.0, 2.0, 0.0]), torch.tensor([3.0, 2.0, 0.0])]
+    flat = [torch.ones(2), torch.ones(2)]
+    assert zc.zico_of_grads([layer, flat]) == pytest.approx(math.log(2.0))
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    before = _state(net)
+    w = [net[0].weight, net[2].weight]
+    g1 = torch.autograd.grad(F.cross_entropy(net(x[:3]), y[:3]), w)
+    g2 = torch.autograd.grad(F.cross_entropy(net(x[3:]), y[3:]), w)
+    want = zc.zico_of_grads([[a, a + b] for a, b in zip(g1, g2)])
+    assert zc.zico(net, (x, y)) == pytest.approx(want, rel=1e-9)
+    assert _same_state(net, before) and all(p.grad is None for p in net.parameters())
+    assert zc.zico.needs_labels
+    with pytest.raises(ValueError, match="at least 2 images"):
+        zc.zico(net, (x[:1], y[:1]))
+
+
+def test_ensemble_is_the_mean_rank_of_its_members():
+    rows = [{"a": 1.0, "b": 30.0}, {"a": 3.0, "b": 10.0}, {"a": 2.0, "b": float("-inf")}, {"a": 3.0, "b": 20.0}]
+    # ranks of a: 1, 3.5, 2, 3.5; of b (-inf lowest): 4, 2, 1, 3
+    assert az.ensemble_scores(rows, ["a", "b"]) == pytest.approx([2.5, 2.75, 1.5, 3.25])
+    assert az.ensemble_scores(rows, ["a"]) == pytest.approx([1.0, 3.5, 2.0, 3.5])
+    with pytest.raises(ValueError):
+        az.ensemble_scores(rows, [])
+
+
+def test_zero_cost_reports_meco_zico_and_the_ensemble(tmp_path, capsys):
+    res = az.run_zero_cost("synthetic:8x1x16", sample=4, proxies=["meco", "ensemble"], C=4, N=1, batch_size=8,
+                           use_cache=False, ensemble_of=["meco", "params"])
+    assert [list(r)[:3] for r in res.rows] == [["arch", "meco", "ensemble"]] * 4
+    full = az.score_cells(az.sample_cells(4, 0), az.load_batch("synthetic:8x1x16", 8), ["meco", "params"], C=4, N=1)
+    assert [r["ensemble"] for r in res.rows] == az.ensemble_scores(full, ["meco", "params"])
+    assert res.settings["ensemble_of"] == ["meco", "params"]
+    from pcdarts.cli import main
+    assert main(["zero-cost", "--proxies", "ensemble", "--ensemble-of", "meco,bogus", "--sample", "2"]) == 2
+    assert "--ensemble-of: unknown proxy 'bogus'" in capsys.readouterr().err

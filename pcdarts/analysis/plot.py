@@ -29,6 +29,13 @@ _OP_COLORS = {
 }
 
 
+def integer_ticks(axis: Any) -> None:
+    """Whole-number ticks only on a matplotlib axis (``ax.xaxis``) that counts epochs or
+    occurrences: two epochs read 1, 2, not 1.0, 1.2, ..., 2.0 (a single epoch: one tick)."""
+    from matplotlib.ticker import MaxNLocator
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _matplotlib() -> Any:
     """Import matplotlib lazily, with an actionable message when it is missing."""
     try:
@@ -270,7 +277,8 @@ def plot_genotype(genotype: Genotype, path_prefix: Union[str, Path], formats: Se
 
 
 def plot_arch_weights(history: list[dict], path: Union[str, Path]) -> Path:
-    """Line plot of the architecture weights over epochs, one subplot per cell type.
+    """Line plot of the architecture weights over epochs (1-based, whole-number ticks), one
+    subplot per cell type.
 
     Each curve is one op's weight **averaged over the edges** of the cell type, so at
     every epoch the curves of a subplot sum to 1 when the records hold softmax weights.
@@ -288,7 +296,7 @@ def plot_arch_weights(history: list[dict], path: Union[str, Path]) -> Path:
         raise ValueError("history records need a 'primitives' field (the op names, in arch_weights order)")
     cell_types = list(records[-1]["arch_weights"])
     series: dict[str, dict[str, list[float]]] = {c: {op: [] for op in primitives} for c in cell_types}
-    epochs: dict[str, list[float]] = {c: [] for c in cell_types}
+    epochs: dict[str, list[int]] = {c: [] for c in cell_types}
     for k, rec in enumerate(records):
         if "epoch" not in rec:
             raise ValueError(f"history record {k} has 'arch_weights' but no 'epoch' field")
@@ -299,7 +307,7 @@ def plot_arch_weights(history: list[dict], path: Union[str, Path]) -> Path:
             if any(len(row) != len(primitives) for row in rows):
                 raise ValueError(f"history record {k} (epoch {rec['epoch']}): arch_weights[{cell!r}] rows "
                                  f"must have {len(primitives)} values, one per primitive")
-            epochs[cell].append(float(rec["epoch"]))
+            epochs[cell].append(int(rec["epoch"]) + 1)  # 1-based, as the search prints them
             for o, op in enumerate(primitives):
                 series[cell][op].append(sum(row[o] for row in rows) / len(rows))
     Figure, FigureCanvasAgg = _matplotlib()
@@ -313,6 +321,7 @@ def plot_arch_weights(history: list[dict], path: Union[str, Path]) -> Path:
         ax.set_title(f"{cell} cell")
         ax.set_ylabel("weight (mean over edges)")
         ax.grid(alpha=0.3)
+        integer_ticks(ax.xaxis)
     axes[-1].set_xlabel("epoch")
     axes[0].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     out = Path(path)

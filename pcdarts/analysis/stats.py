@@ -7,7 +7,6 @@ states the counting rule) and is re-exported here.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -17,22 +16,37 @@ from pcdarts.genotype.primitives import PARAMETER_FREE
 from pcdarts.nn.counting import count_macs, count_params, genotype_stats, network_label  # noqa: F401  (re-exported)
 
 
-def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]]) -> dict[str, float]:
-    """How far op weights moved from uniform: ``{"entropy", "max", "uniform"}`` or ``{}``.
+def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]],
+                        op_masks: Optional[dict[str, Any]] = None) -> dict[str, float]:
+    """How far op weights moved from uniform over each edge's live ops: ``{"entropy", "max",
+    "uniform"}`` or ``{}``.
 
-    ``entropy`` is the mean over edges (all cell types) of the per-edge entropy divided by
-    log(number of ops): 1.0 = uniform, 0.0 = one op per edge. ``max`` is the mean of the
-    per-edge largest weight; ``uniform`` the weight of one op under a uniform choice.
+    ``op_masks`` (cell type -> [E][O] truth values, False = the op was removed: pruned before
+    the search, shrunk, or not a candidate) names the live ops; None = every op is live. Only
+    the live ops of an edge count, their weights renormalised: ``entropy`` is the mean over
+    edges (all cell types) of the per-edge entropy divided by log(live ops of that edge): 1.0 =
+    uniform, 0.0 = one op per edge; ``max`` is the mean of the per-edge largest weight;
+    ``uniform`` the mean of 1 / (live ops), the weight of one op under a uniform choice. Edges
+    with fewer than two live ops have nothing to choose and are left out.
     """
     if not arch_weights:
         return {}
-    rows = [row for cell in arch_weights.values() for row in cell if len(row) > 1]
+    rows, live = [], []
+    for ct, cell in arch_weights.items():
+        masks = (op_masks or {}).get(ct)
+        for e, row in enumerate(cell):
+            keep = [bool(v) for v in masks[e]] if masks is not None else [True] * len(row)
+            if sum(keep) > 1:
+                rows.append(row)
+                live.append(keep)
     if not rows:
         return {}
-    w = torch.tensor(rows, dtype=torch.float64).clamp_min(0)
+    m = torch.tensor(live, dtype=torch.bool)
+    w = torch.tensor(rows, dtype=torch.float64).clamp_min(0) * m
     w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
-    ent = -(w * w.clamp_min(1e-12).log()).sum(1) / math.log(w.shape[1])
-    return {"entropy": float(ent.mean()), "max": float(w.max(1).values.mean()), "uniform": 1.0 / w.shape[1]}
+    n = m.sum(1).double()
+    ent = -(w * w.clamp_min(1e-12).log()).sum(1) / n.log()
+    return {"entropy": float(ent.mean()), "max": float(w.max(1).values.mean()), "uniform": float((1.0 / n).mean())}
 
 
 def genotype_agreement(a: Genotype, b: Genotype) -> tuple[int, int]:
@@ -74,27 +88,43 @@ def genotype_ops(genotype: Genotype) -> list[str]:
     return [op for cell in (genotype.normal, genotype.reduce) for op, _ in cell]
 
 
-def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[list[float]]]] = None
-                   ) -> dict[str, Any]:
+def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[list[float]]]] = None,
+                   op_masks: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The collapse diagnostics of one epoch: how many of the cell's ops are parameter-free
     (``param_free_ops`` of ``cell_ops``; DARTS-like spaces also ``param_free_normal``, the
     normal cell's share, where collapse shows: reduction cells are pool-heavy by design) and,
     when the method has op weights, the mean normalised entropy of each cell type's weights
-    (``arch_entropy``: 1.0 = uniform)."""
+    over each edge's live ops (``arch_entropy``: 1.0 = uniform; ``op_masks`` as in
+    :func:`arch_weight_summary`)."""
     ops = genotype_ops(genotype)
     out: dict[str, Any] = {"param_free_ops": sum(op in PARAMETER_FREE for op in ops), "cell_ops": len(ops)}
     if hasattr(genotype, "normal"):
         out["param_free_normal"] = sum(op in PARAMETER_FREE for op, _ in genotype.normal)
-    entropy = {ct: arch_weight_summary({ct: w}).get("entropy") for ct, w in (arch_weights or {}).items()}
+    entropy = {ct: arch_weight_summary({ct: w}, op_masks).get("entropy") for ct, w in (arch_weights or {}).items()}
     entropy = {ct: round(v, 4) for ct, v in entropy.items() if v is not None}
     if entropy:
         out["arch_entropy"] = entropy
     return out
 
 
-def collapse_warning(genotype: Genotype) -> Optional[str]:
-    """A one-line warning when more than half of the searched cell's ops are parameter-free
-    (the normal cell in DARTS-like spaces), else None."""
+NOT_MOVED = 0.995  # a mean normalised entropy that prints as 1.00: the op weights are still uniform
+
+
+def collapse_warning(genotype: Genotype, arch_entropy: Optional[dict[str, float]] = None) -> Optional[str]:
+    """A one-line warning about the found cell, else None.
+
+    When the op weights never moved from uniform (every cell type's ``arch_entropy``, the
+    last epoch's :func:`collapse_stats`, prints as 1.00), the cell was picked from near-ties,
+    which says nothing about collapse: the warning says that the architecture did not move.
+    Otherwise it warns when more than half of the searched cell's ops are parameter-free
+    (the normal cell in DARTS-like spaces).
+    """
+    if arch_entropy and all(v >= NOT_MOVED for v in arch_entropy.values()):
+        mean = sum(arch_entropy.values()) / len(arch_entropy)
+        return (f"the architecture did not move: its op weights are still uniform (entropy {mean:.2f} of uniform "
+                "over the live ops), so the cell was picked from near-ties and means little; train the "
+                "architecture longer (more epochs after the warm-up, e.g. --budget N) or with a larger "
+                "architecture learning rate")
     ops = [op for op, _ in genotype.normal] if hasattr(genotype, "normal") else genotype_ops(genotype)
     free = [op for op in ops if op in PARAMETER_FREE]
     if 2 * len(free) <= len(ops):

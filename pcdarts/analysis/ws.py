@@ -1,4 +1,4 @@
-"""Weight-sharing analysis (ALGORITHMS §12): how far can a supernet's ranking be trusted?
+"""Weight-sharing analysis (docs/methods.md, "Weight-sharing analysis"): how far can a supernet's ranking be trusted?
 
 A supernet is trained **single-path**: every step activates one child architecture
 (one op per edge, ``Mixing.active``) and trains it on one minibatch; the children are
@@ -20,15 +20,15 @@ and loss) and each child's steps since it was last trained; :mod:`pcdarts.analys
 turns them into the ranking, stability, recency and sharing-sweep metrics, the CSV/JSON
 report and the plots.
 
-Degree of sharing (§12.1): ``groups`` G splits the children into G groups, each trained
+Degree of sharing (the paper's knobs): ``groups`` G splits the children into G groups, each trained
 on its **own copy** of the supernet (exactly G independent runs, each with the full data
 per epoch, as in the official code); ``prefix`` k shares only the stem and the first k
 entries of ``supernet.cells`` (NB201: cells and residual reduction blocks alike), every
 child owning its copy of the rest (weights, BN buffers and their SGD momentum).
 
-The §12.1 tiny space lives in :mod:`pcdarts.spaces.tiny`; the NB201 space uses the
+The study's tiny space lives in :mod:`pcdarts.spaces.tiny`; the NB201 space uses the
 search supernet of :mod:`pcdarts.spaces.nb201`. Both run the fast path by default
-(``impl="reference"`` runs the op modules). The IS-DARTS §3.2 edge check
+(``impl="reference"`` runs the op modules). The IS-DARTS paper's §3.2 edge check
 (:func:`edge_check`) ranks the ops of every edge of a finished search's supernet by
 the method's scores and by the supernet's accuracy after discretising that edge alone.
 No search-loop or method code is imported here.
@@ -36,7 +36,7 @@ No search-loop or method code is imported here.
 Layout: this module holds the config, the children, the data, the ground truth and the
 driver :func:`run_ws_analysis`; :mod:`pcdarts.analysis.ws_train` the single-path training,
 the BN-policy evaluation, the sharing units and the edge check; :mod:`pcdarts.analysis.ws_report`
-the metrics, files and plots. Not done (§12): the dense within-epoch evaluation, the
+the metrics, files and plots. Not done: the dense within-epoch evaluation, the
 ``keyword`` sharing knob, the similarity partition of groups and fine-tuning from the supernet.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ class WSConfig:
     """Settings of one ``pcdarts ws-analysis``; defaults are the paper's / official code's.
 
     Attributes:
-        space: ``tiny`` (the §12.1 space, 64 children) or ``nb201``.
+        space: ``tiny`` (the study's space, 64 children) or ``nb201``.
         sample: NB201 children drawn uniformly (0 = all 15,625); ignored on ``tiny``.
         sample_seed: seed of that draw (the same children for every run seed).
         C: channels (tiny: node channels; NB201: first-stage channels).
@@ -324,7 +324,7 @@ def _unit_steps(cfg: WSConfig, data: WSData, n_members: int) -> int:
 
 
 def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, echo: Any = print) -> dict[str, Any]:
-    """Run every sharing setting x seed, compute the §12.2 metrics and write the report.
+    """Run every sharing setting x seed, compute the metrics and write the report.
 
     Writes into ``out``: ``report.json`` (config, children, ground truth, per run the
     per-epoch metrics and the logged matrices, per setting the summary), ``children.csv``,

@@ -1,11 +1,11 @@
-"""Metrics, report files and plots of ``pcdarts ws-analysis`` (ALGORITHMS §12.2).
+"""Metrics, report files and plots of ``pcdarts ws-analysis`` (docs/methods.md, "Weight-sharing analysis").
 
 Pure functions of the logged accuracies ``A[run][epoch][child]``, the steps since each
 child was last trained, and the optional ground truth; every correlation comes from
 :mod:`pcdarts.analysis.correlation` (Kendall tau-b, Spearman rho, top-k overlap; checked
 against scipy), Pearson r from numpy. Nothing here trains or evaluates a network.
 
-Metric definitions (§12.2):
+Metric definitions (docs/methods.md, "Weight-sharing analysis"):
 
 * ranking vs ground truth per epoch: Kendall tau, Spearman rho, Pearson r, top-k overlap
   for k = 1 %, 5 %, 10 % of the children (at least one), and the ground-truth percentile
@@ -15,7 +15,8 @@ Metric definitions (§12.2):
   Kendall tau between consecutive epochs;
 * stability across seeds: the selected (final top-1) child per seed, its ground truth
   (mean/std/min/max), how often each child is selected, pairwise tau between seeds'
-  final rankings;
+  final rankings; a spread (std) over a single seed is undefined: null in report.json,
+  ``n/a`` in sweep.csv;
 * recency (interference): Spearman / Kendall correlation between a child's shared-weight
   accuracy and its steps since last trained at evaluation time (negative = the most
   recently trained children are favoured), and the same for the rank residual (rank by
@@ -115,7 +116,8 @@ def across_seeds(final: list[list[float]], names: Sequence[str], gt: Optional[Se
                            "pairwise_kendall_mean": float(np.mean(pair)) if pair else None}
     if gt is not None:
         g = np.asarray([gt[p] for p in picks], dtype=np.float64)
-        out["selected_gt"] = {"mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
+        out["selected_gt"] = {"mean": float(g.mean()), "std": float(g.std()) if len(g) > 1 else None,
+                              "min": float(g.min()),
                               "max": float(g.max()), "best_possible": float(np.max(gt))}
     return out
 
@@ -136,7 +138,7 @@ def summarise(runs: list[dict[str, Any]], names: Sequence[str], gt: Optional[Seq
             vals = [x[key] for x in last if key in x and x[key] is not None and x[key] == x[key]]
             if vals:
                 row[f"final_{key}_mean"] = float(np.mean(vals))
-                row[f"final_{key}_std"] = float(np.std(vals))
+                row[f"final_{key}_std"] = float(np.std(vals)) if len(vals) > 1 else None  # one seed: no spread
         row["rank_std_mean"] = float(np.mean([r["stability"]["rank_std_mean"] for r in rs]))
         cons = [r["stability"]["consecutive_kendall_mean"] for r in rs
                 if r["stability"]["consecutive_kendall_mean"] is not None]
@@ -193,7 +195,7 @@ def write_csvs(out: Path, report: dict[str, Any]) -> list[Path]:
         w.writerow(skeys + ["selected_gt_mean", "pairwise_kendall_mean"])
         for s in report["settings"]:
             sel = s["across_seeds"].get("selected_gt") or {}
-            w.writerow(["" if s.get(k) is None else s.get(k) for k in skeys]
+            w.writerow([("n/a" if k.endswith("_std") else "") if s.get(k) is None else s.get(k) for k in skeys]
                        + [sel.get("mean", ""), s["across_seeds"].get("pairwise_kendall_mean") or ""])
     if gt is not None:
         paths.append(out / "ground_truth.csv")
@@ -207,7 +209,7 @@ def write_csvs(out: Path, report: dict[str, Any]) -> list[Path]:
 
 def plot_report(out: Path, report: dict[str, Any]) -> list[Path]:
     """tau_vs_epoch.png, rank_heatmap.png, top1_histogram.png."""
-    from pcdarts.analysis.plot import _matplotlib
+    from pcdarts.analysis.plot import _matplotlib, integer_ticks
     Figure, Canvas = _matplotlib()
     gt = report["ground_truth"]["accuracy"]
     runs, settings = report["runs"], report["settings"]
@@ -229,6 +231,7 @@ def plot_report(out: Path, report: dict[str, Any]) -> list[Path]:
                 label=f"{r['label']} seed {r['seed']}")
     ax.axhline(0, color="#999999", lw=0.8)
     ax.set_xlabel("epoch")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("Kendall tau vs ground truth" if gt is not None else "Kendall tau vs previous epoch")
     ax.set_title(f"{report['space']}: shared-weight ranking ({report['config']['bn']} BN)")
     ax.grid(alpha=0.3)
@@ -248,6 +251,7 @@ def plot_report(out: Path, report: dict[str, Any]) -> list[Path]:
         im = ax.imshow(R, aspect="auto", cmap="viridis_r", interpolation="nearest",
                        extent=(0.5, R.shape[1] + 0.5, len(names) - 0.5, -0.5))
         ax.set_xlabel("epoch")
+        integer_ticks(ax.xaxis)
         ax.set_title(f"{r['label']} seed {r['seed']}", fontsize=9)
         if i == 0:
             ax.set_ylabel("children, by ground truth (best on top)" if gt is not None else "children, by final rank")
@@ -272,6 +276,7 @@ def plot_report(out: Path, report: dict[str, Any]) -> list[Path]:
         ax.bar(x + 0.2, late[order], width=0.4, label="top-1 of each late epoch", color="#aec7e8")
         ax.set_title(f"{s['setting']}: top-1 child across {len(rs)} seed(s)", fontsize=9)
         ax.set_ylabel("count")
+        integer_ticks(ax.yaxis)
         ax.legend(fontsize=7)
     axes[-1].set_xlabel("children, by ground truth (best left)" if gt is not None else "children, by final rank")
     paths.append(out / "top1_histogram.png")

@@ -1,7 +1,7 @@
-"""The single-path machinery of ``pcdarts ws-analysis`` (ALGORITHMS §12): child mixings,
+"""The single-path machinery of ``pcdarts ws-analysis`` (docs/methods.md, "Weight-sharing analysis"): child mixings,
 child orders, group partitions, BN-policy evaluation, per-child unshared weights, the
 training of one sharing setting, the interference probe, stand-alone training and the
-IS-DARTS §3.2 edge check.
+IS-DARTS paper's §3.2 edge check.
 
 ``cfg`` is a :class:`pcdarts.analysis.ws.WSConfig`, ``space`` a :class:`~pcdarts.analysis.ws.Space`
 and ``data`` a :class:`~pcdarts.analysis.ws.WSData` (this module does not import them, so
@@ -325,7 +325,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
 
 def interference(cfg: Any, units: list[Unit], owner: dict[int, Unit], mixings: list[Mixing],
                  data: Any) -> dict[str, Any]:
-    """§12.2 metric 4: the change of every child's validation loss (one fixed batch) after one
+    """The interference metric: the change of every child's validation loss (one fixed batch) after one
     SGD step of child m, for the first ``cfg.interference`` children; NaN outside m's group.
     The state is restored after each probe, so the run's results are unaffected."""
     batch = data.val_batches[:1]
@@ -379,15 +379,15 @@ def standalone_ground_truth(cfg: Any, space: Any, data: Any, device: torch.devic
     return out
 
 
-# ---------------------------------------------------------------------------- IS-DARTS §3.2 edge check
+# ---------------------------------------------------------------------------- the IS-DARTS edge check
 
 
 def edge_check(supernet: nn.Module, mixing: Mixing, scores: dict[str, torch.Tensor], primitives: Sequence[str],
                masks: Optional[dict[str, torch.Tensor]], val_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                bn: str = "recalibrate", recal_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                bar: Any = None) -> dict[str, Any]:
-    """IS-DARTS §3.2 / ALGORITHMS §12.2 metric 6: do a supernet's op scores predict what
-    discretising an edge does?
+    """The IS-DARTS paper's §3.2 check (docs/methods.md, "Weight-sharing analysis"): do a supernet's
+    op scores predict what discretising an edge does?
 
     For every cell type and edge, the edge alone is discretised to each of its live ops
     (``none`` excluded: discretisation picks a real op), in every cell of that type, the

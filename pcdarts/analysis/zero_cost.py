@@ -1,5 +1,5 @@
 """Zero-cost proxies on NAS-Bench-201 cells: scores, rank correlations with the benchmark,
-a training-free search (``pcdarts zero-cost``; ALGORITHMS §8.2, §8.3).
+a training-free search (``pcdarts zero-cost``; docs/methods.md, "Zero-cost proxies").
 
 Every sampled (or every one of the 15,625) NB201 cell is built as its evaluation network
 (:class:`pcdarts.nn.networks.NB201Network`, ``C`` channels, ``N`` cells per stage), initialised
@@ -32,22 +32,49 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from pcdarts.analysis.correlation import kendall, spearman
+from pcdarts.analysis.correlation import average_ranks, kendall, spearman
 from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.genotype.primitives import NB201_PRIMITIVES
 from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc
 from pcdarts.utils import progress_bar
 
-# the order of the table: the proxies of §8, then the baselines; other registered ones after
-PROXY_ORDER = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs")
+# the order of the table: the proxies, the newer ones, the rank ensemble, then the baselines;
+# other registered ones after
+PROXY_ORDER = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "meco", "zico", "ensemble", "params", "macs")
 NUM_CELLS = len(NB201_PRIMITIVES) ** len(NB201_EDGES)  # 15,625
 CACHE_FILE = "zero_cost_cache.jsonl"
+# the rank ensemble: not a function of one network but of the scored set (the mean rank of each
+# cell under its member proxies), so it lives here rather than in the PROXIES registry
+ENSEMBLE = "ensemble"
+DEFAULT_ENSEMBLE = ("naswot", "synflow", "meco", "zico")
+
+
+def known_proxy(name: str) -> bool:
+    """A registered proxy or the rank ensemble."""
+    return name == ENSEMBLE or name in PROXIES
+
+
+def proxy_names() -> list[str]:
+    """Every name ``--proxies`` accepts, sorted."""
+    return sorted([*PROXIES.names(), ENSEMBLE])
 
 
 def default_proxies() -> list[str]:
-    """Every registered proxy, the ones of :data:`PROXY_ORDER` first."""
-    return [p for p in PROXY_ORDER if p in PROXIES] + [p for p in PROXIES.names() if p not in PROXY_ORDER]
+    """Every registered proxy and the ensemble, the ones of :data:`PROXY_ORDER` first."""
+    return [p for p in PROXY_ORDER if known_proxy(p)] + [p for p in PROXIES.names() if p not in PROXY_ORDER]
+
+
+def ensemble_scores(rows: Sequence[dict[str, Any]], members: Sequence[str]) -> list[float]:
+    """The rank ensemble of ``rows``: per row, the mean over ``members`` of its average rank
+    (1 = lowest score of the set, ties sharing their mean rank, non-finite scores lowest) under
+    that proxy. Higher = better, like every proxy; it is relative to the scored set."""
+    if not members:
+        raise ValueError("the rank ensemble needs at least one member proxy")
+    if not rows:
+        return []
+    ranks = np.stack([average_ranks([float(r[m]) for r in rows]) for m in members])
+    return [float(v) for v in ranks.mean(0)]
 
 
 def default_cache_dir() -> Path:
@@ -292,29 +319,41 @@ def run_zero_cost(data: str = "digits", *, sample: Optional[int] = 200, proxies:
                   C: int = 16, N: int = 5, batch_size: int = 64, seed: int = 0, dataset: str = "cifar10",
                   out: Optional[Union[str, Path]] = None, cache_dir: Optional[Union[str, Path]] = None,
                   use_cache: bool = True, search: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-                  progress: bool = False) -> ZeroCostResult:
+                  progress: bool = False, ensemble_of: Optional[Sequence[str]] = None) -> ZeroCostResult:
     """Score ``sample`` NB201 cells (None = all), correlate with the lookup, optionally pick the
     best cell by ``search`` (a proxy name), and with ``out`` write scores.csv,
-    correlations.json and scatter.png there (the Python twin of ``pcdarts zero-cost``)."""
+    correlations.json and scatter.png there (the Python twin of ``pcdarts zero-cost``).
+    ``ensemble`` among the proxies adds the rank ensemble of ``ensemble_of`` (default
+    :data:`DEFAULT_ENSEMBLE`); its members are scored too, reported or not."""
     t0 = time.time()
     names = list(proxies) if proxies else default_proxies()
-    for p in names:
-        PROXIES.get(p)  # an unknown name lists the registered ones
-    if search is not None:
-        PROXIES.get(search)
-        if search not in names:
-            names.append(search)
+    if search is not None and search not in names:
+        names.append(search)
+    members = list(ensemble_of) if ensemble_of else list(DEFAULT_ENSEMBLE)
+    for p in names + (members if ENSEMBLE in names else []):
+        if p == ENSEMBLE and p in members:
+            raise ValueError("the rank ensemble cannot be a member of itself")
+        if not known_proxy(p):
+            PROXIES.get(p)  # an unknown name lists the registered ones
+    scored = [p for p in names if p != ENSEMBLE]
+    if ENSEMBLE in names:
+        scored += [m for m in members if m not in scored]
     archs = sample_cells(sample, seed)
     batch = load_batch(data, batch_size, seed, device)
     folder = None
     if use_cache:
         folder = Path(cache_dir) if cache_dir is not None else (Path(out) if out is not None else default_cache_dir())
     cache = ScoreCache(folder)
-    rows = score_cells(archs, batch, names, C=C, N=N, seed=seed, cache=cache, progress=progress)
+    rows = score_cells(archs, batch, scored, C=C, N=N, seed=seed, cache=cache, progress=progress)
+    if ENSEMBLE in names:
+        for r, v in zip(rows, ensemble_scores(rows, members)):
+            r[ENSEMBLE] = v
+    rows = [{"arch": r["arch"], **{p: r[p] for p in names}} for r in rows]
     result = ZeroCostResult(rows, names, cache_hits=cache.hits,
                             settings={"data": data, "fingerprint": batch.fingerprint, "sample": sample,
                                       "cells": len(rows), "C": C, "N": N, "batch_size": int(batch.images.shape[0]),
                                       "seed": seed, "dataset": dataset, "proxies": names,
+                                      **({"ensemble_of": members} if ENSEMBLE in names else {}),
                                       "cache": None if cache.path is None else str(cache.path)})
     result.lookup_error = add_accuracies(rows, dataset)
     if result.lookup_error is None and len(rows) >= 2:
@@ -345,6 +384,7 @@ def run_zero_cost(data: str = "digits", *, sample: Optional[int] = 200, proxies:
     return result
 
 
-__all__ = ["PROXY_ORDER", "NUM_CELLS", "ProxyBatch", "ScoreCache", "ZeroCostResult", "best_cell", "cell_of_code",
+__all__ = ["PROXY_ORDER", "NUM_CELLS", "ENSEMBLE", "DEFAULT_ENSEMBLE", "ensemble_scores", "known_proxy",
+           "proxy_names", "ProxyBatch", "ScoreCache", "ZeroCostResult", "best_cell", "cell_of_code",
            "correlations", "default_cache_dir", "default_proxies", "format_table", "load_batch", "run_zero_cost",
            "sample_cells", "score_cells", "scatter_plot", "write_csv", "add_accuracies"]

@@ -3,7 +3,9 @@
 Turns presets, options and dotted overrides into configs and calls the library; no
 search logic lives here. Errors a user can fix (every :class:`~pcdarts.errors.PcdartsError`)
 are printed as one ``error:`` line (exit code 2), warnings as one ``warning:`` line; set
-``--debug`` (or PCDARTS_DEBUG=1) to see the traceback.
+``--debug`` (or PCDARTS_DEBUG=1) to see the traceback. A run stopped by Ctrl-C exits 130, by
+SIGTERM 143. Under torchrun only rank 0 prints these lines (the other ranks exit with the same
+code in silence); ``PCDARTS_ALL_RANKS=1`` lets every rank print them, prefixed by its rank.
 """
 from __future__ import annotations
 
@@ -19,16 +21,35 @@ from pcdarts.config import (ConfigError, apply_override, build_config, describe_
                             merge_onto_preset, parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import PcdartsError
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 
 DEFAULT_PRESET = "quick"
+ALL_RANKS_ENV = "PCDARTS_ALL_RANKS"  # set (not 0): every torchrun rank prints its errors and warnings
 
 USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
+
+
+def rank_prefix() -> Optional[str]:
+    """What starts this process's own lines (errors, warnings, the budget line): ``""`` alone and
+    on torchrun's rank 0; None (print nothing) on the other ranks, which would repeat rank 0's
+    lines, unless ``PCDARTS_ALL_RANKS`` is set (then ``"[rank N] "``)."""
+    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if os.environ.get(ALL_RANKS_ENV, "0") not in ("", "0") and world > 1:
+        return f"[rank {rank}] "
+    return "" if rank == 0 else None
+
+
+def say(text: str, file: Any = None) -> None:
+    """Print one of the command's own lines on the ranks that print (see :func:`rank_prefix`)."""
+    prefix = rank_prefix()
+    if prefix is not None:
+        print(prefix + text, file=sys.stdout if file is None else file, flush=True)
 
 
 def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                       line: Any = None) -> None:
     """Warnings reach a user as ``warning: ...``, without a source path and line."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    say(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -97,20 +118,51 @@ def cmd_search(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.resume:
         if overrides or args.preset or args.budget is not None:
             raise ConfigError("--resume continues a run with its saved config.yaml; drop the preset/overrides/--budget")
-        result = search(resume=args.resume, stop_after_steps=stop)
+        result = search(resume=args.resume, stop_after_steps=stop, trust_checkpoint=args.trust_checkpoint)
     else:
-        cfg = build_config(search_config_dict(args, overrides))
-        if args.budget is not None:
-            cfg, changes = scale_budget(cfg, args.budget)
-            print(describe_budget(cfg, changes), flush=True)
+        if args.trust_checkpoint:
+            raise ConfigError(f"{TRUST_FLAG} only applies to --resume RUN_DIR (a new run reads no checkpoint); "
+                              "drop it")
+        try:
+            cfg = build_config(search_config_dict(args, overrides))
+            if args.budget is not None:
+                cfg, changes = scale_budget(cfg, args.budget)
+                say(describe_budget(cfg, changes))
+        except ConfigError as e:
+            raise ConfigError(f"{e}{switched_method_hint(args)}") from None
         result = search(cfg, stop_after_steps=stop)
     if result.interrupted:
-        return 130
+        from pcdarts.runs import stop_exit_code
+        return stop_exit_code(result.stop_signal)  # SIGINT 130, SIGTERM 143
     from pcdarts.distributed import dist_info
     if dist_info().is_main:  # under torchrun one summary, from rank 0
         for line in search_summary(result):
             print(line)
     return 0
+
+
+def switched_method_hint(args: argparse.Namespace) -> str:
+    """When ``--method`` names another method than the preset's, the tail of a config error:
+    the other sections (epochs, space, data) are still the preset's, so name the presets made
+    for that method (those of the preset's space first); empty otherwise."""
+    from pcdarts.config import load_preset
+    preset = args.preset or DEFAULT_PRESET
+    try:
+        base = load_preset(preset)
+    except ConfigError:  # an unknown preset: that error says so itself
+        return ""
+    made_for = (base.get("method") or {}).get("name", "pc-darts")
+    if not args.method or args.method == made_for:
+        return ""
+    space = args.space or (base.get("space") or {}).get("name", "darts")
+    own = [(((d.get("space") or {}).get("name") != space), name) for name in preset_names()
+           for d in [load_preset(name)] if (d.get("method") or {}).get("name") == args.method]
+    names = [name for _, name in sorted(own)]
+    where = f"--method {args.method} on the {preset} preset keeps that preset's other settings (made for {made_for})"
+    if not names:
+        return f"; {where}: set the fields named above for {args.method}"
+    also = f" (also: {', '.join(names[1:])})" if len(names) > 1 else ""
+    return f"; {where}: start from a preset made for {args.method} instead, e.g. --preset {names[0]}{also}"
 
 
 def search_summary(result: Any) -> list[str]:
@@ -123,7 +175,8 @@ def search_summary(result: Any) -> list[str]:
     if "genotype_params_m" in last:
         lines.append(f"cell size:     {last['genotype_params_m']:.3f} M parameters, {last['genotype_macs_m']:.1f} M "
                      f"multiply-adds ({last.get('genotype_network', 'evaluation network')})")
-    moved = arch_weight_summary(last.get("arch_weights"))
+    # over each edge's live ops; only where the op weights can move (the searcher then logs arch_entropy)
+    moved = arch_weight_summary(last.get("arch_weights"), last.get("op_masks")) if "arch_entropy" in last else {}
     if moved:
         lines.append(f"arch weights:  mean entropy {moved['entropy']:.2f} of uniform (1.00 = not moved), "
                      f"strongest op {moved['max']:.2f} on average (uniform {moved['uniform']:.2f})")
@@ -147,7 +200,7 @@ def search_summary(result: Any) -> list[str]:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     from pcdarts.genotype import save_genotype
-    genotype = derive_from_run(args.run_dir)
+    genotype = derive_from_run(args.run_dir, trust_checkpoint=args.trust_checkpoint)
     print(str(genotype))
     if args.out:
         save_genotype(genotype, Path(args.out))
@@ -155,12 +208,13 @@ def cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
-def derive_from_run(run_dir: str | Path) -> Any:
+def derive_from_run(run_dir: str | Path, trust_checkpoint: bool = False) -> Any:
     """The genotype of a run's latest checkpoint (works on unfinished runs too): the run loaded
     by the one assembly (:func:`pcdarts.search.build.load_run`), its method's scores over the
-    supernet's live ops (a space pruned before the search: as in the run)."""
+    supernet's live ops (a space pruned before the search: as in the run); ``trust_checkpoint``
+    unpickles the checkpoint in full when it needs that (``--trust-checkpoint``)."""
     from pcdarts.search.build import load_run
-    return load_run(run_dir, command="pcdarts derive").parts.derive()
+    return load_run(run_dir, command="pcdarts derive", trust_checkpoint=trust_checkpoint).parts.derive()
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -175,10 +229,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_network_shape(source: str) -> dict[str, int]:
-    """The data shape (classes, channels, input side) of the run a genotype comes from, read
-    from its manifest.json, so that ``pcdarts show RUN`` reports the network that the run's
-    history.jsonl reports; empty (the CIFAR defaults) for anything else."""
+def run_network_shape(source: str) -> dict[str, Any]:
+    """The data shape (classes, channels, input side; ``labelled`` False for a search on data
+    without classes) of the run a genotype comes from, read from its manifest.json, so that
+    ``pcdarts show RUN`` reports the network that the run's history.jsonl reports; empty (the
+    CIFAR defaults) for anything else."""
     p = Path(source)
     run_dir = p if p.is_dir() else p.parent
     try:
@@ -186,7 +241,10 @@ def run_network_shape(source: str) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     keys = ("num_classes", "in_channels", "input_size")
-    return {k: int(shape[k]) for k in keys if k in shape} if p.exists() else {}
+    out: dict[str, Any] = {k: int(shape[k]) for k in keys if k in shape}
+    if shape.get("labelled") is False:
+        out["labelled"] = False
+    return out if p.exists() else {}
 
 
 # ---------------------------------------------------------------- parser
@@ -208,13 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", help=f"method: {', '.join(METHODS.names())}")
     s.add_argument("--objective", help=f"search objective (objective.name): {', '.join(OBJECTIVES.names())}; "
                                        "mae needs no labels (e.g. --data unlabelled:DIR)")
-    s.add_argument("--data", help="dataset, e.g. digits, cifar10:PATH, cifar100:PATH, unlabelled:DIR")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--data", help="dataset: digits (bundled), cifar10:PATH, cifar100:PATH, folder:DIR (one "
+                                  "sub-folder of images per class), unlabelled:DIR (no labels: --objective mae) "
+                                  "or synthetic:SIZExCHANNELSxCOUNT")
+    s.add_argument("--seed", type=int,
+                   help="run seed (run.seed, default 0): weight initialisation, data order, architecture draws "
+                        "and, unless data.split_seed is set, the weight/architecture split")
     s.add_argument("--out", help="run directory (default runs/<space>-<method>-<data>-s<seed>-<time>)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    s.add_argument(TRUST_FLAG, action="store_true", help=f"with --resume: {TRUST_HELP}")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
     s.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
                         "pip install \"pcdarts[tensorboard]\")")
@@ -223,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "stage starts, shrink epochs, decay horizons) by EPOCHS/search.epochs")
     s.add_argument("--prune", metavar="PROXY[:FRACTION]",
                    help="zero-shot pruning before the search: remove FRACTION (default 0.5) of each edge's ops, "
-                        "ranked by a zero-cost proxy, e.g. naswot:0.5 (search.prune; ALGORITHMS §8.1)")
+                        "ranked by a zero-cost proxy, e.g. naswot:0.5 (search.prune; docs/methods.md, "
+                        "\"Zero-shot pruning\")")
     s.add_argument("--nb201-lookup", action="store_true",
                    help="NB201 space: log the benchmark accuracy of each epoch's cell in history.jsonl")
     s.set_defaults(func=cmd_search, takes_overrides=True)
@@ -231,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="derive the genotype from a run's checkpoint")
     d.add_argument("run_dir")
     d.add_argument("--out", help="also write the genotype JSON here")
+    d.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     d.set_defaults(func=cmd_derive)
 
     sh = sub.add_parser("show", help="print a genotype: ops per node and parameter count")
@@ -282,10 +348,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if debug:
                 raise
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
+            say(f"error: {msg}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            say("interrupted", file=sys.stderr)
             return 130
         finally:
             if "torch.distributed" in sys.modules:  # torchrun: every rank ends together

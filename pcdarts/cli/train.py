@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 from pcdarts.train.config import (DEFAULT_PRESET, TrainError, apply_override, build_train_config, load_train_preset,
                            parse_overrides, train_preset_names)
 
@@ -41,7 +42,7 @@ def train_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> dic
 
 
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    """Handler of ``pcdarts train``; returns the exit code (130 when stopped by Ctrl-C)."""
+    """Handler of ``pcdarts train``; returns the exit code (130 when stopped by Ctrl-C, 143 by SIGTERM)."""
     from pcdarts.runs import test_stop_after_steps
     from pcdarts.train.trainer import train
     from pcdarts.train.seeds import SEEDS_FILE, parse_seeds, resume_seeds, summary_line, train_seeds
@@ -55,10 +56,13 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if args.no_progress:
             run["progress"] = False
         if (Path(args.resume) / SEEDS_FILE).is_file():
-            res = resume_seeds(args.resume, **run)
+            res = resume_seeds(args.resume, trust_checkpoint=args.trust_checkpoint, **run)
             return _report_seeds(res, summary_line)
-        result = train(resume=args.resume, stop_after_steps=test_stop_after_steps(), **run)
+        result = train(resume=args.resume, stop_after_steps=test_stop_after_steps(),
+                       trust_checkpoint=args.trust_checkpoint, **run)
         return _report(result)
+    if args.trust_checkpoint:
+        raise TrainError(f"{TRUST_FLAG} only applies to --resume RUN_DIR (a new run reads no checkpoint); drop it")
     if not args.genotype:
         raise TrainError("pcdarts train needs a genotype: a published name (e.g. DARTS_V2), a genotype.json, "
                          "a search run directory or a genotype string")
@@ -71,8 +75,12 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def _report(result: Any) -> int:
+    from pcdarts.distributed import dist_info
+    from pcdarts.runs import stop_exit_code
     if result.interrupted:
-        return 130
+        return stop_exit_code(result.stop_signal)  # SIGINT 130, SIGTERM 143
+    if not dist_info().is_main:  # under torchrun one summary, from rank 0
+        return 0
     m = result.metrics
     print(f"run directory: {result.run_dir}")
     top5 = f", top-5 {m['final_test_top5']:.2f}%" if m.get("final_test_top5") is not None else ""
@@ -85,8 +93,9 @@ def _report(result: Any) -> int:
 
 
 def _report_seeds(res: Any, line: Any) -> int:
+    from pcdarts.runs import stop_exit_code
     if res.interrupted:
-        return 130
+        return stop_exit_code(res.stop_signal)  # SIGINT 130, SIGTERM 143
     for seed, m in sorted(res.per_seed.items()):
         if m.get("final_test_top1") is not None:
             print(f"seed {seed}: final test top-1 {m['final_test_top1']:.2f}%")
@@ -99,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Handler of ``pcdarts eval``: print loss, top-1 and top-5 of a trained network."""
     from pcdarts.train.evaluate import evaluate_checkpoint
     r = evaluate_checkpoint(args.run, args.data, split=args.split, batch_size=args.batch_size,
-                            device=args.device or "auto")
+                            device=args.device or "auto", trust_checkpoint=args.trust_checkpoint)
     top5 = f"  top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
     print(f"{r['dataset']} {r['split']} split, {r['images']} images (network after epoch {r['epoch']}):")
     print(f"loss {r['loss']:.4f}  top-1 {r['top1']:.2f}%{top5}")
@@ -126,8 +135,10 @@ def add_subcommands(subparsers: Any) -> None:
     t.add_argument("--out", help="run directory (default runs/train-<data>-s<seed>-<time>)")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or --seeds folder) exactly")
+    t.add_argument(TRUST_FLAG, action="store_true", help=f"with --resume: {TRUST_HELP}")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (the per-epoch lines, the stop and resume messages still print)")
     t.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard events to RUN_DIR/tb (run.tensorboard; needs "
                         "pip install \"pcdarts[tensorboard]\")")
@@ -141,4 +152,5 @@ def add_subcommands(subparsers: Any) -> None:
     e.add_argument("--split", default="test", choices=("test", "train"))
     e.add_argument("--batch-size", type=int, help="evaluation batch size")
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    e.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     e.set_defaults(func=cmd_eval)

@@ -1,8 +1,8 @@
-"""``pcdarts ws-analysis``: argparse front of :mod:`pcdarts.analysis.ws` (ALGORITHMS §12).
+"""``pcdarts ws-analysis``: argparse front of :mod:`pcdarts.analysis.ws` (docs/methods.md, "Weight-sharing analysis").
 
 Two modes: the weight-sharing analysis (single-path supernet training on the tiny space
 or an NB201 sample, every child evaluated with shared weights every epoch), and
-``--edge-check RUN_DIR``, the IS-DARTS §3.2 check on a finished DARTS-family search.
+``--edge-check RUN_DIR``, the IS-DARTS paper's §3.2 check on a finished DARTS-family search.
 The search run is loaded here, by the one assembly (:func:`pcdarts.search.build.load_run`),
 because the analysis package does not import search code.
 """
@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from pcdarts.errors import ConfigError
+from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -38,6 +39,11 @@ def _prefixes(text: str) -> tuple[Optional[int], ...]:
                 raise ConfigError(f"--prefix takes depths and 'all' separated by commas, e.g. --prefix all,2,0; "
                                   f"got {text!r}") from None
     return tuple(out)
+
+
+# the command line's epochs per run: about a CPU-minute each on the bundled digits (tiny space,
+# one thread); WSConfig keeps the paper's 200 for the Python API
+CLI_EPOCHS = 10
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -85,21 +91,24 @@ def cmd_ws(args: argparse.Namespace) -> int:
             line += (f" (ground truth {sel['selected_gt']['mean']:.2f} of best "
                      f"{sel['selected_gt']['best_possible']:.2f})")
         print(line)
-    print(f"report: {out / 'report.json'} (+ accuracy.csv, epochs.csv, sweep.csv); plots: "
+    gt_csv = ", ground_truth.csv" if report["ground_truth"]["accuracy"] is not None else ""
+    print(f"report: {out / 'report.json'} (+ children.csv, accuracy.csv, epochs.csv, sweep.csv{gt_csv}, "
+          f"manifest.json); plots: "
           f"{out / 'tau_vs_epoch.png'}, {out / 'rank_heatmap.png'}, {out / 'top1_histogram.png'}")
     return 0
 
 
-# ---------------------------------------------------------------------------- IS-DARTS §3.2
+# ---------------------------------------------------------------------------- the IS-DARTS edge check
 
 
-def load_search_run(run_dir: str | Path, device: torch.device) -> dict[str, Any]:
+def load_search_run(run_dir: str | Path, device: torch.device, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Supernet (with the run's weights and masks), method mixing and scores, config of a search
     run, loaded by the one assembly (:func:`pcdarts.search.build.load_run`: the method prepares
-    the supernet, e.g. MSR-DARTS's spectral norms, before the checkpoint is loaded)."""
+    the supernet, e.g. MSR-DARTS's spectral norms, before the checkpoint is loaded);
+    ``trust_checkpoint``: unpickle its checkpoint in full when it needs that (``--trust-checkpoint``)."""
     from pcdarts.search.build import load_run
     command = "pcdarts ws-analysis --edge-check"
-    run = load_run(run_dir, device=device, command=command)
+    run = load_run(run_dir, device=device, command=command, trust_checkpoint=trust_checkpoint)
     cfg, space, supernet, method = run.cfg, run.parts.space, run.parts.supernet, run.parts.method
     try:
         with torch.no_grad():
@@ -117,7 +126,7 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     from pcdarts.distributed import resolve_device
     from pcdarts.utils import write_json
     device = resolve_device(args.device or "cpu")
-    run = load_search_run(args.edge_check, device)
+    run = load_search_run(args.edge_check, device, trust_checkpoint=args.trust_checkpoint)
     cfg = run["cfg"]
     wcfg = WSConfig(data=args.data or cfg.data.spec, validation=args.validation or "test",
                     val_samples=args.val_samples, batch_size=args.batch_size or 64,
@@ -156,18 +165,22 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
 def add_subcommand(sub: Any) -> None:
     from pcdarts.analysis.ws import BN_POLICIES, ORDERS
     w = sub.add_parser(
-        "ws-analysis", help="how far a weight-sharing supernet's ranking can be trusted (ALGORITHMS §12)",
+        "ws-analysis", help="how far a weight-sharing supernet's ranking can be trusted (docs/methods.md, "
+                            "\"Weight-sharing analysis\")",
         description="Train a supernet single-path (one child per step) on the tiny 64-child space or a sample "
                     "of NAS-Bench-201 cells, evaluate every child with the shared weights every epoch, and "
                     "report Kendall tau / Spearman rho / top-k overlap against the ground truth (NB201 lookup, "
                     "--ground-truth CSV or --standalone-epochs), rank stability within a run and across seeds, "
                     "the recency (interference) correlation and the degree-of-sharing sweep (--groups, "
                     "--prefix). Writes report.json, CSVs and plots into --out. With --edge-check RUN_DIR: the "
-                    "IS-DARTS check of a finished DARTS-family search instead.")
+                    "IS-DARTS check of a finished DARTS-family search instead. The paper's protocol and what "
+                    "differs from its code: docs/methods.md, \"Weight-sharing analysis\".")
     w.add_argument("--space", choices=("tiny", "nb201"), help="analysed space (default tiny)")
     w.add_argument("--sample", type=int, help="NB201 children sampled (default 50; 0 = all 15,625)")
     w.add_argument("--sample-seed", type=int, help="seed of the NB201 sample and the group partition (default 0)")
-    w.add_argument("--epochs", type=int, help="training epochs per run (default 200, the paper's)")
+    w.add_argument("--epochs", type=int, default=CLI_EPOCHS,
+                   help=f"training epochs per run (default {CLI_EPOCHS}: minutes on a CPU; the paper's setting: "
+                        "--epochs 200 --data cifar10:PATH, also 2000)")
     w.add_argument("--seeds", help="comma-separated run seeds (default 0)")
     w.add_argument("--order", choices=ORDERS, help="child order (default round-robin)")
     w.add_argument("--epoch-unit", choices=("data", "children"),
@@ -203,8 +216,9 @@ def add_subcommand(sub: Any) -> None:
     w.add_argument("--out", help="output folder (default runs/ws-<space>-<data>-<time>)")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
     w.add_argument("--edge-check", metavar="RUN_DIR",
-                   help="IS-DARTS §3.2: per edge, the search's op scores vs the supernet accuracy after "
-                        "discretising that edge (uses --data, --bn, --val-samples, --out)")
+                   help="the IS-DARTS paper's §3.2 check: per edge, the search's op scores vs the supernet "
+                        "accuracy after discretising that edge (uses --data, --bn, --val-samples, --out)")
+    w.add_argument(TRUST_FLAG, action="store_true", help=f"with --edge-check: {TRUST_HELP}")
     w.set_defaults(func=cmd_ws)
 
 

@@ -33,7 +33,7 @@ def load_folder_dataset(path: Optional[str], split: str, input_size: Optional[in
                         channels: Optional[int] = None, bad_images: Optional[str] = None) -> ImageDataset:
     root = split_root(path, split)
     scan = scan_folder(root)  # listed once, for the size and the images
-    size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
+    size = input_size or min(folder_info(root, scan=scan, on_bad=bad_images or "fail")["sample_image_size"])
     images, labels, classes = load_folder_as_tensor(root, size, channels or 3, scan=scan,
                                                     on_bad=bad_images or "fail")
     mean, std = channel_stats(images)

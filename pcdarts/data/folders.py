@@ -54,9 +54,10 @@ def split_roots(path: str | os.PathLike | None, test_path: str | os.PathLike | N
         raise FolderError(f"{field}: dataset 'folder' needs the image folder, e.g. --data folder:/my/images "
                           "(one sub-folder per class, optionally inside train/ and test/ or val/)")
     root = Path(path).expanduser()
+    if not root.exists():
+        raise FolderError(f"{field} {str(root)!r} is not a folder: it does not exist; check the path")
     if not root.is_dir():
-        raise FolderError(f"{field} {str(root)!r} is not a folder (no such folder); expected one sub-folder per "
-                          "class, optionally inside train/ and test/ or val/")
+        raise FolderError(f"{field} {str(root)!r} is not a folder but a file; give the folder that holds the images")
     if test_path:
         return root, Path(test_path).expanduser()
     if (root / "train").is_dir():
@@ -137,12 +138,15 @@ def select_classes(root: str | os.PathLike, scan: Scan, class_to_idx: dict[str, 
     return sorted(class_to_idx, key=class_to_idx.__getitem__), selected
 
 
+SKIP_HINT = "replace or delete the file, or leave unreadable images out with --data.bad_images skip"
+
+
 def _open_image(path: str, channels: int = 3) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("L" if channels == 1 else "RGB")
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
-        raise FolderError(f"{path}: cannot read image ({exc}); replace or delete the file") from exc
+        raise FolderError(f"{path}: cannot read image ({exc}); {SKIP_HINT}") from exc
 
 
 class ImageFolderDataset(Dataset):
@@ -328,19 +332,30 @@ class _WorkerInit:
 
 # ------------------------------------------------------------------------ in-memory data
 def folder_info(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS, *,
-                scan: Scan | None = None) -> dict[str, Any]:
+                scan: Scan | None = None, on_bad: str = "fail") -> dict[str, Any]:
     """Summary of an image folder: ``num_classes``, ``classes``, ``counts`` (per class),
     ``num_images``, ``sample_image_size`` ((width, height) of the first image) and
-    ``sample_image_mode``. ``scan``: the folder's :func:`scan_folder` result, if already made."""
+    ``sample_image_mode``. ``scan``: the folder's :func:`scan_folder` result, if already made.
+    ``on_bad``: an unreadable first image raises with ``fail``; with ``skip`` the sample is the
+    first readable image (a FolderError when there is none)."""
+    if on_bad not in BAD_IMAGES:
+        raise ValueError(f"on_bad must be one of {BAD_IMAGES}, got {on_bad!r}")
     classes, samples = scan if scan is not None else scan_folder(root, extensions)
     counts = {c: 0 for c in classes}
     for _, label in samples:
         counts[classes[label]] += 1
-    try:
-        with Image.open(samples[0][0]) as img:
-            size, mode = img.size, img.mode
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise FolderError(f"{samples[0][0]}: cannot read image ({exc}); replace or delete it") from exc
+    size = mode = None
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                size, mode = img.size, img.mode
+            break
+        except (OSError, ValueError, SyntaxError) as exc:
+            if on_bad == "fail":
+                raise FolderError(f"{path}: cannot read image ({exc}); {SKIP_HINT}") from exc
+    if size is None:
+        raise FolderError(f"{root}: none of its {len(samples)} image files can be read (e.g. {samples[0][0]}); "
+                          "check the folder")
     return {"root": str(root), "num_classes": len(classes), "classes": classes, "counts": counts,
             "num_images": len(samples), "sample_image_size": size, "sample_image_mode": mode}
 

@@ -54,7 +54,7 @@ def load_unlabelled(path: Optional[str], split: str, input_size: Optional[int] =
     if not files:
         raise DataError(f"unlabelled:{root}: no images with extensions {', '.join(IMG_EXTENSIONS)} under it")
     scan = (["unlabelled"], [(f, 0) for f in files])  # the folder reader's scan, one pseudo-class
-    size = input_size or min(folder_info(root, scan=scan)["sample_image_size"])
+    size = input_size or min(folder_info(root, scan=scan, on_bad=bad_images or "fail")["sample_image_size"])
     images, _, _ = load_folder_as_tensor(root, size, channels or 3, scan=scan, on_bad=bad_images or "fail")
     mean, std = channel_stats(images)
     labels = torch.full((images.shape[0],), UNLABELLED, dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Candidate operation names of the spaces, in their canonical order (ALGORITHMS §1.1, §3.1).
+"""Candidate operation names of the spaces, in their canonical order (docs/methods.md, "Search spaces").
 
 Plain data (no torch), so genotypes can be validated without building any network.
 """
@@ -15,6 +15,10 @@ DARTS_PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 NB201_PRIMITIVES: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# the ops a DARTS-format cell may hold: the DARTS primitives but ``none`` (never derived), and the
+# ``noise`` op of the RobustDARTS space S4 (pcdarts/spaces/robust.py), which the DARTS evaluation
+# network builds like the others
+DARTS_CELL_OPS: tuple[str, ...] = tuple(p for p in DARTS_PRIMITIVES if p != "none") + ("noise",)
 
 # ops without weights: a cell made mostly of these is the signature of DARTS's collapse
-PARAMETER_FREE: frozenset[str] = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+PARAMETER_FREE: frozenset[str] = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"})

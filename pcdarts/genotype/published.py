@@ -1,4 +1,4 @@
-"""Published cells, shipped by name (see ALGORITHMS §1.6).
+"""Published cells, shipped by name (docs/methods.md, "Search spaces").
 
 The cells are data (op names and input indices) as printed in the authors' papers and
 repositories' genotype listings.
@@ -39,7 +39,7 @@ PUBLISHED: dict[str, Genotype] = {
         [("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
          ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)],
     ),
-    # the best NB201 cell on CIFAR-10 (ALGORITHMS §3.4)
+    # the best NB201 cell on CIFAR-10 (docs/methods.md, "Search spaces")
     "NB201_best_cifar10": NB201Genotype.from_arch_str(
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"),
 }

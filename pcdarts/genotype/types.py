@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from pcdarts.errors import PcdartsError
-from pcdarts.genotype.primitives import DARTS_PRIMITIVES, NB201_PRIMITIVES
+from pcdarts.genotype.primitives import DARTS_CELL_OPS, NB201_PRIMITIVES
 
 
 class GenotypeError(PcdartsError, ValueError):
@@ -121,8 +121,8 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
     if len(cell) == 0 or len(cell) % 2:
         raise GenotypeError(f"field {field!r} must hold two (op, input) pairs per node, got {len(cell)} entries")
     for k, (op, inp) in enumerate(cell):
-        if op not in DARTS_PRIMITIVES or op == "none":
-            valid = ", ".join(p for p in DARTS_PRIMITIVES if p != "none")
+        if op not in DARTS_CELL_OPS:
+            valid = ", ".join(DARTS_CELL_OPS)
             raise GenotypeError(f"field {field!r} entry {k}: unknown op {op!r}; valid ops: {valid}")
         node = k // 2 + 2
         if not 0 <= inp < node:
@@ -132,7 +132,7 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
 @dataclass(frozen=True)
 class BroadGenotype(DartsGenotype):
     """A B-DARTS (broad space) result: DARTS cells, marked for the broad evaluation network
-    (ALGORITHMS §10). ``normal`` is the convolution cell (the deep cells, and with stride 2
+    (docs/methods.md, "B-DARTS"). ``normal`` is the convolution cell (the deep cells, and with stride 2
     the broad cell ending each convolution block), ``reduce`` the enhancement cell (stride 1):
     the naming of the official BNAS-v2 code. Prints and parses as ``BroadGenotype(...)``;
     JSON ``"space": "broad"``. Never equal to a :class:`DartsGenotype` with the same cells

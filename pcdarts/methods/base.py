@@ -98,6 +98,10 @@ class Method:
     generator: Optional[torch.Generator] = None
     has_arch = True          # has architecture parameters updated by arch_step
     needs_arch_split = True  # needs a held-out split to train them
+    # whether the op weights of arch_weights() can move during a search (learned or measured):
+    # their entropy over the live ops is then reported (arch_entropy) and a run whose weights
+    # stayed uniform is told so; False for weights fixed by construction (IS-DARTS's 1/|O|)
+    op_weights_move = True
 
     def __init__(self, cfg: Any, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         self.cfg, self.space, self.space_cfg = cfg, space, space_cfg
@@ -134,9 +138,10 @@ class Method:
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """The supernet's op masks (cell type -> [E, O] booleans, False = removed) when the
         search starts: the one assembly calls it once, after :meth:`prepare_supernet` and the
-        zero-shot pruning of ``search.prune`` (ALGORITHMS §8.1), on new and resumed runs alike,
-        before a checkpoint is loaded. A method whose mixing spans every op (a softmax over
-        alpha) leaves the removed ones out of it; one with masks of its own ANDs them in.
+        zero-shot pruning of ``search.prune`` (docs/methods.md, "Zero-shot pruning"), on new and
+        resumed runs alike, before a checkpoint is loaded. A method whose mixing spans every op
+        (a softmax over alpha) leaves the removed ones out of it; one with masks of its own ANDs
+        them in.
         Default: nothing (every removed op is simply never run)."""
 
     # ---- architecture state ------------------------------------------------
@@ -145,6 +150,17 @@ class Method:
 
     def mixing(self) -> Mixing:
         raise NotImplementedError
+
+    def weight_mixing(self, ctx: "SearchContext", batch: tuple[torch.Tensor, torch.Tensor]) -> Mixing:
+        """The mixing the weight step trains the supernet weights at, on its ``batch``; it
+        must carry no graph to the architecture state. Default: :meth:`mixing` under
+        ``no_grad``. A method that trains the weights at other mixing weights than its
+        architecture's (SDARTS: softmax(alpha) perturbed within a radius) overrides it. Any
+        random draw comes from :attr:`generator`, so a resumed run repeats it. ``ctx.supernet``
+        is the bare supernet (never the DDP wrapper), so extra passes here (an attack) take
+        no part in the weight gradients; average what they compute with ``ctx.all_reduce_grads``."""
+        with torch.no_grad():
+            return self.mixing()
 
     def is_arch_active(self, epoch: int) -> bool:
         """Whether the architecture is trained in ``epoch`` (and an arch batch is drawn)."""
@@ -177,6 +193,15 @@ class Method:
     def arch_weights(self) -> dict[str, Any]:
         """JSON-friendly architecture weights for history.jsonl: ``{"arch_weights": {cell type: [E][O]},
         "edge_weights": {cell type: [E]}}`` (the latter only with edge normalisation)."""
+        return {}
+
+    def epoch_record(self, ctx: SearchContext) -> dict[str, Any]:
+        """Extra JSON-friendly fields of the epoch's history.jsonl record (and TensorBoard
+        scalars): what the method measured over the epoch beyond the Searcher's own meters,
+        e.g. the loss of its own models (LBT's ``student_loss``). The Searcher calls it at the
+        end of every epoch, after :meth:`on_epoch_end`, on every process alike (a method may
+        combine its per-process sums there with ``ctx.all_reduce_grads``); whatever it sums
+        must be in :meth:`state_dict` for a mid-epoch resume. Default: nothing."""
         return {}
 
     # ---- hooks (the closed set) ----------------------------------------------

@@ -1,6 +1,6 @@
 """DARTS (first and second order) and PC-DARTS: softmax(alpha) mixing, optional per-edge beta
-normalised over each node's inputs, Adam on the architecture (ALGORITHMS §1.4, §2), with an
-optional per-epoch architecture learning-rate schedule (B-DARTS's confident learning rate, §10)."""
+normalised over each node's inputs, Adam on the architecture (docs/methods.md, "DARTS", "PC-DARTS"), with an
+optional per-epoch architecture learning-rate schedule (B-DARTS's confident learning rate)."""
 from __future__ import annotations
 
 import math
@@ -21,14 +21,14 @@ from pcdarts.registry import METHODS
 
 @dataclass(frozen=True)
 class DartsConfig:
-    """DARTS (ALGORITHMS §1.4). ``order`` 1 = first order (DARTS-V1), 2 = second order (V2).
+    """DARTS (docs/methods.md, "DARTS"). ``order`` 1 = first order (DARTS-V1), 2 = second order (V2).
 
     Attributes:
         order: 1 or 2.
         arch_lr, arch_betas, arch_weight_decay: Adam on alpha (3e-4, (0.5, 0.999), 1e-3).
         arch_grad_clip: clip of the architecture gradient norm (0 = off; PC-DARTS ImageNet uses 5).
         warmup_epochs: epochs with the architecture frozen (weights only).
-        edge_norm: learn per-edge beta normalised over each node's inputs (PC-DARTS §2.2).
+        edge_norm: learn per-edge beta normalised over each node's inputs (PC-DARTS).
         k: default partial-channel factor for this method (space.k overrides).
         init_scale: alpha, beta <- init_scale * N(0, 1).
         selector: registered scorer that turns the state into final scores.
@@ -84,14 +84,14 @@ def parse_arch_lr_schedule(schedule: str) -> tuple[str, float]:
 def arch_lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     """The factor on ``arch_lr`` in ``epoch`` (0-based) of a search of ``epochs`` epochs.
 
-    B-DARTS's confident learning rate (CLR, ALGORITHMS §10): the architecture gradient is
+    B-DARTS's confident learning rate (CLR, docs/methods.md, "B-DARTS"): the architecture gradient is
     trusted more as the supernet weights train, so its learning rate grows with training
     progress ``t = (epoch + 1) / epochs`` (t = 1 in the last epoch; clamped there):
 
     * ``constant``: 1 (plain DARTS);
     * ``power(p)``: t^p. This is the authors' code (zixiangding/BNASv2,
       ``BNASv2CLR/train_search_b_confidence.py``: ``((epoch + 1) / epochs) ** power``, power 2,
-      multiplying the Adam lr of the first-order step); §10 lists the formula as unverified
+      multiplying the Adam lr of the first-order step); the formula is unverified
       against the paper text;
     * ``linear``: t (= ``power(1)``);
     * ``cosine-increasing``: (1 - cos(pi t)) / 2, a half cosine from ~0 up to 1.
@@ -148,7 +148,9 @@ class Darts(Method):
     def check_config(cls, cfg: Any) -> None:
         if cls.has_arch and cfg.method.warmup_epochs >= cfg.search.epochs:
             raise ConfigError(f"method.warmup_epochs={cfg.method.warmup_epochs} must be smaller than search.epochs="
-                              f"{cfg.search.epochs}: the architecture would never be updated")
+                              f"{cfg.search.epochs}: the architecture would never be updated; to run fewer epochs, "
+                              "use --budget N instead of --search.epochs (it scales the warm-up alike), or lower "
+                              "--method.warmup_epochs")
 
     def is_arch_active(self, epoch: int) -> bool:
         return epoch >= self.cfg.warmup_epochs
@@ -163,7 +165,7 @@ class Darts(Method):
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Removed ops leave the softmax: ``Mix(x) = sum_o I(o) e^a_o o(x) / sum_o' I(o') e^a_o'``
-        (ALGORITHMS §8.1); their alpha stays a parameter, with no gradient from the loss.
+        (docs/methods.md, "Zero-shot pruning"); their alpha stays a parameter, with no gradient from the loss.
         Every op live (the usual case) keeps the plain softmax, bit for bit."""
         live = {ct: masks[ct].bool() for ct in self.cell_types if ct in masks}
         if any(not bool(m.any(-1).all()) for m in live.values()):
@@ -235,7 +237,7 @@ class Darts(Method):
 
 @dataclass(frozen=True)
 class PCDartsConfig(DartsConfig):
-    """PC-DARTS (ALGORITHMS §2.4): K=4, edge normalisation, arch frozen for 15 epochs, arch lr 6e-4."""
+    """PC-DARTS (docs/methods.md, "PC-DARTS"): K=4, edge normalisation, arch frozen for 15 epochs, arch lr 6e-4."""
 
     arch_lr: Rate = 6e-4
     warmup_epochs: EpochIndex = 15

@@ -1,5 +1,5 @@
-"""DARTS- (Chu et al., ICLR 2021; ALGORITHMS §5): DARTS first order plus an auxiliary skip
-connection outside the softmax on every edge, with a fixed coefficient beta decayed per epoch.
+"""DARTS- (Chu et al., ICLR 2021; docs/methods.md, "DARTS-"): DARTS first order plus an auxiliary
+skip connection outside the softmax on every edge, with a fixed coefficient beta decayed per epoch.
 
     mixed(x) = sum_o softmax(alpha)_o * o(x) + beta_e * aux(x)
 
@@ -10,9 +10,14 @@ schedule, ``linear`` ``beta0 * (T - e) / T`` by default (the released script), s
 1.0 at epoch 0 and 0.02 at epoch 49 of 50 and never reaches 0 while training. The skip
 is discarded at derivation (the DARTS rule on softmax(alpha)).
 
-Code quirk kept as an option: with ``decay_start > 0`` the released code keeps beta0 until
-the start epoch and then uses the epoch number itself (not epoch - start), so beta jumps
-there (``decay_from_start=False``, the default); ``True`` decays continuously from the start.
+With a decay start S > 0 the released ``DecayScheduler`` keeps beta0 before S and from S on
+divides the *raw* epoch by ``T - S`` (no ``e - S``): linear ``beta0 (T - e) / (T - S)``
+(continuous: 1.0 at S), cosine ``beta0 (1 + cos(pi e / (T - S))) / 2`` (jumps at S: 0.854 at
+epoch 10 of 50, 0.120 at 49) and slow cosine ``beta0 cos(pi e / (2 (T - S)))`` (negative
+near the end: -0.346 at 49). That is the default (``decay_from_start=False``);
+``decay_from_start=True`` is the corrected schedule, ``e - S`` over ``T - S``, continuous
+from beta0 at S to 0 at T (the same values as the released one for ``linear``). Past T the
+value of epoch T is kept (the released code's stop epoch, equal to T by default).
 """
 from __future__ import annotations
 
@@ -38,9 +43,10 @@ class DartsMinusConfig(DartsConfig):
         beta0: initial coefficient of the auxiliary skip.
         beta_schedule: ``linear`` (released script), ``cosine``, ``slow-cosine`` or ``constant``.
         decay_epochs: T of the schedule; None = the search's epochs.
-        decay_start: epochs that keep beta0 before the decay starts (0 in the paper).
-        decay_from_start: with ``decay_start > 0``, decay from the start epoch continuously
-            (True) or, as the released code, use the epoch number itself (False).
+        decay_start: epochs S that keep beta0 before the decay starts (0 in the paper).
+        decay_from_start: with ``decay_start > 0``: False (the released code) divides the raw
+            epoch by ``T - S``, so cosine jumps at S and slow cosine ends negative; True
+            decays ``e - S`` over ``T - S``, continuously from beta0 at S to 0 at T.
     """
 
     beta0: Rate = 1.0
@@ -59,20 +65,24 @@ class DartsMinusConfig(DartsConfig):
 
 
 def aux_beta(cfg: DartsMinusConfig, epoch: int, epochs: int) -> float:
-    """The auxiliary-skip coefficient of ``epoch`` (0-based) in a search of ``epochs`` epochs."""
+    """The auxiliary-skip coefficient of ``epoch`` (0-based) in a search of ``epochs`` epochs
+    (see the module docstring; the released ``DecayScheduler`` unless ``decay_from_start``)."""
     T = cfg.decay_epochs or epochs
-    if cfg.beta_schedule == "constant" or epoch < cfg.decay_start:
+    S = cfg.decay_start
+    if cfg.beta_schedule == "constant" or epoch < S:
         return cfg.beta0
-    e = epoch - cfg.decay_start if cfg.decay_from_start else epoch
-    if cfg.decay_from_start:
-        T = max(T - cfg.decay_start, 1)
-    e = min(e, T)
-    if cfg.beta_schedule == "linear":
-        return cfg.beta0 * (T - e) / T
+    span = T - S  # the released code's denominator, T_max - T_start
+    if span <= 0:
+        raise ConfigError(f"method.decay_start={S} must be below the decay horizon T={T} "
+                          f"(method.decay_epochs, or search.epochs when unset)")
+    e = min(epoch, T)  # past T (the released code's stop epoch) the value of epoch T is kept
+    x = (e - S if cfg.decay_from_start else e) / span
+    if cfg.beta_schedule == "linear":  # (T - e) / (T - S) either way: 1 at S, 0 at T
+        return cfg.beta0 * (T - e) / span
     if cfg.beta_schedule == "cosine":
-        return cfg.beta0 * (1 + math.cos(math.pi * e / T)) / 2
-    # slow cosine: a quarter period, beta0 * cos(pi e / (2T)) (0.031 at epoch 49 of 50)
-    return cfg.beta0 * math.cos(math.pi * e / (2 * T))
+        return cfg.beta0 * (1 + math.cos(math.pi * x)) / 2
+    # slow cosine: a quarter period, beta0 * cos(pi x / 2) (0.031 at epoch 49 of 50)
+    return cfg.beta0 * math.cos(math.pi * x / 2)
 
 
 @METHODS.register("darts-minus", description="DARTS-: auxiliary skip outside the softmax, decayed (ICLR 2021)")
@@ -88,6 +98,16 @@ class DartsMinus(Darts):
     @classmethod
     def supernet_options(cls, cfg: Any) -> dict[str, Any]:
         return {"aux_skip": True}
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        m = cfg.method
+        T = m.decay_epochs or cfg.search.epochs
+        if m.beta_schedule != "constant" and m.decay_start >= T:
+            raise ConfigError(f"method.decay_start={m.decay_start} must be below the decay horizon T={T} "
+                              f"(method.decay_epochs, or search.epochs when unset): the schedule divides by "
+                              f"T - decay_start; lower method.decay_start or raise method.decay_epochs")
 
     def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
         super().on_epoch_start(epoch, ctx)  # the architecture lr schedule

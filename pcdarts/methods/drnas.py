@@ -1,4 +1,4 @@
-"""DrNAS, Dirichlet neural architecture search (Chen et al., ICLR 2021; ALGORITHMS §4).
+"""DrNAS, Dirichlet neural architecture search (Chen et al., ICLR 2021; docs/methods.md, "DrNAS").
 
 The op weights of every edge are a random variable ``theta ~ Dir(beta)`` with concentration
 ``beta = ELU(eta) + 1``; ``eta`` (initialised ``1e-3 * N(0, 1)``, so beta starts near the
@@ -13,8 +13,8 @@ As in the official code: on the DARTS space ``none`` is not a candidate (7 ops),
 NAS-Bench-201 it is; pruned ops get weight 0 and the sample is renormalised over the
 survivors; the genotype ranks ops by ``softmax(eta)`` over the candidates
 (``derive="mean"`` ranks by the Dirichlet mean ``beta / sum(beta)`` instead: the same
-order within an edge, a different one across edges). The progressive schedule of the
-paper (K 6 -> 4, ops 7 -> 4 between stages) is not implemented yet.
+order within an edge, a different one across edges). Progressive learning (K 6 -> 4, ops
+7 -> 4 between stages on the DARTS space) is ``stage_starts`` / ``stage_keep_ops`` / ``stage_k``.
 """
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ class DrNAS(Darts):
         for i, (start, new_k) in enumerate(zip(m.stage_starts, m.stage_k or [None] * len(m.stage_starts))):
             if int(start) >= cfg.search.epochs:
                 raise ConfigError(f"method.stage_starts[{i}]={start} must be smaller than search.epochs="
-                                  f"{cfg.search.epochs}")
+                                  f"{cfg.search.epochs}; to run fewer epochs, use --budget N instead of "
+                                  "--search.epochs (it scales the stage starts alike)")
             if new_k is not None:
                 if int(new_k) >= k or cfg.space.C % int(new_k):
                     raise ConfigError(f"method.stage_k[{i}]={new_k} must be smaller than the K before it ({k}) "

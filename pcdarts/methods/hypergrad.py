@@ -1,7 +1,7 @@
 """Unrolled hypergradients: DARTS's second-order architecture gradient and its multi-level
 generalisation (a chain of one-step approximations), reusable by any method.
 
-DARTS (ALGORITHMS §1.4), one lower level:
+DARTS (docs/methods.md, "DARTS"), one lower level:
 
     g = d/da L_val(w', a) - xi * H v,   w' = w - xi * (mu * m + dL_tr/dw + lambda * w)
 
@@ -10,7 +10,7 @@ difference ``[dL_tr/da(w + eps v) - dL_tr/da(w - eps v)] / (2 eps)``, ``eps = hv
 and ``v = dL_val/dw'``. The virtual step is the real SGD step (momentum and weight decay
 included). Weights are changed in place under ``no_grad`` and restored exactly from a copy.
 
-Multi-level (ALGORITHMS §11, the learning-by-X methods): a chain of :class:`UnrolledStep`s,
+Multi-level (docs/methods.md, "Learning-by-X engine", the learning-by-X methods): a chain of :class:`UnrolledStep`s,
 each one virtual SGD step of some tensors ``P_l`` on a loss ``L_l`` evaluated at the state
 the earlier steps left (``P_l' = P_l - xi_l * (mu m + dL_l/dP_l + lambda P_l)``), then an
 upper loss ``F`` of the architecture and the final state. The hypergradient ``dF/da`` is the
@@ -229,7 +229,7 @@ def unrolled_grads(steps: Sequence[UnrolledStep], upper: Callable[[], tuple[torc
         n_arch = len(arch_params)
         g_plus_arch = _zeros_for_none(g_plus[:n_arch], arch_params)
         g_minus_arch = _zeros_for_none(g_minus[:n_arch], arch_params)
-        # (g+ - g-) / (2 eps): parenthesised on purpose (the /2.*eps precedence bug, §1.9)
+        # (g+ - g-) / (2 eps): parenthesised on purpose (the /2.*eps precedence bug of some re-implementations)
         g_arch = [ga - xi * ((gp - gm) / (2 * eps)) for ga, gp, gm in zip(g_arch, g_plus_arch, g_minus_arch)]
         for t, gp, gm in zip(others, g_plus[n_arch:], g_minus[n_arch:]):
             h = None if gp is None and gm is None else (

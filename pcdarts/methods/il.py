@@ -1,4 +1,4 @@
-"""IL, interleaving learning (Ban & Xie, 2021; ALGORITHMS §11), on the multi-level engine.
+"""IL, interleaving learning (Ban & Xie, 2021; docs/methods.md, "IL"), on the multi-level engine.
 
 K models share one data encoder E, the supernet's feature part (architecture A, weights W:
 everything up to the classifier's input); each model k has its own head and its own task.
@@ -44,7 +44,7 @@ COUPLINGS = ("init", "prox")
 
 @dataclass(frozen=True)
 class ILConfig(MultiLevelConfig):
-    """IL (ALGORITHMS §11). Architecture optimiser and unrolling: DARTS second order's.
+    """IL (docs/methods.md, "IL"). Architecture optimiser and unrolling: DARTS second order's.
 
     Attributes:
         tasks: K, the number of models sharing the encoder [UNVERIFIED: 2].
@@ -135,7 +135,8 @@ class IL(MultiLevelMethod):
         return [Level(f"round {r + 1} model {k + 1}", self.task_loss(k), stream="train", trains_supernet=True,
                       params=list(self.model(f"head{k}").parameters()) if k else [],
                       select=lambda batch, k=k: self.task_batch(batch, k),
-                      restart=c.coupling == "prox", prox=c.prox if c.coupling == "prox" else 0.0)
+                      restart=c.coupling == "prox", prox=c.prox if c.coupling == "prox" else 0.0,
+                      log_as=f"task{k + 1}")
                 for r in range(c.rounds) for k in range(c.tasks)]
 
     def upper(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing) -> tuple[torch.Tensor, dict]:

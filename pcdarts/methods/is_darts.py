@@ -1,8 +1,9 @@
-"""IS-DARTS (He, Liu, Zhang & Zheng, AAAI 2024; ALGORITHMS §6, §15).
+"""IS-DARTS (He, Liu, Zhang & Zheng, AAAI 2024; docs/methods.md, "IS-DARTS").
 
 No architecture parameters: the mixed edge is ``sum_o m_o o(x) / |O|`` with binary masks
 ``m`` (one per cell type) and the constant divisor ``|O|``, the number of the space's
-candidate ops, not of the survivors. All training images train the weights (no split,
+candidate ops (the edge's own, on a space whose edges differ), not of the survivors.
+All training images train the weights (no split,
 no architecture step). Near the end of the search the supernet is shrunk progressively:
 after the training epochs ``E - S*D + k*D`` (1-based, k = 0..S-1; ``S = shrink_steps``,
 ``D = shrink_interval``, ``E = search.epochs``) the IIM pass
@@ -16,8 +17,10 @@ stop executing, their weights and momenta are freed). Subsets and survivors:
   derived with the space's ``node-pairs`` rule.
 
 Step ``s`` (0-based) removes ``ceil((live - keep) / (S - s))`` of a subset, so any S ends
-with exactly ``keep`` survivors; ties go to the lowest (input, op) index. The paper's
-"shrink rate" is 1/S (ablation, §6.3: rate 0.5 / 0.25 / 0.143 / 0.1 / 0.05 = S 2 / 4 / 7 /
+with exactly ``keep`` survivors; exact ties (e.g. the +inf of ``none`` and of constant maps) go
+to the lowest input, then in the official code's op order (:data:`OFFICIAL_OP_ORDER`: its
+DARTS list is none, skip, sep 3/5, dil 3/5, avg pool, max pool, not ours). The paper's
+"shrink rate" is 1/S (its ablation: rate 0.5 / 0.25 / 0.143 / 0.1 / 0.05 = S 2 / 4 / 7 /
 10 / 20 with D 18 / 6 / 3 / 2 / 1 on the DARTS space; rate 1, one-shot selection, is S = 1).
 """
 from __future__ import annotations
@@ -42,10 +45,23 @@ from pcdarts.spaces import get_space
 NODE_RULE = ("node", 2, "node-pairs", 7, 3)
 EDGE_RULE = ("edge", 1, None, 4, 2)
 
+# the op order of the official code's search spaces (its DARTS list and its NAS-Bench-201 list
+# are both in this order): exact ties in a subset are removed in it; ops it does not name
+# come after, in the space's order
+OFFICIAL_OP_ORDER = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "sep_conv_3x3", "sep_conv_5x5",
+                     "dil_conv_3x3", "dil_conv_5x5", "avg_pool_3x3", "max_pool_3x3")
+
+
+def tie_ranks(primitives: Sequence[str]) -> list[int]:
+    """Per op index of ``primitives``, its position in :data:`OFFICIAL_OP_ORDER` (unknown ops
+    after the known ones, in the space's order)."""
+    known = {name: i for i, name in enumerate(OFFICIAL_OP_ORDER)}
+    return [known.get(name, len(known) + o) for o, name in enumerate(primitives)]
+
 
 @dataclass(frozen=True)
 class ISDartsConfig:
-    """IS-DARTS (ALGORITHMS §6.3, §6.4).
+    """IS-DARTS (docs/methods.md, "IS-DARTS").
 
     Attributes:
         shrink_steps: S, the number of shrink steps; None = the authors' value for the
@@ -58,7 +74,7 @@ class ISDartsConfig:
             whole, augmented, training loader). The paper uses 200 (NB201) and 600 (DARTS
             space); the presets set those.
         iim_formula: ``official`` (``3 (x - mu)^2 / sigma^6``, the released code) or
-            ``textbook`` (``(x - mu)^2 / sigma^6 - 1 / (2 sigma^4)``, sigma floored), §6.2.
+            ``textbook`` (``(x - mu)^2 / sigma^6 - 1 / (2 sigma^4)``, sigma floored; the paper's observed information).
     """
 
     shrink_steps: Optional[Count] = None
@@ -101,16 +117,19 @@ def subsets(kind: str, node_edges: Sequence[Sequence[int]], num_edges: int) -> l
 
 
 def shrink_mask(fisher: torch.Tensor, mask: torch.Tensor, groups: Sequence[Sequence[int]], keep: int,
-                step: int, steps: int) -> torch.Tensor:
+                step: int, steps: int, op_ranks: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The [E, O] mask after one shrink step: in every group, the :func:`removal_count`
-    live (edge, op) entries of largest F are removed; ties go to the lowest index, read
-    edge by edge (edges of a node are in input order) then op by op."""
+    live (edge, op) entries of largest F are removed; exact ties go to the lowest edge of the
+    group (edges of a node are in input order), then the lowest ``op_ranks[o]`` (the official
+    op order, :func:`tie_ranks`; None = the op index), as the official code's stable sort."""
     new = mask.clone()
     O = mask.shape[1]
+    rank = list(range(O)) if op_ranks is None else list(op_ranks)
     for group in groups:
         live = [(e, o) for e in group for o in range(O) if bool(mask[e, o])]
         n = removal_count(len(live), keep, step, steps)
-        order = sorted(range(len(live)), key=lambda i: (-float(fisher[live[i]]), i))  # largest F first
+        order = sorted(range(len(live)), key=lambda i: (-float(fisher[live[i]]), list(group).index(live[i][0]),
+                                                        rank[live[i][1]]))
         for i in order[:n]:
             new[live[i]] = False
     return new
@@ -123,15 +142,21 @@ class ISDarts(Method):
     Config = ISDartsConfig
     has_arch = False
     needs_arch_split = False
+    op_weights_move = False  # 1/|O| over the live ops: uniform by construction, their entropy says nothing
 
     def __init__(self, cfg: ISDartsConfig, space: Any, space_cfg: Any, device: torch.device | str = "cpu") -> None:
         super().__init__(cfg, space, space_cfg, device)
         self.kind, self.keep, self.rule, _, _ = space_rule(space)
         self.steps, self.interval = resolved_schedule(cfg, space)
         E, O = space.arch_shape(space_cfg)
-        self.num_ops = O  # the constant divisor: the space's candidate ops
+        # the constant divisor |O|: the space's candidate ops, per edge where its edges offer
+        # different sets (RobustDARTS's S1: the edge's own two, not the six of the union)
+        cand = space.candidate_masks()
+        self.num_ops: dict[str, Any] = {ct: O if cand is None else cand[ct].sum(-1, keepdim=True).float().to(device)
+                                        for ct in space.cell_types}
         self.cell_types = space.cell_types
         self.groups = subsets(self.kind, self.node_edges, E)
+        self.op_ranks = tie_ranks(space.primitives)
         for ct in self.cell_types:
             # buffers, so the method's state_dict (and a resume) carries them
             self.arch.register_buffer(f"mask_{ct}", torch.ones(E, O, dtype=torch.bool, device=device))
@@ -145,8 +170,8 @@ class ISDarts(Method):
         if S * D >= E:
             raise ConfigError(
                 f"method.shrink_steps={S} x method.shrink_interval={D} = {S * D} epochs of shrinking must be fewer "
-                f"than search.epochs={E} (the first shrink follows a trained epoch); raise search.epochs or lower "
-                f"method.shrink_steps or method.shrink_interval (--budget N scales the interval with the epochs)")
+                f"than search.epochs={E} (the first shrink follows a trained epoch); give the search more epochs "
+                f"(search.epochs, or a larger --budget) or lower method.shrink_steps or method.shrink_interval")
 
     # ---- state -------------------------------------------------------------
     def masks(self) -> dict[str, torch.Tensor]:
@@ -164,7 +189,7 @@ class ISDarts(Method):
         return {ct: getattr(self.arch, f"iim_{ct}") for ct in self.cell_types}
 
     def mixing(self) -> Mixing:
-        return Mixing(ops={ct: m.float() / self.num_ops for ct, m in self.masks().items()})
+        return Mixing(ops={ct: m.float() / self.num_ops[ct] for ct, m in self.masks().items()})
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
         """Live ops ranked by the last IIM pass (lowest F = most informative first), pruned ones
@@ -208,10 +233,10 @@ class ISDarts(Method):
                                 num_samples=n)
         for ct, mask in self.masks().items():
             getattr(self.arch, f"iim_{ct}").copy_(fisher[ct])
-            mask.copy_(shrink_mask(fisher[ct], mask.cpu(), self.groups, self.keep, step, self.steps))
+            mask.copy_(shrink_mask(fisher[ct], mask.cpu(), self.groups, self.keep, step, self.steps, self.op_ranks))
         self.arch.shrinks += 1
         ctx.prune({ct: m.cpu() for ct, m in self.masks().items()})
 
 
-__all__ = ["ISDarts", "ISDartsConfig", "NODE_RULE", "EDGE_RULE", "shrink_epochs", "removal_count", "shrink_mask",
-           "subsets", "resolved_schedule", "space_rule"]
+__all__ = ["ISDarts", "ISDartsConfig", "NODE_RULE", "EDGE_RULE", "OFFICIAL_OP_ORDER", "shrink_epochs",
+           "removal_count", "shrink_mask", "subsets", "resolved_schedule", "space_rule", "tie_ranks"]

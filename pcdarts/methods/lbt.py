@@ -1,4 +1,4 @@
-"""LBT, learning by teaching (Sheth, Jiang & Xie, 2021; ALGORITHMS §11), on the multi-level engine.
+"""LBT, learning by teaching (Sheth, Jiang & Xie, 2021; docs/methods.md, "LBT"), on the multi-level engine.
 
 Three levels: the teacher (architecture A, supernet weights W) learns, ``W*(A) = argmin_W
 L(A, W; D_tr)``; it teaches: it pseudo-labels the train stream's images (their labels unused)
@@ -36,7 +36,7 @@ PSEUDO_LABELS = ("soft", "hard")
 
 @dataclass(frozen=True)
 class LBTConfig(MultiLevelConfig):
-    """LBT (ALGORITHMS §11). Architecture optimiser and unrolling: DARTS second order's
+    """LBT (docs/methods.md, "LBT"). Architecture optimiser and unrolling: DARTS second order's
     (:class:`~pcdarts.methods.multilevel.MultiLevelConfig`).
 
     Attributes:
@@ -96,7 +96,8 @@ class LBT(MultiLevelMethod):
             loss = -(target * torch.log_softmax(at_least_float32(student) / T, 1)).sum(1).mean() * T * T
         if c.student_label_weight:
             loss = loss + c.student_label_weight * cross_entropy(student, y)[0]
-        return loss, {"n": y.numel()}
+        # hits against the true labels: the student's accuracy in the history (student_acc)
+        return loss, {"n": y.numel(), "correct": (student.detach().argmax(1) == y).sum()}
 
     def levels(self, ctx: SearchContext) -> list[Level]:
         return [self.supernet_level("teacher"), self.model_level("student", self.student_loss)]

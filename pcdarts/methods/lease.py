@@ -1,4 +1,4 @@
-"""LeaSE, learning by self-explanation (Hosseini & Xie, 2021; ALGORITHMS §11), on the multi-level engine.
+"""LeaSE, learning by self-explanation (Hosseini & Xie, 2021; docs/methods.md, "LeaSE"), on the multi-level engine.
 
 Four levels: the explainer (architecture A, supernet weights W) learns on D_tr; it explains
 its predictions on the train stream's images (an input-gradient saliency map of the
@@ -46,7 +46,7 @@ EXPLANATIONS = ("saliency", "grad-input", "adversarial")
 
 @dataclass(frozen=True)
 class LeaSEConfig(MultiLevelConfig):
-    """LeaSE (ALGORITHMS §11). Architecture optimiser and unrolling: DARTS second order's.
+    """LeaSE (docs/methods.md, "LeaSE"). Architecture optimiser and unrolling: DARTS second order's.
 
     Attributes:
         explainer_weight: gamma, the weight of the explainer's own validation loss [UNVERIFIED: 1].

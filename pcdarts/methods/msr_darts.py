@@ -1,4 +1,4 @@
-"""MSR-DARTS, minimum stable rank DARTS (Machida, Uto, Shinoda & Suzuki; ALGORITHMS §7, §15).
+"""MSR-DARTS, minimum stable rank DARTS (Machida, Uto, Shinoda & Suzuki; docs/methods.md, "MSR-DARTS").
 
 No architecture parameters and no architecture step: the op of an edge is *selected* by
 the stable rank of its trained conv (:mod:`pcdarts.scorers.stable_rank`), the smaller the
@@ -43,7 +43,7 @@ RESOLUTIONS = ("cell", "op")
 
 @dataclass(frozen=True)
 class MSRDartsConfig:
-    """MSR-DARTS (ALGORITHMS §7.2; defaults: the official code).
+    """MSR-DARTS (docs/methods.md, "MSR-DARTS"; defaults: the official code).
 
     Attributes:
         ops: the candidate primitives, comma-separated; empty = every primitive of the space
@@ -63,7 +63,7 @@ class MSRDartsConfig:
             vector at every training forward (the code; drawn from the run's architecture
             generator); False keeps their vectors like the other convs.
         per_cell: also derive one cell per supernet cell from its own stable ranks
-            (``cell_genotypes`` in history.jsonl; §7.2 "per-cell architectures"); the genotype
+            (``cell_genotypes`` in history.jsonl; the paper's "per-cell architectures"); the genotype
             itself stays the one of the mean matrix per cell type.
         warmup_epochs: accepted so that a config shared by all methods validates; MSR-DARTS
             has no architecture to warm up (must be 0).
@@ -154,7 +154,7 @@ class _Group:
 
 
 class SpectralNormBank:
-    """Spectral normalisation of many convs, ``W / (sigma(W) / coeff + eps)`` (ALGORITHMS §7.2, §15).
+    """Spectral normalisation of many convs, ``W / (sigma(W) / coeff + eps)`` (docs/methods.md, "MSR-DARTS").
 
     sigma is the operator norm of the conv on its input (zero padding, its stride and
     dilation, at the (H, W) it is given), estimated as ``u^T A(W) v`` with power-iteration
@@ -362,11 +362,22 @@ class MSRDarts(Method):
             raise ConfigError(f"method.ops={cfg.method.ops!r}: the candidates must be primitives of the "
                               f"{cfg.space.name} space ({', '.join(prims)})" + (f"; unknown: {unknown}" if unknown
                                                                                 else ""))
+        # a space whose edges offer their own ops (RobustDARTS's S1) may leave a node with too few
+        # inputs that have a candidate: refused now, not when the finished search derives its cell
+        space = get_space(cfg.space.name)
+        E, O = space.arch_shape(cfg.space)
+        cand = torch.tensor([p in names for p in prims]).expand(E, O)
+        try:
+            space.derive({ct: torch.zeros(E, O) for ct in space.cell_types}, {ct: cand for ct in space.cell_types})
+        except ValueError as e:
+            raise ConfigError(f"msr-darts ranks only the ops with a convolution (method.ops: {', '.join(names)}), and "
+                              f"on the {cfg.space.name} space they leave a cell that cannot be derived ({e}); "
+                              f"search this space with another method") from None
 
     # ---- building ------------------------------------------------------------
     def prepare_supernet(self, supernet: nn.Module, input_shape: tuple[int, int, int]) -> None:
         """Remove the non-candidate ops, find the resolution of every conv of the candidates,
-        spectrally normalise them and compute the first mixing (ALGORITHMS §7.2)."""
+        spectrally normalise them and compute the first mixing (docs/methods.md, "MSR-DARTS")."""
         supernet.prune({ct: self.candidates.clone() for ct in supernet.masks})
         ops = [(ct, c, e, o, op) for ct, c, e, o, op in supernet.candidate_ops() if bool(self.candidates[e, o])]
         convs = {(c, e, o): [m for m in op.modules() if isinstance(m, nn.Conv2d)] for _, c, e, o, op in ops}

@@ -1,4 +1,4 @@
-"""The multi-level optimisation engine of the learning-by-X methods (ALGORITHMS §11).
+"""The multi-level optimisation engine of the learning-by-X methods (docs/methods.md, "Learning-by-X engine").
 
 A multi-level method declares its lower levels as :class:`Level`s: the parameters a level
 trains (the supernet weights and/or the method's own extra models: a student, an audience,
@@ -53,7 +53,7 @@ class MultiLevelConfig(DartsConfig):
     method's own models.
 
     Attributes:
-        order: 2 = the unrolled chain of one-step approximations (ALGORITHMS §11); 1 = first
+        order: 2 = the unrolled chain of one-step approximations (docs/methods.md, "Learning-by-X engine"); 1 = first
             order (every xi = 0: the upper loss's gradient at the current weights; cheap).
         aux_lr: the SGD lr of the method's own models; None = the supernet weight lr of the
             step (the same cosine schedule) [UNVERIFIED: the papers' students use DARTS's settings].
@@ -83,6 +83,9 @@ class Level:
             weight step on :attr:`loss`).
         select: ``batch -> batch``, the part of the stream's minibatch this level reads.
         restart, prox: see :class:`pcdarts.methods.hypergrad.UnrolledStep` (IL's proximity coupling).
+        log_as: the history fields of its real updates' mean loss per epoch, ``<log_as>_loss``
+            (and ``<log_as>_acc`` when the loss's metrics count ``correct``); levels with the
+            same name are pooled; None = not logged (the supernet's own loss is ``train_loss``).
     """
 
     name: str
@@ -93,6 +96,7 @@ class Level:
     select: Callable[[Batch], Batch] = lambda batch: batch
     restart: bool = False
     prox: float = 0.0
+    log_as: Optional[str] = None
 
 
 def unwrap(supernet: nn.Module) -> nn.Module:
@@ -164,6 +168,9 @@ class MultiLevelMethod(Darts):
         self._aux_scale = 1.0  # search.rollback's halvings of an explicit aux_lr
         self._pending: Optional[dict[str, Any]] = None  # a state loaded before the models exist
         self._weight_level: Optional[Level] = None  # the level whose loss the Searcher's weight step runs
+        # per logged level (Level.log_as): [loss x n, correct, n] of this epoch's real updates, on the device
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_acc: dict[str, bool] = {}
 
     # ---- what a multi-level method defines ------------------------------------------
     def build_models(self, supernet: nn.Module, input_shape: tuple[int, int, int],
@@ -191,8 +198,9 @@ class MultiLevelMethod(Darts):
                      trains_supernet=True)
 
     def model_level(self, name: str, loss: Callable[..., tuple[torch.Tensor, dict[str, Any]]]) -> Level:
-        """The level that trains the method's model ``name`` with ``loss`` on the train stream."""
-        return Level(name, loss, stream="train", params=list(self.model(name).parameters()))
+        """The level that trains the method's model ``name`` with ``loss`` on the train stream
+        (its loss logged per epoch as ``<name>_loss``)."""
+        return Level(name, loss, stream="train", params=list(self.model(name).parameters()), log_as=name)
 
     def model_then_supernet(self, ctx: SearchContext, batches: dict[str, Batch], mixing: Mixing, name: str,
                             supernet_weight: float) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -208,8 +216,47 @@ class MultiLevelMethod(Darts):
              step: str = "arch") -> tuple[torch.Tensor, dict[str, Any]]:
         """The Searcher's weight step runs the loss of the level being updated."""
         if step == "weight" and self._weight_level is not None:
-            return self._weight_level.loss(ctx, batch, mixing, False)
+            out = self._weight_level.loss(ctx, batch, mixing, False)
+            self._observe(self._weight_level, *out)
+            return out
         return super().loss(ctx, batch, mixing, step)
+
+    # ---- the levels' losses per epoch (Method.epoch_record) ---------------------------------
+    def _observe(self, level: Level, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
+        """Add one real update's loss (and hits) to its level's sums of the epoch (no host sync)."""
+        if level.log_as is None:
+            return
+        n = metrics.get("n", 0)
+        sums = self._epoch_sums.get(level.log_as)
+        if sums is None:
+            sums = self._epoch_sums[level.log_as] = torch.zeros(3, dtype=torch.float64, device=loss.device)
+        sums[0] += loss.detach().double() * n
+        if "correct" in metrics:
+            sums[1] += metrics["correct"]
+            self._epoch_acc[level.log_as] = True
+        sums[2] += n
+
+    def on_epoch_start(self, epoch: int, ctx: SearchContext) -> None:
+        super().on_epoch_start(epoch, ctx)
+        self._epoch_sums, self._epoch_acc = {}, {}
+
+    def epoch_record(self, ctx: SearchContext) -> dict[str, Any]:
+        """``<log_as>_loss`` (and ``_acc``, in %) of every logged level: the mean over the
+        epoch's real updates, summed over the processes."""
+        names = list(dict.fromkeys(lv.log_as for lv in self.levels(ctx) if lv.log_as is not None))
+        if not names:
+            return {}
+        device = next(self.arch.parameters()).device
+        sums = torch.stack([self._epoch_sums.get(n, torch.zeros(3, dtype=torch.float64, device=device)).to(device)
+                            for n in names])
+        ctx.all_reduce_grads([sums])  # a mean over the processes: the ratios are those of the sums
+        out: dict[str, Any] = {}
+        for name, (loss, correct, n) in zip(names, sums.tolist()):
+            if n > 0:
+                out[f"{name}_loss"] = loss / n
+                if self._epoch_acc.get(name):
+                    out[f"{name}_acc"] = 100.0 * correct / n
+        return out
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
@@ -261,11 +308,16 @@ class MultiLevelMethod(Darts):
         elif self._pending is not None:
             out.update({k: v for k, v in self._pending.items() if k in ("models", "aux_optimizer")})
         out["aux_scale"] = self._aux_scale
+        out["epoch_sums"] = {k: v.detach().cpu().clone() for k, v in self._epoch_sums.items()}
+        out["epoch_acc"] = dict(self._epoch_acc)
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._aux_scale = float(state.get("aux_scale", 1.0))
+        device = next(self.arch.parameters()).device
+        self._epoch_sums = {k: v.to(device) for k, v in state.get("epoch_sums", {}).items()}
+        self._epoch_acc = dict(state.get("epoch_acc", {}))
         if self.models is None:  # e.g. ``pcdarts derive``: no supernet, so no models (not needed there)
             self._pending = state
         else:
@@ -341,7 +393,8 @@ class MultiLevelMethod(Darts):
         elif level.params:
             with torch.no_grad():
                 mixing = self.mixing()
-            loss, _ = level.loss(ctx, batch, mixing, False)
+            loss, metrics = level.loss(ctx, batch, mixing, False)
+            self._observe(level, loss, metrics)
             if loss.requires_grad:
                 grads = torch.autograd.grad(loss, level.params, allow_unused=True)
                 for p, g in zip(level.params, grads):

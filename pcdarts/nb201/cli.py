@@ -29,9 +29,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
         datasets = table.datasets if args.dataset == "all" else (args.dataset,)
         results = [table.query(args.arch, ds, hp=args.hp, canonical=args.canonical) for ds in datasets]
         canon = canonical_arch(args.arch)
-    except (BenchmarkError, GenotypeError) as e:
+    except (BenchmarkError, GenotypeError) as e:  # bad input or a missing source: exit 2, like every CLI error
         print(f"pcdarts query: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
@@ -71,7 +71,8 @@ def add_subcommand(subparsers: Any) -> None:
                    help="NB201 arch string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, a genotype.json, or a run directory")
     p.add_argument("--dataset", default="cifar10", choices=[*DATASETS, "all"], help="dataset (default cifar10)")
     p.add_argument("--table", default=None, metavar="PATH",
-                   help="compact table (.npz/.json/.jsonl) built by build_table_from_official; adds test accuracy")
+                   help="compact table (.npz/.json/.jsonl) converted from the official files with "
+                        "python -m pcdarts.nb201 convert SRC TABLE; adds test accuracy")
     p.add_argument("--hp", default="200", help="training schedule of the table (default 200 epochs)")
     p.add_argument("--canonical", action="store_true",
                    help="answer from the isomorphism-class representative (isomorphic cells give equal numbers)")
@@ -96,7 +97,7 @@ def _main(argv: Iterable[str] | None = None) -> int:
                                             progress=lambda n: print(f"{n} architectures", file=sys.stderr))
         except BenchmarkError as e:
             print(f"convert: error: {e}", file=sys.stderr)
-            return 1
+            return 2
         print(f"wrote {out} ({len(NB201Table(out))} cells)")
         return 0
 

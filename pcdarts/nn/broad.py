@@ -1,4 +1,4 @@
-"""The broad (BCNN) wiring of B-DARTS / BNAS-v2 and its evaluation network (ALGORITHMS §10).
+"""The broad (BCNN) wiring of B-DARTS / BNAS-v2 and its evaluation network (docs/methods.md, "B-DARTS").
 
 :class:`BroadMacro` is the topology shared by the broad search supernet
 (:mod:`pcdarts.spaces.broad`, where the whole layout is described) and

@@ -5,8 +5,8 @@ Counting rule
 -------------
 * **Parameters** (:func:`count_params`): every parameter of the model except those of
   modules whose name starts with an excluded prefix (default ``"auxiliary"``, i.e. the
-  auxiliary head, which is dropped at test time; ALGORITHMS §1.7). Prefixes are matched
-  against every dotted component of the parameter name, so wrapped models
+  auxiliary head, which is dropped at test time; docs/methods.md, "Training a found cell").
+  Prefixes are matched against every dotted component of the parameter name, so wrapped models
   (``module.auxiliary_head...``) are handled too. Buffers (BN running stats) are not
   parameters and are not counted.
 * **Multiply-adds** (:func:`count_macs`): only ``nn.Conv2d`` and ``nn.Linear`` layers count.
@@ -118,21 +118,24 @@ def _stats_cached(space: str, text: str, num_classes: int, in_channels: int, inp
     size = (in_channels, input_size, input_size)
 
     # One CPU build and forward of a 1-image batch: the arithmetic is cheap, and the forked
-    # RNG leaves the run's random stream as it was (the weights' initialisation draws from it).
+    # RNG leaves the run's random stream as it was (the weights' initialisation draws from it,
+    # and so does the forward of a cell with RobustDARTS's ``noise`` op), cached or not.
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         net = build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
                             layers=layers, stem=stem, auxiliary=False)
-    return count_params(net), count_macs(net, size)
+        return count_params(net), count_macs(net, size)
 
 
 def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: int = 3,
                    input_size: Optional[int] = None, C: Optional[int] = None, layers: Optional[int] = None,
-                   stem: str = "cifar") -> dict[str, float]:
+                   stem: str = "cifar", labelled: bool = True) -> dict[str, float]:
     """Parameters and multiply-adds of a genotype's evaluation network (cached).
 
     Args:
         genotype: a DARTS or NB201 genotype.
         num_classes: classifier outputs.
+        labelled: False for data without classes (an unlabelled search): the network label
+            then speaks of a ``num_classes``-output head, not of classes.
         in_channels: image channels.
         input_size: square input side; default 32 (cifar stem, NB201) or 224 (imagenet stem).
         C: initial channels (default per :func:`pcdarts.nn.networks.build_network`).
@@ -151,14 +154,20 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
                                  C, layers, stem)
     return {"params": params / 1e6, "macs": macs / 1e6, "n_params": params, "n_macs": macs, "input_size": size,
             "network": network_label(genotype, num_classes=num_classes, in_channels=in_channels, input_size=size,
-                                     C=C, layers=layers, stem=stem)}
+                                     C=C, layers=layers, stem=stem, labelled=labelled)}
 
 
 def network_label(genotype: Genotype, *, num_classes: int, in_channels: int, input_size: int,
-                  C: Optional[int] = None, layers: Optional[int] = None, stem: str = "cifar") -> str:
+                  C: Optional[int] = None, layers: Optional[int] = None, stem: str = "cifar",
+                  labelled: bool = True) -> str:
     """Which evaluation network a parameter / multiply-add figure refers to, in words
-    (the defaults of :func:`pcdarts.nn.networks.build_network` filled in)."""
-    shape = f"{num_classes} classes, {in_channels}x{input_size}x{input_size} input"
+    (the defaults of :func:`pcdarts.nn.networks.build_network` filled in); ``labelled`` False:
+    data without classes (its head's outputs are named, not classes)."""
+    if labelled:
+        head = f"{num_classes} class{'' if num_classes == 1 else 'es'}"
+    else:
+        head = f"{num_classes}-output head (unlabelled data: no classes)"
+    shape = f"{head}, {in_channels}x{input_size}x{input_size} input"
     if genotype.space not in ("darts", "nb201"):  # a space with its own evaluation network (e.g. broad)
         return f"{NETWORKS.get(genotype.space).label(genotype, C=C, layers=layers, stem=stem)}, {shape}"
     if isinstance(genotype, NB201Genotype):

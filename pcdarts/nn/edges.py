@@ -1,4 +1,4 @@
-"""The Mixing record and the mixed edge with partial channels (ALGORITHMS §1.3, §2.1, §2.2).
+"""The Mixing record and the mixed edge with partial channels (docs/methods.md, "DARTS", "PC-DARTS").
 
 :class:`MixedEdge` is the straightforward one-module-per-op implementation: the
 **reference** that every faster path must reproduce. It never executes ``none``
@@ -78,7 +78,7 @@ def bypass(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def normalise_edges(beta: torch.Tensor, node_edges: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Softmax of the edge logits over the edges entering each node (PC-DARTS, §2.2). [E] -> [E]."""
+    """Softmax of the edge logits over the edges entering each node (PC-DARTS). [E] -> [E]."""
     flat = [e for group in node_edges for e in group]
     if flat == list(range(beta.shape[0])):  # both spaces: consecutive blocks, sliced without index tensors
         bounds = [0]
@@ -101,7 +101,7 @@ class MixedEdge(nn.Module):
         primitives: op names in canonical order (the O axis of the weights).
         factories: op name -> factory(C, stride, affine).
         k: partial-channel factor; ops see C/K channels, the rest bypass (K=1 is DARTS).
-        channel_mode: ``first+shuffle`` | ``first+shift`` | ``random`` (see ALGORITHMS §2.1).
+        channel_mode: ``first+shuffle`` | ``first+shift`` | ``random`` (docs/methods.md, "PC-DARTS").
         mask: per-op booleans; False ops are neither built nor run. ``none`` is never built.
         aux_skip: also build the auxiliary skip module ``aux`` (identity, or a non-affine
             FactorizedReduce on stride-2 edges) that ``aux_coef`` scales (DARTS-).
@@ -125,8 +125,10 @@ class MixedEdge(nn.Module):
                 self.ops[str(i)] = factories[name](C // k, stride, False)
         self.active = [int(i) for i in self.ops.keys()]
         self.aux: Optional[nn.Module] = None
-        if aux_skip:
-            self.aux = Identity() if stride == 1 else FactorizedReduce(C, C, affine=False)
+        if aux_skip:  # stride 2: the space's own non-affine FactorizedReduce (its BN options), on all C channels
+            reduce = factories.get("skip_connect")
+            self.aux = Identity() if stride == 1 else (reduce(C, stride, False) if reduce is not None
+                                                       else FactorizedReduce(C, C, affine=False))
 
     def prune(self, keep: Sequence[bool]) -> None:
         """Drop the ops whose ``keep`` entry is False (they are freed, never run again)."""

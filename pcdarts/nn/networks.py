@@ -1,4 +1,4 @@
-"""Discrete (evaluation) networks built from a genotype (ALGORITHMS §1.2, §1.7, §3.2-3.3).
+"""Discrete (evaluation) networks built from a genotype (docs/methods.md, "Search spaces", "Training a found cell").
 
 * :class:`NetworkCIFAR` -- the DARTS CIFAR evaluation network (20 cells, C=36).
 * :class:`NetworkImageNet` -- the DARTS "mobile" ImageNet network (14 cells, C=48).
@@ -195,7 +195,7 @@ class _DartsNetwork(nn.Module):
 
 
 class NetworkCIFAR(_DartsNetwork):
-    """DARTS evaluation network for CIFAR-sized inputs (ALGORITHMS §1.7).
+    """DARTS evaluation network for CIFAR-sized inputs (docs/methods.md, "Training a found cell").
 
     Stem conv3x3 (in_channels -> 3C) + BN; ``layers`` cells with reductions at
     ``layers//3`` and ``2*layers//3`` (C doubles at each); global average pool + linear.
@@ -230,7 +230,7 @@ class NetworkCIFAR(_DartsNetwork):
 
 
 class NetworkImageNet(_DartsNetwork):
-    """DARTS "mobile" ImageNet network (ALGORITHMS §1.7).
+    """DARTS "mobile" ImageNet network (docs/methods.md, "Training a found cell").
 
     stem0: conv3x3 s2 (in -> C/2)-BN-ReLU-conv3x3 s2 (C/2 -> C)-BN; stem1: ReLU-conv3x3 s2-BN.
     The first cell is built as if it followed a reduction (its inputs are 56x56 and 28x28
@@ -303,7 +303,7 @@ class NB201Cell(nn.Module):
 
 
 class NB201Network(nn.Module):
-    """NAS-Bench-201 evaluation network with one fixed cell (ALGORITHMS §3.3).
+    """NAS-Bench-201 evaluation network with one fixed cell (docs/methods.md, "Search spaces").
 
     Stem conv3x3 -> BN; N cells at C, ResNetReduction C -> 2C, N cells, ResNetReduction
     2C -> 4C, N cells; head BN-ReLU-global pool-linear. BN is affine here. Returns

@@ -1,4 +1,4 @@
-"""Masked image reconstruction: the label-free search objective of MAE-NAS (ALGORITHMS §9).
+"""Masked image reconstruction: the label-free search objective of MAE-NAS (docs/methods.md, "MAE-NAS").
 
 Both levels of the bilevel search minimise one loss that reads no label: each image is cut
 into ``patch_size`` x ``patch_size`` patches, a random ``mask_ratio`` of them is zeroed in the
@@ -11,9 +11,9 @@ of every resolution stage of the supernet: a 1x1 projection of each, progressive
 upsampling from the deepest stage, a fusion (sum, then 3x3 conv + BN + ReLU) at each
 stage's resolution, and a 1x1 head at full resolution. ``single-scale`` decodes the last
 stage alone along the same path; the paper reports that unsupervised DARTS then collapses
-to parameter-free ops, which the multi-scale decoder prevents (ALGORITHMS §9).
+to parameter-free ops, which the multi-scale decoder prevents (docs/methods.md, "MAE-NAS").
 
-No official code exists (ALGORITHMS §0): mask ratio, patch size, decoder width and layout
+No official code exists: mask ratio, patch size, decoder width and layout
 are our choices, marked [UNVERIFIED] and all configurable. Masks are drawn from the
 objective's own generator (seeded ``run.seed + 3``); its state is in the objective's
 ``state_dict`` and so in the checkpoint, and a resume continues the same masks.
@@ -44,7 +44,7 @@ NORM_EPS = 1e-6   # per-patch target normalisation: (t - mean) / sqrt(var + eps)
 
 @dataclass(frozen=True)
 class MaeConfig:
-    """The ``objective:`` section of ``--objective mae`` (ALGORITHMS §9; no official code).
+    """The ``objective:`` section of ``--objective mae`` (docs/methods.md, "MAE-NAS"; no official code).
 
     Attributes:
         mask_ratio: fraction of each image's patches zeroed in the input, in (0, 1]
@@ -114,7 +114,7 @@ def pixel_mask(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> to
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, patch_size: int,
                norm_pix_loss: bool = False) -> torch.Tensor:
-    """Mean squared error over the masked patches only (ALGORITHMS §9): per masked patch the mean
+    """Mean squared error over the masked patches only (docs/methods.md, "MAE-NAS"): per masked patch the mean
     of the squared pixel errors (channels included), averaged over every masked patch of the
     batch. Unmasked pixels of ``pred`` and ``target`` take no part (even a NaN there is ignored).
     ``norm_pix_loss``: each target patch normalised by its own mean and variance first.
@@ -150,7 +150,7 @@ def _fuse_block(dim: int) -> nn.Sequential:
 
 
 class ReconstructionDecoder(nn.Module):
-    """Stage outputs -> full-resolution image (ALGORITHMS §9 "hierarchical decoder").
+    """Stage outputs -> full-resolution image (the paper's "hierarchical decoder"; docs/methods.md, "MAE-NAS").
 
     From the deepest stage up: project (1x1 conv to ``dim``), fuse (3x3 conv + BN + ReLU); then
     at each shallower stage's resolution: upsample (bilinear) to it, add that stage's 1x1
@@ -192,7 +192,7 @@ class ReconstructionDecoder(nn.Module):
 
 # ---------------------------------------------------------------- the objective
 
-@OBJECTIVES.register("mae", description="masked image reconstruction, no labels (MAE-NAS, ALGORITHMS §9)")
+@OBJECTIVES.register("mae", description="masked image reconstruction, no labels (MAE-NAS; docs/methods.md)")
 class MaskedReconstruction(Objective):
     """Masked-patch reconstruction loss through a decoder on the supernet's stage outputs.
 

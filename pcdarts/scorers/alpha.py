@@ -22,7 +22,7 @@ def alpha_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
 
 def alpha_beta_scores(alpha: dict[str, torch.Tensor], beta: Optional[dict[str, torch.Tensor]],
                       node_edges: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """W[e, o] = softmax_o(alpha[e]) * softmax_{edges into node}(beta)[e] (ALGORITHMS §2.3)."""
+    """W[e, o] = softmax_o(alpha[e]) * softmax_{edges into node}(beta)[e] (docs/methods.md, "PC-DARTS")."""
     scores = {}
     for ct, a in alpha.items():
         w = torch.softmax(a.detach().float(), dim=-1)

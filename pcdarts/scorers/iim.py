@@ -1,4 +1,4 @@
-"""Information-based Importance Measurement, IIM (IS-DARTS, ALGORITHMS §6.2 and §15).
+"""Information-based Importance Measurement, IIM (IS-DARTS, docs/methods.md, "IS-DARTS").
 
 Every candidate op's output map X [B, C, H, W] is read as independent normal pixels whose
 mean and variance are taken **across channels** at each (h, w). The per-element "Fisher"
@@ -13,7 +13,7 @@ Two formulas (``formula``):
   are all equal (``none``, a constant map) makes the op's value +inf for good.
 * ``textbook``: the observed information of N(mu, v = sigma^2) with respect to v,
   ``(x - mu)^2 / sigma^6 - 1 / (2 sigma^4)``, with sigma floored at :data:`TEXTBOOK_EPS`
-  (a known paper/code mismatch, §6.2). A pixel with sigma exactly 0 still gives +inf (the
+  (a known paper/code mismatch). A pixel with sigma exactly 0 still gives +inf (the
   rule of the official code), so ``none`` and constant maps are removed first either way.
 
 This module holds the pure statistic (:func:`fisher_elements`, :func:`per_sample_fisher`),

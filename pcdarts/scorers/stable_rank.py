@@ -1,4 +1,4 @@
-"""Stable rank of convolutions and the ``stable-rank`` scorer (MSR-DARTS; ALGORITHMS §7.1, §15).
+"""Stable rank of convolutions and the ``stable-rank`` scorer (MSR-DARTS; docs/methods.md, "MSR-DARTS").
 
 ``srank(A) = ||A||_F^2 / ||A||_2^2 = sum_k sigma_k^2 / sigma_max^2``: between 1 (rank one)
 and rank(A) (all singular values equal). It is invariant to scaling, so a spectrally
@@ -13,7 +13,7 @@ Two ways to turn a conv into a matrix (``mode``):
   row ``a`` acts at ``a mod H``; the official code crops instead, which differs only when
   the kernel is larger than the map, never for the 1x1 convs it scores), transformed, and
   a grouped (depthwise) conv is block diagonal at every frequency. All H*W frequencies
-  are pooled and **not** divided by H*W (§15: the value grows with the resolution). For a
+  are pooled and **not** divided by H*W (as the official code: the value grows with the resolution). For a
   1x1 conv every frequency has the same matrix W, so ``srank = H*W * srank(W)`` exactly.
 * ``reshape``: the weight as a C_out x (C_in/groups * k * k) matrix.
 
@@ -162,7 +162,7 @@ def cell_stable_ranks(convs: dict[tuple[int, int, int], tuple[nn.Conv2d, Sequenc
 
 
 def mean_by_type(ranks: dict[int, torch.Tensor], cell_type_of: dict[int, str]) -> dict[str, torch.Tensor]:
-    """The mean stable-rank matrix over the cells of each type (§7.2: the CIFAR genotype)."""
+    """The mean stable-rank matrix over the cells of each type (the CIFAR genotype of the official code)."""
     out: dict[str, torch.Tensor] = {}
     for ct in dict.fromkeys(cell_type_of.values()):
         out[ct] = torch.stack([r for c, r in sorted(ranks.items()) if cell_type_of[c] == ct]).mean(0)

@@ -1,4 +1,4 @@
-"""Zero-cost proxies: rank a network at initialisation from one minibatch (ALGORITHMS §8.2, §8.3, §15).
+"""Zero-cost proxies: rank a network at initialisation from one minibatch (docs/methods.md, "Zero-cost proxies").
 
 Each proxy is a function ``proxy(net, batch, *, seed=0) -> float`` registered in
 :data:`pcdarts.registry.PROXIES`. ``net`` is any ``nn.Module`` whose forward takes an
@@ -10,14 +10,16 @@ statistics, train/eval flags, ``requires_grad``; ``.grad`` is never written: gra
 from ``torch.autograd.grad``), and runs under a forked RNG seeded with ``seed``, so equal
 seeds give equal scores and the caller's random streams do not move.
 
-What each computes, as the official code does (§15, "NASWOT" and "Zero-cost proxies"):
+What each computes, as the official code does (checked by running it on identical inputs):
 
 * ``naswot`` (Mellor et al., ICML 2021): the network in **train** mode, one forward pass; the
   input of every ``nn.ReLU`` module (its pre-activation) is binarised per sample,
   ``c = 1[x > 0]``; ``K = sum over ReLUs of C C^T + (1 - C)(1 - C)^T`` in float64, i.e.
   ``K[i, j] = N_A - hamming(c_i, c_j)`` (:func:`naswot_kernel`); the score is ``log|det K|``
   (``slogdet``, sign dropped; a singular K gives -inf). K is not normalised: more ReLU units,
-  larger scores (NASWOT#20).
+  larger scores (NASWOT#20). Only ReLUs that the backward of the first output (the logits)
+  reaches count, as the official code's hooks (a discarded branch, e.g. the auxiliary head of
+  an evaluation network, adds nothing); no ReLU reached gives K = 0, so -inf.
 * ``synflow`` (Tanaka et al.; Abdelfattah et al., ICLR 2021): every parameter (and float
   buffer) replaced by its absolute value, BatchNorm removed (identity), float64, one all-ones
   image; ``R = sum of the logits``; ``sum over Conv2d/Linear weights of |W * dR/dW|``. Returned
@@ -30,7 +32,7 @@ What each computes, as the official code does (§15, "NASWOT" and "Zero-cost pro
   undefined (a constant gradient row, e.g. a cell that does not connect input to output).
 * ``params`` and ``macs``: parameter count and multiply-adds of one image
   (:func:`pcdarts.nn.counting.count_params` / ``count_macs``), the baselines every
-  proxy must beat (§8.3).
+  proxy must beat.
 
 Only ``nn.Conv2d`` and ``nn.Linear`` weights are scored; a spectrally normalised conv
 (a parametrised weight, MSR-DARTS) is scored through its raw weight.
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -151,34 +153,65 @@ def naswot_score(K: torch.Tensor) -> float:
     return float(torch.linalg.slogdet(K.double())[1])
 
 
+def _drop(t: Any) -> None:
+    """A saved-tensor hook that keeps nothing (the graph is never run backward)."""
+    return None
+
+
+def _reached_nodes(root: Any) -> set[int]:
+    """Ids of the autograd nodes a backward from ``root`` (a ``grad_fn``) runs: every node
+    reachable through ``next_functions`` (the graph is alive while the caller holds it)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        stack.extend(f for f, _ in fn.next_functions)
+    return seen
+
+
 @PROXIES.register("naswot", description="NASWOT: log|det K_H| of the ReLU codes of one batch (train mode)")
 def naswot(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
-    """NASWOT score of ``net`` on ``batch`` (see the module docstring)."""
+    """NASWOT score of ``net`` on ``batch`` (see the module docstring).
+
+    As the official ``search.py``, a ReLU module counts only when the backward of the first
+    output reaches it: one forward with the graph recorded (the input requires grad), then
+    the ReLUs whose output node is reachable from the logits' ``grad_fn`` add every code they
+    produced in that forward; a branch whose output is discarded (e.g. an auxiliary head)
+    adds nothing. No gradient is computed: reaching a node is read off the graph."""
     x = batch[0]
     n = x.shape[0]
-    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    fired = 0
+    calls: list[tuple[nn.Module, torch.Tensor, Any]] = []  # (module, its K term, its output's grad_fn)
 
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        nonlocal K, fired
-        pre = args[0].detach()
+    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        pre = args[0].detach()  # an in-place ReLU hands its output here: the same code, 1[x > 0]
         if pre.shape[0] != n:
             return
-        K = K + _code_kernel((pre.reshape(n, -1) > 0))
-        fired += 1
+        calls.append((module, _code_kernel(pre.reshape(n, -1) > 0), getattr(out, "grad_fn", None)))
 
     with preserved(net, seed, x.device):
         net.train()
-        handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+        handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
         try:
-            with torch.no_grad():
-                net(x)
+            # the graph is only walked, never run backward: nothing it would save is kept (the
+            # memory of a no-grad forward, not of a training step)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
+                xg = x.detach().clone().requires_grad_(True)
+                root = logits_of(net(xg.clone())).grad_fn  # a non-leaf input: an in-place first op is legal
+                reached = _reached_nodes(root)
         finally:
             for h in handles:
                 h.remove()
-    if not fired:
+    if not calls:
         raise ValueError("naswot: no nn.ReLU module ran in the forward pass (functional ReLUs cannot be "
                          "hooked; a fast supernet must run its reference path: pcdarts.search.prune.SupernetAt)")
+    counted = {id(m) for m, _, fn in calls if fn is not None and id(fn) in reached}
+    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for m, term, _ in calls:
+        if id(m) in counted:  # the official flag is per module: all its calls count once one is reached
+            K = K + term
     return naswot_score(K)
 
 
@@ -248,7 +281,11 @@ grad_norm.needs_labels = True  # type: ignore[attr-defined]
 
 def jacob_cov_score(jacobian: torch.Tensor) -> float:
     """``-sum(log(l + k) + 1/(l + k))`` over the eigenvalues l of the correlation matrix of the
-    rows of ``jacobian`` [N, D] (k = 1e-5); -inf when undefined."""
+    rows of ``jacobian`` [N, D] (k = 1e-5); -inf when undefined. N >= 2: a correlation between
+    images needs two of them (ValueError otherwise)."""
+    if jacobian.shape[0] < jacob_cov.min_images:
+        raise ValueError(f"jacob_cov correlates the input gradients of the batch's images: it needs at least "
+                         f"{jacob_cov.min_images} images, got {jacobian.shape[0]}")
     corr = torch.corrcoef(jacobian.reshape(jacobian.shape[0], -1).double())
     if not bool(torch.isfinite(corr).all()):
         return float("-inf")
@@ -267,6 +304,106 @@ def jacob_cov(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
         if g is None:  # the output does not depend on the input (no path through the cell)
             return float("-inf")
         return jacob_cov_score(g)
+
+
+# ---------------------------------------------------------------- MeCo, ZiCo
+
+def meco_of_features(fea: torch.Tensor) -> float:
+    """The MeCo term of one feature map ``fea`` [C, ...] of one image: the smallest eigenvalue
+    of the C x C correlation matrix of its channels (each channel's values as one variable;
+    undefined entries, e.g. of a constant channel, set to 0), in float64. NaN when there is no
+    matrix to speak of (C < 2)."""
+    f = fea.detach().reshape(fea.shape[0], -1).double()
+    if f.shape[0] < 2:
+        return float("nan")
+    if f.shape[1] < 2:  # one value per channel: every correlation undefined, the matrix 0 (as the authors')
+        return 0.0
+    corr = torch.corrcoef(f)
+    corr = torch.where(torch.isfinite(corr), corr, torch.zeros_like(corr))
+    return float(torch.linalg.eigvalsh(corr)[0])
+
+
+@PROXIES.register("meco", description="MeCo: sum over modules of the min eigenvalue of the channel correlation "
+                                      "of one image's feature map (label-free)")
+def meco(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """MeCo (Jiang et al., NeurIPS 2023), as the authors' NAS-Bench-201 script
+    (``HamsterMimi/MeCo``, ``correlation/NAS_Bench_201.py``) computes it: one forward pass of
+    **one image** (the batch's first) with the network in train mode; for the output of every
+    module (containers included, as the authors hook ``named_modules()``) the feature map of
+    that image, [C, H, W] -> C variables, gives :func:`meco_of_features`; the score is the sum
+    of the finite terms. A module whose output is a tuple contributes through its first tensor
+    (the authors' hook would index the tuple instead and fail on it)."""
+    x = batch[0][:1]
+    terms: list[float] = []
+
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
+        t = out
+        while isinstance(t, (tuple, list)) and t:
+            t = t[0]
+        if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == 1:
+            terms.append(meco_of_features(t[0]))
+
+    with preserved(net, seed, x.device):
+        net.train()
+        handles = [m.register_forward_hook(hook) for m in net.modules()]
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            for h in handles:
+                h.remove()
+    return float(sum(v for v in terms if math.isfinite(v)))
+
+
+def zico_of_grads(grads: Sequence[Sequence[torch.Tensor]]) -> float:
+    """ZiCo from per-layer gradient recordings: ``grads[l]`` holds layer l's gradient at each
+    recording (same shape). Per layer, over the entries whose standard deviation across the
+    recordings (population, ddof 0) is non-zero: ``log(sum(mean|g| / std(g)))``, a layer whose
+    sum is 0 left out; the score is the sum over layers."""
+    total = 0.0
+    for layer in grads:
+        g = torch.stack([t.detach().reshape(-1).double() for t in layer])
+        std = g.std(0, unbiased=False)
+        keep = std != 0
+        s = float((g.abs().mean(0)[keep] / std[keep]).sum())
+        if s != 0:
+            total += math.log(s)
+    return total
+
+
+@PROXIES.register("zico", description="ZiCo: sum over layers of log sum mean|g|/std(g), gradients of two half-batches")
+def zico(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
+    """ZiCo (Li et al., ICLR 2023), as the official code (``SLDGroup/ZiCo``,
+    ``ZeroShotProxy/compute_zico.py``, and its NAS-Bench-201 copy that splits one batch in two):
+    the network in train mode, the batch split into two halves, the cross-entropy of each half
+    backpropagated **without clearing the gradients in between**, so the two recordings of a
+    layer are g1 and g1 + g2 (the official code's accumulation, kept); over Conv2d/Linear
+    weights, :func:`zico_of_grads`. Needs labels and at least 2 images."""
+    x, y = batch
+    if x.shape[0] < 2:
+        raise ValueError("zico needs a batch of at least 2 images (it splits the batch in two halves)")
+    half = x.shape[0] // 2
+    with preserved(net, seed, x.device):
+        net.train()
+        tracked = _tracked_weights(net)
+        recs: list[list[Optional[torch.Tensor]]] = [[] for _ in tracked]
+        acc: list[Optional[torch.Tensor]] = [None] * len(tracked)
+        for lo, hi in ((0, half), (half, x.shape[0])):
+            loss = F.cross_entropy(logits_of(net(x[lo:hi])), y[lo:hi])
+            gs = torch.autograd.grad(loss, tracked, allow_unused=True)
+            for i, g in enumerate(gs):
+                if g is not None:
+                    acc[i] = g if acc[i] is None else acc[i] + g
+                recs[i].append(acc[i])
+        layers = [[t for t in r] for r in recs if all(t is not None for t in r)]
+        return zico_of_grads(layers)  # type: ignore[arg-type]
+
+
+zico.needs_labels = True  # type: ignore[attr-defined]
+
+
+jacob_cov.min_images = 2  # type: ignore[attr-defined]  (the smallest batch it is defined on; default 1)
+zico.min_images = 2  # type: ignore[attr-defined]  (two half-batches)
 
 
 # ---------------------------------------------------------------- baselines
@@ -301,5 +438,6 @@ def score(net: nn.Module, batch: Batch, proxies: Sequence[str], *, seed: int = 0
     return {name: shared[name] if name in shared else float(fn(net, batch, seed=seed)) for name, fn in funcs.items()}
 
 
-__all__ = ["naswot", "synflow", "snip", "grad_norm", "jacob_cov", "params", "macs", "score", "naswot_kernel",
+__all__ = ["naswot", "synflow", "snip", "grad_norm", "jacob_cov", "meco", "zico", "params", "macs", "score",
+           "meco_of_features", "zico_of_grads", "naswot_kernel",
            "naswot_score", "jacob_cov_score", "scored_weights", "logits_of", "preserved"]

@@ -163,18 +163,19 @@ class LoadedRun:
 
 
 def load_run(run_dir: Union[str, Path], *, device: Union[torch.device, str] = "cpu",
-             command: str = "pcdarts derive") -> LoadedRun:
+             command: str = "pcdarts derive", trust_checkpoint: bool = False) -> LoadedRun:
     """A finished or interrupted search run directory, loaded: the config from its
     ``config.yaml``, the data shape from its manifest, the components built by
     :func:`build_components` with the checkpoint's structure (masks, K), then the checkpoint's
     supernet, method and objective state and architecture generator loaded into them.
 
     ``command`` names the command in the one-line error of a directory that is not a search run
-    or a checkpoint that cannot be read.
+    or a checkpoint that cannot be read; ``trust_checkpoint`` lets a checkpoint that needs it be
+    unpickled in full (``--trust-checkpoint``: an older format, from a source the user trusts).
     """
     path = runs.check_resumable(run_dir, "search", command)
     cfg = load_config_file(path / "config.yaml")
-    checkpoint = runs.load_checkpoint(path / runs.CHECKPOINT, "search", command)
+    checkpoint = runs.load_checkpoint(path / runs.CHECKPOINT, "search", command, trust=trust_checkpoint)
     input_shape, num_classes = run_shape(path, checkpoint, cfg)
     parts = build_components(cfg, input_shape=input_shape, num_classes=num_classes, device=device,
                              checkpoint=checkpoint)

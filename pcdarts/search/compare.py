@@ -6,7 +6,19 @@ data, the same overrides and, with a budget, every epoch-based field scaled by
 comparison stays fair. Every run is a normal search run directory under the compare
 directory (``<method>-s<seed>``), started as its own ``pcdarts search`` process, so a
 crash of one method does not take the others down and each run's peak memory is its
-own. A finished run is skipped on a re-run, an interrupted one resumed exactly.
+own. On a re-run a finished run is skipped and an interrupted one resumed exactly, but only when
+its config.yaml holds the settings asked for (:func:`config_differences`; fields of
+:data:`BOOKKEEPING` aside): a run searched with other settings is refused in one line that names
+the fields, and ``overwrite`` searches it again (the old run is replaced once the new one has a
+checkpoint). SIGINT and SIGTERM are forwarded to the running searches, which save their state
+before the comparison stops (exit code 130 or 143).
+
+``jobs`` runs that many searches at once on one host (one GPU each, or the CPU cores split
+through ``run.threads``); ``shard="I/N"`` runs the I-th of N disjoint parts of the grid
+(:func:`shard_part`), so that a job array spreads one comparison over several hosts; ``merge``
+builds the table from every shard's finished runs (in ``out`` or in the shards' folders). A
+run being made is marked (``out/.running-<run>``), so two comparisons on one folder never make
+the same run twice.
 
 The table (``compare.md`` and ``compare.csv``) holds per method the cells found, the
 NAS-Bench-201 lookup accuracy as mean +- sample standard deviation **over search seeds**
@@ -17,25 +29,39 @@ per epoch, one line per method (mean over seeds).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from pcdarts import utils
+from pcdarts.analysis.plot import integer_ticks
 from pcdarts.analysis.stats import seed_agreement
-from pcdarts.config import (Config, apply_override, build_config, describe_budget, load_preset, merge_onto_preset,
-                            parse_overrides, preset_names, scale_budget)
+from pcdarts.config import (Config, apply_override, build_config, describe_budget, load_config_file, load_preset,
+                            merge_onto_preset, parse_overrides, plain, preset_names, scale_budget)
 from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import GenotypeError, parse_genotype
 from pcdarts.registry import METHODS, SPACES
 
-LOOKUP_DATASET = "cifar10"  # the NB201 benchmark column of the table and the plot
+LOOKUP_DATASET = "cifar10"  # the NB201 benchmark column of the plot (and the table's first)
+LOOKUP_DATASETS = ("cifar10", "cifar100", "imagenet16-120")  # the table's benchmark columns, in order
+
+# config fields that change how a run is shown, logged or saved, or how many threads it uses, not what it
+# searches: a finished run that differs from the settings asked for only in these is reused
+BOOKKEEPING = frozenset({"run.out", "run.overwrite", "run.progress", "run.threads", "run.tensorboard", "run.plots",
+                         "search.log_every", "search.checkpoint_every", "search.nb201_lookup"})
 
 
 class CompareError(PcdartsError):
@@ -146,9 +172,279 @@ def lookup_available() -> bool:
         return False
 
 
+def default_out(space: str, dataset: str, budget: Optional[int]) -> Path:
+    """The compare directory when ``--out`` is not given: ``runs/compare-<space>-<data>[-b<budget>]``."""
+    return Path("runs") / (f"compare-{space}-{dataset}" + (f"-b{budget}" if budget else ""))
+
+
+def run_name(entry: Entry, seed: int) -> str:
+    """The run directory's name inside the compare directory."""
+    return f"{entry.method}-s{seed}"
+
+
+def run_config(entry: Entry, seed: int) -> Config:
+    """The config one run searches with (the entry's, with the run's seed), as its config.yaml will hold it."""
+    return dataclasses.replace(entry.config, run=dataclasses.replace(entry.config.run, seed=seed))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(expected: Config, run_dir: Path) -> list[str]:
+    """The fields in which the run in ``run_dir`` (its config.yaml) differs from ``expected``, as
+    ``field RUN -> ASKED``, leaving out :data:`BOOKKEEPING` (fields that change how a run is shown or
+    saved, not what it finds); empty when the run may be reused."""
+    try:
+        found = load_config_file(run_dir / "config.yaml")
+    except PcdartsError as e:
+        return [f"its config.yaml cannot be read ({str(e).splitlines()[0]})"]
+    old, new = _flatten(plain(found.to_dict())), _flatten(plain(expected.to_dict()))
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if key not in BOOKKEEPING and old.get(key) != new.get(key)]
+
+
+def stale_message(stale: Sequence[tuple[Path, list[str]]], advice: str) -> str:
+    """One line: the first run searched with other settings, its first differing fields, how many more."""
+    path, diffs = stale[0]
+    fields = ", ".join(diffs[:3]) + (f", +{len(diffs) - 3} more" if len(diffs) > 3 else "")
+    more = (f" (and {len(stale) - 1} more run{'s' if len(stale) > 2 else ''}: "
+            f"{', '.join(p.name for p, _ in stale[1:4])}{', ...' if len(stale) > 4 else ''})" if len(stale) > 1 else "")
+    return f"{path} was searched with other settings ({fields}){more}; {advice}"
+
+
+def parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"I/N"`` -> ``(I, N)`` with 1 <= I <= N (None stays None); anything else is a one-line ConfigError."""
+    if shard is None:
+        return None
+    i, sep, n = str(shard).partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index = count = 0
+    if not sep or count < 1 or not 1 <= index <= count:
+        raise ConfigError(f"--shard must be I/N with 1 <= I <= N (the I-th of N parts of the grid), e.g. --shard 1/4; "
+                          f"got {shard!r}")
+    return index, count
+
+
+def shard_part(names: Sequence[str], index: int, count: int) -> list[str]:
+    """The run names of shard ``index`` (1-based) of ``count``: every ``count``-th name in sorted order,
+    starting at the ``index``-th, so the parts are disjoint, cover the grid, differ in size by one at
+    most, and do not depend on the order in which the methods and seeds were listed."""
+    return sorted(names)[index - 1::count]
+
+
+def thread_share(jobs: int, cpus: Optional[int] = None) -> int:
+    """CPU threads of each of ``jobs`` concurrent runs: the host's (affinity-allowed) cores split evenly, >= 1."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // jobs)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty without CUDA)."""
+    try:
+        import torch
+        count = torch.cuda.device_count()
+    except Exception:  # no usable CUDA: the runs share the CPU
+        return []
+    if count < 1:
+        return []
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+@dataclass
+class Task:
+    """One run of the grid: what to start and where its output goes."""
+
+    entry: Entry
+    seed: int
+    run_dir: Path
+    state: str
+    number: int  # 1-based, of the runs this call makes
+    cmd: list[str] = field(default_factory=list)
+    log_path: Optional[Path] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry.method} seed {self.seed}"
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a comparison; every run that was going saved its state first.
+    ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM); the message says how to continue."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _ForwardSignals:
+    """While runs go on: SIGINT and SIGTERM are passed on to every running child search (which
+    saves its checkpoint at the next step and stops; a second Ctrl-C stops it at once), and no
+    further run starts. The children run in their own process group, so a Ctrl-C in the
+    terminal reaches them once, through here."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.children: list[subprocess.Popen] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_ForwardSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers only from the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        for proc in list(self.children):
+            self.send(proc, signum)
+
+    @staticmethod
+    def send(proc: subprocess.Popen, signum: int) -> None:
+        if proc.returncode is None:
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+def _last_error_line(path: Optional[Path]) -> str:
+    """The child's ``error:`` line (else its last line) from its log."""
+    if path is None or not path.is_file():
+        return ""
+    lines = [line.strip() for line in path.read_text(errors="replace").replace("\r", "\n").splitlines()
+             if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1]
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``host`` may still run (another host's: assumed so)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claimed(root: Path, tasks: Sequence[Task]) -> Iterator[None]:
+    """Mark the runs about to be made as taken (``<out>/.running-<run>``: host and process id) for as
+    long as this comparison runs, so that a second ``pcdarts compare`` on the same folder (another
+    shard's host, a second terminal) refuses them in one line instead of making them twice. A mark
+    left by a process of this host that is gone is taken over."""
+    taken: list[Path] = []
+    me = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        for task in tasks:
+            mark = root / f".running-{task.run_dir.name}"
+            try:
+                fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = mark.read_text().strip().partition(" ")
+                if pid.isdigit() and not _alive(host, int(pid)):
+                    mark.write_text(me)
+                    taken.append(mark)
+                    continue
+                raise ConfigError(f"{task.run_dir} is being searched by another pcdarts compare (process {pid or '?'} "
+                                  f"on {host or '?'}); let it finish (the table is built once every run is there), "
+                                  f"or delete {mark} if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            taken.append(mark)
+        yield
+    finally:
+        for mark in taken:
+            mark.unlink(missing_ok=True)
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int, to_terminal: bool, log: Any = print) -> None:
+    """Start the runs, at most ``jobs`` at a time (each its own ``pcdarts search`` process; with
+    GPUs each pinned to one by CUDA_VISIBLE_DEVICES, round robin over the visible ones), and wait
+    for them. ``to_terminal``: the one run at a time prints to the terminal, else each to its log.
+
+    A failed run lets the others finish and starts no new one, then raises CompareError; SIGINT
+    or SIGTERM is forwarded to the running ones, which save their state, then CompareInterrupted."""
+    gpus = visible_gpus()
+    pending = list(tasks)
+    running: dict[int, tuple[Task, subprocess.Popen, Any, float]] = {}  # slot -> (task, process, log file, start)
+    failed: list[str] = []
+    stopped: list[Task] = []
+    with _ForwardSignals() as forward:
+        while pending or running:
+            while pending and len(running) < jobs and forward.signum is None and not failed:
+                task = pending.pop(0)
+                slot = min(set(range(jobs)) - set(running))
+                env = dict(os.environ, PYTHONUNBUFFERED="1")
+                if jobs > 1 and gpus and task.entry.config.run.device in ("auto", "cuda"):
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+                sink = None
+                if not to_terminal:
+                    assert task.log_path is not None
+                    task.log_path.parent.mkdir(parents=True, exist_ok=True)
+                    sink = open(task.log_path, "w")
+                proc = subprocess.Popen(task.cmd, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None,
+                                        start_new_session=True)
+                forward.children.append(proc)
+                if forward.signum is not None:  # the signal came while it was starting
+                    forward.send(proc, forward.signum)
+                running[slot] = (task, proc, sink, time.time())
+            if not running:
+                break
+            time.sleep(0.05)
+            for slot, (task, proc, sink, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[slot]
+                forward.children.remove(proc)
+                if sink is not None:
+                    sink.close()
+                where = f" (log: {task.log_path})" if task.log_path else ""
+                if rc == 0:
+                    if jobs > 1:
+                        log(f"[{task.number}/{len(tasks)}] {task.label}: finished in {time.time() - t0:.1f} s")
+                elif forward.signum is not None:
+                    stopped.append(task)
+                else:
+                    tail = _last_error_line(task.log_path)
+                    failed.append(f"{task.label} failed (exit code {rc}){': ' + tail if tail else ''}{where}")
+    if forward.signum is not None:
+        name = signal.Signals(forward.signum).name
+        saved = [t for t in stopped if run_state(t.run_dir) == "partial"]
+        what = (f"{len(saved)} run{'s' if len(saved) != 1 else ''} saved {'their' if len(saved) != 1 else 'its'} "
+                f"state ({', '.join(str(t.run_dir) for t in saved)})" if saved else "no run had a checkpoint yet")
+        raise CompareInterrupted(f"{name}: compare stopped; {what}; run the same pcdarts compare again to "
+                                 f"resume (finished runs are skipped)", 128 + forward.signum)
+    if failed:
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise CompareError(f"{failed[0]}{others}; fix it and run the same pcdarts compare again (finished runs "
+                           f"are skipped)")
+
+
 def compare(space: str, methods: Sequence[str], seeds: Sequence[int], *, data: Optional[str] = None,
             budget: Optional[int] = None, out: Optional[str | Path] = None, overrides: Sequence[str] = (),
-            progress: bool = True, log: Any = print) -> Path:
+            progress: bool = True, log: Any = print, overwrite: bool = False, jobs: int = 1,
+            shard: Optional[str] = None, merge: Optional[Sequence[str | Path]] = None) -> Path:
     """Run (or finish) a comparison and write its table and plot; returns the compare directory.
 
     Args:
@@ -159,42 +455,163 @@ def compare(space: str, methods: Sequence[str], seeds: Sequence[int], *, data: O
         budget: search epochs of every run, epoch-based fields scaled alike (None = the presets').
         out: the compare directory (default ``runs/compare-<space>-<data>[-b<budget>]``).
         overrides: dotted overrides (``--space.C 8``) applied to every run.
-        progress: show each run's progress bar and epoch lines.
-        log: where the comparison's own lines go.
+        progress: show each run's progress bar and epoch lines (one run at a time only).
+        log: where the comparison's own lines (and the table at the end) go.
+        overwrite: search again the runs in ``out`` whose settings differ from the ones asked for
+            (without it they are refused); runs with the same settings are still reused.
+        jobs: runs at once on this host (GPUs: one each, round robin; CPU: the cores split evenly
+            through ``run.threads`` unless the overrides set it); each run logs to ``out/logs/``.
+        shard: ``"I/N"``: run only the I-th of N disjoint parts of the grid (:func:`shard_part`);
+            the table is written once every run of the grid is in ``out``.
+        merge: run nothing; build the table from the runs in ``out`` and the given shard folders
+            (runs found only there are copied into ``out``); every run must be finished.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number >= 1 (runs at once on this host), got {jobs!r}")
+    part = parse_shard(shard)
+    if merge is not None:
+        extra = [flag for flag, on in (("--shard", part), ("--overwrite", overwrite), ("--jobs", jobs > 1)) if on]
+        if extra:
+            raise ConfigError(f"--merge runs nothing, it only builds the table from finished runs; drop "
+                              f"{' and '.join(extra)}")
     if not seeds:
         raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1")
+    for what, values in (("--seeds", [str(s) for s in seeds]), ("--methods", list(methods))):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{what} names {', '.join(twice)} more than once; list each once")
+    for dotted, _ in parse_overrides(overrides, command="pcdarts compare"):
+        if dotted in ("run.seed", "run.out"):
+            flag = "--seeds" if dotted == "run.seed" else "--out"
+            raise ConfigError(f"--{dotted}: compare sets each run's {dotted} itself; use {flag} instead")
     entries = plan_entries(space, methods, data, budget, overrides)
     dataset = (data or entries[0].config.data.spec).split(":")[0]
-    root = Path(out) if out else Path("runs") / f"compare-{space}-{dataset}" + (f"-b{budget}" if budget else "")
-    root.mkdir(parents=True, exist_ok=True)
-    utils.write_json(root / "compare.json", {"space": space, "methods": list(methods), "seeds": list(seeds),
-                                             "data": data, "budget": budget, "overrides": list(overrides)})
-    total = len(entries) * len(seeds)
-    for i, (entry, seed) in enumerate(((e, s) for e in entries for s in seeds), 1):
-        run_dir = root / f"{entry.method}-s{seed}"
-        state = run_state(run_dir)
-        head = f"[{i}/{total}] {entry.method} seed {seed} (preset {entry.preset}, {entry.config.search.epochs} epochs)"
-        if state == "done":
-            log(f"{head}: finished earlier, skipped")
-            continue
-        scaled = f"; {describe_budget(entry.config, entry.scaled)}" if budget is not None else ""
-        log(f"{head}: {'resuming' if state == 'partial' else 'running'} in {run_dir}{scaled}")
-        cmd = search_command(entry, seed, run_dir, data, budget, overrides, state, progress)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if progress:
-            rc = subprocess.call(cmd, env=env)
-            tail = ""
-        else:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            rc, tail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
-        if rc != 0:
-            raise CompareError(f"{entry.method} seed {seed} failed (exit code {rc}){': ' + tail if tail else ''}; "
-                               f"fix it and run the same pcdarts compare again (finished runs are skipped)")
+    root = Path(out) if out else default_out(space, dataset, budget)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--out {root} is a file, not a directory; choose another --out")
+    grid = {run_name(e, s): (e, s) for e in entries for s in seeds}
+    settings = {"space": space, "methods": list(methods), "seeds": list(seeds), "data": data, "budget": budget,
+                "overrides": list(overrides)}
+    if merge is not None:
+        _gather(root, grid, [Path(d) for d in merge])
+        utils.write_json(root / "compare.json", settings)
+    else:
+        names = list(grid) if part is None else shard_part(list(grid), *part)
+        if part is not None:
+            log(f"shard {part[0]}/{part[1]}: {len(names)} of the grid's {len(grid)} runs"
+                + (f" ({', '.join(names)})" if names else ""))
+        tasks = _plan_tasks(root, grid, names, data, budget, overrides, progress, overwrite, jobs, log)
+        root.mkdir(parents=True, exist_ok=True)  # only once every run is known to be usable
+        with claimed(root, tasks):
+            utils.write_json(root / "compare.json", settings)
+            if tasks:
+                run_tasks(tasks, jobs, to_terminal=progress and jobs == 1, log=log)
+        if part is not None:
+            missing = _unfinished(root, grid)
+            if missing:
+                log(f"shard {part[0]}/{part[1]} done; {len(missing)} of the grid's runs are not finished in {root} "
+                    f"yet ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); once every shard has "
+                    f"finished, run the same command with --merge (naming the shards' folders if they wrote "
+                    f"elsewhere) to write the table")
+                return root
     rows = summarise(root, entries, seeds, space)
     write_table(root, rows, space, budget, seeds)
     plot_compare(root, entries, seeds, space)
+    log((root / "compare.md").read_text().rstrip("\n"))
+    log(f"table: {root / 'compare.md'} and {root / 'compare.csv'}; plot: {root / 'compare.png'}")
     return root
+
+
+def _plan_tasks(root: Path, grid: dict[str, tuple[Entry, int]], names: Sequence[str], data: Optional[str],
+                budget: Optional[int], overrides: Sequence[str], progress: bool, overwrite: bool, jobs: int,
+                log: Any) -> list[Task]:
+    """The runs still to make among ``names`` (finished ones with the same settings are skipped); runs
+    searched with other settings are refused in one line, or with ``overwrite`` searched again."""
+    stale: list[tuple[Path, list[str]]] = []
+    states = {}
+    for name in names:
+        entry, seed = grid[name]
+        run_dir = root / name
+        states[name] = run_state(run_dir)
+        if states[name] != "new":
+            diffs = config_differences(run_config(entry, seed), run_dir)
+            if diffs:
+                stale.append((run_dir, diffs))
+                states[name] = "redo"
+    if stale and not overwrite:
+        raise ConfigError(stale_message(stale, "pass --overwrite to search again with the settings asked for (each "
+                                               "old run is replaced once its new run has a checkpoint), or choose "
+                                               "another --out"))
+    to_terminal = progress and jobs == 1
+    threads = None
+    if jobs > 1 and not any(dotted == "run.threads" for dotted, _ in parse_overrides(overrides)):
+        threads = thread_share(jobs)
+    tasks = []
+    for i, name in enumerate(names, 1):
+        entry, seed = grid[name]
+        run_dir, state = root / name, states[name]
+        head = (f"[{i}/{len(names)}] {entry.method} seed {seed} (preset {entry.preset}, "
+                f"{entry.config.search.epochs} epochs)")
+        if state == "done":
+            log(f"{head}: finished earlier, skipped")
+            continue
+        extra = ["--run.threads", str(threads)] if threads and state != "partial" else []
+        cmd = search_command(entry, seed, run_dir, data, budget, [*overrides, *extra], state, to_terminal)
+        task = Task(entry, seed, run_dir, state, i, cmd, None if to_terminal else root / "logs" / f"{name}.log")
+        scaled = f"; {describe_budget(entry.config, entry.scaled)}" if budget is not None else ""
+        doing = {"partial": "resuming", "redo": "searching again (settings changed)"}.get(state, "running")
+        where = f" (log: {task.log_path})" if task.log_path else ""
+        log(f"{head}: {doing} in {run_dir}{where}{scaled}")
+        tasks.append(task)
+    return tasks
+
+
+def _unfinished(root: Path, grid: dict[str, tuple[Entry, int]]) -> list[str]:
+    """The grid's runs not finished in ``root`` with the settings asked for."""
+    return [name for name, (entry, seed) in grid.items()
+            if run_state(root / name) != "done" or config_differences(run_config(entry, seed), root / name)]
+
+
+def _gather(root: Path, grid: dict[str, tuple[Entry, int]], folders: Sequence[Path]) -> None:
+    """``--merge``: every run of the grid finished in ``root`` or in one of ``folders`` (copied into
+    ``root``); else a one-line error naming what is missing or was searched with other settings."""
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"--merge {folder}: no such directory (a shard's --out folder was expected)")
+    sources = [root] + [f for f in folders if not (root.exists() and f.resolve() == root.resolve())]
+    stale: list[tuple[Path, list[str]]] = []
+    missing, found = [], {}
+    for name, (entry, seed) in grid.items():
+        expected = run_config(entry, seed)
+        for folder in sources:
+            run_dir = folder / name
+            if run_state(run_dir) != "done":
+                continue
+            diffs = config_differences(expected, run_dir)
+            if diffs:
+                stale.append((run_dir, diffs))
+                continue
+            found[name] = run_dir
+            break
+        else:
+            missing.append(name)
+        if name in found and found[name].parent != root and (root / name).exists():
+            raise ConfigError(f"--merge: {root / name} holds an unfinished run or one with other settings, and "
+                              f"{found[name]} is finished; move {root / name} away or choose another --out")
+    if missing:
+        other = [s for s in stale if s[0].name in missing]
+        hint = f"; {stale_message(other, 'run its shard again with these settings and --overwrite')}" if other else ""
+        raise ConfigError(f"--merge: {len(missing)} of the grid's {len(grid)} runs are not finished in "
+                          f"{', '.join(str(s) for s in sources)}: {', '.join(missing[:6])}"
+                          f"{', ...' if len(missing) > 6 else ''}; run their shards (or the same command without "
+                          f"--merge) first{hint}")
+    root.mkdir(parents=True, exist_ok=True)
+    for name, run_dir in found.items():
+        if run_dir.parent != root:
+            tmp = root / f".merging-{name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(run_dir, tmp)
+            os.replace(tmp, root / name)
 
 
 # ------------------------------------------------------------------ the table
@@ -227,7 +644,8 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
     """One row per method from its runs' history.jsonl and manifest.json."""
     rows = []
     for entry in entries:
-        cells, acc, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], [], []
+        cells, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], []
+        accs: dict[str, list[float]] = {ds: [] for ds in LOOKUP_DATASETS}
         kind = "valid"
         for seed in seeds:
             run_dir = root / f"{entry.method}-s{seed}"
@@ -235,10 +653,11 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             manifest = json.loads((run_dir / "manifest.json").read_text())
             last = history[-1] if history else {}
             cells.append(manifest.get("genotype", last.get("genotype", "?")))
-            look = (last.get("nb201") or {}).get(LOOKUP_DATASET)
-            if look:
-                kind = "test" if look.get("test") is not None else "valid"
-                acc.append(look[kind])
+            for ds in LOOKUP_DATASETS:
+                look = (last.get("nb201") or {}).get(ds)
+                if look:
+                    kind = "test" if look.get("test") is not None else "valid"
+                    accs[ds].append(look[kind])
             times.append(manifest.get("search_time_s", sum(r.get("time_s", 0.0) for r in history)))
             if manifest.get("peak_memory_mib") is not None:
                 peaks.append(manifest["peak_memory_mib"])
@@ -261,7 +680,9 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             "peak_memory_mib": max(peaks) if peaks else None,
         }
         if space == "nb201":
-            row["lookup"] = _mean_std(acc)
+            row["lookup"] = _mean_std(accs[LOOKUP_DATASET])
+            for ds in LOOKUP_DATASETS[1:]:
+                row[f"lookup_{ds}"] = _mean_std(accs[ds])
             row["lookup_kind"] = kind
         else:
             row["params_m"] = _mean_std(params)
@@ -277,7 +698,8 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     spread = f"mean ± sample std over {n} search seeds" if n > 1 else "one search seed"
     if space == "nb201":
         kind = rows[0].get("lookup_kind", "valid") if rows else "valid"
-        metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)]
+        metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)] + [
+            (f"NB201 {ds} {kind} acc (%)", f"lookup_{ds}", 2) for ds in LOOKUP_DATASETS[1:]]
     else:
         metric = [("params (M)", "params_m", 3), ("multiply-adds (M)", "macs_m", 1)]
     cols = [("method", "method", None), ("preset", "preset", None), ("epochs", "epochs", None), *metric,
@@ -342,8 +764,7 @@ def plot_compare(root: Path, entries: Sequence[Entry], seeds: Sequence[int], spa
         if per_epoch:
             xs = sorted(per_epoch)
             ax.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs], marker="o", label=entry.method)
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.xaxis)  # whole epochs, one tick for a single epoch
     ax.set_xlabel("search epoch")
     ax.set_ylabel(f"NB201 {LOOKUP_DATASET} lookup accuracy (%)" if space == "nb201"
                   else "parameter-free ops in the cell")
@@ -358,4 +779,5 @@ def plot_compare(root: Path, entries: Sequence[Entry], seeds: Sequence[int], spa
 
 
 __all__ = ["compare", "preset_for", "plan_entries", "run_state", "summarise", "write_table", "plot_compare",
-           "CompareError"]
+           "CompareError", "CompareInterrupted", "config_differences", "default_out", "parse_shard", "shard_part",
+           "thread_share"]

@@ -1,5 +1,5 @@
 """Zero-shot pruning of the search space before a one-shot search ("Half Search Space is All
-You Need", Rumiantsev & Coates 2025; ALGORITHMS §8.1).
+You Need", Rumiantsev & Coates 2025; docs/methods.md, "Zero-shot pruning").
 
 A pre-search stage, independent of the method: ``search.prune = "PROXY[:FRACTION]"`` (e.g.
 ``naswot:0.5``; ``pcdarts search --prune naswot:0.5``) scores every candidate op of every
@@ -12,9 +12,9 @@ It runs once, at the start of a new run, after ``method.prepare_supernet`` (so a
 keeps only some ops, MSR-DARTS, is pruned among its own candidates) and before the weight
 optimiser exists; a resumed run takes its masks from the checkpoint.
 
-Choices (the paper's details are unverified, §8.1; each is documented here):
+Choices (the paper's details are unverified; each is documented here):
 
-* **Subsets: per edge** on every space (NB201 and the DARTS space alike): §8.1 encodes the
+* **Subsets: per edge** on every space (NB201 and the DARTS space alike): the paper encodes the
   pruned space as an indicator per op per mixed edge and the toolkit design keeps k ops per
   edge. Per edge keeps every edge alive, so a DARTS node always has inputs to derive from.
 * **Candidates**: the live ops of an edge that the space's derivation can select (probed by

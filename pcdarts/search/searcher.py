@@ -1,4 +1,4 @@
-"""The Searcher: the one search loop (ALGORITHMS §1.4, STYLE §2.4).
+"""The Searcher: the one search loop (docs/methods.md, "DARTS", STYLE §2.4).
 
 Per step: a weight batch, and (while the architecture is being trained) an
 architecture batch from a persistent cycling iterator; the arch step and the weight
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
+from pcdarts.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -52,6 +54,7 @@ class SearchResult:
     config: Config
     interrupted: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped it (the CLI's exit code follows it)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -90,18 +93,22 @@ def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter
 
 
 def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-                ctx: SearchContext, *, grad_clip: float,
-                after_backward: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step of the supernet weights (``ctx.weight_params``) at the method's
-    current mixing weights.
+                ctx: SearchContext, *, grad_clip: float, after_backward: Optional[Callable[[], None]] = None,
+                model: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the supernet weights (``ctx.weight_params``) at the mixing the method
+    gives for this batch (:meth:`Method.weight_mixing`: its current mixing weights unless it
+    perturbs them).
 
     The one weight step of every search: the Searcher (hence the benchmark) and the
     memory planner call it. Returns (loss, the objective's metrics), still on the device.
     ``after_backward`` runs between the backward pass and the clip (the Searcher averages the
-    gradients DDP does not own there: an objective's own parameters).
+    gradients DDP does not own there: an objective's own parameters). ``model``: the module
+    the loss runs through when it is not ``ctx.supernet`` (the DDP wrapper under torchrun);
+    ``weight_mixing`` always sees the bare supernet.
     """
-    with torch.no_grad():  # the weight step needs no graph through the architecture
-        mixing = method.mixing()
+    mixing = method.weight_mixing(ctx, batch)  # no graph through the architecture
+    if model is not None:
+        ctx = dataclasses.replace(ctx, supernet=model)
     optimizer.zero_grad(set_to_none=True)
     loss, metrics = method.loss(ctx, batch, mixing, "weight")
     loss.backward()
@@ -121,12 +128,21 @@ class Searcher:
         run_dir: where files go: a :class:`~pcdarts.runs.RunDir` (see :func:`new_run_dir`) or a
             path. Nothing is written there before :meth:`run` starts.
         resume: load ``run_dir/checkpoint.pt`` and continue from it.
+        trust_checkpoint: the checkpoint may be unpickled in full when it needs that (an older
+            pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
-    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False) -> None:
+    # the current epoch's clock: seconds spent in it before the last resume (kept in the
+    # checkpoint), and when this process started on it (perf_counter; None between epochs)
+    _epoch_time_before: float = 0.0
+    _epoch_t0: Optional[float] = None
+
+    def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False,
+                 trust_checkpoint: bool = False) -> None:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.cfg, self.run_dir = cfg, self.rundir.path
+        self.trust_checkpoint = trust_checkpoint
         self.dist = dist_info()
         self.device = resolve_device(cfg.run.device, self.dist)
         init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
@@ -145,7 +161,8 @@ class Searcher:
 
         self._build_data()
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
-                                          config=cfg.to_dict(), sections=("method", "space")) if resume else None
+                                          config=cfg.to_dict(), sections=("method", "space"),
+                                          trust=trust_checkpoint) if resume else None
         # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
         # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
         parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
@@ -304,11 +321,11 @@ class Searcher:
     # ------------------------------------------------------------------ steps
     def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: SearchContext) -> dict[str, Any]:
         x, y = batch
-        if self.weight_model is not self.model:  # under torchrun: the step goes through DDP
-            ctx = dataclasses.replace(ctx, supernet=self.weight_model)
         loss, metrics = weight_step(self.method, self.optimizer, batch, ctx, grad_clip=self.cfg.search.grad_clip,
                                     after_backward=self._average_objective_grads if self.dist.is_distributed
-                                    else None)
+                                    else None,
+                                    # under torchrun: the step goes through DDP
+                                    model=self.weight_model if self.weight_model is not self.model else None)
         self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()
@@ -400,7 +417,7 @@ class Searcher:
         path = self.run_dir / CHECKPOINT
         if used >= self.cfg.search.rollback or not path.is_file():
             return False
-        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)")
+        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)", trust=self.trust_checkpoint)
         if int(ck.get("structure", {}).get("k", self.k)) != self.k or any(
                 not torch.equal(v.cpu(), ck.get("masks", {}).get(n, v).cpu())
                 for n, v in getattr(self.supernet, "masks", {}).items()):
@@ -422,7 +439,12 @@ class Searcher:
     def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search
         main = self.dist.is_main
-        if main and self.rundir.resume and cfg.run.progress:
+        if self.rundir.resume and self.epoch >= s.epochs and self._finished():
+            if main:
+                print(f"the search in {self.run_dir} is already complete ({s.epochs}/{s.epochs} epochs); "
+                      "nothing to resume", flush=True)
+            return SearchResult(self.derive(), self.history, self.run_dir, cfg)
+        if main and self.rundir.resume:  # printed with --no-progress too: batch jobs have no terminal
             print(runs.resume_message(self.epoch, s.epochs, self.step, self.train_loader.steps_per_epoch), flush=True)
         if main and self.epoch == 0 and self.step == 0:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -444,7 +466,8 @@ class Searcher:
                 ctx.epoch = self.epoch
                 if self.step == 0:
                     self.method.on_epoch_start(self.epoch, ctx)
-                    self._epoch_t0 = time.time()
+                    self._epoch_time_before = 0.0
+                self._epoch_t0 = time.perf_counter()  # a resumed epoch adds to the time spent before the stop
                 arch_active = self.method.is_arch_active(self.epoch)
                 bar = utils.epoch_progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
                 while self.step < steps:
@@ -467,16 +490,27 @@ class Searcher:
                     interrupted = True
                     break
                 self._end_epoch(ctx)
-                if agreed_stop(stop.requested, True, self.device) or (
-                        stop_after_steps is not None and done_steps >= stop_after_steps and self.epoch < s.epochs):
+                # a stop after the last epoch finishes the run (its final files take a moment)
+                if self.epoch < s.epochs and (agreed_stop(stop.requested, True, self.device) or (
+                        stop_after_steps is not None and done_steps >= stop_after_steps)):
                     interrupted = True
                     break
         if interrupted:
-            if main and cfg.run.progress:
+            if main:  # printed with --no-progress too: batch jobs have no terminal
                 print(runs.stop_message("pcdarts search", self.run_dir, self.epoch, s.epochs, self.step, steps,
                                         stop.signal_name), flush=True)
-            return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True)
+            return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True,
+                                stop_signal=stop.signal_name)
         return self._finish()
+
+    def _finished(self) -> bool:
+        """Whether the run's final files exist (genotype.json, the manifest's end time): a run
+        resumed after them has nothing left to do."""
+        try:
+            closed = "end_time" in json.loads((self.run_dir / "manifest.json").read_text())
+        except (OSError, ValueError):
+            closed = False
+        return closed and (self.run_dir / "genotype.json").is_file()
 
     def _postfix(self) -> dict[str, str]:
         m = self.meters
@@ -488,33 +522,69 @@ class Searcher:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
 
-    def _check_finite(self) -> None:
-        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite
-        (under torchrun on every rank together: the verdicts are combined)."""
+    def _check_finite(self, statistics: bool = False) -> None:
+        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite,
+        or (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic;
+        under torchrun on every rank together: the verdicts are combined."""
         bad = self.watch.first_bad()
+        buffer = None
+        if statistics and bad is None:
+            buffer = runs.nonfinite_buffer({"supernet": self.supernet, "objective": self.objective})
+        if buffer is not None:
+            bad = "statistics"
         if self.dist.is_distributed:
-            code = all_reduce_max({None: 0, "weight": 1, "arch": 2}[bad], self.device)
-            bad = {0: None, 1: "weight", 2: "arch"}[int(code)]
+            code = all_reduce_max({None: 0, "weight": 1, "arch": 2, "statistics": 3}[bad], self.device)
+            bad = {0: None, 1: "weight", 2: "arch", 3: "statistics"}[int(code)]
         arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
         if bad is None and not arch_bad:
             return
         steps = self.train_loader.steps_per_epoch
         where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
-        if bad == "weight":
-            what, hint = "the weight step's loss", (f"the weight learning rate is probably too high "
-                                                     f"(search.lr={self.cfg.search.lr:g}); lower it and start again")
+        if bad in ("weight", "statistics"):
+            what = ("the weight step's loss" if bad == "weight" else
+                    f"the batch-norm running statistics ({buffer or 'on another rank'})")
+            hint = self._weight_lr_hint()
         else:
             what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
             hint = self.method.divergence_hint()
         raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
 
-    def _shape_info(self) -> dict[str, int]:
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
+    def _weight_lr_hint(self) -> str:
+        return (f"the weight learning rate is probably too high (search.lr={self.cfg.search.lr:g}); "
+                "lower it and start again")
+
+    def _check_epoch_losses(self, rec: dict[str, Any]) -> None:
+        """The epoch's record: a non-finite validation loss is divergence (a DivergenceError, so
+        ``search.rollback`` applies); a finite train or architecture loss more than
+        ``runs.EXPLOSION_FACTOR`` times its reference gets a warning line. The reference is the
+        loss at chance, log(num_classes), for a classifying objective, else the first epoch's."""
+        s = self.cfg.search
+        where = f"in epoch {self.epoch + 1}/{s.epochs}"
+        if "valid_loss" in rec and not math.isfinite(rec["valid_loss"]):
+            raise DivergenceError(runs.divergence_message("the validation loss", where, self._weight_lr_hint(),
+                                                          self.run_dir / CHECKPOINT))
+        if not self.dist.is_main:
+            return
+        for key, what, hint in (("train_loss", "the train loss", self._weight_lr_hint()),
+                                ("arch_loss", "the architecture loss", self.method.divergence_hint())):
+            if self.objective_has_accuracy and self.num_classes > 1:
+                reference, name = math.log(self.num_classes), f"the loss at chance, log({self.num_classes})"
+            else:
+                first = self.history[0].get(key) if self.history else None
+                reference, name = first, "the first epoch's"
+            message = runs.explosion_warning(what, rec.get(key, math.nan), reference, name, where, hint)
+            if message:
+                warnings.warn(message)
+                return  # one line per epoch is enough
+
+    def _shape_info(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size,
+                "labelled": has_labels(self.cfg.data.dataset)}
 
     def _end_epoch(self, ctx: SearchContext) -> None:
         s = self.cfg.search
-        self._check_finite()
         self._agree_buffers()
+        self._check_finite(statistics=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
         with warnings.catch_warnings():
@@ -548,15 +618,25 @@ class Searcher:
             rec["nb201"] = self._nb201_lookup(genotype)
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
-        rec.update(collapse_stats(genotype, rec.get("arch_weights")))
-        rec["time_s"] = round(time.time() - getattr(self, "_epoch_t0", time.time()), 3)
+        masks = getattr(self.supernet, "masks", None) or {}
+        if any(not bool(m.all()) for m in masks.values()):  # ops were removed: the live ones, for the entropy
+            rec["op_masks"] = {ct: m.int().cpu().tolist() for ct, m in masks.items()}
+        rec.update(collapse_stats(genotype, rec.get("arch_weights") if self.method.op_weights_move else None,
+                                  rec.get("op_masks")))
+        extra = self.method.epoch_record(ctx)  # the method's own per-epoch fields (e.g. a student's loss)
+        if set(extra) & set(rec):
+            raise ValueError(f"{type(self.method).__name__}.epoch_record returns fields the search already "
+                             f"logs: {sorted(set(extra) & set(rec))}; name them otherwise")
+        rec.update(extra)
+        rec["time_s"] = round(self._epoch_seconds(), 3)
+        self._epoch_time_before, self._epoch_t0 = 0.0, None
+        self._check_epoch_losses(rec)
         self.history.append(rec)
         if self.dist.is_main:
             utils.append_jsonl(self.run_dir / "history.jsonl", rec)
             if self.tb is not None:
                 self.tb.epoch(rec)
-            if self.cfg.run.progress:
-                print(epoch_line(rec, s.epochs), flush=True)
+            print(epoch_line(rec, s.epochs), flush=True)  # with --no-progress too: batch jobs have no terminal
             # the objective's epoch-end hook (MAE's reconstruction picture); random states put back after it
             epoch_end(self.objective, EpochEnd(self.epoch, s.epochs, self.run_dir, self.cfg.run.plots, self.supernet,
                                                lambda: self._fixed_batches(1, "arch")[0], self.method.mixing),
@@ -568,7 +648,7 @@ class Searcher:
 
     def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
         st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
-                                       input_size=self.input_size)
+                                       input_size=self.input_size, labelled=has_labels(self.cfg.data.dataset))
         return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
 
     def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
@@ -612,7 +692,7 @@ class Searcher:
     def _finish(self) -> SearchResult:
         genotype = self.derive()
         if self.dist.is_main:
-            warning = collapse_warning(genotype)
+            warning = collapse_warning(genotype, self.history[-1].get("arch_entropy") if self.history else None)
             if warning:
                 warnings.warn(warning)
             save_genotype(genotype, self.run_dir / "genotype.json")
@@ -638,7 +718,7 @@ class Searcher:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": "pcdarts-search", "version": 1,
+            "format": "pcdarts-search", "version": runs.CHECKPOINT_VERSION,
             "epoch": self.epoch, "step": self.step,
             "supernet": self.supernet.state_dict(),
             "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
@@ -654,10 +734,16 @@ class Searcher:
             "arch_rng": self.arch_generator.get_state(),
             "config": self.cfg.to_dict(),
             "rollbacks": self._rollbacks,
+            "epoch_time_s": self._epoch_seconds(),  # a resumed epoch's time_s adds what was spent before the stop
         }
 
+    def _epoch_seconds(self) -> float:
+        """Seconds spent in the current epoch so far, the time before a stop and resume included."""
+        t0 = self._epoch_t0
+        return self._epoch_time_before + (time.perf_counter() - t0 if t0 is not None else 0.0)
+
     def save_checkpoint(self) -> None:
-        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        self._check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
         self._agree_buffers()  # one set of batch-norm statistics goes into the checkpoint
         runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 
@@ -678,6 +764,7 @@ class Searcher:
             self.arch_generator.set_state(ck["arch_rng"])
         self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
         self._rollbacks = int(ck.get("rollbacks", 0))
+        self._epoch_time_before, self._epoch_t0 = float(ck.get("epoch_time_s", 0.0)), None
 
 
 def epoch_line(rec: dict[str, Any], epochs: int) -> str:
@@ -700,7 +787,8 @@ def epoch_line(rec: dict[str, Any], epochs: int) -> str:
 
 
 def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",
-           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None) -> SearchResult:
+           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None,
+           trust_checkpoint: bool = False) -> SearchResult:
     """Run an architecture search (the Python twin of ``pcdarts search``).
 
     Args:
@@ -709,6 +797,8 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
         preset: preset name or YAML path the dict is laid over (default ``quick``, like the CLI).
         resume: a run directory to continue; its saved config is used.
         stop_after_steps: stop after this many steps, checkpointing (for tests and time-boxed runs).
+        trust_checkpoint: with ``resume``, unpickle a checkpoint in full when it needs that (one
+            written by an older pcdarts); only for a source you trust (``--trust-checkpoint``).
 
     Returns:
         SearchResult with ``.genotype``, ``.history`` and ``.run_dir``.
@@ -716,7 +806,7 @@ def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = 
     if resume is not None:
         run_dir = check_resumable(resume)
         cfg = load_config_file(run_dir / "config.yaml")
-        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True)
+        searcher = Searcher(cfg, runs.RunDir(run_dir, resume=True), resume=True, trust_checkpoint=trust_checkpoint)
     else:
         cfg = config if isinstance(config, Config) else build_config(merge_onto_preset(preset, config or {}))
         searcher = Searcher(cfg, new_run_dir(cfg))  # builds everything before the directory is touched

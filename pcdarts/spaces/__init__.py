@@ -25,8 +25,38 @@ class SearchSpace:
     default_layers: int = 1  # space.layers when the config leaves it None
     train_preset: str = "cifar10_paper"  # the training preset the end-of-search summary suggests
 
+    # the discrete cells of this space: each intermediate node keeps ``inputs_per_node`` of its
+    # incoming edges (None = every one), each kept edge exactly one op, never one of
+    # ``derive_excluded`` (read by :meth:`sample_cell`; the derive rules follow the same shape)
+    inputs_per_node: Optional[int] = None
+    derive_excluded: tuple[str, ...] = ()
+    # the name of this space's benchmark lookup in :data:`pcdarts.registry.BENCHMARKS`, if any
+    benchmark: Optional[str] = None
+    # per cell type, per edge: the op names that edge offers, when the edges differ (RobustDARTS's
+    # S1); None = every primitive on every edge. Pure data; read through candidate_masks()
+    edge_candidates: Optional[dict[str, tuple[tuple[str, ...], ...]]] = None
+
     def check_config(self, space_cfg: Any) -> None:
         """Refuse (ConfigError naming the field) a space config that builds a broken supernet."""
+
+    def candidate_masks(self) -> Optional[dict[str, torch.Tensor]]:
+        """Per cell type, [E, O] booleans of the ops each edge offers (from :attr:`edge_candidates`);
+        None = every primitive on every edge. This is the seam of per-edge candidate sets: the
+        space builds its supernet with these masks (the other ops never exist, on the reference
+        and the fast path alike), every method learns them through ``set_masks`` (a softmax or a
+        Dirichlet then spans only the edge's own ops) and :meth:`derive` never picks outside them."""
+        if self.edge_candidates is None:
+            return None
+        return {ct: torch.tensor([[p in ops for p in self.primitives] for ops in edges], dtype=torch.bool)
+                for ct, edges in self.edge_candidates.items()}
+
+    def start_masks(self, masks: Optional[dict[str, torch.Tensor]] = None) -> Optional[dict[str, torch.Tensor]]:
+        """The op masks a supernet is built with: ``masks`` (a resumed, pruned run's) within the
+        space's :meth:`candidate_masks`."""
+        cand = self.candidate_masks()
+        if cand is None:
+            return masks
+        return {ct: c & masks[ct].bool().cpu() if masks and ct in masks else c for ct, c in cand.items()}
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         """Edge indices entering each intermediate node (the edge-normalisation groups)."""
@@ -55,12 +85,49 @@ class SearchSpace:
             from pcdarts.errors import ConfigError
             raise ConfigError(f"unknown derive rule {name!r} for the {self.name} space; "
                               f"choose one of: {', '.join(self.derive_rules)}")
-        return self.derive_rules[name](scores, masks, self.primitives)
+        # never an op the edge does not offer
+        return self.derive_rules[name](scores, self.start_masks(masks), self.primitives)
+
+    def sample_cell(self, space_cfg: Any, generator: Optional[torch.Generator] = None,
+                    masks: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """A discrete cell drawn uniformly from the space (random-search baselines): per cell
+        type an [E, O] float tensor with a 1 for each kept (edge, op) and 0 elsewhere. Per node,
+        ``inputs_per_node`` distinct incoming edges are drawn uniformly among those with a live
+        op, and on each an op uniformly among its live ops (``masks``: cell type -> [E, O], False =
+        removed; ``derive_excluded`` ops never). Every draw comes from ``generator``, so a seed
+        gives one sequence of cells. ``space.derive`` of the result gives back exactly this cell."""
+        E, O = self.arch_shape(space_cfg)
+        allowed = torch.ones(E, O, dtype=torch.bool)
+        for name in self.derive_excluded:
+            if name in self.primitives:
+                allowed[:, self.primitives.index(name)] = False
+        device = generator.device if generator is not None else torch.device("cpu")
+
+        def draw(n: int) -> list[int]:  # a uniform random order of range(n)
+            return torch.randperm(n, generator=generator, device=device).tolist()
+
+        cells = {}
+        for ct in self.cell_types:
+            ok = allowed & masks[ct].bool().cpu() if masks is not None and ct in masks else allowed
+            w = torch.zeros(E, O)
+            for node, group in enumerate(self.node_edges(space_cfg)):
+                cands = [e for e in group if bool(ok[e].any())]
+                keep = len(group) if self.inputs_per_node is None else self.inputs_per_node
+                if len(cands) < keep:
+                    raise ValueError(f"{ct} cell node {node}: {len(cands)} incoming edges with a live op, "
+                                     f"{keep} needed to draw a cell")
+                for i in sorted(draw(len(cands))[:keep]):
+                    ops = ok[cands[i]].nonzero().flatten().tolist()
+                    w[cands[i], ops[draw(len(ops))[0]]] = 1.0
+            cells[ct] = w
+        return cells
 
     def genotype_stats(self, genotype: Genotype, *, num_classes: int, in_channels: int,
-                       input_size: int) -> dict[str, float]:
-        """Parameters (M) and multiply-adds (M) of the genotype's evaluation network."""
-        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+                       input_size: int, labelled: bool = True) -> dict[str, float]:
+        """Parameters (M) and multiply-adds (M) of the genotype's evaluation network
+        (``labelled`` False: data without classes, worded so in the network's label)."""
+        return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                              labelled=labelled)
 
     # A space whose genotypes are neither DARTS nor NB201 ones (``genotype.space`` is its
     # name) registers its evaluation network in ``pcdarts.registry.NETWORKS`` (see
@@ -79,6 +146,6 @@ def get_space(name: str) -> SearchSpace:
     return SPACES.get(name)()
 
 
-from pcdarts.spaces import darts, nb201, broad  # noqa: E402,F401  (registration; broad builds on darts)
+from pcdarts.spaces import darts, nb201, broad, robust  # noqa: E402,F401  (registration; broad, robust build on darts)
 
 __all__ = ["SearchSpace", "get_space", "masked_scores", "SPACES"]

@@ -1,4 +1,4 @@
-"""The broad space of B-DARTS / BNAS-v2 (ALGORITHMS §10): DARTS cells in a shallow, broad network.
+"""The broad space of B-DARTS / BNAS-v2 (docs/methods.md, "B-DARTS"): DARTS cells in a shallow, broad network.
 
 Topology (BCNN), read from the authors' code (zixiangding/BNASv2, ``BNASv2CLR/model_search_b.py``
 and ``model_b.py``; BNAS-v2, arXiv 2009.08886, same authors, is B-DARTS extended, with the same
@@ -51,8 +51,8 @@ from pcdarts.nn.broad import BroadMacro, CellRunner, Nodes, _cat
 from pcdarts.nn.ops import DARTS_PRIMITIVES
 from pcdarts.registry import SPACES
 from pcdarts.spaces import SearchSpace
-from pcdarts.spaces.darts import (DartsSupernet, FastDartsSupernet, SearchCell, darts_node_edges, derive_darts,
-                                  derive_node_pairs, initial_masks)
+from pcdarts.spaces.darts import (DartsSupernet, FastDartsSupernet, SearchCell, cell_bn_options, darts_node_edges,
+                                  derive_darts, derive_node_pairs, initial_masks)
 
 class BroadSupernet(BroadMacro):
     """The broad search network (BCNN supernet). It owns no architecture parameters.
@@ -60,7 +60,8 @@ class BroadSupernet(BroadMacro):
     Args:
         C: initial channels (16); layers: convolution blocks (2); cells_per_block: deep
             cells before each block's broad cell (0); enhancement_cells: (1).
-        nodes, stem_multiplier, k, channel_mode, masks, aux_skip: as :class:`DartsSupernet`.
+        nodes, stem_multiplier, k, channel_mode, masks, aux_skip, pool_bn, track_running_stats: as
+            :class:`DartsSupernet` (the BN options apply to the search cells only).
     """
 
     cell_types = ("normal", "reduce")
@@ -68,7 +69,7 @@ class BroadSupernet(BroadMacro):
     def __init__(self, C: int = 16, layers: int = 2, cells_per_block: int = 0, enhancement_cells: int = 1,
                  num_classes: int = 10, in_channels: int = 3, nodes: int = 4, stem_multiplier: int = 3, k: int = 1,
                  channel_mode: str = "first+shuffle", masks: Optional[dict[str, torch.Tensor]] = None,
-                 aux_skip: bool = False) -> None:
+                 aux_skip: bool = False, pool_bn: bool = True, track_running_stats: bool = True) -> None:
         super().__init__()
         self.nodes = nodes
         self.masks = initial_masks(self.cell_types, nodes, masks)
@@ -76,7 +77,7 @@ class BroadSupernet(BroadMacro):
         def make_cell(ct: str, C_pp: int, C_p: int, C_cell: int, reduction: bool, reduction_prev: bool
                       ) -> tuple[nn.Module, int]:
             cell = SearchCell(nodes, C_pp, C_p, C_cell, reduction, reduction_prev, k, channel_mode, self.masks[ct],
-                              aux_skip)
+                              aux_skip, pool_bn, track_running_stats)
             cell.cell_type = ct  # a plain attribute: the type is not implied by the stride here
             return cell, nodes * C_cell
 
@@ -144,6 +145,8 @@ class BroadSpace(SearchSpace):
     train_preset = "b-darts_cifar10"  # the broad evaluation network's protocol
     default_cells_per_block = 0    # deep cells before each broad cell
     default_enhancement_cells = 1
+    inputs_per_node = 2            # DARTS cells
+    derive_excluded = ("none",)
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))
@@ -162,7 +165,8 @@ class BroadSpace(SearchSpace):
                       cells_per_block=self.default_cells_per_block if cells is None else cells,
                       enhancement_cells=enhancement or self.default_enhancement_cells, num_classes=num_classes,
                       in_channels=in_channels, nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier,
-                      k=k, channel_mode=space_cfg.channel_mode, masks=masks, aux_skip=aux_skip)
+                      k=k, channel_mode=space_cfg.channel_mode, masks=masks, aux_skip=aux_skip,
+                      **cell_bn_options(space_cfg))
         if getattr(space_cfg, "impl", "reference") == "fast":
             return FastBroadSupernet(**kwargs)
         return BroadSupernet(**kwargs)

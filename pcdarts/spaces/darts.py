@@ -1,4 +1,4 @@
-"""The DARTS cell space (ALGORITHMS §1.1-1.5): search cell, supernet, derivation rule."""
+"""The DARTS cell space (docs/methods.md, "Search spaces"): search cell, supernet, derivation rule."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional, Sequence
@@ -9,7 +9,7 @@ import torch.nn as nn
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import DartsGenotype
-from pcdarts.nn.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
+from pcdarts.nn.ops import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, darts_ops
 from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.fast.blocks import DARTS_KINDS, darts_block
 from pcdarts.nn.fast.cells import FastOptions, cell_plans, run_cell
@@ -27,35 +27,43 @@ def darts_node_edges(nodes: int) -> list[list[int]]:
     return groups
 
 
-def initial_masks(cell_types: Sequence[str], nodes: int, masks: Optional[dict[str, torch.Tensor]] = None
-                  ) -> dict[str, torch.Tensor]:
-    """The op masks a DARTS-cell supernet starts from: the given ones (a resumed, pruned run),
-    else every op of every edge, per cell type."""
+def initial_masks(cell_types: Sequence[str], nodes: int, masks: Optional[dict[str, torch.Tensor]] = None,
+                  num_ops: int = len(DARTS_PRIMITIVES)) -> dict[str, torch.Tensor]:
+    """The op masks a DARTS-cell supernet starts from: the given ones (a resumed, pruned run, or
+    a space's per-edge candidate sets), else every op of every edge, per cell type."""
     E = sum(j + 2 for j in range(nodes))
     return {ct: (masks[ct].bool().clone() if masks and ct in masks
-                 else torch.ones(E, len(DARTS_PRIMITIVES), dtype=torch.bool)) for ct in cell_types}
+                 else torch.ones(E, num_ops, dtype=torch.bool)) for ct in cell_types}
 
 
 class SearchCell(nn.Module):
-    """A DARTS search cell: two preprocessed inputs, ``nodes`` intermediate nodes, 4C output."""
+    """A DARTS search cell: two preprocessed inputs, ``nodes`` intermediate nodes, 4C output.
+
+    ``pool_bn``: BN(affine=False) after the pooling ops (the DARTS search cell; False: the
+    IS-DARTS and DrNAS cells). ``track_running_stats`` False: every BN of the cell (its
+    preprocessing and ops) uses batch statistics, also in eval mode (the IS-DARTS code)."""
 
     def __init__(self, nodes: int, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
-                 k: int, channel_mode: str, masks: Optional[torch.Tensor] = None, aux_skip: bool = False) -> None:
+                 k: int, channel_mode: str, masks: Optional[torch.Tensor] = None, aux_skip: bool = False,
+                 pool_bn: bool = True, track_running_stats: bool = True,
+                 primitives: tuple[str, ...] = DARTS_PRIMITIVES) -> None:
         super().__init__()
         self.reduction, self.nodes = reduction, nodes
+        self.primitives = tuple(primitives)  # the O axis of the op weights (the fast path reads it too)
+        t = track_running_stats
         if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(C_pp, C, affine=False)
+            self.preprocess0: nn.Module = FactorizedReduce(C_pp, C, affine=False, track_running_stats=t)
         else:
-            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, track_running_stats=t)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, track_running_stats=t)
+        factories = darts_ops(pool_bn, t)
         self.edges = nn.ModuleList()
         e = 0
         for j in range(nodes):
             for i in range(j + 2):
                 stride = 2 if reduction and i < 2 else 1
                 mask = None if masks is None else masks[e].tolist()
-                self.edges.append(MixedEdge(C, stride, DARTS_PRIMITIVES, OPS["darts_search"], k, channel_mode, mask,
-                                            aux_skip))
+                self.edges.append(MixedEdge(C, stride, self.primitives, factories, k, channel_mode, mask, aux_skip))
                 e += 1
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
@@ -84,6 +92,10 @@ class DartsSupernet(nn.Module):
             (three stride-2 3x3 convs; the first cell then preprocesses as after a reduction).
         masks: cell type -> [E, O] booleans of ops to build (None = all).
         aux_skip: build an auxiliary skip module on every edge (DARTS-; see :class:`MixedEdge`).
+        pool_bn, track_running_stats: BN after the pooling ops, running statistics in the
+            cells' BNs (see :class:`SearchCell`; the stem keeps its running statistics).
+        primitives: the op names of the O axis (the DARTS primitives; a space with other
+            candidates, e.g. RobustDARTS's S1-S4, gives its own and its per-edge sets as ``masks``).
     """
 
     cell_types = ("normal", "reduce")
@@ -91,10 +103,11 @@ class DartsSupernet(nn.Module):
     def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
                  nodes: int = 4, stem_multiplier: int = 3, stem: str = "cifar", k: int = 1,
                  channel_mode: str = "first+shuffle", masks: Optional[dict[str, torch.Tensor]] = None,
-                 aux_skip: bool = False) -> None:
+                 aux_skip: bool = False, pool_bn: bool = True, track_running_stats: bool = True,
+                 primitives: tuple[str, ...] = DARTS_PRIMITIVES) -> None:
         super().__init__()
         self.nodes = nodes
-        self.masks = initial_masks(self.cell_types, nodes, masks)
+        self.masks = initial_masks(self.cell_types, nodes, masks, len(primitives))
         C_stem = stem_multiplier * C
         if stem == "cifar":
             self.stem: nn.Module = nn.Sequential(
@@ -118,7 +131,7 @@ class DartsSupernet(nn.Module):
                 C_cur *= 2
             ct = "reduce" if reduction else "normal"
             self.cells.append(SearchCell(nodes, C_pp, C_p, C_cur, reduction, reduction_prev, k, channel_mode,
-                                         self.masks[ct], aux_skip))
+                                         self.masks[ct], aux_skip, pool_bn, track_running_stats, primitives))
             reduction_prev = reduction
             C_pp, C_p = C_p, nodes * C_cur
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -235,7 +248,7 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
                      active: Optional[list[list[bool]]] = None) -> list[torch.Tensor]:
         """A cell on node lists: inputs and output are the nodes whose concatenation is the
         reference cell's input/output (the concatenation itself is never materialised)."""
-        plans = cell_plans(cell, self._edge_list, DARTS_PRIMITIVES, DARTS_KINDS, self.nodes + 2, active)
+        plans = cell_plans(cell, self._edge_list, cell.primitives, DARTS_KINDS, self.nodes + 2, active)
         states = [preprocess(cell.preprocess0, s0), preprocess(cell.preprocess1, s1)]
         states = run_cell(cell, plans, darts_block, states, darts_node_edges(self.nodes), self._edge_list,
                            weights, edge_weights, self.recompute, aux_coef)
@@ -267,12 +280,22 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
         return self.classifier(torch.cat([self.global_pooling(n).flatten(1) for n in nodes], 1))
 
 
+def cell_bn_options(space_cfg: Any) -> dict[str, bool]:
+    """The search cells' BN options of a space config: ``space.pool_bn`` (None = True, the DARTS
+    search cell) and ``space.track_running_stats``."""
+    pool_bn = getattr(space_cfg, "pool_bn", None)
+    return {"pool_bn": True if pool_bn is None else bool(pool_bn),
+            "track_running_stats": bool(getattr(space_cfg, "track_running_stats", True))}
+
+
 @SPACES.register("darts", description="DARTS cell space: 8 ops, 4-node normal and reduction cells")
 class DartsSpace(SearchSpace):
     name = "darts"
     primitives = DARTS_PRIMITIVES
     cell_types = ("normal", "reduce")
     default_layers = 8  # cells of the CIFAR supernet
+    inputs_per_node = 2  # a DARTS cell: two inputs per node, one op each, never ``none``
+    derive_excluded = ("none",)
 
     def check_config(self, space_cfg: Any) -> None:
         layers = space_cfg.layers or self.default_layers
@@ -288,7 +311,8 @@ class DartsSpace(SearchSpace):
                        masks: Optional[dict[str, torch.Tensor]] = None, aux_skip: bool = False) -> nn.Module:
         kwargs = dict(C=space_cfg.C, layers=space_cfg.layers or self.default_layers, num_classes=num_classes,
                       in_channels=in_channels, nodes=space_cfg.nodes, stem_multiplier=space_cfg.stem_multiplier,
-                      stem=space_cfg.stem, k=k, channel_mode=space_cfg.channel_mode, masks=masks, aux_skip=aux_skip)
+                      stem=space_cfg.stem, k=k, channel_mode=space_cfg.channel_mode, masks=self.start_masks(masks),
+                      aux_skip=aux_skip, primitives=self.primitives, **cell_bn_options(space_cfg))
         if getattr(space_cfg, "impl", "reference") == "fast":
             return FastDartsSupernet(**kwargs)  # the optimised path (same parameters, same maths)
         return DartsSupernet(**kwargs)

@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 space (ALGORITHMS §3): 4-node cell, one shared 6x5 architecture tensor."""
+"""The NAS-Bench-201 space (docs/methods.md, "Search spaces"): 4-node cell, one shared 6x5 architecture tensor."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional
@@ -6,6 +6,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.nn.ops import NB201_PRIMITIVES, ResNetReduction, nb201_ops
@@ -107,7 +108,7 @@ class NB201Supernet(nn.Module):
 
 def derive_nb201(scores: dict[str, torch.Tensor], masks: Optional[dict[str, torch.Tensor]] = None,
                  primitives: tuple[str, ...] = NB201_PRIMITIVES) -> NB201Genotype:
-    """NB201 rule: argmax op per edge; ``none`` is allowed (ALGORITHMS §3.4)."""
+    """NB201 rule: argmax op per edge; ``none`` is allowed (docs/methods.md, "Search spaces")."""
     s = masked_scores(scores["cell"], None if masks is None else masks.get("cell"))
     return NB201Genotype(tuple(primitives[int(s[e].argmax())] for e in range(s.shape[0])))
 
@@ -151,6 +152,12 @@ class NB201Space(SearchSpace):
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
     default_layers = 5  # cells per stage, N
+    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201)
+
+    def check_config(self, space_cfg: Any) -> None:
+        if getattr(space_cfg, "pool_bn", None):
+            raise ConfigError("space.pool_bn=true: the NB201 cell's avg_pool_3x3 carries no BN (the benchmark's "
+                              "cell); drop --space.pool_bn for the nb201 space")
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return [list(g) for g in NB201_NODE_EDGES]

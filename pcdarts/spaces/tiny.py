@@ -1,4 +1,4 @@
-"""The tiny, fully enumerable space of the weight-sharing study (ALGORITHMS §12.1).
+"""The tiny, fully enumerable space of the weight-sharing study (docs/methods.md, "Weight-sharing analysis").
 
 Four cells without reduction, all sharing one architecture. A cell has one input node
 (the previous cell's output after a 1x1 ReLU-conv-BN), two intermediate nodes and three
@@ -75,7 +75,7 @@ class TinyCell(nn.Module):
 
 
 class TinySupernet(nn.Module, FastOptions):
-    """The §12.1 supernet: stem (2 x conv3x3-BN), ``cells`` tiny cells, global pooling, linear.
+    """The study's supernet: stem (2 x conv3x3-BN), ``cells`` tiny cells, global pooling, linear.
 
     Args:
         C: channels of a cell's nodes (its output has 2C).

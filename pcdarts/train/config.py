@@ -5,7 +5,7 @@ from-scratch training run: ``data``, ``model``, ``train`` and ``run``. Presets l
 ``pcdarts/configs/train_<name>.yaml``; the ``train_`` prefix keeps them apart from the
 search presets in the same folder, and users name them without it
 (``--preset cifar10_paper``). Defaults follow the DARTS evaluation protocol
-(ALGORITHMS §1.7); each preset states where its numbers come from.
+(docs/methods.md, "Training a found cell"); each preset states where its numbers come from.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ FOLDER_LOADERS = ("auto", "memory", "stream")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The evaluation network built from the genotype (ALGORITHMS §1.7, §3.3).
+    """The evaluation network built from the genotype (docs/methods.md, "Training a found cell", "Search spaces").
 
     Attributes:
         C: initial channels of a DARTS network (CIFAR 36, ImageNet 48).
@@ -201,7 +201,7 @@ def lr_at(t: TrainLoopConfig, epoch: int) -> float:
     """The learning rate of ``epoch`` (0-based) under the configured schedule.
 
     A pure function of the epoch, so resuming needs no scheduler state and the
-    schedule is the modern ordering (epoch 0 runs at the peak lr; ALGORITHMS §1.9).
+    schedule is the modern ordering (epoch 0 runs at the peak lr; docs/methods.md, "Training a found cell").
     """
     progress = epoch / t.epochs
     if t.lr_schedule == "cosine":

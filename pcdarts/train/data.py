@@ -123,7 +123,7 @@ class _TrainFolder:
 def _train_folder(d: TrainDataConfig) -> _TrainFolder:
     root = folder_roots(d)[0]
     scan = scan_folder(root)
-    size = d.input_size or min(folder_info(root, scan=scan)["sample_image_size"])
+    size = d.input_size or min(folder_info(root, scan=scan, on_bad=d.bad_images)["sample_image_size"])
     return _TrainFolder(root, scan, size, d.channels or 3)
 
 

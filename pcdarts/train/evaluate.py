@@ -15,7 +15,8 @@ from pcdarts.train.trainer import CHECKPOINT
 
 
 def evaluate_checkpoint(path: Union[str, Path], data: Optional[str] = None, *, split: str = "test",
-                        batch_size: Optional[int] = None, device: str = "auto") -> dict[str, Any]:
+                        batch_size: Optional[int] = None, device: str = "auto",
+                        trust_checkpoint: bool = False) -> dict[str, Any]:
     """Load a trained network (run directory or ``checkpoint.pt``) and evaluate it on one split.
 
     Args:
@@ -24,6 +25,8 @@ def evaluate_checkpoint(path: Union[str, Path], data: Optional[str] = None, *, s
         split: ``test`` or ``train`` (un-augmented).
         batch_size: evaluation batch; None = the run's evaluation batch.
         device: ``auto``, ``cpu``, ``cuda``...
+        trust_checkpoint: unpickle a checkpoint in full when it needs that (one written by an
+            older pcdarts); only for a source you trust (``--trust-checkpoint``).
 
     Returns:
         ``{"split", "images", "loss", "top1", "top5"}`` (top-5 None below 5 classes).
@@ -35,7 +38,7 @@ def evaluate_checkpoint(path: Union[str, Path], data: Optional[str] = None, *, s
     if not file.is_file():
         raise TrainError(f"pcdarts eval {p}: no training checkpoint here (expected a run directory holding "
                          f"{CHECKPOINT} or the checkpoint file itself)")
-    ck = runs.load_checkpoint(file, "train", "pcdarts eval")
+    ck = runs.load_checkpoint(file, "train", "pcdarts eval", trust=trust_checkpoint)
     cfg = build_train_config(ck["config"])
     g = parse_genotype(ck["genotype"])
     shape = ck["network"]

@@ -33,6 +33,7 @@ class SeedsResult:
     run_dir: Path
     per_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped it
 
 
 # ---------------------------------------------------------------- run directories
@@ -97,8 +98,10 @@ def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[
         return _run_seeds(g, cfg, out, list(seeds), stop_after_steps)
 
 
-def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, **run: Any) -> SeedsResult:
-    """Continue a :func:`train_seeds` folder: finished seeds are kept, the others resumed or started."""
+def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, *, trust_checkpoint: bool = False,
+                 **run: Any) -> SeedsResult:
+    """Continue a :func:`train_seeds` folder: finished seeds are kept, the others resumed or started
+    (``trust_checkpoint``: see :func:`~pcdarts.train.trainer.train`)."""
     p = Path(out)
     try:
         plan = json.loads((p / SEEDS_FILE).read_text())
@@ -108,11 +111,11 @@ def resume_seeds(out: Union[str, Path], stop_after_steps: Optional[int] = None, 
         raise TrainError(f"--resume {p}: cannot read {p / SEEDS_FILE} ({e})") from None
     if run:
         cfg = cfg.replace(run=run)
-    return _run_seeds(g, cfg, p, [int(s) for s in plan["seeds"]], stop_after_steps)
+    return _run_seeds(g, cfg, p, [int(s) for s in plan["seeds"]], stop_after_steps, trust_checkpoint)
 
 
 def _run_seeds(g: Genotype, cfg: TrainConfig, out: Path, seeds: list[int],
-               stop_after_steps: Optional[int]) -> SeedsResult:
+               stop_after_steps: Optional[int], trust_checkpoint: bool = False) -> SeedsResult:
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         sub = out / f"seed-{seed}"
@@ -121,14 +124,13 @@ def _run_seeds(g: Genotype, cfg: TrainConfig, out: Path, seeds: list[int],
             continue
         if (sub / CHECKPOINT).is_file():
             result = train(resume=sub, stop_after_steps=stop_after_steps, device=cfg.run.device,
-                           progress=cfg.run.progress)
+                           progress=cfg.run.progress, trust_checkpoint=trust_checkpoint)
         else:
             seed_cfg = cfg.replace(run={"seed": seed, "out": str(sub), "overwrite": True})
-            if cfg.run.progress:
-                print(f"training seed {seed} -> {sub}", flush=True)
+            print(f"training seed {seed} -> {sub}", flush=True)  # with --no-progress too, like the epoch lines
             result = train(g, seed_cfg, stop_after_steps=stop_after_steps)
         if result.interrupted:
-            return SeedsResult({}, out, per_seed, interrupted=True)
+            return SeedsResult({}, out, per_seed, interrupted=True, stop_signal=result.stop_signal)
         per_seed[seed] = result.metrics
     summary = summarize(per_seed)
     utils.write_json(out / SUMMARY_FILE, summary)

@@ -1,4 +1,4 @@
-"""The Trainer: train a searched cell from scratch and evaluate it (ALGORITHMS §1.7, §2.5).
+"""The Trainer: train a searched cell from scratch and evaluate it (docs/methods.md, "Training a found cell").
 
 It sees a :data:`~pcdarts.genotype.Genotype` and nothing from the search: the network
 comes from :func:`pcdarts.nn.networks.build_network` (DARTS cells -> NetworkCIFAR or
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -70,12 +72,14 @@ class TrainResult:
         run_dir: the run directory.
         history: one dict per finished epoch.
         interrupted: the run stopped early (Ctrl-C or ``stop_after_steps``) and can be resumed.
+        stop_signal: ``"SIGINT"`` or ``"SIGTERM"`` when a signal stopped it (the CLI's exit code follows it).
     """
 
     metrics: dict[str, Any]
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: str = ""
 
 
 class Trainer:
@@ -87,10 +91,12 @@ class Trainer:
         run_dir: where the run's files go: a :class:`~pcdarts.runs.RunDir` or a path; nothing is
             written there before :meth:`run` starts.
         resume: continue from ``run_dir/checkpoint.pt``.
+        trust_checkpoint: the checkpoint may be unpickled in full when it needs that (an older
+            pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
     def __init__(self, genotype: Genotype, cfg: TrainConfig, run_dir: Union[Path, str, runs.RunDir], *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, trust_checkpoint: bool = False) -> None:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.genotype, self.cfg, self.run_dir = genotype, cfg, self.rundir.path
@@ -134,7 +140,8 @@ class Trainer:
         self.watch = runs.NonFiniteWatch(("train",), self.device, t.log_every)
         if resume:
             self._load_checkpoint(runs.load_checkpoint(self.run_dir / CHECKPOINT, "train", "pcdarts train --resume",
-                                                       config=cfg.to_dict(), sections=("model",)))
+                                                       config=cfg.to_dict(), sections=("model",),
+                                                       trust=trust_checkpoint))
 
     def _ddp(self, net: nn.Module) -> nn.Module:
         """Under torchrun: DistributedDataParallel (gradients averaged in the backward; the
@@ -229,7 +236,7 @@ class Trainer:
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         main = self.dist.is_main
-        if self.rundir.resume and cfg.run.progress and main:
+        if self.rundir.resume and main:  # printed with --no-progress too: batch jobs have no terminal
             print(runs.resume_message(self.epoch, t.epochs, self.step, self.steps), flush=True)
         if self.epoch == 0 and self.step == 0 and not self.history and main:
             self._write_run_files()
@@ -270,10 +277,10 @@ class Trainer:
                     interrupted = True
                     break
         if interrupted:
-            if cfg.run.progress and main:
+            if main:  # printed with --no-progress too: batch jobs have no terminal
                 print(runs.stop_message("pcdarts train", self.run_dir, self.epoch, t.epochs, self.step, self.steps,
                                         stop.signal_name), flush=True)
-            return TrainResult({}, self.run_dir, self.history, interrupted=True)
+            return TrainResult({}, self.run_dir, self.history, interrupted=True, stop_signal=stop.signal_name)
         return TrainResult(self._finish(), self.run_dir, self.history)
 
     def _postfix(self) -> dict[str, str]:
@@ -281,23 +288,44 @@ class Trainer:
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
-    def _check_finite(self) -> None:
-        """Stop with a one-line DivergenceError if the training loss went non-finite (under
-        torchrun on every rank together)."""
-        bad = self.watch.first_bad() is not None
+    def _check_finite(self, statistics: bool = False) -> None:
+        """Stop with a one-line DivergenceError if the training loss went non-finite, or
+        (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic
+        (under torchrun on every rank together)."""
+        bad = 1.0 if self.watch.first_bad() is not None else 0.0
+        buffer = runs.nonfinite_buffer({"network": self.net}) if statistics and not bad else None
+        if buffer is not None:
+            bad = 2.0
         if self.dist.is_distributed:
-            bad = bool(all_reduce_max(float(bad), self.device))
+            bad = all_reduce_max(bad, self.device)
         if not bad:
             return
         where = f"by epoch {self.epoch + 1}/{self.cfg.train.epochs} step {self.step}/{self.steps}"
-        hint = (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
+        what = ("the training loss" if bad == 1.0 else
+                f"the batch-norm running statistics ({buffer or 'on another rank'})")
+        raise DivergenceError(runs.divergence_message(what, where, self._lr_hint(), self.run_dir / CHECKPOINT))
+
+    def _lr_hint(self) -> str:
+        return (f"the learning rate is probably too high (train.lr={self.cfg.train.lr:g}); lower it "
                 "(or raise train.warmup_epochs) and start again")
-        raise DivergenceError(runs.divergence_message("the training loss", where, hint, self.run_dir / CHECKPOINT))
+
+    def _check_epoch_losses(self, rec: dict[str, Any]) -> None:
+        """A non-finite test loss is divergence (DivergenceError); a finite train loss more than
+        ``runs.EXPLOSION_FACTOR`` times the loss at chance, log(num_classes), gets a warning line."""
+        where = f"in epoch {self.epoch + 1}/{self.cfg.train.epochs}"
+        if "test_loss" in rec and not math.isfinite(rec["test_loss"]):
+            raise DivergenceError(runs.divergence_message("the test loss", where, self._lr_hint(),
+                                                          self.run_dir / CHECKPOINT))
+        k = self.data.num_classes
+        message = runs.explosion_warning("the train loss", rec["train_loss"], math.log(k) if k > 1 else None,
+                                         f"the loss at chance, log({k})", where, self._lr_hint())
+        if message and self.dist.is_main:
+            warnings.warn(message)
 
     def _end_epoch(self) -> None:
         t = self.cfg.train
-        self._check_finite()
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics for the test pass
+        self._check_finite(statistics=True)
         if self.dist.is_distributed:
             all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
         m = {k: float(v) for k, v in self.meters.items()}
@@ -313,11 +341,11 @@ class Trainer:
             if rec.get("test_top5") is not None:
                 self.best["test_top5"] = max(self.best.get("test_top5", 0.0), rec["test_top5"])
         rec["train_time_s"] = round(self.train_time, 3)
+        self._check_epoch_losses(rec)
         self.history.append(rec)
         if self.dist.is_main:
             utils.append_jsonl(self.run_dir / "history.jsonl", rec)
-            if self.cfg.run.progress:
-                _print_epoch(rec, t.epochs)
+            _print_epoch(rec, t.epochs)  # with --no-progress too: batch jobs have no terminal
         if self.tb is not None:
             self.tb.epoch(rec)
         self.epoch += 1
@@ -363,7 +391,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "version": 1, "epoch": self.epoch, "step": self.step,
+            "format": FORMAT, "version": runs.CHECKPOINT_VERSION, "epoch": self.epoch, "step": self.step,
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": {"name": self.cfg.train.lr_schedule, "lr": self.optimizer.param_groups[0]["lr"]},
             "loader": self.data.train.state_dict(),
@@ -374,7 +402,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        self._check_finite()  # never overwrite the last good checkpoint with a diverged state
+        self._check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics in the checkpoint
         runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 
@@ -402,7 +430,7 @@ def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
 
 def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig, dict[str, Any], None] = None, *,
           resume: Union[str, Path, None] = None, stop_after_steps: Optional[int] = None,
-          **run_overrides: Any) -> TrainResult:
+          trust_checkpoint: bool = False, **run_overrides: Any) -> TrainResult:
     """Train a genotype from scratch (the Python twin of ``pcdarts train``).
 
     Args:
@@ -410,6 +438,8 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
         config: a :class:`TrainConfig`, a nested dict as in a preset YAML, or None (defaults).
         resume: a run directory to continue exactly (its saved config and genotype are used).
         stop_after_steps: stop after this many micro-batches, checkpointing (tests, time boxes).
+        trust_checkpoint: with ``resume``, unpickle a checkpoint in full when it needs that (one
+            written by an older pcdarts); only for a source you trust (``--trust-checkpoint``).
         **run_overrides: fields of the ``run`` section allowed to change on resume
             (``device``, ``progress``).
 
@@ -425,7 +455,8 @@ def train(genotype: Union[Genotype, str, None] = None, config: Union[TrainConfig
             metrics = json.loads((run_dir / "metrics.json").read_text())
             return TrainResult(metrics, run_dir, utils.read_jsonl(run_dir / "history.jsonl"))
         g = load_genotype(run_dir)
-        return Trainer(g, cfg, runs.RunDir(run_dir, resume=True), resume=True).run(stop_after_steps)
+        return Trainer(g, cfg, runs.RunDir(run_dir, resume=True), resume=True,
+                       trust_checkpoint=trust_checkpoint).run(stop_after_steps)
     if genotype is None:
         raise TrainError("train() needs a genotype (a published name like DARTS_V2, a genotype file or string)")
     g = genotype if not isinstance(genotype, str) else load_genotype(genotype)

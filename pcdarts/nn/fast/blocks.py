@@ -32,9 +32,11 @@ from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.fast.conv import ChainSpec, ConvSpec, conv_chain
 from pcdarts.nn.fast.pool import PoolSpec, pool_mix
 
-# op name -> how the fast path computes it
+# op name -> how the fast path computes it (``noise``, RobustDARTS's S4, reads nothing of its
+# source: :func:`pcdarts.nn.fast.cells.run_cell` draws and mixes it, the blocks skip it)
 DARTS_KINDS = {"max_pool_3x3": "pool", "avg_pool_3x3": "pool", "skip_connect": "skip",
-               "sep_conv_3x3": "sep", "sep_conv_5x5": "sep", "dil_conv_3x3": "dil", "dil_conv_5x5": "dil"}
+               "sep_conv_3x3": "sep", "sep_conv_5x5": "sep", "dil_conv_3x3": "dil", "dil_conv_5x5": "dil",
+               "noise": "noise"}
 NB201_KINDS = {"skip_connect": "skip", "nor_conv_1x1": "conv", "nor_conv_3x3": "conv", "avg_pool_3x3": "pool"}
 
 # depthwise strategy per (kernel, dilation) for a shared input, measured on CPU with

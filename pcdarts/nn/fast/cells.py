@@ -25,7 +25,9 @@ the mathematics of :class:`pcdarts.nn.edges.MixedEdge` (the oracle of ``tests/te
 
 Channel modes: ``first+shuffle`` / ``first+shift`` as above; ``random`` draws the same
 ``torch.randperm(C)`` calls in the same order as the reference (all edges of a cell, in
-edge order, before the cell runs), so equal seeds give equal results on both paths.
+edge order, before the cell runs), so equal seeds give equal results on both paths. The
+``noise`` op (RobustDARTS's S4) is drawn the same way, after its edge's permutation, and
+added into its edges' columns after the source's block (it reads nothing of the source).
 ``Mixing.aux_skip`` is ignored, exactly like the reference supernets.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch.nn as nn
 
 from pcdarts.nn.fast import kernels as fo
 from pcdarts.nn.edges import bypass
+from pcdarts.nn.ops import draw_noise
 from pcdarts.nn.fast.blocks import SourcePlan, source_plans
 
 
@@ -111,6 +114,53 @@ def _assemble(proc: Optional[torch.Tensor], rest: Optional[torch.Tensor], mode: 
     return torch.cat([pr, rs], 4).reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
+def _draws(cell: nn.Module, plans: list[SourcePlan], states: list[torch.Tensor], edge_list: list[tuple[int, int]],
+           C: int, c: int, random: bool) -> tuple[Optional[list[torch.Tensor]], dict[int, torch.Tensor]]:
+    """A cell's random draws in the reference's order: edge by edge, the channel permutation
+    (``random`` mode) and then the sample of the edge's ``noise`` op (:class:`pcdarts.nn.ops.Noise`,
+    its shape that of the op's input [N, c, H, W] at the edge's stride, from the op's generator).
+    Returns (the permutations or None, edge -> noise sample in NCHW)."""
+    noise_op: dict[int, int] = {}
+    for plan in plans:
+        noise_op.update(_noise_ops(plan))
+    if not random and not noise_op:
+        return None, {}
+    x0 = states[0]
+    s_in = plans[0].stride if plans else 1  # the intermediate nodes' resolution: the inputs' at their stride
+    hw_nodes = ((x0.shape[2] + s_in - 1) // s_in, (x0.shape[3] + s_in - 1) // s_in)
+    perms, noise = [], {}
+    for e, (src, _) in enumerate(edge_list):
+        if random:
+            perms.append(torch.randperm(C, device=x0.device)[:c])
+        if e in noise_op:
+            op = cell.edges[e].ops[str(noise_op[e])]
+            hw = tuple(states[src].shape[2:]) if src < len(states) else hw_nodes
+            noise[e] = draw_noise(op.out_shape((x0.shape[0], c, *hw)), x0, op.generator)
+    return (perms if random else None), noise
+
+
+def _add_noise(y: Optional[torch.Tensor], plan: SourcePlan, noise: dict[int, torch.Tensor], A: torch.Tensor,
+               rows: int) -> Optional[torch.Tensor]:
+    """The block output ``y`` [rows, m*c] plus ``A[e, o] * noise[e]`` in the columns of every
+    outgoing edge e that has the ``noise`` op o (the sample is independent of the source)."""
+    ops = _noise_ops(plan)
+    if not ops:
+        return y
+    like = next(iter(noise.values()))
+    parts = [fo.mat(noise[e]) * A[e, ops[e]] if e in ops else like.new_zeros(rows, plan.c) for e in plan.out_edges]
+    z = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    return z if y is None else y + z
+
+
+def _noise_ops(plan: SourcePlan) -> dict[int, int]:
+    """Outgoing edge -> the index of its (active) ``noise`` op, for the edges that have one."""
+    out = {}
+    for g in plan.of_kind("noise"):
+        _, o, slots = plan.groups[g]
+        out.update({plan.out_edges[t]: o for t in slots})
+    return out
+
+
 def run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[torch.Tensor],
               node_edges: list[list[int]], edge_list: list[tuple[int, int]], weights: torch.Tensor,
               edge_weights: Optional[torch.Tensor], recompute: bool, aux_coef: Optional[object] = None
@@ -126,10 +176,9 @@ def run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[
     C, k, mode = e0.C, e0.k, e0.channel_mode
     c = C // k
     random = mode == "random" and k > 1
-    E = len(edge_list)
-    # the reference draws one randperm per edge, in edge order, as the cell runs; drawing
-    # them all up front consumes the generator identically
-    perms = [torch.randperm(C, device=states[0].device)[:c] for _ in range(E)] if random else None
+    # the reference draws one randperm per edge (and the noise op's sample), in edge order, as
+    # the cell runs; drawing them all up front in that order consumes the generators identically
+    perms, noise = _draws(cell, plans, states, edge_list, C, c, random)
     A = _coefficients(weights, edge_weights, random)
     n_in = len(states)
     n_nodes = n_in + len(node_edges)
@@ -171,11 +220,12 @@ def run_cell(cell: nn.Module, plans: list[SourcePlan], block: Any, states: list[
         if head is not x:
             head = head.contiguous(memory_format=fo.CL)
         y = block(plan, cell.edges, x if random else head, A, idx, recompute)
-        ys_all = [None] * len(plan.out_edges) if y is None else y.split(c, 1)
         byp = None
         N = x.shape[0]
         H = (x.shape[2] + plan.stride - 1) // plan.stride
         W = (x.shape[3] + plan.stride - 1) // plan.stride
+        y = _add_noise(y, plan, noise, A, N * H * W)
+        ys_all = [None] * len(plan.out_edges) if y is None else y.split(c, 1)
         for t, (e, j) in enumerate(zip(plan.out_edges, plan.targets)):
             shapes[j] = (N, C, H, W)
             ys = ys_all[t]
