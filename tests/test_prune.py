@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_method
 
 import pcdarts
 from pcdarts.config import SpaceConfig, build_config
@@ -162,8 +163,7 @@ def test_measure_step_counts_saved_activations_and_leaves_the_net_unchanged():
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_runs_on_the_pruned_space(tiny, method):
-    extra = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}}.get(method, {"warmup_epochs": 0})
-    s = _searcher(tiny(method={"name": method, **extra}, space={"name": "nb201", "layers": 1},
+    s = _searcher(tiny(method=tiny_method(method), space={"name": "nb201", "layers": 1},
                        search={"prune": "params:0.5"}))
     masks = s.supernet.masks["cell"]
     assert masks.sum() < masks.numel() and masks.any(1).all()
@@ -171,7 +171,9 @@ def test_every_method_runs_on_the_pruned_space(tiny, method):
     for i in range(len(s.supernet.cells)):
         w = mix.weights_for("cell", i).detach().cpu()
         assert torch.all(w[~masks] == 0), "a removed op keeps weight in the mixing"
-    s.search_step(arch_active=s.method.is_arch_active(0), ctx=s.context())
+    ctx = s.context()
+    s.method.on_search_start(ctx)  # as the search starts (random-lookup draws its cells there)
+    s.search_step(arch_active=s.method.is_arch_active(0), ctx=ctx)
     assert torch.isfinite(s.meters["loss"])
     s.derive()
 

@@ -88,7 +88,11 @@ class RandomLookup(Method):
         if self.best is not None:
             return cell_mixing(self.best, self.device)
         E, O = self.space.arch_shape(self.space_cfg)
-        return Mixing(ops={ct: torch.full((E, O), 1.0 / O, device=self.device) for ct in self.space.cell_types})
+        ops = {}
+        for ct in self.space.cell_types:  # uniform over each edge's live ops (set_masks: the removed ones get 0)
+            live = self.masks[ct].float() if self.masks is not None and ct in self.masks else torch.ones(E, O)
+            ops[ct] = (live / live.sum(1, keepdim=True).clamp_min(1.0)).to(self.device)
+        return Mixing(ops=ops)
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
         if self.best is None:
