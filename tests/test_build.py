@@ -153,3 +153,22 @@ def test_build_components_prunes_a_new_run_only_and_takes_a_checkpoints_structur
                              sample_batches=lambda n, split: batches)
     assert again.prune_report is None and again.k == 1  # no second pruning; the checkpoint's K
     assert all(torch.equal(again.supernet.masks[ct], m) for ct, m in checkpoint["masks"].items())
+
+
+def test_the_weight_sharing_analysis_builds_through_the_supernet_stage():
+    """ws-analysis's supernets come from the assembly's supernet stage (spaces/build.py): the NB201
+    one is the search space's fast supernet, the tiny one refuses what it cannot build."""
+    from pcdarts.analysis.ws import WSConfig, enumerate_children
+    from pcdarts.analysis.ws_train import fresh_supernet
+    from pcdarts.spaces.build import make_supernet
+    from pcdarts.spaces.nb201 import FastNB201Supernet
+    from pcdarts.spaces.tiny import TinySpace, TinySupernet
+    cfg = WSConfig(space="nb201", sample=2, C=4, layers=1, bn_momentum=0.3)
+    net = fresh_supernet(cfg, enumerate_children(cfg), 10, 3, fast=True)
+    momenta = {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert type(net) is FastNB201Supernet and momenta == {0.3}
+    tiny = fresh_supernet(WSConfig(C=4), enumerate_children(WSConfig()), 10, 3, fast=False)
+    assert isinstance(tiny, TinySupernet) and tiny.use_reference
+    with pytest.raises(ValueError, match="no partial channels"):
+        make_supernet(TinySpace(), SpaceConfig(name="tiny", C=4), k=2, num_classes=10, in_channels=3,
+                      device=torch.device("cpu"))
