@@ -82,3 +82,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def assert_fast_equals_reference_steps(tiny, method: dict, space: str, steps: int = 1) -> None:
+    """``steps`` whole Searcher steps of ``method`` on ``space`` with the reference and with the
+    fast path from the same seed: the weights and architecture parameters agree afterwards."""
+    from pcdarts.config import build_config
+    from pcdarts.search.searcher import Searcher, new_run_dir
+
+    states = []
+    for impl in ("reference", "fast"):
+        layers = 3 if space == "darts" else 1
+        cfg = build_config(tiny(method=method, space={"name": space, "layers": layers, "impl": impl},
+                                run={"out": str(tiny()["run"]["out"]) + impl}))
+        s = Searcher(cfg, new_run_dir(cfg))
+        for _ in range(steps):
+            s.search_step(arch_active=True, ctx=s.context())
+        states.append([p.detach().clone() for p in s.weight_params]
+                      + [p.detach().clone() for p in s.method.arch_parameters()])
+    assert type(s.supernet).__name__.startswith("Fast")
+    for a, b in zip(*states):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

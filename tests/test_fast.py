@@ -23,6 +23,7 @@ from pcdarts.scorers.alpha import normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
 from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
+from conftest import assert_fast_equals_reference_steps
 
 MODES = ("first+shuffle", "first+shift", "random")
 SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}
@@ -342,21 +343,7 @@ def test_cuda_search_step_runs(tmp_path):
                                           ("nb201", {"name": "pc-darts", "warmup_epochs": 0, "k": 2})])
 def test_searcher_step_on_fast_path_equals_reference(tiny, space, method):
     """One whole Searcher step (loader, both optimisers, first/second order) on each path."""
-    from pcdarts.config import build_config
-    from pcdarts.search.searcher import Searcher, new_run_dir
-
-    states = []
-    for impl in ("reference", "fast"):
-        layers = 3 if space == "darts" else 1
-        cfg = build_config(tiny(method=method, space={"name": space, "layers": layers, "impl": impl},
-                                run={"out": str(tiny()["run"]["out"]) + impl}))
-        s = Searcher(cfg, new_run_dir(cfg))
-        s.search_step(arch_active=True, ctx=s.context())
-        states.append(([p.detach().clone() for p in s.weight_params],
-                       [p.detach().clone() for p in s.method.arch_parameters()]))
-    assert type(s.supernet).__name__.startswith("Fast")
-    for a, b in zip(states[0][0] + states[0][1], states[1][0] + states[1][1]):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert_fast_equals_reference_steps(tiny, method, space)
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])

@@ -17,6 +17,7 @@ from pcdarts.methods.sdarts import SDartsAdvConfig, SDartsConfig, clip_rows
 from pcdarts.registry import METHODS
 from pcdarts.search.searcher import Searcher, new_run_dir, weight_step
 from pcdarts.spaces import get_space
+from conftest import assert_fast_equals_reference_steps
 
 METHODS_ = ("sdarts-rs", "sdarts-adv")
 
@@ -151,19 +152,7 @@ def test_resume_equals_uninterrupted_run(tiny, full_and_resumed, method):
 def test_sdarts_rs_searcher_steps_on_the_fast_path_equal_the_reference(tiny, space):
     """Two whole Searcher steps (arch step, then the weight step at the clipped noisy weights with
     the zero-weight ops skipped) on each path."""
-    states = []
-    for impl in ("reference", "fast"):
-        layers = 3 if space == "darts" else 1
-        cfg = build_config(tiny(method={"name": "sdarts-rs"}, space={"name": space, "layers": layers, "impl": impl},
-                                run={"out": str(tiny()["run"]["out"]) + impl}))
-        s = Searcher(cfg, new_run_dir(cfg))
-        for _ in range(2):
-            s.search_step(arch_active=True, ctx=s.context())
-        states.append(([p.detach().clone() for p in s.weight_params],
-                       [p.detach().clone() for p in s.method.arch_parameters()]))
-    assert type(s.supernet).__name__.startswith("Fast")
-    for a, b in zip(states[0][0] + states[0][1], states[1][0] + states[1][1]):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert_fast_equals_reference_steps(tiny, {"name": "sdarts-rs"}, space, steps=2)
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
