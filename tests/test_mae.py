@@ -23,6 +23,7 @@ from pcdarts.ranges import field_range, range_hints
 from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, UnknownNameError
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
+from conftest import tiny_method
 
 from conftest import SHARED_CIFAR
 
@@ -278,13 +279,12 @@ def test_drawing_the_pictures_does_not_change_the_search(tiny):
 
 
 BILEVEL = [n for n in METHODS.names() if not METHODS.get(n).owns_step]
-TINY_METHOD = {"is-darts": {"shrink_steps": 1, "shrink_interval": 1}}
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
 @pytest.mark.parametrize("method", BILEVEL)
 def test_one_mae_search_step_per_bilevel_method_and_space(tiny, method, space):
-    s = _searcher(tiny(method={"name": method, **TINY_METHOD.get(method, {"warmup_epochs": 0})}, objective=MAE,
+    s = _searcher(tiny(method=tiny_method(method), objective=MAE,
                        space={"name": space, "layers": 3 if space == "darts" else 1}))
     a0 = [p.detach().clone() for p in s.method.arch_parameters()]
     d0 = [p.detach().clone() for p in s.objective.decoder.parameters()]
