@@ -300,6 +300,29 @@ def test_meco_sums_every_module_output_of_the_first_image_only():
     assert zc.meco(net, (other, torch.zeros(4, dtype=torch.long))) == got
 
 
+def test_meco_scores_a_darts_network_with_its_auxiliary_head_in_train_mode():
+    # one image through the auxiliary head's BatchNorms (1x1 maps) has one value per channel:
+    # those use their running statistics, the others batch statistics, and nothing fails
+    from pcdarts.genotype.published import PUBLISHED
+    from pcdarts.nn.networks import NetworkCIFAR
+
+    torch.manual_seed(0)
+    net = NetworkCIFAR(PUBLISHED["DARTS_V2"], C=8, layers=5, num_classes=10, auxiliary=True).train()
+    x = torch.randn(2, 3, 32, 32)
+    got = zc.meco(net, (x, torch.zeros(2, dtype=torch.long)))
+    assert math.isfinite(got)
+    assert net.training and all(m.training for m in net.modules())
+    assert zc.meco(net, (x, torch.zeros(2, dtype=torch.long))) == got
+    # only a one-value-per-channel input switches to the running statistics
+    bn = nn.BatchNorm1d(3)
+    with zc.running_stats_where_one_value_per_channel(bn):
+        one = bn(torch.full((1, 3), 5.0))   # running stats (mean 0, var 1): 5 / sqrt(1 + eps)
+        two = bn(torch.tensor([[1.0, 1, 1], [3.0, 3, 3]]))  # batch stats: -1, +1
+    assert one[0, 0].item() == pytest.approx(5.0, rel=1e-4)
+    assert two[:, 0].tolist() == pytest.approx([-1.0, 1.0], rel=1e-4)
+    assert bn.training
+
+
 def test_zico_by_hand_with_the_official_accumulated_gradients():
     # one layer: recordings g1 = [1, 2, 0], g1 + g2 = [3, 2, 0]: std [1, 0, 0], mean|g| [2, 2, 0]
     # -> only entry 0 counts: log(2 / 1); a layer whose every std is 0 adds nothing

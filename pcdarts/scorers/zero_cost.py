@@ -332,7 +332,9 @@ def meco(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
     module (containers included, as the authors hook ``named_modules()``) the feature map of
     that image, [C, H, W] -> C variables, gives :func:`meco_of_features`; the score is the sum
     of the finite terms. A module whose output is a tuple contributes through its first tensor
-    (the authors' hook would index the tuple instead and fail on it)."""
+    (the authors' hook would index the tuple instead and fail on it). A BatchNorm that sees one
+    value per channel (the DARTS auxiliary head's, at one image) uses its running statistics
+    (:func:`running_stats_where_one_value_per_channel`); NB201 networks have none such."""
     x = batch[0][:1]
     terms: list[float] = []
 
@@ -347,12 +349,42 @@ def meco(net: nn.Module, batch: Batch, *, seed: int = 0) -> float:
         net.train()
         handles = [m.register_forward_hook(hook) for m in net.modules()]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), running_stats_where_one_value_per_channel(net):
                 net(x)
         finally:
             for h in handles:
                 h.remove()
     return float(sum(v for v in terms if math.isfinite(v)))
+
+
+@contextlib.contextmanager
+def running_stats_where_one_value_per_channel(net: nn.Module) -> Iterator[None]:
+    """Inside, a BatchNorm in train mode whose input holds one value per channel (one image
+    through a 1x1 map or a linear layer, e.g. the DARTS auxiliary head under MeCo's single
+    image) normalises with its running statistics for that call instead of failing on
+    undefined batch statistics; every other BatchNorm keeps batch statistics. The train flags
+    are restored after each call and on exit."""
+    switched: list[nn.Module] = []
+
+    def before(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        if module.training and x.dim() >= 2 and x.numel() == x.shape[1] and module.running_mean is not None:
+            module.training = False
+            switched.append(module)
+
+    def after(module: nn.Module, args: Any, out: Any) -> None:
+        if switched and switched[-1] is module:
+            switched.pop().training = True
+
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [h for m in bns for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in switched:
+            m.training = True
 
 
 def zico_of_grads(grads: Sequence[Sequence[torch.Tensor]]) -> float:
