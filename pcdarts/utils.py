@@ -1,7 +1,9 @@
-"""Run bookkeeping: seeding, RNG-state capture/restore, run directories, manifests, JSONL, TensorBoard."""
+"""Run bookkeeping: seeding, RNG-state capture/restore, run directories, manifests, JSONL, TensorBoard,
+and the one mean ± sample std of repeated runs (:func:`mean_std`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -266,3 +268,29 @@ def manifest(seed: int, device: str, extra: Optional[dict[str, Any]] = None) -> 
         m["gpu"] = torch.cuda.get_device_name(torch.device(device))
     m.update(extra or {})
     return m
+
+
+# ---------------------------------------------------------------- mean ± std over repeated runs
+
+STD_LABEL = "sample std"  # what every printed ± means: the sample standard deviation (n - 1)
+
+
+def mean_std(values: Any) -> tuple[Optional[float], Optional[float]]:
+    """The mean and the **sample** standard deviation (divisor n - 1) of ``values`` (seeds,
+    benchmark runs): ``(None, None)`` for no value, ``(mean, None)`` for one (a spread of
+    one value is undefined). The one formula behind every ± the package prints."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return None, None
+    mean = math.fsum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def format_mean_std(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
+    """``"97.10 ± 0.08"`` (``"97.10"`` without a spread, ``"n/a"`` without a mean); say
+    :data:`STD_LABEL` next to it where the ± is explained."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")

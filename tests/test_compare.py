@@ -19,7 +19,7 @@ from pcdarts.cli import main
 from pcdarts.config import build_config, load_preset, scale_budget
 from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import NB201Genotype, load_genotype, parse_genotype
-from pcdarts.search.compare import (_fmt, _mean_std, compare, default_out, parse_shard, preset_for, run_state,
+from pcdarts.search.compare import (compare, default_out, parse_shard, preset_for, run_state,
                                     shard_part, thread_share)
 from pcdarts.search.searcher import epoch_line
 
@@ -94,12 +94,6 @@ def test_compare_refuses_a_bad_method_before_running_anything(tmp_path, capsys):
                  "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "unknown method 'nope'" in err and not (tmp_path / "c").exists()
-
-
-def test_spread_is_the_sample_std_over_seeds():
-    assert _mean_std([90.0, 92.0]) == (91.0, pytest.approx(2 ** 0.5))
-    assert _mean_std([90.0]) == (90.0, None) and _fmt(*_mean_std([90.0])) == "90.00"
-    assert _fmt(91.0, 1.41421) == "91.00 ± 1.41" and _fmt(None, None) == "n/a"
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|ski
 
 def _std(values: list[float]) -> float:
     m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))  # sample std
 
 
 def _fake_records() -> dict:
@@ -46,14 +46,14 @@ def test_fake_table_valid_and_test_mean_std() -> None:
     r = nb.query(BEST_C10_TEST, "cifar10", table=FAKE)
     assert r.valid_accs == [90.0, 91.0, 92.0] and r.test_accs == [94.0, 94.5]
     assert r.valid_acc_mean == pytest.approx(91.0) and r.valid_acc_std == pytest.approx(_std([90, 91, 92]))
-    assert r.test_acc_mean == pytest.approx(94.25) and r.test_acc_std == pytest.approx(0.25)
+    assert r.test_acc_mean == pytest.approx(94.25) and r.test_acc_std == pytest.approx(_std([94.0, 94.5]))
     assert r.exact and r.matched_arch == BEST_C10_TEST and r.hp == "200"
     assert str(FAKE) in r.source
     d = r.to_dict()
     assert json.loads(json.dumps(d))["test_accs"] == [94.0, 94.5]
 
     c100 = nb.query(BEST_C10_TEST, "CIFAR100", table=FAKE)  # dataset names are case-insensitive
-    assert c100.dataset == "cifar100" and c100.test_acc_std == 0.0 and c100.valid_acc_mean == 73.5
+    assert c100.dataset == "cifar100" and c100.test_acc_std is None and c100.valid_acc_mean == 73.5
     only_valid = nb.query(IN_TABLE, "cifar100", table=FAKE)
     assert only_valid.valid_accs == [50.0] and only_valid.test_acc_mean is None and only_valid.test_accs == []
     no_c100_row = nb.query(RESNET, "cifar100", table=FAKE)  # the table has cifar100, this row does not
@@ -377,7 +377,8 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def test_cli_with_fake_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(["query", BEST_C10_TEST, "--table", str(FAKE), "--dataset", "cifar10"], capsys)
     assert code == 0 and err == ""
-    assert "91.00 ± 0.82" in out and "94.25 ± 0.25" in out and "test acc" in out
+    assert "91.00 ± 1.00" in out and "94.25 ± 0.35" in out and "test acc" in out  # sample std
+    assert "mean ± sample std over runs" in out
     code, out, _ = _cli(["query", SWAPPED, "--table", str(FAKE), "--json", "--dataset", "all"], capsys)
     rows = json.loads(out)  # "all" = the datasets the table has
     assert code == 0 and [r["dataset"] for r in rows] == ["cifar10", "cifar100"]

@@ -211,7 +211,7 @@ def test_seeds_summary_is_labelled_training_variance(tmp_path: Path, capsys: pyt
     out = tmp_path / "seeds"
     assert main(["train", "DARTS_V2", "--seeds", "0,1", "--out", str(out), *TINY_ARGS]) == 0
     text = capsys.readouterr().out
-    assert "mean ± std over 2 training seeds" in text
+    assert "mean ± sample std over 2 training seeds" in text
     assert "training-seed variance of one cell, not search variance" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_seeds"] == 2 and summary["seeds"] == [0, 1]

@@ -14,7 +14,7 @@ Metric definitions (docs/methods.md, "Weight-sharing analysis"):
   >= ``stable_from * E``; the fraction of consecutive epochs whose top-1 child differs;
   Kendall tau between consecutive epochs;
 * stability across seeds: the selected (final top-1) child per seed, its ground truth
-  (mean/std/min/max), how often each child is selected, pairwise tau between seeds'
+  (mean/sample std/min/max), how often each child is selected, pairwise tau between seeds'
   final rankings; a spread (std) over a single seed is undefined: null in report.json,
   ``n/a`` in sweep.csv;
 * recency (interference): Spearman / Kendall correlation between a child's shared-weight
@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pcdarts.analysis.correlation import average_ranks, kendall, spearman, top_k_overlap
+from pcdarts.utils import mean_std
 
 TOP_K_PERCENT = (1, 5, 10)
 
@@ -116,8 +117,8 @@ def across_seeds(final: list[list[float]], names: Sequence[str], gt: Optional[Se
                            "pairwise_kendall_mean": float(np.mean(pair)) if pair else None}
     if gt is not None:
         g = np.asarray([gt[p] for p in picks], dtype=np.float64)
-        out["selected_gt"] = {"mean": float(g.mean()), "std": float(g.std()) if len(g) > 1 else None,
-                              "min": float(g.min()),
+        mean, std = mean_std(g)  # sample std, None for one seed
+        out["selected_gt"] = {"mean": mean, "std": std, "min": float(g.min()),
                               "max": float(g.max()), "best_possible": float(np.max(gt))}
     return out
 
@@ -137,8 +138,7 @@ def summarise(runs: list[dict[str, Any]], names: Sequence[str], gt: Optional[Seq
                     "top1_gt_percentile", "recency_spearman", "recency_residual_spearman"):
             vals = [x[key] for x in last if key in x and x[key] is not None and x[key] == x[key]]
             if vals:
-                row[f"final_{key}_mean"] = float(np.mean(vals))
-                row[f"final_{key}_std"] = float(np.std(vals)) if len(vals) > 1 else None  # one seed: no spread
+                row[f"final_{key}_mean"], row[f"final_{key}_std"] = mean_std(vals)  # sample std; one seed: None
         row["rank_std_mean"] = float(np.mean([r["stability"]["rank_std_mean"] for r in rs]))
         cons = [r["stability"]["consecutive_kendall_mean"] for r in rs
                 if r["stability"]["consecutive_kendall_mean"] is not None]

@@ -13,12 +13,13 @@ from pcdarts.nb201.lookup import NB201Table, get_table
 from pcdarts.nb201.official import build_table_from_official
 from pcdarts.nb201.package import _INSTALL_HINT, _PACKAGE
 from pcdarts.nb201.tables import DATASETS
+from pcdarts.utils import STD_LABEL
 
 # --------------------------------------------------------------------------- CLI
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
-    return "n/a" if mean is None else f"{mean:6.2f} ± {std:.2f}"
+    return "n/a" if mean is None else f"{mean:6.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
         if has_test:
             line += f"{_fmt(r.test_acc_mean, r.test_acc_std):>18}"
         print(line + f"{max(len(r.valid_accs), len(r.test_accs)):>6}")
-    print("mean ± std over runs (seeds)")
+    print(f"mean ± {STD_LABEL} over runs (seeds)")
     return 0
 
 
@@ -65,7 +66,7 @@ def add_subcommand(subparsers: Any) -> None:
     """
     p = subparsers.add_parser(
         "query", help="look up an NB201 cell in NAS-Bench-201 (offline)",
-        description="Print NAS-Bench-201 validation (and, with --table, test) accuracy, mean ± std over seeds, "
+        description="Print NAS-Bench-201 validation (and, with --table, test) accuracy, mean ± sample std over seeds, "
                     f"of an NB201 cell. Default source: the {_PACKAGE} package ({_INSTALL_HINT}).")
     p.add_argument("arch", metavar="ARCH_STRING|GENOTYPE_FILE",
                    help="NB201 arch string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, a genotype.json, or a run directory")

@@ -19,6 +19,7 @@ import numpy as np
 
 from pcdarts.genotype import GenotypeError
 from pcdarts.registry import BENCHMARKS
+from pcdarts.utils import mean_std
 from pcdarts.nb201.arch import (
     ArchLike,
     BenchmarkError,
@@ -52,10 +53,10 @@ class QueryResult:
         dataset: one of :data:`DATASETS`.
         source: which table answered (package and version, or the table file).
         valid_acc_mean: mean validation accuracy over runs, None if the table has none.
-        valid_acc_std: population std (ddof=0) over runs, None if no runs.
+        valid_acc_std: sample std (n - 1) over runs, None with fewer than two runs.
         valid_accs: validation accuracy of each run (seed).
         test_acc_mean: mean test accuracy, None when the source has no test accuracies.
-        test_acc_std: population std of the test accuracies.
+        test_acc_std: sample std of the test accuracies (None with fewer than two).
         test_accs: test accuracy of each run.
         matched_arch: the table row that answered; differs from ``arch`` when an
             isomorphic cell answered (see the module docstring).
@@ -118,13 +119,6 @@ def _open_table(path: Path) -> _TableData:
         raise BenchmarkError(f"NB201 table {path} is not a file")
     stat = path.stat()
     return _load_table_file(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    a = np.asarray(values)
-    return float(a.mean()), float(a.std())
 
 
 # --------------------------------------------------------------------------- lookup object
@@ -240,8 +234,8 @@ class NB201Table:
         row, matched = self._find_row(data, _code_of(genotype), canonical, arch_str)
         valid_accs = _runs(data.valid.get(ds), row)
         test_accs = _runs(data.test.get(ds), row)
-        v_mean, v_std = _mean_std(valid_accs)
-        t_mean, t_std = _mean_std(test_accs)
+        v_mean, v_std = mean_std(valid_accs)
+        t_mean, t_std = mean_std(test_accs)
         # source and hp from the data at hand: no other dataset's file is read for them
         return QueryResult(arch=arch_str, dataset=ds, source=self._source_of(data), valid_acc_mean=v_mean,
                            valid_acc_std=v_std, valid_accs=valid_accs, test_acc_mean=t_mean, test_acc_std=t_std,

@@ -33,7 +33,6 @@ import contextlib
 import csv
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -616,21 +615,6 @@ def _gather(root: Path, grid: dict[str, tuple[Entry, int]], folders: Sequence[Pa
 
 # ------------------------------------------------------------------ the table
 
-def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _fmt(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
 def _agreement(cells: Sequence[str]) -> Optional[float]:
     """The seeds' mean pairwise agreement in percent (:func:`seed_agreement`), None with one seed."""
     try:
@@ -673,20 +657,20 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             "epochs": entry.config.search.epochs,
             "scaled": "; ".join(f"{n} {o}->{v}" for n, o, v in entry.scaled if n != "search.epochs"),
             "cells": " / ".join(cells),
-            "param_free_ops": _mean_std(free),
+            "param_free_ops": utils.mean_std(free),
             "agreement": _agreement(cells),
-            "arch_entropy": _mean_std(entropy),
-            "search_time_s": _mean_std(times),
+            "arch_entropy": utils.mean_std(entropy),
+            "search_time_s": utils.mean_std(times),
             "peak_memory_mib": max(peaks) if peaks else None,
         }
         if space == "nb201":
-            row["lookup"] = _mean_std(accs[LOOKUP_DATASET])
+            row["lookup"] = utils.mean_std(accs[LOOKUP_DATASET])
             for ds in LOOKUP_DATASETS[1:]:
-                row[f"lookup_{ds}"] = _mean_std(accs[ds])
+                row[f"lookup_{ds}"] = utils.mean_std(accs[ds])
             row["lookup_kind"] = kind
         else:
-            row["params_m"] = _mean_std(params)
-            row["macs_m"] = _mean_std(macs)
+            row["params_m"] = utils.mean_std(params)
+            row["macs_m"] = utils.mean_std(macs)
         rows.append(row)
     return rows
 
@@ -695,7 +679,7 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
                 seeds: Sequence[int]) -> None:
     """``compare.md`` (with a legend) and ``compare.csv`` (one column per number)."""
     n = len(seeds)
-    spread = f"mean ± sample std over {n} search seeds" if n > 1 else "one search seed"
+    spread = f"mean ± {utils.STD_LABEL} over {n} search seeds" if n > 1 else "one search seed"
     if space == "nb201":
         kind = rows[0].get("lookup_kind", "valid") if rows else "valid"
         metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)] + [
@@ -711,7 +695,7 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     def cell(row: dict[str, Any], key: str, digits: Optional[int]) -> str:
         v = row.get(key)
         if isinstance(v, tuple):
-            return _fmt(*v, digits=digits or 0)
+            return utils.format_mean_std(*v, digits=digits or 0)
         if isinstance(v, float):
             return f"{v:.0f}"
         return "" if v is None else str(v)

@@ -7,7 +7,6 @@ itself varies (PC-DARTS#47, PEOPLE_ASK 9), and every summary carries that label.
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -50,15 +49,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _stat(values: list[float]) -> dict[str, Any]:
-    # sample standard deviation (n - 1): the usual "mean ± std over N runs" of NAS papers
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
+    mean, std = utils.mean_std(values)  # sample std (n - 1), None for one seed
+    return {"mean": mean, "std": std, "values": values}
 
 
 def summarize(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over training seeds, with the label that says what the ± means."""
     out: dict[str, Any] = {"seeds": sorted(per_seed), "n_seeds": len(per_seed), "variance": VARIANCE_LABEL,
-                           "std_kind": "sample standard deviation (n-1) over training seeds"}
+                           "std_kind": f"{utils.STD_LABEL} (n-1) over training seeds"}
     for key in SUMMARY_METRICS:
         values = [float(m[key]) for _, m in sorted(per_seed.items()) if m.get(key) is not None]
         if values:
@@ -70,13 +68,13 @@ def summarize(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """``test accuracy: 97.10 ± 0.08 % (mean ± std over 3 training seeds: training-seed variance ...)``."""
+    """``test accuracy: 97.10 ± 0.08 % (mean ± sample std over 3 training seeds: training-seed variance ...)``."""
     top1 = summary.get("final_test_top1")
     n = summary.get("n_seeds", 0)
     if not top1:
         return f"test accuracy: not available ({n} training seeds, no test split)"
-    return (f"test accuracy: {top1['mean']:.2f} ± {top1['std']:.2f} % (mean ± std over {n} training seeds: "
-            f"{VARIANCE_LABEL})")
+    return (f"test accuracy: {utils.format_mean_std(top1['mean'], top1.get('std'))} % (mean ± {utils.STD_LABEL} "
+            f"over {n} training seeds: {VARIANCE_LABEL})")
 
 
 def train_seeds(genotype: Union[Genotype, str], config: Union[TrainConfig, dict[str, Any]],
