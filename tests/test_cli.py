@@ -84,6 +84,42 @@ def test_bad_search_input_gets_a_named_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["info", "nope"], "'nope' is not a genotype file"),
+    (["plot", "DARTS_V2", "--format", "png", "--backend", "dot", "--out", "{tmp}/p"], None),
+    (["subset", "{tmp}/no-such-folder", "{tmp}/dst"], "no such folder"),
+    (["query", "|bad|"], "NB201 arch string '|bad|'"),
+    (["show", "nope"], "'nope' is not a genotype file"),
+])
+def test_every_subcommand_reports_a_user_error_as_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    # one error path (pcdarts.errors.report_user_errors): "error: ..." on one line, exit 2, no prefix per command
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no graphviz: plot --backend dot is a user error
+    code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message is None or message in err, err
+
+
+def test_report_user_errors_maps_known_errors_and_lets_bugs_through(capsys):
+    from pcdarts.errors import ConfigError, report_user_errors
+    from pcdarts.registry import UnknownNameError
+
+    def fail(e):
+        def call():
+            raise e
+        return call
+
+    assert report_user_errors(lambda: None) == 0 and report_user_errors(lambda: 3) == 3
+    assert report_user_errors(fail(ConfigError("search.epochs must be >= 1, got 0"))) == 2
+    assert report_user_errors(fail(UnknownNameError("unknown method 'x'"))) == 2
+    assert report_user_errors(fail(FileNotFoundError("no such file: x"))) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: search.epochs must be >= 1, got 0",
+                                                     "error: unknown method 'x'", "error: no such file: x"]
+    with pytest.raises(ConfigError):
+        report_user_errors(fail(ConfigError("x")), debug=True)  # --debug: the traceback
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user error
+        report_user_errors(lambda: 1 / 0)
+
+
 def test_a_run_that_never_leaves_its_warm_up_points_to_budget(tmp_path, capsys):
     """--search.epochs 1 on the default preset (3 warm-up epochs): the error points to --budget N,
     and --budget 1 does build a valid config (the warm-up scaled to 0)."""

@@ -16,6 +16,7 @@ from PIL import Image
 
 import torch.utils.data.dataloader as dl_module
 from pcdarts.data import folders
+from pcdarts.errors import report_user_errors
 from pcdarts.data.folders import FolderError, ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
 from pcdarts.cli.tools import add_subset_subcommand
 from pcdarts.data.subset import build_subset
@@ -393,12 +394,12 @@ def test_subset_cli_handler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "3 classes" in capsys.readouterr().out
     rec = json.loads((tmp_path / "dst" / "subset.json").read_text())
     assert rec["seed"] == 3 and rec["link"] == "copy" and rec["totals"]["train"] == 12
-    assert args.func(args) == 2  # non-empty DST
+    assert report_user_errors(lambda: args.func(args)) == 2  # the entry point's one error path  # non-empty DST
     assert "--overwrite" in capsys.readouterr().err
     args = parser.parse_args(["subset", str(src), str(tmp_path / "dst"), "--overwrite"])
     assert args.func(args) == 0 and args.link == "symlink"
     args = parser.parse_args(["subset", str(tmp_path / "nowhere"), str(tmp_path / "d2")])
-    assert args.func(args) == 2
+    assert report_user_errors(lambda: args.func(args)) == 2  # the entry point's one error path
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["subset", str(src), str(tmp_path / "d3"), "--link", "move"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pcdarts import nb201 as nb
+from pcdarts.errors import report_user_errors
 from pcdarts.genotype import GenotypeError, NB201Genotype
 from pcdarts.nb201 import arch as nb_arch
 from pcdarts.nb201 import package as nb_package
@@ -369,7 +370,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     parser = argparse.ArgumentParser(prog="pcdarts")
     nb.add_subcommand(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
-    code = args.func(args)
+    code = report_user_errors(lambda: args.func(args))  # the entry point's one error path
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from pcdarts.errors import ConfigError, ExternalToolError, MissingDependencyError
 from pcdarts.genotype import NB201_EDGES, DartsGenotype, Genotype, NB201Genotype
 
 FORMATS = ("png", "svg")
@@ -43,7 +44,7 @@ def _matplotlib() -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError('plotting needs matplotlib; install it with: pip install "pcdarts[plot]"') from None
+        raise MissingDependencyError('plotting needs matplotlib; install it with: pip install "pcdarts[plot]"') from None
     return Figure, FigureCanvasAgg
 
 
@@ -103,7 +104,7 @@ def _render_dot(graph: _Graph, title: str, out: Path, fmt: str, dot: str) -> Non
     result = subprocess.run([dot, f"-T{fmt}", "-o", str(out)], input=_dot_source(graph, title),
                             text=True, capture_output=True, timeout=60)
     if result.returncode != 0:
-        raise RuntimeError(f"graphviz dot failed ({result.returncode}): {result.stderr.strip()}")
+        raise ExternalToolError(f"graphviz dot failed ({result.returncode}): {result.stderr.strip()}")
 
 
 Point = tuple[float, float]
@@ -243,12 +244,12 @@ def plot_genotype(genotype: Genotype, path_prefix: Union[str, Path], formats: Se
         formats = (formats,)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"formats={list(formats)} must be a non-empty list of {list(FORMATS)}")
+        raise ConfigError(f"formats={list(formats)} must be a non-empty list of {list(FORMATS)}")
     if backend not in _BACKENDS:
-        raise ValueError(f"backend={backend!r} must be one of {list(_BACKENDS)}")
+        raise ConfigError(f"backend={backend!r} must be one of {list(_BACKENDS)}")
     dot = shutil.which("dot")
     if backend == "dot" and dot is None:
-        raise RuntimeError("backend='dot' needs the graphviz 'dot' binary on PATH; install graphviz "
+        raise MissingDependencyError("backend='dot' needs the graphviz 'dot' binary on PATH; install graphviz "
                            "or use backend='matplotlib'")
     if isinstance(genotype, DartsGenotype):
         cells = [(kind, genotype.cell_titles[kind], _darts_graph(genotype, kind)) for kind in ("normal", "reduce")]

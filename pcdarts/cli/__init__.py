@@ -19,15 +19,12 @@ from typing import Any, Optional, Sequence
 
 from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, has_labels,
                             merge_onto_preset, parse_overrides, preset_names, scale_budget)
-from pcdarts.errors import PcdartsError
+from pcdarts.errors import report_user_errors
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.runs import TRUST_FLAG, TRUST_HELP
 
 DEFAULT_PRESET = "quick"
 ALL_RANKS_ENV = "PCDARTS_ALL_RANKS"  # set (not 0): every torchrun rank prints its errors and warnings
-
-USER_ERRORS: tuple[type[BaseException], ...] = (PcdartsError, FileNotFoundError)  # bad input, not a bug
-
 
 def rank_prefix() -> Optional[str]:
     """What starts this process's own lines (errors, warnings, the budget line): ``""`` alone and
@@ -336,20 +333,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not debug:
             warnings.showwarning = _one_line_warning
         rc = 1
+        if overrides and not getattr(args, "takes_overrides", False):
+            parser.error(f"unrecognised arguments: {' '.join(overrides)}")
+
+        def call() -> Any:
+            return args.func(args, overrides) if getattr(args, "takes_overrides", False) else args.func(args)
+
         try:
-            if getattr(args, "takes_overrides", False):
-                rc = int(args.func(args, overrides))
-            else:
-                if overrides:
-                    parser.error(f"unrecognised arguments: {' '.join(overrides)}")
-                rc = int(args.func(args) or 0)
+            rc = report_user_errors(call, debug=debug, emit=lambda line: say(line, file=sys.stderr))
             return rc
-        except USER_ERRORS as e:
-            if debug:
-                raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            say(f"error: {msg}", file=sys.stderr)
-            return 2
         except KeyboardInterrupt:
             say("interrupted", file=sys.stderr)
             return 130

@@ -3,14 +3,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from pcdarts.analysis.plot import _BACKENDS, FORMATS, default_prefix, plot_genotype
 from pcdarts.analysis.stats import describe_cells, genotype_stats
 from pcdarts.data.subset import LINK_MODES, build_subset
-from pcdarts.genotype import GenotypeError, load_genotype
+from pcdarts.genotype import load_genotype
 from pcdarts.search.planner import plan, plan_run
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse then prints the usage and the one error line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -18,13 +28,9 @@ def _info(args: argparse.Namespace) -> int:
     num_classes = getattr(args, "num_classes", None)
     if num_classes is None:
         num_classes = 1000 if args.stem == "imagenet" else 10
-    try:
-        genotype = load_genotype(args.genotype)
-        stats = genotype_stats(genotype, num_classes=num_classes, in_channels=getattr(args, "in_channels", 3),
-                               input_size=args.input_size, C=args.C, layers=args.layers, stem=args.stem)
-    except (GenotypeError, ValueError, TypeError) as e:
-        print(f"pcdarts info: error: {e}", file=sys.stderr)
-        return 2
+    genotype = load_genotype(args.genotype)
+    stats = genotype_stats(genotype, num_classes=num_classes, in_channels=getattr(args, "in_channels", 3),
+                           input_size=args.input_size, C=args.C, layers=args.layers, stem=args.stem)
     print(f"genotype: {genotype}")
     side = stats["input_size"]
     print(f"space: {genotype.space}  stem: {args.stem}  input: {getattr(args, 'in_channels', 3)}x{side}x{side}"
@@ -44,27 +50,23 @@ def add_info_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                     "only) and the ops of each cell node for a genotype's evaluation network.")
     p.add_argument("genotype", metavar="GENOTYPE_OR_NAME",
                    help="a published name, a genotype file/run directory, or a genotype string")
-    p.add_argument("--C", type=int, default=None,
+    p.add_argument("--C", type=positive_int, default=None,
                    help="initial channels (default 36 cifar / 48 imagenet / 16 NB201)")
-    p.add_argument("--layers", type=int, default=None,
+    p.add_argument("--layers", type=positive_int, default=None,
                    help="cells (default 20 cifar / 14 imagenet); cells per stage for NB201 (default 5)")
     p.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=None,
                    help="classifier outputs (default 10, or 1000 with --stem imagenet)")
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--input-size", type=int, default=None, help="square input side (default 32 / 224 imagenet)")
+    p.add_argument("--in-channels", type=positive_int, default=3)
+    p.add_argument("--input-size", type=positive_int, default=None, help="square input side (default 32 / 224 imagenet)")
     p.set_defaults(func=_info)
     return p
 
 
 def _plot(args: argparse.Namespace) -> int:
-    try:
-        genotype = load_genotype(args.genotype)
-        prefix = args.out if args.out is not None else default_prefix(args.genotype, genotype)
-        paths = plot_genotype(genotype, prefix, formats=(args.format,), backend=args.backend)
-    except (GenotypeError, ValueError, RuntimeError, ImportError) as e:
-        print(f"pcdarts plot: error: {e}", file=sys.stderr)
-        return 2
+    genotype = load_genotype(args.genotype)
+    prefix = args.out if args.out is not None else default_prefix(args.genotype, genotype)
+    paths = plot_genotype(genotype, prefix, formats=(args.format,), backend=args.backend)
     for p in paths:
         print(p)
     return 0
@@ -88,12 +90,8 @@ def add_plot_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _subset_main(args: argparse.Namespace) -> int:
-    try:
-        record = build_subset(args.src, args.dst, train=args.train, arch=args.arch, seed=args.seed,
-                              link=args.link, overwrite=args.overwrite)
-    except (ValueError, OSError) as exc:
-        print(f"pcdarts subset: error: {exc}", file=sys.stderr)
-        return 2
+    record = build_subset(args.src, args.dst, train=args.train, arch=args.arch, seed=args.seed,
+                          link=args.link, overwrite=args.overwrite)
     t = record["totals"]
     print(f"pcdarts subset: {record['num_classes']} classes, {t['train']} train + {t['arch']} arch "
           f"images of {t['total']} ({args.link}) -> {args.dst} (see subset.json)")

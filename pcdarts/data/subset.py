@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pcdarts.data.folders import FolderError, scan_folder
+from pcdarts.errors import ConfigError
 
 LINK_MODES = ("symlink", "hardlink", "copy")
 
@@ -35,7 +36,7 @@ def _place(src: Path, dst: Path, link: str) -> None:
             shutil.copy2(src, dst)
     except OSError as exc:
         hint = "" if link == "copy" else "; try --link copy"
-        raise OSError(f"cannot {link} {src} -> {dst}: {exc}{hint}") from exc
+        raise FolderError(f"cannot {link} {src} -> {dst}: {exc}{hint}") from exc
 
 
 def build_subset(src: str | os.PathLike, dst: str | os.PathLike, train: float = 0.1,
@@ -65,13 +66,13 @@ def build_subset(src: str | os.PathLike, dst: str | os.PathLike, train: float = 
         The ``subset.json`` content as a dict.
     """
     if not (0 < train < 1 and 0 < arch < 1) or train + arch > 1 + 1e-12:
-        raise ValueError(f"subset fractions must each be in (0, 1) with train + arch <= 1, got "
+        raise ConfigError(f"subset fractions must each be in (0, 1) with train + arch <= 1, got "
                          f"train={train}, arch={arch}")
     if link not in LINK_MODES:
-        raise ValueError(f"subset link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise ConfigError(f"subset link must be one of {', '.join(LINK_MODES)}, got {link!r}")
     src_p, dst_p = Path(src).resolve(), Path(dst).resolve()
     if dst_p == src_p or src_p in dst_p.parents:
-        raise ValueError(f"subset destination {dst_p} lies inside the source {src_p}; pick a "
+        raise ConfigError(f"subset destination {dst_p} lies inside the source {src_p}; pick a "
                          "folder outside it")
     classes, samples = scan_folder(src_p)
     if dst_p.exists() and not dst_p.is_dir():

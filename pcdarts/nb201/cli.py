@@ -7,8 +7,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from pcdarts.genotype import GenotypeError
-from pcdarts.nb201.arch import BenchmarkError, canonical_arch
+from pcdarts.errors import report_user_errors
+from pcdarts.nb201.arch import canonical_arch
 from pcdarts.nb201.lookup import NB201Table, get_table
 from pcdarts.nb201.official import build_table_from_official
 from pcdarts.nb201.package import _INSTALL_HINT, _PACKAGE
@@ -24,15 +24,11 @@ def _fmt(mean: float | None, std: float | None) -> str:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     """Handler of ``pcdarts query``; returns the process exit code."""
-    try:
-        table = get_table(args.table)
-        # "all": every dataset the table has (the package data has all three)
-        datasets = table.datasets if args.dataset == "all" else (args.dataset,)
-        results = [table.query(args.arch, ds, hp=args.hp, canonical=args.canonical) for ds in datasets]
-        canon = canonical_arch(args.arch)
-    except (BenchmarkError, GenotypeError) as e:  # bad input or a missing source: exit 2, like every CLI error
-        print(f"pcdarts query: error: {e}", file=sys.stderr)
-        return 2
+    table = get_table(args.table)  # bad input or a missing source: one error line, exit 2 (the entry point's)
+    # "all": every dataset the table has (the package data has all three)
+    datasets = table.datasets if args.dataset == "all" else (args.dataset,)
+    results = [table.query(args.arch, ds, hp=args.hp, canonical=args.canonical) for ds in datasets]
+    canon = canonical_arch(args.arch)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
@@ -93,15 +89,11 @@ def _main(argv: Iterable[str] | None = None) -> int:
     conv.add_argument("--trusted", action="store_true", help="unpickle without the plain-data allow-list")
 
     def _convert(a: argparse.Namespace) -> int:
-        try:
-            out = build_table_from_official(a.src, a.dst, hp=a.hp, trusted=a.trusted,
-                                            progress=lambda n: print(f"{n} architectures", file=sys.stderr))
-        except BenchmarkError as e:
-            print(f"convert: error: {e}", file=sys.stderr)
-            return 2
+        out = build_table_from_official(a.src, a.dst, hp=a.hp, trusted=a.trusted,
+                                        progress=lambda n: print(f"{n} architectures", file=sys.stderr))
         print(f"wrote {out} ({len(NB201Table(out))} cells)")
         return 0
 
     conv.set_defaults(func=_convert)
     args = parser.parse_args(None if argv is None else list(argv))
-    return int(args.func(args))
+    return report_user_errors(lambda: args.func(args))
