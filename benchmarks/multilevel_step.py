@@ -40,7 +40,7 @@ METHODS = {BASELINE: {"name": "darts", "order": 2}, "lbt": {"name": "lbt"}, "il"
 
 def build_searcher(args: argparse.Namespace, method: dict[str, Any], run_dir: str) -> Any:
     """A Searcher of ``method`` configured like a real run of ``args`` on the synthetic set."""
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     from pcdarts.search.searcher import Searcher
 
     cfg = build_config({

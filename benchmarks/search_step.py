@@ -40,7 +40,7 @@ SYNTHETIC = "synthetic"  # pcdarts.data.sources: random uint8 images, SIZExCHANN
 
 def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
     """A Searcher configured like a real run of ``args`` on the synthetic set."""
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     from pcdarts.search.searcher import Searcher
 
     space: dict[str, Any] = {"name": args.space, "C": args.C, "layers": args.cells, "k": args.k, "impl": impl,

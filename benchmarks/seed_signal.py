@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 def architecture_gradient(preset: str, overrides: list[str], seed: int, steps: Optional[int],
                           threads: int) -> dict[str, torch.Tensor]:
     """The summed architecture gradient over the architecture split after the warm-up."""
-    from pcdarts.config import apply_override, build_config, merge_onto_preset, parse_overrides
+    from pcdarts.search.config import apply_override, build_config, merge_onto_preset, parse_overrides
     from pcdarts.search.searcher import Searcher
 
     d: dict = {}

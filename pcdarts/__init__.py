@@ -11,7 +11,7 @@ from __future__ import annotations
 from pcdarts._version import __version__
 
 from pcdarts import data, methods, nb201, objectives, scorers  # noqa: F401  (registration)
-from pcdarts.config import Config, build_config, load_preset
+from pcdarts.search.config import Config, build_config, load_preset
 from pcdarts.genotype import DartsGenotype, NB201Genotype, load_genotype, save_genotype
 from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, SELECTORS, SPACES
 from pcdarts.search.searcher import SearchResult, search

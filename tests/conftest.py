@@ -87,7 +87,7 @@ def pytest_collection_modifyitems(config, items):
 def assert_fast_equals_reference_steps(tiny, method: dict, space: str, steps: int = 1) -> None:
     """``steps`` whole Searcher steps of ``method`` on ``space`` with the reference and with the
     fast path from the same seed: the weights and architecture parameters agree afterwards."""
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     from pcdarts.search.searcher import Searcher, new_run_dir
 
     states = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcdarts.config import SpaceConfig
+from pcdarts.search.config import SpaceConfig
 from pcdarts.nn.edges import MixedEdge, Mixing, channel_shuffle, shuffle_permutation
 from pcdarts.nn.ops import DARTS_PRIMITIVES, NB201_PRIMITIVES, OPS, ResNetReduction, darts_ops, nb201_ops
 from pcdarts.spaces import get_space

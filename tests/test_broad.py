@@ -17,7 +17,7 @@ import torch
 
 import pcdarts
 from pcdarts.cli import main
-from pcdarts.config import SpaceConfig, build_config, load_preset
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import (BroadGenotype, DartsGenotype, GenotypeError, genotype_from_dict, load_genotype,
                               parse_genotype, save_genotype)

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_method
 
 from pcdarts.cli import main
-from pcdarts.config import ConfigError, SpaceConfig, build_config
+from pcdarts.search.config import ConfigError, SpaceConfig, build_config
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search import planner
 from pcdarts.search.build import build_components, load_run

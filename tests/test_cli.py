@@ -123,7 +123,7 @@ def test_report_user_errors_maps_known_errors_and_lets_bugs_through(capsys):
 def test_a_run_that_never_leaves_its_warm_up_points_to_budget(tmp_path, capsys):
     """--search.epochs 1 on the default preset (3 warm-up epochs): the error points to --budget N,
     and --budget 1 does build a valid config (the warm-up scaled to 0)."""
-    from pcdarts.config import build_config, load_preset, scale_budget
+    from pcdarts.search.config import build_config, load_preset, scale_budget
     code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--search.epochs", "1"], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "warmup_epochs=3 must be smaller than search.epochs=1" in err and "use --budget N" in err, err
@@ -136,7 +136,7 @@ def test_switching_to_a_method_the_default_preset_cannot_run_names_its_presets(t
     """--method is-darts keeps the quick preset's 7 epochs (IS-DARTS shrinks 7 times every 3 epochs
     by default): refused, at any --budget (the preset is checked before scaling), with the
     presets made for IS-DARTS named, the one of the preset's space first; they are valid."""
-    from pcdarts.config import build_config, load_preset
+    from pcdarts.search.config import build_config, load_preset
     for extra in ([], ["--budget", "30"]):
         code, _, err = run_cli(["search", "--out", str(tmp_path / "r"), "--method", "is-darts", *extra], capsys)
         assert code == 2 and err.count("\n") == 1, err

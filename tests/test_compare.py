@@ -16,7 +16,7 @@ import torch
 
 from pcdarts.analysis.stats import collapse_stats, collapse_warning, genotype_agreement, seed_agreement
 from pcdarts.cli import main
-from pcdarts.config import build_config, load_preset, scale_budget
+from pcdarts.search.config import build_config, load_preset, scale_budget
 from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import NB201Genotype, load_genotype, parse_genotype
 from pcdarts.search.compare import (compare, default_out, parse_shard, preset_for, run_state,

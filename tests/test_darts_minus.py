@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pcdarts.config import build_config
+from pcdarts.search.config import build_config
 from pcdarts.errors import ConfigError
 from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
 

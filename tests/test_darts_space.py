@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pcdarts.config import SpaceConfig, build_config
+from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import MixedEdge, Mixing, normalise_edges
 from pcdarts.nn.ops import FactorizedReduce, PoolBN

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pcdarts.config import SpaceConfig
+from pcdarts.search.config import SpaceConfig
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.nn.ops import FactorizedReduce
 from pcdarts.spaces.darts import FastDartsSupernet

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pcdarts
-from pcdarts.config import SpaceConfig, build_config, load_preset
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import DartsGenotype, NB201Genotype
 from pcdarts.methods.is_darts import ISDarts, ISDartsConfig, removal_count, shrink_epochs, shrink_mask, subsets

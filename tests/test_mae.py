@@ -13,7 +13,7 @@ from PIL import Image
 
 import pcdarts
 from pcdarts.cli import main
-from pcdarts.config import (ConfigError, SpaceConfig, build_config, load_config_file, merge_onto_preset,
+from pcdarts.search.config import (ConfigError, SpaceConfig, build_config, load_config_file, merge_onto_preset,
                             scale_budget)
 from pcdarts.data.sources import load_dataset
 from pcdarts.objectives.base import EpochEnd, ObjectiveSetup

@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 import pcdarts
-from pcdarts.config import SpaceConfig, build_config
+from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
 from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
@@ -236,7 +236,7 @@ def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tin
 
 @pytest.mark.parametrize("preset", ["darts-minus_cifar10", "darts-minus_nb201"])
 def test_darts_minus_presets(preset):
-    from pcdarts.config import load_preset
+    from pcdarts.search.config import load_preset
     cfg = build_config(load_preset(preset))
     assert cfg.method_name == "darts-minus" and cfg.method.beta0 == 1.0 and cfg.search.epochs == 50
 
@@ -300,7 +300,7 @@ def test_drnas_resume_equals_uninterrupted_run(tiny):
 
 
 def test_drnas_presets():
-    from pcdarts.config import load_preset
+    from pcdarts.search.config import load_preset
     cfg = build_config(load_preset("drnas_nb201"))
     assert (cfg.method_name, cfg.search.epochs, cfg.method.arch_lr, cfg.k) == ("drnas", 100, 3e-4, 1)
     prog = build_config(load_preset("drnas_nb201_progressive"))

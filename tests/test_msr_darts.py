@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pcdarts
-from pcdarts.config import SpaceConfig, build_config, load_preset
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig, SpectralNormBank
 from pcdarts.registry import METHODS

@@ -414,7 +414,7 @@ def test_query_without_the_nb201_extra_exits_2_with_cli_advice(capsys: pytest.Ca
     assert "pcdarts search --nb201-lookup --search.nb201_table nb201.npz" in err
     build_parser().parse_args(["query", "ARCH", "--table", "nb201.npz"])
     build_parser().parse_args(["search", "--nb201-lookup"])
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     assert build_config({"search": {"nb201_table": "nb201.npz"}}).search.nb201_table == "nb201.npz"
     with pytest.raises(SystemExit):  # search has no --table flag
         build_parser().parse_args(["search", "--table", "nb201.npz"])

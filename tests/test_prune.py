@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_method
 
 import pcdarts
-from pcdarts.config import SpaceConfig, build_config
+from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.errors import ConfigError
 from pcdarts.methods import Darts, DartsConfig
 from pcdarts.registry import METHODS, PROXIES

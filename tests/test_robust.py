@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from pcdarts.cli import main, split_overrides
-from pcdarts.config import SECTIONS, build_config, load_config_file
+from pcdarts.search.config import SECTIONS, build_config, load_config_file
 from pcdarts.errors import ConfigError
 from pcdarts.ranges import check_ranges, field_range, range_hints
 from pcdarts.registry import METHODS
@@ -272,7 +272,7 @@ def test_every_numeric_field_has_its_range_checked(kind, section, cls):
 
 
 def test_range_violations_from_python_are_caught_too():
-    from pcdarts.config import Config, SpaceConfig
+    from pcdarts.search.config import Config, SpaceConfig
     with pytest.raises(ConfigError, match=r"space\.C must be >= 1, got 0"):
         Config(space=SpaceConfig(C=0))
     with pytest.raises(ConfigError, match=r"data\.max_samples"):
@@ -466,7 +466,7 @@ def test_default_search_moves_the_architecture_weights(tmp_path):
 def test_search_steps_make_no_host_sync_on_cuda(tmp_path):
     """The divergence watch (and the whole step) must not sync the host with the GPU per step:
     CUDA's sync debug mode turns any synchronising call inside the steps into an error."""
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     from tests.conftest import tiny_config
     cfg = build_config(tiny_config(tmp_path, run={"device": "cuda"}, method={"name": "pc-darts",
                                                                                "warmup_epochs": 0, "k": 2},

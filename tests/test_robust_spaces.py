@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcdarts.config import SpaceConfig, build_config, load_preset
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import DartsGenotype
 from pcdarts.genotype.primitives import DARTS_PRIMITIVES, PARAMETER_FREE

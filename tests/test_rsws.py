@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pcdarts
-from pcdarts.config import build_config, load_preset
+from pcdarts.search.config import build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods.rsws import cell_mixing
 from pcdarts.registry import SPACES

@@ -21,7 +21,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 import pcdarts
 from pcdarts import runs, utils
 from pcdarts.cli import main
-from pcdarts.config import build_config
+from pcdarts.search.config import build_config
 from pcdarts.registry import METHODS
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.train.trainer import train

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcdarts.config import SpaceConfig, build_config, load_preset
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods import SearchContext
 from pcdarts.methods.sdarts import SDartsAdvConfig, SDartsConfig, clip_rows
@@ -242,7 +242,7 @@ def test_presets(preset, space, attack):
 
 @pytest.mark.parametrize("space", ["s1", "s2", "s3", "s4"])
 def test_robustdarts_space_presets_are_the_darts_space_settings(space):
-    from pcdarts.config import build_config, load_preset
+    from pcdarts.search.config import build_config, load_preset
     from pcdarts.search.compare import preset_for
     for variant in ("rs", "adv"):
         name = f"sdarts-{variant}_{space}_cifar10"

@@ -175,7 +175,7 @@ def test_node_pairs_rule_keeps_the_two_best_pairs_which_may_share_an_input():
 def test_a_scorer_reads_the_supernet_and_data_through_the_context(tiny):
     """The scorer seam: a registered scorer gets the method and the search context (supernet,
     sample_batches); drawing batches never moves the training loaders."""
-    from pcdarts.config import build_config
+    from pcdarts.search.config import build_config
     from pcdarts.registry import SELECTORS
     from pcdarts.search.searcher import Searcher, new_run_dir
 

@@ -249,7 +249,7 @@ def test_eval_command_prints_accuracy(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("args, message", [
     (["train", "DARTS_V2", "--preset", "no_such_preset"], "unknown training preset"),
     (["train", "NOT_A_CELL"], "not a genotype file"),
-    (["train", "DARTS_V2", "--train.epochz", "2"], "unknown key 'train.epochz'"),
+    (["train", "DARTS_V2", "--train.epochz", "2"], "unknown key train.epochz; valid keys of 'train'"),
     (["train", "DARTS_V2", "--optim.lr", "2"], "unknown override"),
     (["train", "DARTS_V2", "--train.epochs", "two"], "train.epochs must be of type int"),
     (["train", "DARTS_V2", "--train.grad_accum", "5"], "train.grad_accum=5"),

@@ -267,8 +267,8 @@ def setting_label(groups: int, prefix: Optional[int]) -> str:
 
 def resolve_fast(cfg: Any, device: torch.device) -> bool:
     """Whether the supernet runs its fast path (``auto``: fast on CPU, reference on CUDA,
-    the rule of :func:`pcdarts.config.resolve_impl`)."""
-    from pcdarts.config import resolve_impl
+    the rule of :func:`pcdarts.nn.impl.resolve_impl`)."""
+    from pcdarts.nn.impl import resolve_impl
     return resolve_impl(cfg.impl, device.type) == "fast"
 
 

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pcdarts.config import (ConfigError, apply_override, build_config, describe_budget, has_labels,
+from pcdarts.search.config import (ConfigError, apply_override, build_config, describe_budget, has_labels,
                             merge_onto_preset, parse_overrides, preset_names, scale_budget)
 from pcdarts.errors import report_user_errors
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
@@ -142,7 +142,7 @@ def switched_method_hint(args: argparse.Namespace) -> str:
     """When ``--method`` names another method than the preset's, the tail of a config error:
     the other sections (epochs, space, data) are still the preset's, so name the presets made
     for that method (those of the preset's space first); empty otherwise."""
-    from pcdarts.config import load_preset
+    from pcdarts.search.config import load_preset
     preset = args.preset or DEFAULT_PRESET
     try:
         base = load_preset(preset)

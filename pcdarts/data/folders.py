@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from pcdarts.config import BAD_IMAGES
+from pcdarts.data.config import BAD_IMAGES
 from pcdarts.errors import PcdartsError
 from pcdarts.data.transforms import CenterCrop, Compose, Resize, ToTensor
 

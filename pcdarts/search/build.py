@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs
-from pcdarts.config import Config, load_config_file, resolve_impl
+from pcdarts.search.config import Config, load_config_file, resolve_impl
 from pcdarts.methods import Method
 from pcdarts.objectives.base import Objective, ObjectiveSetup, build_objective
 from pcdarts.registry import METHODS

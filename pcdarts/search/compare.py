@@ -48,7 +48,7 @@ from typing import Any, Iterator, Optional, Sequence
 from pcdarts import utils
 from pcdarts.analysis.plot import integer_ticks
 from pcdarts.analysis.stats import seed_agreement
-from pcdarts.config import (Config, apply_override, build_config, describe_budget, load_config_file, load_preset,
+from pcdarts.search.config import (Config, apply_override, build_config, describe_budget, load_config_file, load_preset,
                             merge_onto_preset, parse_overrides, plain, preset_names, scale_budget)
 from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import GenotypeError, parse_genotype

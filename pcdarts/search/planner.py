@@ -46,7 +46,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from pcdarts.config import Config, build_config
+from pcdarts.search.config import Config, build_config
 from pcdarts.search.build import build_components, run_shape
 from pcdarts.search.searcher import weight_optimizer, weight_step, weight_step_info
 from pcdarts.utils import peak_rss_mib
@@ -275,7 +275,7 @@ def plan(space: str = "darts", method: str = "pc-darts", batch: int = 64, C: int
             objective's own settings and the search section come from it (None: their defaults);
             the arguments above still name the space fields, method and objective planned.
     """
-    from pcdarts.config import resolve_impl
+    from pcdarts.nn.impl import resolve_impl
     impl = resolve_impl(impl, torch.device(device).type)
     from pcdarts.spaces import get_space
 
@@ -327,7 +327,7 @@ def plan_run(run_dir: Any, *, batch: Optional[int] = None, device: str = "cpu", 
     ``amp`` is) and its data shape (from its manifest), as :func:`pcdarts.search.build.load_run`
     reads them."""
     from pcdarts.runs import check_resumable
-    from pcdarts.config import load_config_file
+    from pcdarts.search.config import load_config_file
     path = check_resumable(run_dir, "search", "pcdarts plan --run")
     cfg = load_config_file(path / "config.yaml")
     (in_channels, side, _), num_classes = run_shape(path, None, cfg)

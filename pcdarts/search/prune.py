@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.distributed import all_reduce_mean, dist_info
-from pcdarts.config import DEFAULT_FRACTION, PruneSpec, parse_prune  # noqa: F401  (parsed with the config)
+from pcdarts.search.config import DEFAULT_FRACTION, PruneSpec, parse_prune  # noqa: F401  (parsed with the config)
 from pcdarts.nn.edges import Mixing
 from pcdarts.registry import PROXIES
 from pcdarts.utils import progress_bar

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
+from pcdarts.search.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices

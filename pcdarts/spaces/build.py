@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from pcdarts.config import resolve_impl
+from pcdarts.nn.impl import resolve_impl
 from pcdarts.spaces import SearchSpace
 
 
@@ -26,7 +26,7 @@ def make_supernet(space: SearchSpace, space_cfg: Any, *, k: int, num_classes: in
     Args:
         space: the space object (``get_space(name)``, or an unregistered analysis space).
         space_cfg: its :class:`~pcdarts.config.SpaceConfig`; ``impl`` ``auto`` is resolved for
-            ``device`` (:func:`pcdarts.config.resolve_impl`: fast on CPU, reference on CUDA).
+            ``device`` (:func:`pcdarts.nn.impl.resolve_impl`: fast on CPU, reference on CUDA).
         k: the partial-channel factor in force (a checkpoint's may differ from the config's).
         num_classes, in_channels: the data's.
         masks: cell type -> [E, O] booleans of the ops to build (a pruned run's); None = all.

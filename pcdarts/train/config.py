@@ -1,7 +1,6 @@
-"""Configuration of ``pcdarts train``: frozen dataclasses, YAML presets, dotted overrides.
-
-Mirrors :mod:`pcdarts.config` (the search configuration) but with the sections of a
-from-scratch training run: ``data``, ``model``, ``train`` and ``run``. Presets live in
+"""The configuration schema of ``pcdarts train``: the sections of a from-scratch training run,
+``data``, ``model``, ``train`` and ``run``, built by the one machinery (:mod:`pcdarts.config`,
+:data:`SCHEMA`: presets, dotted overrides, declared ranges, ConfigError). Presets live in
 ``pcdarts/configs/train_<name>.yaml``; the ``train_`` prefix keeps them apart from the
 search presets in the same folder, and users name them without it
 (``--preset cifar10_paper``). Defaults follow the DARTS evaluation protocol
@@ -11,18 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Sequence, Union
+from typing import Annotated, Any, Union
 
 import yaml
 
 from pcdarts import config
-from pcdarts.data.config import TrainDataConfig
+from pcdarts.data.config import TrainDataConfig, check_bad_images, has_labels
 from pcdarts.errors import ConfigError, TrainError
 from pcdarts.ranges import Count, Fraction, NonNegInt, Positive, Range, Rate, check_ranges
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESET_DIR = config.PRESET_DIR
 PRESET_PREFIX = "train_"
 DEFAULT_PRESET = "short"
 SCHEDULES = ("cosine", "exponential", "linear")
@@ -110,6 +110,8 @@ class TrainRunConfig(config.RunOptions):
 
 SECTIONS: dict[str, type] = {"data": TrainDataConfig, "model": ModelConfig, "train": TrainLoopConfig,
                              "run": TrainRunConfig}
+SCHEMA = config.Schema("pcdarts train", SECTIONS, example="--train.epochs 50", preset_prefix=PRESET_PREFIX,
+                       preset_kind="training preset")
 
 
 @dataclass(frozen=True)
@@ -138,63 +140,33 @@ class TrainConfig:
         return build_train_config(d)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise TrainError(message)
-
-
 def validate(cfg: TrainConfig) -> None:
-    """Cross-field checks; each message names the field and the fix."""
+    """The checks across fields (each field's own range is declared on it and checked first);
+    each message names the field and the fix."""
     d, m, t = cfg.data, cfg.model, cfg.train
     for name in SECTIONS:
-        try:
-            check_ranges(getattr(cfg, name), name)
-        except ConfigError as e:
-            raise TrainError(str(e)) from None
-    try:
-        config.check_bad_images(d)
-    except ConfigError as e:
-        raise TrainError(str(e)) from None
-    if not config.has_labels(d.dataset):
-        raise TrainError(f"pcdarts train needs labels, and data.dataset {d.dataset!r} has none; train the found cell "
-                         "on a labelled set (folder:DIR with one sub-folder per class, cifar10:PATH, ...)")
-    _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
-             f"train.grad_accum={t.grad_accum} must be >= 1 and divide train.batch_size={t.batch_size} "
-             "(each micro-batch has batch_size / grad_accum images)")
-    _require(t.lr > 0 and t.lr_min >= 0 and t.lr_min <= t.lr,
-             f"need 0 <= train.lr_min <= train.lr and train.lr > 0, got lr={t.lr}, lr_min={t.lr_min}")
-    _require(t.lr_schedule in SCHEDULES,
-             f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {t.lr_schedule!r}")
-    _require(0 < t.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {t.lr_gamma}")
-    _require(0 <= t.warmup_epochs < t.epochs,
-             f"train.warmup_epochs={t.warmup_epochs} must be >= 0 and smaller than train.epochs={t.epochs}")
-    _require(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-    _require(t.cutout >= 0 and t.grad_clip >= 0 and t.weight_decay >= 0 and t.momentum >= 0,
-             "train.cutout, train.grad_clip, train.weight_decay and train.momentum must be >= 0")
-    _require(not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0")
-    _require(cfg.run.threads is None or cfg.run.threads >= 1, f"run.threads must be >= 1, got {cfg.run.threads}")
-    _require(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
-    _require(m.C >= 1 and m.layers >= 1 and m.nb201_C >= 1 and m.nb201_N >= 1,
-             "model.C, model.layers, model.nb201_C and model.nb201_N must be >= 1")
-    _require(m.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet', got {m.stem!r}")
-    _require(0 <= m.drop_path_prob < 1, f"model.drop_path_prob must be in [0, 1), got {m.drop_path_prob}")
-    _require(m.auxiliary_weight >= 0, f"model.auxiliary_weight must be >= 0, got {m.auxiliary_weight}")
-    _require(d.loader in FOLDER_LOADERS,
-             f"data.loader must be one of {', '.join(FOLDER_LOADERS)}, got {d.loader!r}")
-    _require(d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}")
-    _require(d.input_size is None or d.input_size >= 1, f"data.input_size must be >= 1, got {d.input_size}")
-    _require(d.num_classes is None or d.num_classes >= 2, f"data.num_classes must be >= 2, got {d.num_classes}")
-    _require(0 < d.test_portion < 1, f"data.test_portion must be in (0, 1), got {d.test_portion}")
-    _require(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
-    for name in ("max_samples", "max_test_samples", "eval_batch_size"):
-        v = getattr(d, name)
-        _require(v is None or v >= 1, f"data.{name} must be >= 1 (or null for all), got {v}")
-    _require((d.mean is None) == (d.std is None), "set data.mean and data.std together (one value per channel)")
-    if d.std is not None:
-        _require(all(s > 0 for s in d.std), f"data.std values must be > 0, got {list(d.std)}")
-    _require(d.test_path is None or d.dataset == "folder", "data.test_path is only used with data.dataset: folder")
+        check_ranges(getattr(cfg, name), name)
+    check_bad_images(d)
+    if not has_labels(d.dataset):
+        raise ConfigError(f"pcdarts train needs labels, and data.dataset {d.dataset!r} has none; train the found "
+                          "cell on a labelled set (folder:DIR with one sub-folder per class, cifar10:PATH, ...)")
+    checks = [
+        (t.batch_size % t.grad_accum == 0, f"train.grad_accum={t.grad_accum} must divide train.batch_size="
+                                           f"{t.batch_size} (each micro-batch has batch_size / grad_accum images)"),
+        (t.lr_min <= t.lr, f"train.lr_min={t.lr_min} must not exceed train.lr={t.lr}"),
+        (t.lr_schedule in SCHEDULES, f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {t.lr_schedule!r}"),
+        (t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} must be smaller than train.epochs="
+                                     f"{t.epochs}"),
+        (not t.nesterov or t.momentum > 0, "train.nesterov needs train.momentum > 0"),
+        (m.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet', got {m.stem!r}"),
+        (d.loader in FOLDER_LOADERS, f"data.loader must be one of {', '.join(FOLDER_LOADERS)}, got {d.loader!r}"),
+        (d.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {d.channels}"),
+        ((d.mean is None) == (d.std is None), "set data.mean and data.std together (one value per channel)"),
+        (d.test_path is None or d.dataset == "folder", "data.test_path is only used with data.dataset: folder"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def lr_at(t: TrainLoopConfig, epoch: int) -> float:
@@ -219,67 +191,36 @@ def lr_at(t: TrainLoopConfig, epoch: int) -> float:
 
 def train_preset_names() -> list[str]:
     """Preset names (file names without the ``train_`` prefix and ``.yaml``)."""
-    return sorted(p.stem[len(PRESET_PREFIX):] for p in PRESET_DIR.glob(f"{PRESET_PREFIX}*.yaml"))
+    return SCHEMA.preset_names()
 
 
 def load_train_preset(name_or_path: str) -> dict[str, Any]:
     """The nested dict of a preset name (``cifar10_paper``) or of a YAML file."""
-    p = Path(name_or_path)
-    if not p.is_file():
-        stem = name_or_path[len(PRESET_PREFIX):] if name_or_path.startswith(PRESET_PREFIX) else name_or_path
-        p = PRESET_DIR / f"{PRESET_PREFIX}{stem}.yaml"
-    if not p.is_file():
-        raise TrainError(f"unknown training preset {name_or_path!r}; choose one of: "
-                         f"{', '.join(train_preset_names())} (or pass the path of a YAML file)")
-    return _read(p, "a training preset")
-
-
-def _read(path: Union[str, Path], what: str) -> dict[str, dict[str, Any]]:
-    try:
-        return config.read_sections(path, what)
-    except ConfigError as e:
-        raise TrainError(str(e)) from None
+    return SCHEMA.load_preset(name_or_path)
 
 
 def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     """``["--train.epochs", "2", "--model.C=8"]`` -> ``[("train.epochs", 2), ("model.C", 8)]``."""
-    try:
-        return config.parse_overrides(tokens, example="--train.epochs 50", command="pcdarts train")
-    except config.ConfigError as e:
-        raise TrainError(str(e)) from None
+    return SCHEMA.parse_overrides(tokens)
 
 
 def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``d[section][key] = value``; an unknown section or key raises TrainError."""
-    section, _, key = dotted.partition(".")
-    if section not in SECTIONS or not key:
-        raise TrainError(f"unknown override {dotted!r}: use SECTION.KEY with SECTION one of "
-                         f"{', '.join(SECTIONS)} (e.g. --train.epochs 50)")
-    names = {f.name for f in fields(SECTIONS[section])}
-    if key not in names:
-        raise TrainError(f"unknown key {dotted!r}; valid keys of {section!r}: {', '.join(sorted(names))}")
-    d.setdefault(section, {})[key] = value
+    """Set ``d[section][key] = value``; an unknown section or key raises ConfigError."""
+    SCHEMA.apply_override(d, dotted, value)
 
 
 def build_train_config(d: dict[str, Any]) -> TrainConfig:
     """A validated :class:`TrainConfig` from a nested dict (preset + overrides)."""
-    unknown = set(d) - set(SECTIONS)
-    if unknown:
-        raise TrainError(f"unknown config section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    try:
-        built = {name: config.coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
-    except config.ConfigError as e:
-        raise TrainError(str(e)) from None
-    return TrainConfig(**built)
+    return TrainConfig(**SCHEMA.build_sections(d))
 
 
 def load_train_config_file(path: Union[str, Path]) -> TrainConfig:
     """Read a run's ``config.yaml`` back into a TrainConfig."""
-    return build_train_config(_read(path, "a training run's config"))
+    return build_train_config(config.read_sections(path, "a training run's config"))
 
 
 __all__ = [
-    "TrainError", "TrainConfig", "TrainDataConfig", "ModelConfig", "TrainLoopConfig", "TrainRunConfig",
+    "TrainError", "TrainConfig", "SCHEMA", "validate", "TrainDataConfig", "ModelConfig", "TrainLoopConfig", "TrainRunConfig",
     "build_train_config", "load_train_preset", "load_train_config_file", "parse_overrides",
     "apply_override", "train_preset_names", "lr_at", "DEFAULT_PRESET",
 ]
