@@ -73,7 +73,10 @@ class Registry(Generic[T]):
 
 SPACES: Registry[Any] = Registry("search space")
 METHODS: Registry[Any] = Registry("method")
-SELECTORS: Registry[Any] = Registry("selector")
+# scorers (pcdarts/scorers/): scorer(method, ctx) -> {cell type: [E, O] scores}, read by space.derive;
+# a method's ``selector`` field names one. SELECTORS is the older name of the same registry (public, kept).
+SCORERS: Registry[Any] = Registry("scorer")
+SELECTORS = SCORERS
 OBJECTIVES: Registry[Any] = Registry("objective")
 DATASETS: Registry[Any] = Registry("dataset")
 PROXIES: Registry[Any] = Registry("zero-cost proxy")  # proxy(net, batch, *, seed) -> float (pcdarts.scorers.zero_cost)

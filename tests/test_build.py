@@ -172,3 +172,22 @@ def test_the_weight_sharing_analysis_builds_through_the_supernet_stage():
     with pytest.raises(ValueError, match="no partial channels"):
         make_supernet(TinySpace(), SpaceConfig(name="tiny", C=4), k=2, num_classes=10, in_channels=3,
                       device=torch.device("cpu"))
+
+
+def test_pcdarts_search_is_the_package_and_calls_the_search(monkeypatch):
+    # `import pcdarts.search` gives the subpackage (its modules importable), and
+    # `pcdarts.search(...)`, the documented Python API, still runs the search
+    import sys
+    import types
+
+    import pcdarts
+    import pcdarts.search as search_package
+    from pcdarts.search import searcher
+
+    assert search_package is sys.modules["pcdarts.search"] is pcdarts.search
+    assert isinstance(pcdarts.search, types.ModuleType) and pcdarts.search.config.SCHEMA.command == "pcdarts search"
+    calls = []
+    monkeypatch.setattr(searcher, "search", lambda *a, **k: calls.append((a, k)) or "result")
+    monkeypatch.setattr(search_package, "search", searcher.search)
+    assert pcdarts.search({"search": {"epochs": 1}}, stop_after_steps=2) == "result"
+    assert calls == [(({"search": {"epochs": 1}},), {"stop_after_steps": 2})]

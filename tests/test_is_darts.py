@@ -350,11 +350,11 @@ def test_resume_mid_search_equals_uninterrupted_run(tiny, space, stop):
 
 def test_the_registered_iim_scorer_ranks_ops_of_any_method(tiny):
     """``--method.selector iim``: a DARTS search derived by IIM (1/F) instead of alpha."""
-    from pcdarts.registry import SELECTORS
+    from pcdarts.registry import SCORERS
     s = _searcher(tiny(method={"name": "darts"}, space={"name": "nb201", "layers": 1}))
     s.search_step(True, s.context())  # BN running statistics move off 0 (digits have all-zero borders)
-    scores = SELECTORS.get("iim")(s.method, s.context())["cell"]
+    scores = SCORERS.get("iim")(s.method, s.context())["cell"]
     assert scores.shape == (6, 5) and (scores[:, 0] == 0).all()  # none: F = +inf, IIM 0
     assert torch.isfinite(scores).all() and (scores[:, 1:] > 0).all()
     with pytest.raises(ValueError, match="runs only during a search"):
-        SELECTORS.get("iim")(s.method, None)
+        SCORERS.get("iim")(s.method, None)

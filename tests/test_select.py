@@ -176,7 +176,7 @@ def test_a_scorer_reads_the_supernet_and_data_through_the_context(tiny):
     """The scorer seam: a registered scorer gets the method and the search context (supernet,
     sample_batches); drawing batches never moves the training loaders."""
     from pcdarts.search.config import build_config
-    from pcdarts.registry import SELECTORS
+    from pcdarts.registry import SCORERS
     from pcdarts.search.searcher import Searcher, new_run_dir
 
     seen = {}
@@ -187,8 +187,8 @@ def test_a_scorer_reads_the_supernet_and_data_through_the_context(tiny):
         seen["same"] = torch.equal(batches[0][0], ctx.sample_batches(1, "train")[0][0])
         return {ct: torch.rand(a.shape) for ct, a in method.alphas.items()}
 
-    if "test-data-scorer" not in SELECTORS:
-        SELECTORS.register("test-data-scorer")(data_scorer)
+    if "test-data-scorer" not in SCORERS:
+        SCORERS.register("test-data-scorer")(data_scorer)
     cfg = build_config(tiny(method={"name": "pc-darts", "selector": "test-data-scorer", "derive_rule": "node-pairs",
                                     "warmup_epochs": 0, "k": 2}))
     s = Searcher(cfg, new_run_dir(cfg))

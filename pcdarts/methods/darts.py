@@ -188,8 +188,8 @@ class Darts(Method):
         return Mixing(ops=ops, edges=edges)
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
-        from pcdarts.registry import SELECTORS
-        return SELECTORS.get(self.cfg.selector)(self, ctx)
+        from pcdarts.registry import SCORERS
+        return SCORERS.get(self.cfg.selector)(self, ctx)
 
     def derive_rule(self) -> Optional[str]:
         return self.cfg.derive_rule

@@ -472,8 +472,8 @@ class MSRDarts(Method):
         return sr.mean_by_type(ranks, self.cell_type_of)
 
     def scores(self, ctx: Optional[SearchContext] = None) -> dict[str, torch.Tensor]:
-        from pcdarts.registry import SELECTORS
-        return SELECTORS.get("stable-rank")(self, ctx)
+        from pcdarts.registry import SCORERS
+        return SCORERS.get("stable-rank")(self, ctx)
 
     def cell_genotypes(self) -> dict[int, Any]:
         """Per supernet cell, the cell derived from its own stable ranks (the cell-type part of

@@ -9,10 +9,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from pcdarts.nn.edges import normalise_edges
-from pcdarts.registry import SELECTORS
+from pcdarts.registry import SCORERS
 
 
-@SELECTORS.register("alpha", description="softmax(alpha), times the normalised beta when present")
+@SCORERS.register("alpha", description="softmax(alpha), times the normalised beta when present")
 def alpha_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
     """The registered form: reads ``method.alphas`` (the live ones, removed ops at -inf, when the
     method has ``live_alphas``: a space pruned before the search), ``method.betas`` and ``method.node_edges``."""

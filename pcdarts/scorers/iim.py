@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from pcdarts.nn.edges import Mixing
-from pcdarts.registry import SELECTORS
+from pcdarts.registry import SCORERS
 
 FORMULAS = ("official", "textbook")
 TEXTBOOK_EPS = 1e-5   # sigma floor of the textbook formula (sigma^6 = 1e-30 still fits float32)
@@ -149,7 +149,7 @@ def sample_images(ctx: Any, num_samples: Optional[int]) -> list[tuple[torch.Tens
     return ctx.sample_batches(-(-int(num_samples) // per_batch), "train")
 
 
-@SELECTORS.register("iim", description="IIM = 1/F of each op's output maps (IS-DARTS), over 200 training images")
+@SCORERS.register("iim", description="IIM = 1/F of each op's output maps (IS-DARTS), over 200 training images")
 def iim_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
     """The registered form: IIM (1/F, official formula) of every op at the method's current
     mixing, over the first :data:`DEFAULT_SAMPLES` images of the train split; pruned and

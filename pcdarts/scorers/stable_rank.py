@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from pcdarts.registry import SELECTORS
+from pcdarts.registry import SCORERS
 
 MODES = ("operator", "reshape")
 
@@ -169,7 +169,7 @@ def mean_by_type(ranks: dict[int, torch.Tensor], cell_type_of: dict[int, str]) -
     return out
 
 
-@SELECTORS.register("stable-rank", description="minus the mean stable rank (over the cells of a type) of each "
+@SCORERS.register("stable-rank", description="minus the mean stable rank (over the cells of a type) of each "
                                                "op's last conv: MSR-DARTS")
 def stable_rank_scorer(method: Any, ctx: Any = None) -> dict[str, torch.Tensor]:
     """The registered form: ``-method.mean_stable_ranks(ctx)``, so the space's top-k rules keep
