@@ -1,11 +1,15 @@
 """Dataset sources: in-memory uint8 image tensors plus labels.
 
-What lives here: the :class:`ImageDataset` record, the registered dataset loaders
-(``digits`` bundled with scikit-learn, ``cifar10`` / ``cifar100`` from the official
-*python* archive), :func:`load_dataset` (dispatches through ``DATASETS``), seeded
-search splits and a dataset fingerprint for run manifests.
+What lives here: the :class:`ImageDataset` record, the registered tensor dataset loaders
+(``digits`` bundled with scikit-learn, ``synthetic``, ``cifar10`` / ``cifar100`` from the
+official *python* archive; image folders register in :mod:`.folder_source` and
+:mod:`.unlabelled`), :func:`load_dataset` (dispatches through ``DATASETS``), the seeded
+weight/architecture split (:func:`split_indices`), per-channel statistics
+(:func:`channel_stats`), the datasets' default augmentation and the fingerprints recorded
+in run manifests.
 
-What must not: device placement, augmentation and batching (see ``gpu_loader``).
+What must not: device placement, normalisation, augmentation and batching
+(:mod:`.device_loader`, :mod:`.transforms`).
 """
 from __future__ import annotations
 

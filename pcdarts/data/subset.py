@@ -1,5 +1,6 @@
-"""Reproducible per-class PC-DARTS ImageNet search subsets: :func:`build_subset` and the
-``pcdarts subset SRC DST`` subcommand (:func:`add_subset_subcommand`)."""
+"""Reproducible per-class PC-DARTS ImageNet search subsets (:func:`build_subset`), written as
+image folders; the ``pcdarts subset SRC DST`` subcommand that calls it is in
+:mod:`pcdarts.cli.tools`."""
 from __future__ import annotations
 
 import hashlib

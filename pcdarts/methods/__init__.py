@@ -20,4 +20,6 @@ from pcdarts.methods.random_lookup import RandomLookup, RandomLookupConfig  # no
 from pcdarts.methods.sdarts import SDarts, SDartsConfig  # noqa: F401  (registration)
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
-           "DartsMinus", "DartsMinusConfig", "DrNAS", "DrNASConfig"]
+           "DartsMinus", "DartsMinusConfig", "BetaDarts", "BetaDartsConfig", "DrNAS", "DrNASConfig", "ISDarts",
+           "ISDartsConfig", "MSRDarts", "MSRDartsConfig", "LBT", "LBTConfig", "IL", "ILConfig", "LeaSE", "LeaSEConfig",
+           "RSWS", "RSWSConfig", "RandomLookup", "RandomLookupConfig", "SDarts", "SDartsConfig"]

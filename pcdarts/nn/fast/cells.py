@@ -28,7 +28,9 @@ Channel modes: ``first+shuffle`` / ``first+shift`` as above; ``random`` draws th
 edge order, before the cell runs), so equal seeds give equal results on both paths. The
 ``noise`` op (RobustDARTS's S4) is drawn the same way, after its edge's permutation, and
 added into its edges' columns after the source's block (it reads nothing of the source).
-``Mixing.aux_skip`` is ignored, exactly like the reference supernets.
+``Mixing.aux_skip`` (DARTS-'s auxiliary skip) is added per edge outside the op and edge
+weights, as on the reference path (``aux_coef`` of :func:`run_cell`; built with
+``aux_skip=True``).
 """
 from __future__ import annotations
 
