@@ -332,3 +332,33 @@ def test_a_state_saved_by_two_ranks_is_resharded_for_one_at_the_same_global_batc
     # another global batch cannot take over: a one-line error that says what to keep
     with pytest.raises(DataError, match="global batch"):
         _loader(imgs, bs=2, seed=5).load_state_dict(ranks[0].state_dict())
+
+
+def test_one_seeded_subset_for_search_train_ws_and_zero_cost():
+    from pcdarts.data.sources import seeded_subset, subset_indices
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    labels = torch.arange(10)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(7))
+    assert subset_indices(10, 4, 7).tolist() == perm[:4].tolist()  # the first k of the seeded permutation
+    assert subset_indices(10, 4, 7, keep_order=True).tolist() == sorted(perm[:4].tolist())
+    assert subset_indices(10, None, 7) is None and subset_indices(10, 10, 7) is None  # everything, in order
+    x, y = seeded_subset(images, labels, 4, 7)
+    assert y.tolist() == perm[:4].tolist() and x[:, 0, 0, 0].tolist() == perm[:4].tolist()
+    assert seeded_subset(images, labels, None, 7)[1] is labels
+
+
+def test_one_normalisation_for_the_loaders_and_the_zero_cost_batch():
+    from pcdarts.analysis.zero_cost import load_batch
+    from pcdarts.data.device_loader import normalise
+    from pcdarts.data.sources import seeded_subset
+    x = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # one 2-channel 1x2 image
+    mean, std = (0.5, 0.2), (0.25, 0.4)
+    want = torch.tensor([[[[-2.0, 2.0]], [[0.0, 0.5]]]])  # (v / 255 - mean) / std by hand
+    assert torch.allclose(normalise(x, mean, std), want)
+    ds = load_dataset("synthetic:16x3x8", "train")
+    loader = DeviceLoader(ds.images, ds.labels, 16, mean=ds.mean, std=ds.std, shuffle=False, drop_last=False)
+    first = next(iter(loader))[0]
+    assert torch.equal(first, normalise(ds.images, ds.mean, ds.std))
+    batch = load_batch("synthetic:16x3x8", 5, seed=3)
+    images, labels = seeded_subset(ds.images, ds.labels, 5, 3)
+    assert torch.equal(batch.images, normalise(images, ds.mean, ds.std)) and torch.equal(batch.labels, labels)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from pcdarts.data.device_loader import Augment, DeviceLoader
-from pcdarts.data.sources import default_augment, load_dataset
+from pcdarts.data.sources import default_augment, load_dataset, seeded_subset, split_indices
 from pcdarts.errors import ConfigError
 from pcdarts.spaces import SearchSpace, get_space
 from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges
@@ -229,29 +229,19 @@ class WSData:
                             device=device)
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, n: Optional[int], seed: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    if n is None or n >= len(labels):
-        return images, labels
-    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
-    return images[keep], labels[keep]
-
-
 def build_data(cfg: WSConfig, device: torch.device) -> WSData:
     """Load ``cfg.data``; split off the validation set; draw the fixed eval/recalibration batches."""
     ds = load_dataset(cfg.data, "train")
-    images, labels = _subset(ds.images, ds.labels, cfg.max_samples, 0)
+    images, labels = seeded_subset(ds.images, ds.labels, cfg.max_samples, 0)
     if cfg.validation == "split":
-        n_train = int(round(len(labels) * cfg.train_portion))
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        if not 0 < n_train < len(labels):
+        tr, va = split_indices(len(labels), cfg.train_portion, 0)
+        if not len(tr) or not len(va):
             raise ConfigError(f"ws.train_portion {cfg.train_portion} leaves an empty training or validation split")
-        tr, va = perm[:n_train], perm[n_train:]
         train, val = (images[tr], labels[tr]), (images[va], labels[va])
     else:
         test = load_dataset(cfg.data, "test")
         train, val = (images, labels), (test.images, test.labels)
-    val = _subset(*val, cfg.val_samples, 1)
+    val = seeded_subset(*val, cfg.val_samples, 1)
     pad, flip = default_augment(ds.name, int(images.shape[-1]))
     common = dict(mean=ds.mean, std=ds.std, device=device)
     ev = DeviceLoader(*val, min(cfg.eval_batch_size, len(val[1])), shuffle=False, drop_last=False, **common)

@@ -114,17 +114,17 @@ class ProxyBatch:
 
 
 def load_batch(spec: str, batch_size: int, seed: int = 0, device: Union[str, torch.device] = "cpu") -> ProxyBatch:
-    """The first ``batch_size`` images of a ``seed``-permutation of the training split of a data
-    spec (``digits``, ``cifar10:PATH``, ``synthetic:16x3x64`` ...), normalised like the search's."""
-    from pcdarts.data.sources import load_dataset
+    """The seeded subset of ``batch_size`` images (:func:`pcdarts.data.sources.seeded_subset`:
+    the first ``batch_size`` of a ``seed``-permutation; all of them, in order, when the set is
+    smaller) of the training split of a data spec (``digits``, ``cifar10:PATH``,
+    ``synthetic:16x3x64`` ...), normalised by the search's one normalisation
+    (:func:`pcdarts.data.device_loader.normalise`)."""
+    from pcdarts.data.device_loader import normalise
+    from pcdarts.data.sources import load_dataset, seeded_subset
     ds = load_dataset(spec, "train")
-    n = min(int(batch_size), len(ds.labels))
-    idx = torch.randperm(len(ds.labels), generator=torch.Generator().manual_seed(seed))[:n]
-    x = ds.images[idx].float().div_(255.0)
-    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = ((x - mean) / std).contiguous()
-    y = ds.labels[idx].long().contiguous()
+    images, labels = seeded_subset(ds.images, ds.labels, int(batch_size), seed)
+    x = normalise(images, ds.mean, ds.std).contiguous()
+    y = labels.long().contiguous()
     h = hashlib.sha1()
     h.update(repr(tuple(x.shape)).encode())
     h.update(x.numpy().tobytes())

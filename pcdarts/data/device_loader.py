@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from pcdarts.data.sources import DataError
 
-__all__ = ["Augment", "DeviceLoader"]
+__all__ = ["Augment", "DeviceLoader", "normalise"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,16 @@ class Augment:
     def is_identity(self) -> bool:
         """True when no augmentation is switched on."""
         return self.crop_padding == 0 and not self.flip and self.cutout == 0
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor | Sequence[float], std: torch.Tensor | Sequence[float]
+              ) -> torch.Tensor:
+    """The one normalisation of uint8 images [B, C, H, W]: ``(x / 255 - mean) / std`` per
+    channel, in float32 (``mean``/``std`` in [0, 1] units, as ``ImageDataset.mean``/``std``)."""
+    c = x.shape[1]
+    m = mean if isinstance(mean, torch.Tensor) else torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+    s = std if isinstance(std, torch.Tensor) else torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    return (x.float() / 255.0 - m.to(x.device)) / s.to(x.device)
 
 
 def _channel_tensor(values: float | Sequence[float], channels: int, field: str, device: torch.device) -> torch.Tensor:
@@ -238,7 +248,7 @@ class DeviceLoader:
         if self.channels_last:
             # convert while still uint8 (4x less to move); the float ops below keep the layout
             x = x.contiguous(memory_format=torch.channels_last)
-        out = (x.float() / 255.0 - self._mean) / self._std
+        out = normalise(x, self._mean, self._std)
         if "cut" in draws:
             out = out.masked_fill(_cutout_mask(draws["cut"], aug.cutout, h, w).unsqueeze(1), 0.0)
             if self.channels_last:  # masked_fill with a broadcast mask falls back to NCHW

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ __all__ = [
     "ImageDataset",
     "load_dataset",
     "split_indices",
+    "subset_indices",
+    "seeded_subset",
     "dataset_fingerprint",
 ]
 
@@ -144,6 +146,24 @@ def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torc
     perm = torch.randperm(int(n), generator=gen)
     k = int(round(n * float(portion)))
     return perm[:k].clone(), perm[k:].clone()
+
+
+def subset_indices(n: int, k: Optional[int], seed: int, *, keep_order: bool = False) -> Optional[torch.Tensor]:
+    """The one seeded subset: the first ``k`` of a ``seed``-permutation of ``range(n)`` (None when
+    ``k`` is None or covers all ``n``: use everything). ``keep_order`` sorts the kept indices
+    (the images keep the dataset's order, as training's subsets do); otherwise they come in the
+    permutation's order (the search's, ws-analysis's and zero-cost's)."""
+    if k is None or k >= n:
+        return None
+    keep = torch.randperm(int(n), generator=torch.Generator().manual_seed(int(seed)))[: int(k)]
+    return keep.sort().values if keep_order else keep
+
+
+def seeded_subset(images: torch.Tensor, labels: torch.Tensor, k: Optional[int], seed: int, *,
+                  keep_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` cut to the seeded subset of :func:`subset_indices` (unchanged for None)."""
+    keep = subset_indices(len(labels), k, seed, keep_order=keep_order)
+    return (images, labels) if keep is None else (images[keep], labels[keep])
 
 
 def labels_fingerprint(labels: torch.Tensor) -> str:

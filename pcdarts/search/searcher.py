@@ -27,7 +27,7 @@ from pcdarts import runs, utils
 from pcdarts.search.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
-from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
+from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, seeded_subset, split_indices
 from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers,
                                   check_identical, dist_info, init_distributed, per_process_batch, resolve_device,
                                   wrap_ddp)
@@ -202,10 +202,7 @@ class Searcher:
                           bad_images=None if d.bad_images == "fail" else d.bad_images)
         images, labels = ds.images, ds.labels
         split_seed = cfg.run.seed if d.split_seed is None else d.split_seed
-        if d.max_samples is not None and d.max_samples < len(labels):
-            g = torch.Generator().manual_seed(split_seed)
-            keep = torch.randperm(len(labels), generator=g)[: d.max_samples]
-            images, labels = images[keep], labels[keep]
+        images, labels = seeded_subset(images, labels, d.max_samples, split_seed)
         self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
         self.input_size = images.shape[-1]
         pad, flip = default_augment(d.dataset, self.input_size)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pcdarts.data.sources import channel_stats, default_augment, labels_fingerprint, load_dataset
+from pcdarts.data.sources import channel_stats, default_augment, labels_fingerprint, load_dataset, seeded_subset
 from pcdarts.data.folders import (ImageFolderDataset, Scan, folder_info, load_folder_as_tensor, make_folder_loader,
                                   readable_scan, scan_folder)
 from pcdarts.data.device_loader import Augment, DeviceLoader
@@ -80,13 +80,6 @@ class _Arrays:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: Optional[list[str]]
-
-
-def _subset(x: torch.Tensor, y: torch.Tensor, k: Optional[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if k is None or k >= len(y):
-        return x, y
-    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:k].sort().values
-    return x[keep], y[keep]
 
 
 def _adapt(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
@@ -179,8 +172,9 @@ def load_arrays(d: TrainDataConfig, folder: Optional[_TrainFolder] = None) -> tu
             arr.train_x, arr.test_x = _adapt(arr.train_x, channels, size), _adapt(arr.test_x, channels, size)
             if channels != train.in_channels and measure:  # the dataset's statistics describe other channels
                 arr.mean, arr.std = channel_stats(arr.train_x)
-    arr.train_x, arr.train_y = _subset(arr.train_x, arr.train_y, d.max_samples, d.split_seed)
-    arr.test_x, arr.test_y = _subset(arr.test_x, arr.test_y, d.max_test_samples, d.split_seed + 1)
+    arr.train_x, arr.train_y = seeded_subset(arr.train_x, arr.train_y, d.max_samples, d.split_seed, keep_order=True)
+    arr.test_x, arr.test_y = seeded_subset(arr.test_x, arr.test_y, d.max_test_samples, d.split_seed + 1,
+                                           keep_order=True)
     arr.num_classes = _num_classes(d, arr.num_classes, arr.train_y, arr.test_y)
     if not measure:
         arr.mean, arr.std = check_stats(d, channels)
