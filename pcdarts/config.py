@@ -250,7 +250,7 @@ def coerce_section(cls: type, section: str, values: Any) -> Any:
 
 def check_type(tp: Any, v: Any, where: str) -> Any:
     """Coerce a YAML value to a dataclass field type (int -> float, numbers -> str, lists ->
-    tuples of floats) or raise ConfigError naming the field."""
+    tuples whose elements are checked as the tuple's element type) or raise ConfigError naming the field."""
     if get_origin(tp) is Union:
         if v is None:
             return None
@@ -267,12 +267,11 @@ def check_type(tp: Any, v: Any, where: str) -> Any:
         return v
     if tp is str and (isinstance(v, str) or is_num):
         return str(v)
-    if get_origin(tp) is tuple:
+    if get_origin(tp) is tuple:  # tuple[X, ...]: each element checked as an X (a scalar is a one-tuple)
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        elem = args[0] if args else Any
         vals = list(v) if isinstance(v, (list, tuple)) else [v]
-        nums = [float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else _float_text(x)
-                for x in vals]
-        if all(x is not None for x in nums):
-            return tuple(nums)
+        return tuple(check_type(elem, x, f"{where}[{i}]") for i, x in enumerate(vals))
     if tp is Any:
         return v
     name = getattr(tp, "__name__", str(tp))

@@ -55,6 +55,8 @@ from pcdarts.data.device_loader import Augment, DeviceLoader
 from pcdarts.data.sources import default_augment, load_dataset, seeded_subset, split_indices
 from pcdarts.errors import ConfigError
 from pcdarts.spaces import SearchSpace, get_space
+from pcdarts.config import Schema
+from pcdarts.nn.impl import IMPLS
 from pcdarts.ranges import Count, Epochs, Fraction, NonNegInt, Rate, Seed, check_ranges
 from pcdarts.utils import manifest, progress_bar, write_json
 from pcdarts.analysis.ws_train import (ChildOrder, RunLog, child_mixing, edge_check, evaluate_child, fresh_supernet,
@@ -69,105 +71,193 @@ VALIDATIONS = ("test", "split")
 
 
 @dataclass(frozen=True)
-class WSConfig:
-    """Settings of one ``pcdarts ws-analysis``; defaults are the paper's / official code's.
+class WSSpaceConfig:
+    """The children under study (section ``space``).
 
     Attributes:
-        space: ``tiny`` (the study's space, 64 children) or ``nb201``.
+        name: ``tiny`` (the study's space, 64 children) or ``nb201``.
         sample: NB201 children drawn uniformly (0 = all 15,625); ignored on ``tiny``.
-        sample_seed: seed of that draw (the same children for every run seed).
+        sample_seed: seed of that draw (the same children for every run seed) and of the
+            ``random`` partition into groups.
         C: channels (tiny: node channels; NB201: first-stage channels).
         layers: NB201 cells per stage (N); the tiny space always has 4 cells.
-        epochs: training epochs of every run.
-        seeds: one run per seed (init, data order, shuffled orders).
-        order: child order: ``round-robin`` | ``shuffle-once`` | ``shuffle-per-epoch``.
-        epoch_unit: ``data`` (an epoch is one pass over the training data, as in the paper)
-            or ``children`` (one cycle over a group's children: each trained exactly once).
-        bn: BN policy at evaluation: ``recalibrate`` | ``batch-stats`` | ``running``.
-        recal_batches: training batches (no augmentation, the same for every child) that
-            re-estimate the BN statistics under ``recalibrate``.
-        bn_momentum: BN momentum during training (official code default 0.4).
-        groups: the sharing sweep over group counts G (children split into G groups, each
-            with its own supernet copy).
-        partition: how children are split into groups: ``random`` (seeded by sample_seed) or
-            ``sequential`` (consecutive blocks).
-        prefix: the sharing sweep over prefix depths k (share the stem and the first k
-            entries of ``supernet.cells``); None = share everything.
-        data: dataset spec (``digits``, ``synthetic:8x3x256``, ``cifar10:PATH``, ...).
+        impl: ``auto`` | ``fast`` | ``reference`` (auto = fast on CPU, reference on CUDA).
+    """
+
+    name: str = "tiny"
+    sample: NonNegInt = 50
+    sample_seed: Seed = 0
+    C: Count = 16
+    layers: Count = 5
+    impl: str = "auto"
+
+
+@dataclass(frozen=True)
+class WSDataConfig:
+    """The images and the validation set (section ``data``).
+
+    Attributes:
+        dataset: dataset spec (``digits``, ``synthetic:8x3x256``, ``cifar10:PATH``, ...).
         validation: ``test`` (the dataset's test split, as the official code) or ``split``
             (a held-out ``1 - train_portion`` of the training set, as the paper describes).
         train_portion: training share of the training set under ``validation=split``.
         max_samples: use only this many training images (seeded subset); None = all.
         val_samples: evaluate on only this many validation images; None = all.
-        batch_size, eval_batch_size: training / evaluation batch sizes.
-        lr, lr_min, momentum, weight_decay, grad_clip: SGD with a per-epoch cosine schedule
-            from lr to lr_min (paper: 0.025 -> 0.001, 0.9, 1e-3, no clipping).
-        stale_momentum: False: a step changes only the active child's weights (gradients of
-            the other ops are None). True: the official code's behaviour under PyTorch < 1.7,
-            whose zero_grad left zero gradients, so momentum and weight decay keep moving
-            every op that was ever trained.
-        standalone_epochs: >0 trains every child alone from scratch for this many epochs
-            (seed ``seeds[0]``) and uses its accuracy as the ground truth.
-        gt_dataset: NB201 lookup dataset (None: the data's name if cifar10/cifar100, else cifar10).
-        ground_truth: CSV ``arch,accuracy`` of stand-alone accuracies (overrides the lookup).
-        stable_from: rank std within a run is taken over epochs >= stable_from * epochs.
-        interference: children whose one-step interference row is measured at the end of
-            every run (0 = off): the change of every child's loss after one update of it.
-        impl: ``auto`` | ``fast`` | ``reference`` (auto = fast on CPU, reference on CUDA).
-        device: ``auto`` | ``cpu`` | ``cuda[:N]``.
     """
 
-    space: str = "tiny"
-    sample: NonNegInt = 50
-    sample_seed: Seed = 0
-    C: Count = 16
-    layers: Count = 5
-    epochs: Epochs = 200
-    seeds: tuple[int, ...] = (0,)
-    order: str = "round-robin"
-    epoch_unit: str = "data"
-    bn: str = "recalibrate"
-    recal_batches: Count = 4
-    bn_momentum: Fraction = 0.4
-    groups: tuple[int, ...] = (1,)
-    partition: str = "random"
-    prefix: tuple[Optional[int], ...] = (None,)
-    data: str = "digits"
+    dataset: str = "digits"
     validation: str = "test"
     train_portion: Fraction = 0.5
     max_samples: Optional[Count] = None
     val_samples: Optional[Count] = None
+
+
+@dataclass(frozen=True)
+class WSTrainConfig:
+    """The single-path training of every run (section ``train``).
+
+    Attributes:
+        epochs: training epochs of every run.
+        seeds: one run per seed (init, data order, shuffled orders).
+        order: child order: ``round-robin`` | ``shuffle-once`` | ``shuffle-per-epoch``.
+        epoch_unit: ``data`` (an epoch is one pass over the training data, as in the paper)
+            or ``children`` (one cycle over a group's children: each trained exactly once).
+        batch_size: training batch size.
+        lr, lr_min, momentum, weight_decay, grad_clip: SGD with a per-epoch cosine schedule
+            from lr to lr_min (paper: 0.025 -> 0.001, 0.9, 1e-3, no clipping).
+        bn_momentum: BN momentum during training (official code default 0.4).
+        stale_momentum: False: a step changes only the active child's weights (gradients of
+            the other ops are None). True: the official code's behaviour under PyTorch < 1.7,
+            whose zero_grad left zero gradients, so momentum and weight decay keep moving
+            every op that was ever trained.
+    """
+
+    epochs: Epochs = 200
+    seeds: tuple[int, ...] = (0,)
+    order: str = "round-robin"
+    epoch_unit: str = "data"
     batch_size: Count = 256
-    eval_batch_size: Count = 256
     lr: Rate = 0.025
     lr_min: Rate = 0.001
     momentum: Fraction = 0.9
     weight_decay: Rate = 1e-3
     grad_clip: Rate = 0.0
+    bn_momentum: Fraction = 0.4
     stale_momentum: bool = False
+
+
+@dataclass(frozen=True)
+class WSSharingConfig:
+    """The sharing sweep (section ``sharing``).
+
+    Attributes:
+        groups: group counts G (children split into G groups, each with its own supernet copy).
+        partition: how children are split into groups: ``random`` (seeded by space.sample_seed)
+            or ``sequential`` (consecutive blocks).
+        prefix: prefix depths k (share the stem and the first k entries of
+            ``supernet.cells``); None = share everything.
+    """
+
+    groups: tuple[int, ...] = (1,)
+    partition: str = "random"
+    prefix: tuple[Optional[int], ...] = (None,)
+
+
+@dataclass(frozen=True)
+class WSEvalConfig:
+    """How children are evaluated and what they are compared with (section ``eval``).
+
+    Attributes:
+        bn: BN policy at evaluation: ``recalibrate`` | ``batch-stats`` | ``running``.
+        recal_batches: training batches (no augmentation, the same for every child) that
+            re-estimate the BN statistics under ``recalibrate``.
+        batch_size: evaluation batch size.
+        standalone_epochs: >0 trains every child alone from scratch for this many epochs
+            (seed ``train.seeds[0]``) and uses its accuracy as the ground truth.
+        gt_dataset: NB201 lookup dataset (None: the data's name if cifar10/cifar100, else cifar10).
+        ground_truth: CSV ``arch,accuracy`` of stand-alone accuracies (overrides the lookup).
+        stable_from: rank std within a run is taken over epochs >= stable_from * epochs.
+        interference: children whose one-step interference row is measured at the end of
+            every run (0 = off): the change of every child's loss after one update of it.
+    """
+
+    bn: str = "recalibrate"
+    recal_batches: Count = 4
+    batch_size: Count = 256
     standalone_epochs: NonNegInt = 0
     gt_dataset: Optional[str] = None
     ground_truth: Optional[str] = None
     stable_from: Fraction = 0.5
     interference: NonNegInt = 0
-    impl: str = "auto"
+
+
+@dataclass(frozen=True)
+class WSRunConfig:
+    """Where it runs (section ``run``). ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``."""
+
     device: str = "cpu"
 
+
+WS_SECTIONS: dict[str, type] = {"space": WSSpaceConfig, "data": WSDataConfig, "train": WSTrainConfig,
+                                "sharing": WSSharingConfig, "eval": WSEvalConfig, "run": WSRunConfig}
+SCHEMA = Schema("pcdarts ws-analysis", WS_SECTIONS, example="--train.epochs 10")
+# the command line's flat option names that differ from their section's field name
+FLAT_NAMES = {"space": ("space", "name"), "data": ("data", "dataset"), "eval_batch_size": ("eval", "batch_size")}
+
+
+@dataclass(frozen=True)
+class WSConfig:
+    """Settings of one ``pcdarts ws-analysis``, in sections (``space``, ``data``, ``train``,
+    ``sharing``, ``eval``, ``run``) built by the one config machinery (:data:`SCHEMA`);
+    defaults are the paper's / official code's. :meth:`from_flat` builds one from the command
+    line's flat option names (``epochs=2, bn="running"``)."""
+
+    space: WSSpaceConfig = field(default_factory=WSSpaceConfig)
+    data: WSDataConfig = field(default_factory=WSDataConfig)
+    train: WSTrainConfig = field(default_factory=WSTrainConfig)
+    sharing: WSSharingConfig = field(default_factory=WSSharingConfig)
+    eval: WSEvalConfig = field(default_factory=WSEvalConfig)
+    run: WSRunConfig = field(default_factory=WSRunConfig)
+
     def __post_init__(self) -> None:
-        check_ranges(self, "ws")
-        for name, allowed in (("space", WS_SPACES), ("order", ORDERS), ("bn", BN_POLICIES),
-                              ("epoch_unit", EPOCH_UNITS), ("partition", PARTITIONS),
-                              ("validation", VALIDATIONS), ("impl", ("auto", "fast", "reference"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"ws.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"ws.seeds must be distinct non-negative integers, e.g. 0,1; got {self.seeds}")
-        if not self.groups or any(g < 1 for g in self.groups):
-            raise ConfigError(f"ws.groups must be positive group counts, e.g. 1,4; got {self.groups}")
-        if not self.prefix or any(k is not None and k < 0 for k in self.prefix):
-            raise ConfigError(f"ws.prefix must be prefix depths >= 0 or 'all'; got {self.prefix}")
-        if self.lr_min > self.lr:
-            raise ConfigError(f"ws.lr_min ({self.lr_min:g}) must not exceed ws.lr ({self.lr:g})")
+        for name in WS_SECTIONS:
+            check_ranges(getattr(self, name), name)
+        sp, t, sh = self.space, self.train, self.sharing
+        for where, value, allowed in (("space.name", sp.name, WS_SPACES), ("space.impl", sp.impl, IMPLS),
+                                      ("train.order", t.order, ORDERS), ("train.epoch_unit", t.epoch_unit, EPOCH_UNITS),
+                                      ("eval.bn", self.eval.bn, BN_POLICIES),
+                                      ("sharing.partition", sh.partition, PARTITIONS),
+                                      ("data.validation", self.data.validation, VALIDATIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{where} must be one of {', '.join(allowed)}; got {value!r}")
+        if not t.seeds or any(s < 0 for s in t.seeds) or len(set(t.seeds)) != len(t.seeds):
+            raise ConfigError(f"train.seeds must be distinct non-negative integers, e.g. 0,1; got {t.seeds}")
+        if not sh.groups or any(g < 1 for g in sh.groups):
+            raise ConfigError(f"sharing.groups must be positive group counts, e.g. 1,4; got {sh.groups}")
+        if not sh.prefix or any(k is not None and k < 0 for k in sh.prefix):
+            raise ConfigError(f"sharing.prefix must be prefix depths >= 0 or 'all'; got {sh.prefix}")
+        if t.lr_min > t.lr:
+            raise ConfigError(f"train.lr_min ({t.lr_min:g}) must not exceed train.lr ({t.lr:g})")
+
+    @classmethod
+    def from_sections(cls, d: dict[str, Any]) -> "WSConfig":
+        """From a nested dict ``{section: {key: value}}`` through the machinery (types, ranges)."""
+        return cls(**SCHEMA.build_sections(d))
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> "WSConfig":
+        """From flat option names (each field's own name, or :data:`FLAT_NAMES`' ``space``,
+        ``data``, ``eval_batch_size``); an unknown name is one ConfigError listing the valid ones."""
+        owner = {f.name: (sec, f.name) for sec, c in WS_SECTIONS.items() for f in dataclasses.fields(c)
+                 if f.name not in ("name", "dataset") and not (sec == "eval" and f.name == "batch_size")}
+        owner.update(FLAT_NAMES)
+        d: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if key not in owner:
+                raise ConfigError(f"unknown ws-analysis option {key!r}; valid: {', '.join(sorted(owner))}")
+            sec, name = owner[key]
+            d.setdefault(sec, {})[name] = value
+        return cls.from_sections(d)
 
 
 # ---------------------------------------------------------------------------- children
@@ -186,18 +276,18 @@ class Space:
 
 
 def enumerate_children(cfg: WSConfig) -> Space:
-    """The tiny space's 64 children, or ``cfg.sample`` NB201 cells (all for 0), sorted by code."""
-    if cfg.space == "tiny":
+    """The tiny space's 64 children, or ``cfg.space.sample`` NB201 cells (all for 0), sorted by code."""
+    if cfg.space.name == "tiny":
         from pcdarts.spaces.tiny import TINY_PRIMITIVES, TinySpace, tiny_child_name, tiny_children
         kids = tiny_children()
         return Space("tiny", TINY_PRIMITIVES, kids, [tiny_child_name(c) for c in kids], TinySpace())
     from pcdarts.genotype import NB201_PRIMITIVES, NB201Genotype
     n_ops, n_edges = len(NB201_PRIMITIVES), 6
     total = n_ops ** n_edges
-    if cfg.sample == 0 or cfg.sample >= total:
+    if cfg.space.sample == 0 or cfg.space.sample >= total:
         codes = np.arange(total)
     else:
-        codes = np.sort(np.random.RandomState(cfg.sample_seed).choice(total, cfg.sample, replace=False))
+        codes = np.sort(np.random.RandomState(cfg.space.sample_seed).choice(total, cfg.space.sample, replace=False))
     kids = [tuple(int(c) // n_ops ** (n_edges - 1 - e) % n_ops for e in range(n_edges)) for c in codes]
     names = [NB201Genotype(tuple(NB201_PRIMITIVES[o] for o in k)).arch_str() for k in kids]
     return Space("nb201", NB201_PRIMITIVES, kids, names, get_space("nb201"))
@@ -224,33 +314,33 @@ class WSData:
 
     def loader(self, cfg: WSConfig, seed: int, device: torch.device) -> DeviceLoader:
         """A seeded, augmented, cycling training loader (one per run and group)."""
-        batch = min(cfg.batch_size, int(self.train[1].shape[0]))
+        batch = min(cfg.train.batch_size, int(self.train[1].shape[0]))
         return DeviceLoader(*self.train, batch, mean=self.mean, std=self.std, augment=self.augment, seed=seed,
                             device=device)
 
 
 def build_data(cfg: WSConfig, device: torch.device) -> WSData:
-    """Load ``cfg.data``; split off the validation set; draw the fixed eval/recalibration batches."""
-    ds = load_dataset(cfg.data, "train")
-    images, labels = seeded_subset(ds.images, ds.labels, cfg.max_samples, 0)
-    if cfg.validation == "split":
-        tr, va = split_indices(len(labels), cfg.train_portion, 0)
+    """Load ``cfg.data.dataset``; split off the validation set; draw the fixed eval/recalibration batches."""
+    ds = load_dataset(cfg.data.dataset, "train")
+    images, labels = seeded_subset(ds.images, ds.labels, cfg.data.max_samples, 0)
+    if cfg.data.validation == "split":
+        tr, va = split_indices(len(labels), cfg.data.train_portion, 0)
         if not len(tr) or not len(va):
-            raise ConfigError(f"ws.train_portion {cfg.train_portion} leaves an empty training or validation split")
+            raise ConfigError(f"data.train_portion {cfg.data.train_portion} leaves an empty training or validation split")
         train, val = (images[tr], labels[tr]), (images[va], labels[va])
     else:
-        test = load_dataset(cfg.data, "test")
+        test = load_dataset(cfg.data.dataset, "test")
         train, val = (images, labels), (test.images, test.labels)
-    val = seeded_subset(*val, cfg.val_samples, 1)
+    val = seeded_subset(*val, cfg.data.val_samples, 1)
     pad, flip = default_augment(ds.name, int(images.shape[-1]))
     common = dict(mean=ds.mean, std=ds.std, device=device)
-    ev = DeviceLoader(*val, min(cfg.eval_batch_size, len(val[1])), shuffle=False, drop_last=False, **common)
-    recal = DeviceLoader(*train, min(cfg.batch_size, len(train[1])), seed=12345, **common)  # no augmentation
+    ev = DeviceLoader(*val, min(cfg.eval.batch_size, len(val[1])), shuffle=False, drop_last=False, **common)
+    recal = DeviceLoader(*train, min(cfg.train.batch_size, len(train[1])), seed=12345, **common)  # no augmentation
     data = WSData((train[0].to(device), train[1].to(device)), ds.mean, ds.std, Augment(crop_padding=pad, flip=flip),
-                  list(ev), [recal.next() for _ in range(cfg.recal_batches)], ds.num_classes,
+                  list(ev), [recal.next() for _ in range(cfg.eval.recal_batches)], ds.num_classes,
                   int(images.shape[1]), int(images.shape[-1]))
-    data.info = {"dataset": cfg.data, "n_train": int(train[1].shape[0]), "n_val": int(val[1].shape[0]),
-                 "validation": cfg.validation, "augment": dataclasses.asdict(data.augment)}
+    data.info = {"dataset": cfg.data.dataset, "n_train": int(train[1].shape[0]), "n_val": int(val[1].shape[0]),
+                 "validation": cfg.data.validation, "augment": dataclasses.asdict(data.augment)}
     return data
 
 
@@ -296,7 +386,8 @@ def _norm_arch(text: str) -> str:
 def lookup_ground_truth(cfg: WSConfig, space: Space) -> tuple[list[float], str]:
     """NB201 benchmark validation accuracy (mean over runs) of every child."""
     from pcdarts.nb201 import query
-    ds = cfg.gt_dataset or next((n for n in ("cifar100", "cifar10") if cfg.data.lower().startswith(n)), "cifar10")
+    ds = cfg.eval.gt_dataset or next((n for n in ("cifar100", "cifar10") if cfg.data.dataset.lower().startswith(n)),
+                                     "cifar10")
     out, source = [], ""
     for name in space.names:
         r = query(name, ds)
@@ -310,7 +401,7 @@ def lookup_ground_truth(cfg: WSConfig, space: Space) -> tuple[list[float], str]:
 
 def _unit_steps(cfg: WSConfig, data: WSData, n_members: int) -> int:
     n = int(data.train[1].shape[0])
-    return n_members if cfg.epoch_unit == "children" else n // min(cfg.batch_size, n)
+    return n_members if cfg.train.epoch_unit == "children" else n // min(cfg.train.batch_size, n)
 
 
 def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, echo: Any = print) -> dict[str, Any]:
@@ -324,45 +415,45 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
     """
     from pcdarts.analysis import ws_report as rep
     from pcdarts.distributed import resolve_device
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.run.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = enumerate_children(cfg)
     data = build_data(cfg, device)
     M = len(space.children)
-    settings = [(g, k) for g in cfg.groups for k in cfg.prefix]
+    settings = [(g, k) for g in cfg.sharing.groups for k in cfg.sharing.prefix]
     for g, _ in settings:
-        partition_children(M, g, cfg.partition, cfg.sample_seed)  # refuse a bad G before any training
-    write_json(out / "manifest.json", manifest(cfg.seeds[0], str(device), {"tool": "ws-analysis"}))
+        partition_children(M, g, cfg.sharing.partition, cfg.space.sample_seed)  # refuse a bad G before any training
+    write_json(out / "manifest.json", manifest(cfg.train.seeds[0], str(device), {"tool": "ws-analysis"}))
     bar = None
     if progress:
-        standalone = cfg.standalone_epochs and not cfg.ground_truth
-        sa = M * cfg.standalone_epochs * _unit_steps(cfg, data, 1) if standalone else 0
-        total = sa + len(cfg.seeds) * cfg.epochs * sum(
-            sum(_unit_steps(cfg, data, len(p)) for p in partition_children(M, g, cfg.partition, cfg.sample_seed)) + M
+        standalone = cfg.eval.standalone_epochs and not cfg.eval.ground_truth
+        sa = M * cfg.eval.standalone_epochs * _unit_steps(cfg, data, 1) if standalone else 0
+        total = sa + len(cfg.train.seeds) * cfg.train.epochs * sum(
+            sum(_unit_steps(cfg, data, len(p)) for p in partition_children(M, g, cfg.sharing.partition, cfg.space.sample_seed)) + M
             for g, _ in settings)
         bar = progress_bar(True, total, "ws-analysis")
     gt: Optional[list[float]] = None
-    if cfg.ground_truth:
-        gt, source = read_ground_truth(cfg.ground_truth, space.names), f"user CSV {cfg.ground_truth}"
-    elif cfg.standalone_epochs:
+    if cfg.eval.ground_truth:
+        gt, source = read_ground_truth(cfg.eval.ground_truth, space.names), f"user CSV {cfg.eval.ground_truth}"
+    elif cfg.eval.standalone_epochs:
         if bar is not None:
             bar.set_description("stand-alone ground truth")
         gt = standalone_ground_truth(cfg, space, data, device, bar)
-        source = f"stand-alone training, {cfg.standalone_epochs} epoch(s), seed {cfg.seeds[0]}, {cfg.bn} BN"
+        source = f"stand-alone training, {cfg.eval.standalone_epochs} epoch(s), seed {cfg.train.seeds[0]}, {cfg.eval.bn} BN"
     elif space.name == "nb201":
         gt, source = lookup_ground_truth(cfg, space)
     else:
         source = "none (pass --ground-truth CSV or --standalone-epochs N)"
     runs = []
     for g, k in settings:
-        for seed in cfg.seeds:
+        for seed in cfg.train.seeds:
             if bar is not None:
                 bar.set_description(f"{setting_label(g, k)} seed {seed}")
             log = train_run(cfg, space, data, g, k, seed, device, bar)
             runs.append({"label": log.label, "groups": g, "prefix": k, "seed": seed,
                          "epochs": rep.epoch_records(log.accuracy, log.steps_since, log.train_loss, space.names, gt),
-                         "stability": rep.within_run_stability(log.accuracy, cfg.stable_from),
+                         "stability": rep.within_run_stability(log.accuracy, cfg.eval.stable_from),
                          "accuracy": log.accuracy, "loss": log.loss, "steps_since": log.steps_since,
                          "partition": log.partition, "schedule": log.schedule, "interference": log.interference,
                          "weights": log.weights, "seconds": log.seconds})

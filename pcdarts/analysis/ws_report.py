@@ -233,7 +233,7 @@ def plot_report(out: Path, report: dict[str, Any]) -> list[Path]:
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel("Kendall tau vs ground truth" if gt is not None else "Kendall tau vs previous epoch")
-    ax.set_title(f"{report['space']}: shared-weight ranking ({report['config']['bn']} BN)")
+    ax.set_title(f"{report['space']}: shared-weight ranking ({report['config']['eval']['bn']} BN)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     paths.append(out / "tau_vs_epoch.png")

@@ -36,16 +36,16 @@ def child_mixing(ops: Sequence[int], n_ops: int, device: torch.device) -> Mixing
 def fresh_supernet(cfg: Any, space: Any, num_classes: int, in_channels: int, fast: bool) -> nn.Module:
     """A fresh supernet of the analysed space (``space.structure``, a
     :class:`~pcdarts.spaces.SearchSpace`), built on the CPU by the one assembly's supernet stage
-    (:func:`pcdarts.spaces.build.make_supernet`): ``cfg.C`` channels, ``cfg.layers`` cells per
-    stage (NB201), BN running statistics kept, momentum ``cfg.bn_momentum``; the fast forward
+    (:func:`pcdarts.spaces.build.make_supernet`): ``cfg.space.C`` channels, ``cfg.space.layers`` cells per
+    stage (NB201), BN running statistics kept, momentum ``cfg.train.bn_momentum``; the fast forward
     unless ``fast`` is False."""
-    space_cfg = SpaceConfig(name=space.name, C=cfg.C, layers=cfg.layers, track_running_stats=True,
+    space_cfg = SpaceConfig(name=space.name, C=cfg.space.C, layers=cfg.space.layers, track_running_stats=True,
                             impl="fast" if fast else "reference")
     net = make_supernet(space.structure, space_cfg, k=1, num_classes=num_classes, in_channels=in_channels,
                         device=torch.device("cpu"))
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.momentum = cfg.bn_momentum
+            m.momentum = cfg.train.bn_momentum
     return net
 
 
@@ -188,19 +188,19 @@ class Unit:
     def __init__(self, cfg: Any, model: nn.Module, members: list[int], data: Any, seed: int,
                  prefix: Optional[int], device: torch.device) -> None:
         self.cfg, self.model, self.members = cfg, model, members
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
-                                                                    eta_min=cfg.lr_min)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                         weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.train.epochs,
+                                                                    eta_min=cfg.train.lr_min)
         self.loader = data.loader(cfg, seed, device)
-        self.order = ChildOrder(members, cfg.order, seed)
+        self.order = ChildOrder(members, cfg.train.order, seed)
         self.unshared = Unshared(model, self.optimizer, prefix, members) if prefix is not None else None
         self.step = 0
         self.last_trained = {m: -1 for m in members}  # step index of each child's last update
         self.trained: list[int] = []  # the child of every step (the schedule actually run)
 
     def steps_per_epoch(self) -> int:
-        return len(self.members) if self.cfg.epoch_unit == "children" else len(self.loader)
+        return len(self.members) if self.cfg.train.epoch_unit == "children" else len(self.loader)
 
     def select(self, m: int) -> None:
         if self.unshared is not None:
@@ -212,11 +212,11 @@ class Unit:
         x, y = self.loader.next()
         if not self.model.training:
             self.model.train()
-        self.optimizer.zero_grad(set_to_none=not self.cfg.stale_momentum)
+        self.optimizer.zero_grad(set_to_none=not self.cfg.train.stale_momentum)
         loss = F.cross_entropy(self.model(x, mixing), y)
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.last_trained[m] = self.step
         self.trained.append(m)
@@ -269,7 +269,7 @@ def resolve_fast(cfg: Any, device: torch.device) -> bool:
     """Whether the supernet runs its fast path (``auto``: fast on CPU, reference on CUDA,
     the rule of :func:`pcdarts.nn.impl.resolve_impl`)."""
     from pcdarts.nn.impl import resolve_impl
-    return resolve_impl(cfg.impl, device.type) == "fast"
+    return resolve_impl(cfg.space.impl, device.type) == "fast"
 
 
 def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int], seed: int,
@@ -278,7 +278,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
     t0 = time.time()
     torch.manual_seed(seed)
     base = fresh_supernet(cfg, space, data.num_classes, data.in_channels, resolve_fast(cfg, device)).to(device)
-    parts = partition_children(len(space.children), groups, cfg.partition, cfg.sample_seed)
+    parts = partition_children(len(space.children), groups, cfg.sharing.partition, cfg.space.sample_seed)
     # every group starts from the same initial weights (G independent runs with one seed, as the official code)
     units = [Unit(cfg, base if g == 0 else copy.deepcopy(base), members, data, seed, prefix, device)
              for g, members in enumerate(parts)]
@@ -288,7 +288,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
     mixings = [child_mixing(c, len(space.primitives), device) for c in space.children]
     log = RunLog(groups, prefix, seed, partition=parts,
                  weights=groups * n_params + (len(space.children) - groups) * n_own)
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.train.epochs):
         total = torch.zeros((), dtype=torch.float64, device=device)
         n_steps = 0
         for u in units:
@@ -304,7 +304,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
         for m in range(len(space.children)):
             u = owner[m]
             u.select(m)
-            a, lo = evaluate_child(u.model, mixings[m], data.val_batches, cfg.bn, data.recal_batches)
+            a, lo = evaluate_child(u.model, mixings[m], data.val_batches, cfg.eval.bn, data.recal_batches)
             accs.append(a)
             losses.append(lo)
             since.append(u.step - u.last_trained[m])
@@ -317,7 +317,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
             bar.set_postfix({"epoch": epoch + 1, "loss": f"{log.train_loss[-1]:.3f}", "best": f"{max(accs):.1f}"},
                             refresh=False)
     log.schedule = [u.trained for u in units]
-    if cfg.interference:
+    if cfg.eval.interference:
         log.interference = interference(cfg, units, owner, mixings, data)
     log.seconds = time.time() - t0
     return log
@@ -326,7 +326,7 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
 def interference(cfg: Any, units: list[Unit], owner: dict[int, Unit], mixings: list[Mixing],
                  data: Any) -> dict[str, Any]:
     """The interference metric: the change of every child's validation loss (one fixed batch) after one
-    SGD step of child m, for the first ``cfg.interference`` children; NaN outside m's group.
+    SGD step of child m, for the first ``cfg.eval.interference`` children; NaN outside m's group.
     The state is restored after each probe, so the run's results are unaffected."""
     batch = data.val_batches[:1]
     n = len(mixings)
@@ -335,12 +335,12 @@ def interference(cfg: Any, units: list[Unit], owner: dict[int, Unit], mixings: l
         out = [float("nan")] * n
         for j in u.members:
             u.select(j)
-            out[j] = evaluate_child(u.model, mixings[j], batch, cfg.bn, data.recal_batches)[1]
+            out[j] = evaluate_child(u.model, mixings[j], batch, cfg.eval.bn, data.recal_batches)[1]
         return out
 
     before = {id(u): losses(u) for u in units}
     rows = []
-    probes = list(range(min(cfg.interference, n)))
+    probes = list(range(min(cfg.eval.interference, n)))
     for m in probes:
         u = owner[m]
         snap, loader_state, last = u.snapshot(), u.loader.state_dict(), u.last_trained[m]
@@ -360,22 +360,23 @@ def interference(cfg: Any, units: list[Unit], owner: dict[int, Unit], mixings: l
 def standalone_ground_truth(cfg: Any, space: Any, data: Any, device: torch.device,
                             bar: Any = None) -> list[float]:
     """Every child trained alone from scratch (same init seed ``seeds[0]``) for
-    ``cfg.standalone_epochs`` data passes, then evaluated like the shared-weight children."""
-    sa = dataclasses.replace(cfg, epochs=cfg.standalone_epochs, epoch_unit="data")
+    ``cfg.eval.standalone_epochs`` data passes, then evaluated like the shared-weight children."""
+    sa = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.eval.standalone_epochs,
+                                                            epoch_unit="data"))
     fast = resolve_fast(cfg, device)
     out = []
     for m, ops in enumerate(space.children):
-        torch.manual_seed(cfg.seeds[0])
+        torch.manual_seed(cfg.train.seeds[0])
         model = fresh_supernet(sa, space, data.num_classes, data.in_channels, fast).to(device)
-        u = Unit(sa, model, [m], data, cfg.seeds[0], None, device)
+        u = Unit(sa, model, [m], data, cfg.train.seeds[0], None, device)
         mixing = child_mixing(ops, len(space.primitives), device)
-        for _ in range(sa.epochs):
+        for _ in range(sa.train.epochs):
             for _ in range(u.steps_per_epoch()):
                 u.train_step(m, mixing)
                 if bar is not None:
                     bar.update(1)
             u.scheduler.step()
-        out.append(evaluate_child(model, mixing, data.val_batches, cfg.bn, data.recal_batches)[0])
+        out.append(evaluate_child(model, mixing, data.val_batches, cfg.eval.bn, data.recal_batches)[0])
     return out
 
 

