@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Annotated, Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ import torch
 from pcdarts.analysis.correlation import average_ranks, kendall, spearman
 from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.genotype.primitives import NB201_PRIMITIVES
+from pcdarts.config import coerce_section
+from pcdarts.errors import ConfigError
+from pcdarts.ranges import Count, Range, Seed, check_ranges
 from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc
 from pcdarts.utils import progress_bar
@@ -63,6 +66,82 @@ def proxy_names() -> list[str]:
 def default_proxies() -> list[str]:
     """Every registered proxy and the ensemble, the ones of :data:`PROXY_ORDER` first."""
     return [p for p in PROXY_ORDER if known_proxy(p)] + [p for p in PROXIES.names() if p not in PROXY_ORDER]
+
+
+@dataclass(frozen=True)
+class ZeroCostConfig:
+    """The settings of one ``pcdarts zero-cost`` (and :func:`run_zero_cost`), a section of the
+    one config machinery (declared ranges, checked when built; every bad value one ConfigError).
+
+    Attributes:
+        data: data spec of the one batch every cell is scored on.
+        sample: NB201 cells drawn with ``seed``; None = all 15,625.
+        proxies: the proxies (and ``ensemble``) to score; () = :func:`default_proxies`.
+        search: also pick the best cell by this proxy; None = no pick.
+        ensemble_of: the rank ensemble's members; () = :data:`DEFAULT_ENSEMBLE`.
+        C, N: the NB201 network's first-stage channels and cells per stage.
+        batch_size: images of the batch.
+        seed: seed of the sample, the batch and every cell's weights.
+        dataset: the benchmark's dataset the scores are correlated with.
+    """
+
+    data: str = "digits"
+    sample: Optional[Annotated[int, Range(1, NUM_CELLS)]] = 200
+    proxies: tuple[str, ...] = ()
+    search: Optional[str] = None
+    ensemble_of: tuple[str, ...] = ()
+    C: Count = 16
+    N: Count = 5
+    batch_size: Count = 64
+    seed: Seed = 0
+    dataset: str = "cifar10"
+
+    def __post_init__(self) -> None:
+        from pcdarts.nb201 import DATASETS
+        check_ranges(self, "zero-cost")
+        for p in self.names:
+            if not known_proxy(p):
+                raise ConfigError(f"unknown proxy {p!r}; choose from: {', '.join(proxy_names())}")
+        for p in self.members:
+            if p not in PROXIES:
+                raise ConfigError(f"--ensemble-of: unknown proxy {p!r} (the ensemble's members are single proxies); "
+                                  f"choose from: {', '.join(PROXIES.names())}")
+        for p in dict.fromkeys(self.scored):
+            need = self.min_images(p)
+            if self.batch_size < need:
+                others = [q for q in self.names if self.min_images(q) <= self.batch_size]
+                raise ConfigError(f"--batch-size {self.batch_size}: the {p} proxy needs at least {need} images; "
+                                  f"use --batch-size {need} or more, or leave {p} out (e.g. --proxies "
+                                  f"{','.join(others) or 'naswot'})")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--benchmark must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+
+    @property
+    def names(self) -> list[str]:
+        """The proxies reported (the search proxy included)."""
+        names = list(self.proxies) or default_proxies()
+        return names + ([self.search] if self.search is not None and self.search not in names else [])
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.ensemble_of) or list(DEFAULT_ENSEMBLE)
+
+    @property
+    def scored(self) -> list[str]:
+        """The single proxies computed: the reported ones and, for the ensemble, its members."""
+        single = [p for p in self.names if p != ENSEMBLE]
+        return single + ([m for m in self.members if m not in single] if ENSEMBLE in self.names else [])
+
+    def min_images(self, proxy: str) -> int:
+        """The images a proxy needs (the ensemble: what its members need)."""
+        if proxy == ENSEMBLE:
+            return max(self.min_images(m) for m in self.members)
+        return getattr(PROXIES.get(proxy), "min_images", 1) if proxy in PROXIES else 1
+
+
+def zero_cost_config(**values: Any) -> ZeroCostConfig:
+    """A :class:`ZeroCostConfig` through the machinery (types coerced, ranges checked)."""
+    return coerce_section(ZeroCostConfig, "zero-cost", values)
 
 
 def ensemble_scores(rows: Sequence[dict[str, Any]], members: Sequence[str]) -> list[float]:
@@ -326,18 +405,10 @@ def run_zero_cost(data: str = "digits", *, sample: Optional[int] = 200, proxies:
     ``ensemble`` among the proxies adds the rank ensemble of ``ensemble_of`` (default
     :data:`DEFAULT_ENSEMBLE`); its members are scored too, reported or not."""
     t0 = time.time()
-    names = list(proxies) if proxies else default_proxies()
-    if search is not None and search not in names:
-        names.append(search)
-    members = list(ensemble_of) if ensemble_of else list(DEFAULT_ENSEMBLE)
-    for p in names + (members if ENSEMBLE in names else []):
-        if p == ENSEMBLE and p in members:
-            raise ValueError("the rank ensemble cannot be a member of itself")
-        if not known_proxy(p):
-            PROXIES.get(p)  # an unknown name lists the registered ones
-    scored = [p for p in names if p != ENSEMBLE]
-    if ENSEMBLE in names:
-        scored += [m for m in members if m not in scored]
+    cfg = zero_cost_config(data=data, sample=sample, proxies=tuple(proxies or ()), search=search,
+                           ensemble_of=tuple(ensemble_of or ()), C=C, N=N, batch_size=batch_size, seed=seed,
+                           dataset=dataset)  # every bad value: one ConfigError naming it
+    names, members, scored = cfg.names, cfg.members, cfg.scored
     archs = sample_cells(sample, seed)
     batch = load_batch(data, batch_size, seed, device)
     folder = None

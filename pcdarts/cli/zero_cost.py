@@ -14,11 +14,10 @@ from pcdarts.errors import ConfigError
 def _cmd(args: argparse.Namespace) -> int:
     import torch
 
-    from pcdarts.analysis.zero_cost import (ENSEMBLE, NUM_CELLS, default_proxies, format_table, known_proxy,
-                                            proxy_names, run_zero_cost)
+    from pcdarts.analysis.zero_cost import (ENSEMBLE, NUM_CELLS, default_proxies, format_table, run_zero_cost,
+                                            zero_cost_config)
     from pcdarts.distributed import resolve_device
     from pcdarts.nb201 import DATASETS
-    from pcdarts.registry import PROXIES
 
     if args.space != "nb201":
         raise ConfigError(f"pcdarts zero-cost scores NAS-Bench-201 cells only (--space nb201), got {args.space!r}")
@@ -27,35 +26,12 @@ def _cmd(args: argparse.Namespace) -> int:
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()] if args.proxies else default_proxies()
     members = [p.strip() for p in args.ensemble_of.split(",") if p.strip()] if args.ensemble_of else list(
         DEFAULT_ENSEMBLE)
-    for p in proxies + ([args.search] if args.search else []):
-        if not known_proxy(p):
-            raise ConfigError(f"unknown proxy {p!r}; choose from: {', '.join(proxy_names())}")
-    for p in members:
-        if p not in PROXIES:
-            raise ConfigError(f"--ensemble-of: unknown proxy {p!r} (the ensemble's members are single proxies); "
-                              f"choose from: {', '.join(PROXIES.names())}")
-    for name, v in (("--C", args.C), ("--N", args.N), ("--batch-size", args.batch_size)):
-        if v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}")
-    asked = proxies + ([args.search] if args.search else [])
-    single = [p for p in asked if p != ENSEMBLE] + (members if ENSEMBLE in asked else [])
-
-    def need_of(q: str) -> int:  # the ensemble needs what its members need
-        return max(need_of(m) for m in members) if q == ENSEMBLE else getattr(PROXIES.get(q), "min_images", 1)
-
-    for p in dict.fromkeys(single):
-        need = need_of(p)
-        if args.batch_size < need:
-            others = [q for q in proxies if need_of(q) <= args.batch_size]
-            raise ConfigError(f"--batch-size {args.batch_size}: the {p} proxy needs at least {need} images; "
-                              f"use --batch-size {need} or more, or leave {p} out (e.g. --proxies "
-                              f"{','.join(others) or 'naswot'})")
-    if not args.all and not 1 <= args.sample <= NUM_CELLS:
-        raise ConfigError(f"--sample must be between 1 and {NUM_CELLS}, got {args.sample} (or use --all)")
     data_name = args.data.partition(":")[0].strip().lower()
     dataset = args.benchmark or (data_name if data_name in DATASETS else "cifar10")
-    if dataset not in DATASETS:
-        raise ConfigError(f"--benchmark must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    # every value checked where the Python API checks it: one ConfigError naming it
+    zero_cost_config(data=args.data, sample=None if args.all else args.sample, proxies=tuple(proxies),
+                     search=args.search, ensemble_of=tuple(members), C=args.C, N=args.N, batch_size=args.batch_size,
+                     seed=args.seed, dataset=dataset)
     n = NUM_CELLS if args.all else args.sample
     print(f"scoring {n} NB201 cells (NB201 network C={args.C}, N={args.N}; {args.batch_size} images of "
           f"{args.data}; seed {args.seed}) with: {', '.join(proxies)}", flush=True)

@@ -363,3 +363,25 @@ def test_zero_cost_reports_meco_zico_and_the_ensemble(tmp_path, capsys):
     from pcdarts.cli import main
     assert main(["zero-cost", "--proxies", "ensemble", "--ensemble-of", "meco,bogus", "--sample", "2"]) == 2
     assert "--ensemble-of: unknown proxy 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"sample": 0}, "zero-cost.sample must be in [1, 15625], got 0"),
+    ({"C": 0}, "zero-cost.C must be >= 1, got 0"),
+    ({"proxies": ("nope",)}, "unknown proxy 'nope'; choose from:"),
+    ({"ensemble_of": ("ensemble",)}, "--ensemble-of: unknown proxy 'ensemble'"),
+    ({"proxies": ("jacob_cov",), "batch_size": 1}, "--batch-size 1: the jacob_cov proxy needs at least 2 images"),
+    ({"dataset": "mnist"}, "--benchmark must be one of"),
+    ({"batch_size": "many"}, "zero-cost.batch_size must be of type int"),
+])
+def test_zero_cost_settings_are_one_config_section(values, message):
+    # the CLI and run_zero_cost build the same ZeroCostConfig through the config machinery
+    from pcdarts.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        az.zero_cost_config(**values)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="zero-cost.sample must be in"):
+        az.run_zero_cost("synthetic:8x1x16", sample=0, proxies=["params"], C=4, N=1, batch_size=8, use_cache=False)
+    cfg = az.zero_cost_config(proxies=("naswot", "ensemble"), search="params", sample=None)
+    assert cfg.names == ["naswot", "ensemble", "params"] and cfg.sample is None
+    assert cfg.scored == ["naswot", "params", "synflow", "meco", "zico"]  # the ensemble's members are scored too
