@@ -240,12 +240,12 @@ class WSConfig:
             raise ConfigError(f"train.lr_min ({t.lr_min:g}) must not exceed train.lr ({t.lr:g})")
 
     @classmethod
-    def from_sections(cls, d: dict[str, Any]) -> "WSConfig":
+    def from_sections(cls, d: dict[str, Any]) -> WSConfig:
         """From a nested dict ``{section: {key: value}}`` through the machinery (types, ranges)."""
         return cls(**SCHEMA.build_sections(d))
 
     @classmethod
-    def from_flat(cls, **values: Any) -> "WSConfig":
+    def from_flat(cls, **values: Any) -> WSConfig:
         """From flat option names (each field's own name, or :data:`FLAT_NAMES`' ``space``,
         ``data``, ``eval_batch_size``); an unknown name is one ConfigError listing the valid ones."""
         owner = {f.name: (sec, f.name) for sec, c in WS_SECTIONS.items() for f in dataclasses.fields(c)

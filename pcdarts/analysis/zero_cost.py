@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from pcdarts.analysis.correlation import average_ranks, kendall, spearman
-from pcdarts.genotype import NB201_EDGES, NB201Genotype
-from pcdarts.genotype.primitives import NB201_PRIMITIVES
 from pcdarts.config import coerce_section
 from pcdarts.errors import ConfigError
+from pcdarts.genotype import NB201_EDGES, NB201Genotype
+from pcdarts.genotype.primitives import NB201_PRIMITIVES
 from pcdarts.ranges import Count, Range, Seed, check_ranges
 from pcdarts.registry import PROXIES
 from pcdarts.scorers import zero_cost as zc

@@ -8,16 +8,16 @@ from __future__ import annotations
 from pcdarts.methods.base import Method, SearchContext, WeightStepInfo
 from pcdarts.methods.darts import Darts, DartsConfig, PCDarts, PCDartsConfig
 from pcdarts.methods.darts_minus import DartsMinus, DartsMinusConfig
-from pcdarts.methods.beta_darts import BetaDarts, BetaDartsConfig  # noqa: F401  (registration)
+from pcdarts.methods.beta_darts import BetaDarts, BetaDartsConfig  # registration
 from pcdarts.methods.drnas import DrNAS, DrNASConfig
-from pcdarts.methods.is_darts import ISDarts, ISDartsConfig  # noqa: F401  (registration)
-from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # noqa: F401  (registration)
-from pcdarts.methods.lbt import LBT, LBTConfig  # noqa: F401  (registration)
-from pcdarts.methods.il import IL, ILConfig  # noqa: F401  (registration)
-from pcdarts.methods.lease import LeaSE, LeaSEConfig  # noqa: F401  (registration)
-from pcdarts.methods.rsws import RSWS, RSWSConfig  # noqa: F401  (registration)
-from pcdarts.methods.random_lookup import RandomLookup, RandomLookupConfig  # noqa: F401  (registration)
-from pcdarts.methods.sdarts import SDarts, SDartsConfig  # noqa: F401  (registration)
+from pcdarts.methods.is_darts import ISDarts, ISDartsConfig  # registration
+from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig  # registration
+from pcdarts.methods.lbt import LBT, LBTConfig  # registration
+from pcdarts.methods.il import IL, ILConfig  # registration
+from pcdarts.methods.lease import LeaSE, LeaSEConfig  # registration
+from pcdarts.methods.rsws import RSWS, RSWSConfig  # registration
+from pcdarts.methods.random_lookup import RandomLookup, RandomLookupConfig  # registration
+from pcdarts.methods.sdarts import SDarts, SDartsConfig  # registration
 
 __all__ = ["Method", "SearchContext", "WeightStepInfo", "Darts", "DartsConfig", "PCDarts", "PCDartsConfig",
            "DartsMinus", "DartsMinusConfig", "BetaDarts", "BetaDartsConfig", "DrNAS", "DrNASConfig", "ISDarts",

@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs
-from pcdarts.search.config import Config, load_config_file, resolve_impl
 from pcdarts.methods import Method
+from pcdarts.nn.impl import resolve_impl
 from pcdarts.objectives.base import Objective, ObjectiveSetup, build_objective
 from pcdarts.registry import METHODS
+from pcdarts.search.config import Config, load_config_file
 from pcdarts.search.prune import PruneReport, prune_at_start
 from pcdarts.spaces import SearchSpace, get_space
 from pcdarts.spaces.build import make_supernet

@@ -6,14 +6,14 @@ import torch
 from torch.func import functional_call
 
 import pcdarts
-from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
 from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
+from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
-from tests.conftest import tiny_method
 from pcdarts.spaces.robust import ROBUST_SPACES
+from tests.conftest import tiny_method
 
 
 def _searcher(cfg_dict):
@@ -155,6 +155,7 @@ def test_a_method_adds_fields_to_each_epochs_record(tiny, monkeypatch):
     """The epoch_record seam: what a method returns lands in that epoch's history.jsonl line
     (and the result's history), after the Searcher's own fields; the default adds nothing."""
     import json
+
     from pcdarts.methods import Darts, Method
     assert Method.epoch_record(Darts(DartsConfig(), get_space("nb201"), SpaceConfig(name="nb201")),
                                SearchContext(None, None, [], lambda: None)) == {}
@@ -433,6 +434,7 @@ def test_the_weight_step_trains_at_the_methods_weight_mixing(tiny, monkeypatch):
     method's own, detached; an override's is the one the loss runs at. It sees the step's batch
     and the bare supernet even when the loss runs through another module (DDP's wrapper)."""
     import copy
+
     from pcdarts.nn.edges import Mixing
     from pcdarts.objectives.base import SupernetCall
     from pcdarts.search.searcher import weight_step

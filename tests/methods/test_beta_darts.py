@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pcdarts.search.config import build_config, load_preset
 from pcdarts.methods.beta_darts import BetaDartsConfig, beta_decay_loss, beta_lambda
+from pcdarts.search.config import build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from pcdarts.search.config import build_config
 from pcdarts.errors import ConfigError
 from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
+from pcdarts.search.config import build_config
 
 # T_start = 10 of T = 50, epochs 9, 10, 11, 49: the values the released code prints
 RELEASED = {

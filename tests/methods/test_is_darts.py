@@ -8,13 +8,25 @@ import pytest
 import torch
 
 import pcdarts
-from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import DartsGenotype, NB201Genotype
-from pcdarts.methods.is_darts import ISDarts, ISDartsConfig, removal_count, shrink_epochs, shrink_mask, subsets
+from pcdarts.methods.is_darts import (
+    ISDarts,
+    ISDartsConfig,
+    removal_count,
+    shrink_epochs,
+    shrink_mask,
+    subsets,
+)
 from pcdarts.nn.edges import Mixing
 from pcdarts.nn.ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
-from pcdarts.scorers.iim import TEXTBOOK_EPS, fisher_elements, iim_statistics, per_sample_fisher
+from pcdarts.scorers.iim import (
+    TEXTBOOK_EPS,
+    fisher_elements,
+    iim_statistics,
+    per_sample_fisher,
+)
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 

@@ -11,11 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pcdarts
-from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods.msr_darts import MSRDarts, MSRDartsConfig, SpectralNormBank
 from pcdarts.registry import METHODS
 from pcdarts.scorers import stable_rank as sr
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 

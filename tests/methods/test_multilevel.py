@@ -8,11 +8,11 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from pcdarts.cli import main
-from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods import SearchContext, WeightStepInfo
 from pcdarts.methods.hypergrad import UnrolledStep, second_order_grads, unrolled_grads
 from pcdarts.registry import METHODS, OBJECTIVES
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 

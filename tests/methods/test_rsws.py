@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import pcdarts
-from pcdarts.search.config import build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods.rsws import cell_mixing
 from pcdarts.registry import SPACES
+from pcdarts.search.config import build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.errors import ConfigError
 from pcdarts.methods import SearchContext
 from pcdarts.methods.sdarts import SDartsAdvConfig, SDartsConfig, clip_rows
 from pcdarts.registry import METHODS
+from pcdarts.search.config import SpaceConfig, build_config, load_preset
 from pcdarts.search.searcher import Searcher, new_run_dir, weight_step
 from pcdarts.spaces import get_space
 from tests.conftest import assert_fast_equals_reference_steps
@@ -242,8 +242,8 @@ def test_presets(preset, space, attack):
 
 @pytest.mark.parametrize("space", ["s1", "s2", "s3", "s4"])
 def test_robustdarts_space_presets_are_the_darts_space_settings(space):
-    from pcdarts.search.config import build_config, load_preset
     from pcdarts.search.compare import preset_for
+    from pcdarts.search.config import build_config, load_preset
     for variant in ("rs", "adv"):
         name = f"sdarts-{variant}_{space}_cifar10"
         assert preset_for(f"sdarts-{variant}", space) == name  # what `pcdarts compare --space s2` runs

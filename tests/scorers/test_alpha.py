@@ -6,11 +6,17 @@ import json
 import pytest
 import torch
 
-from pcdarts.genotype import (DartsGenotype, GenotypeError, NB201Genotype, load_genotype, parse_genotype,
-                              save_genotype)
+from pcdarts.genotype import (
+    DartsGenotype,
+    GenotypeError,
+    NB201Genotype,
+    load_genotype,
+    parse_genotype,
+    save_genotype,
+)
+from pcdarts.genotype.published import PUBLISHED
 from pcdarts.nn.ops import DARTS_PRIMITIVES as P
 from pcdarts.nn.ops import NB201_PRIMITIVES as Q
-from pcdarts.genotype.published import PUBLISHED
 from pcdarts.scorers.alpha import alpha_beta_scores, normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import darts_node_edges
@@ -175,8 +181,8 @@ def test_node_pairs_rule_keeps_the_two_best_pairs_which_may_share_an_input():
 def test_a_scorer_reads_the_supernet_and_data_through_the_context(tiny):
     """The scorer seam: a registered scorer gets the method and the search context (supernet,
     sample_batches); drawing batches never moves the training loaders."""
-    from pcdarts.search.config import build_config
     from pcdarts.registry import SCORERS
+    from pcdarts.search.config import build_config
     from pcdarts.search.searcher import Searcher, new_run_dir
 
     seen = {}

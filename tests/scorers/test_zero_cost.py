@@ -245,8 +245,8 @@ def test_a_one_image_batch_is_refused_in_one_line_where_a_proxy_needs_two(tmp_pa
     eigvalsh; now a one-line error (CLI, search.prune) or a ValueError (library) naming it, and
     the suggested proxies score a batch of 1."""
     from pcdarts.cli import main
-    from pcdarts.search.config import build_config
     from pcdarts.errors import ConfigError
+    from pcdarts.search.config import build_config
     argv = ["zero-cost", "--space", "nb201", "--sample", "2", "--data", "synthetic:8x1x32", "--C", "4", "--N", "1",
             "--batch-size", "1", "--no-cache", "--no-progress"]
     assert main(argv) == 2

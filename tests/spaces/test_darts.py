@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import MixedEdge, Mixing, normalise_edges
 from pcdarts.nn.ops import FactorizedReduce, PoolBN
+from pcdarts.search.config import SpaceConfig, build_config
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, FastDartsSupernet, darts_node_edges
 
