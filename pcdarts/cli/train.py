@@ -2,7 +2,8 @@
 
 No training logic lives here. :func:`add_subcommands` is what ``pcdarts.cli`` calls
 (through ``pcdarts.train.add_subcommands``); user errors are raised as
-:class:`~pcdarts.train.config.TrainError`, which the CLI prints as one line (exit code 2).
+:class:`~pcdarts.errors.PcdartsError` (a bad config value: ``ConfigError``, from the one config
+machinery), which the CLI's one error path prints as one line (exit code 2).
 """
 from __future__ import annotations
 
