@@ -244,8 +244,8 @@ def _bad_values(rng, base):
         vals.append(rng.lo if rng.lo_open else rng.lo - 1)
     if rng.hi is not None:
         vals.append(rng.hi if rng.hi_open else rng.hi + 1)
-    if base is float or getattr(base, "__origin__", None) is tuple:
-        vals.append(float("nan"))
+    if base is float or (getattr(base, "__origin__", None) is tuple and base.__args__[0] is float):
+        vals.append(float("nan"))  # an int field (or int tuple) is refused a float by its type
     return vals
 
 

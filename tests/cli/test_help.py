@@ -41,6 +41,6 @@ def test_help_cites_the_method_notes_not_algorithms():
 
 def test_ws_analysis_defaults_to_a_cpu_sized_run_and_names_the_papers_setting():
     args = build_parser().parse_args(["ws-analysis"])
-    assert config_from_args(args).epochs == CLI_EPOCHS == 10
-    assert config_from_args(build_parser().parse_args(["ws-analysis", "--epochs", "200"])).epochs == 200
+    assert config_from_args(args).train.epochs == CLI_EPOCHS == 10
+    assert config_from_args(build_parser().parse_args(["ws-analysis", "--epochs", "200"])).train.epochs == 200
     assert "--epochs 200" in _help("ws-analysis")
