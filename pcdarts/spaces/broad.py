@@ -147,6 +147,8 @@ class BroadSpace(SearchSpace):
     default_enhancement_cells = 1
     inputs_per_node = 2            # DARTS cells
     derive_excluded = ("none",)
+    genotype_type = BroadGenotype
+    none_is_placeholder = True
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))

@@ -296,6 +296,8 @@ class DartsSpace(SearchSpace):
     default_layers = 8  # cells of the CIFAR supernet
     inputs_per_node = 2  # a DARTS cell: two inputs per node, one op each, never ``none``
     derive_excluded = ("none",)
+    genotype_type = DartsGenotype
+    none_is_placeholder = True
 
     def check_config(self, space_cfg: Any) -> None:
         layers = space_cfg.layers or self.default_layers

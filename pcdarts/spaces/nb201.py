@@ -152,7 +152,8 @@ class NB201Space(SearchSpace):
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
     default_layers = 5  # cells per stage, N
-    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201)
+    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201), also each epoch's extras
+    genotype_type = NB201Genotype
 
     def check_config(self, space_cfg: Any) -> None:
         if getattr(space_cfg, "pool_bn", None):
