@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.config import SpaceConfig
 from pcdarts.genotype import Genotype
 from pcdarts.nn.counting import genotype_stats
 from pcdarts.registry import BENCHMARKS, SPACES
@@ -38,6 +39,9 @@ class SearchSpace:
     # the genotype class that derive returns (registered in pcdarts.genotype.GENOTYPE_TYPES; its
     # ``space`` field keys the evaluation network in pcdarts.registry.NETWORKS)
     genotype_type: type = object
+    # the class of this space's ``space:`` config section (pcdarts.config.SpaceConfig plus the
+    # space's own fields, e.g. DartsSpaceConfig); read by pcdarts.config.space_section
+    Config: type = SpaceConfig
     # True where ``none`` is among the primitives only as DARTS's placeholder zero op (derive never
     # keeps it, and methods that drop it from the search, e.g. DrNAS, do so); False where it is a
     # real candidate of the space (NB201, RobustDARTS's S3)
