@@ -202,15 +202,17 @@ def space_section(values: dict[str, Any]) -> SpaceConfig:
     name = str(values.get("name", SpaceConfig.name))
     cls = space_config_class(name)
     own = {f.name for f in fields(cls)}
+    tolerated = getattr(SPACES.get(name), "foreign_values", {}) if name in SPACES else {}
     kept = {}
     for key, v in values.items():
         owners = {n: f for n in SPACES.names() for f in fields(space_config_class(n)) if f.name == key}
         if key in own or not owners:  # its own field, or an unknown key (coerce_section names it)
             kept[key] = v
-        elif any(v != f.default for f in owners.values()):
+        elif v not in tolerated.get(key, ()) and any(v != f.default for f in owners.values()):
             raise ConfigError(f"space.{key}={v!r} belongs to the {' / '.join(owners)} space, not to the {name} "
                               f"space; drop space.{key} (or use --space {next(iter(owners))})")
-        # else: an old file's value of a field this space does not have, at its default: dropped
+        # else: an old file's value of a field this space does not have, at its default (or a value
+        # that describes this space's cells too, ``space.foreign_values``): dropped
     return coerce_section(cls, "space", kept)
 
 

@@ -42,6 +42,9 @@ class SearchSpace:
     # the class of this space's ``space:`` config section (pcdarts.config.SpaceConfig plus the
     # space's own fields, e.g. DartsSpaceConfig); read by pcdarts.config.space_section
     Config: type = SpaceConfig
+    # other spaces' section fields this space reads as saying nothing new, by value (NB201:
+    # ``pool_bn: false``, its pooling never has BN); any other value of theirs is refused
+    foreign_values: dict[str, tuple[Any, ...]] = {}
     # True where ``none`` is among the primitives only as DARTS's placeholder zero op (derive never
     # keeps it, and methods that drop it from the search, e.g. DrNAS, do so); False where it is a
     # real candidate of the space (NB201, RobustDARTS's S3)
