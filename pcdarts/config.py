@@ -551,6 +551,18 @@ def _float_text(v: Any) -> Optional[float]:
         return None
 
 
+def current_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config section as this version writes it: the ``space:`` section of a file or
+    checkpoint written before the per-space split, read into its space's class (what
+    :meth:`Config.to_dict` writes now); every other section as it is."""
+    if section != "space":
+        return values
+    try:
+        return dataclasses.asdict(space_section(dict(values)))
+    except ConfigError:
+        return values  # not a section this version reads: compared as it is
+
+
 def build_config(d: dict[str, Any]) -> Config:
     """A validated :class:`Config` from a nested dict (preset + overrides)."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
+from pcdarts.config import (Config, SearchConfig, build_config, current_section, has_labels, load_config_file,
+                            merge_onto_preset)
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -162,7 +163,7 @@ class Searcher:
         self._build_data()
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
                                           config=cfg.to_dict(), sections=("method", "space"),
-                                          trust=trust_checkpoint) if resume else None
+                                          trust=trust_checkpoint, normalise=current_section) if resume else None
         # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
         # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
         parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
