@@ -62,7 +62,7 @@ from pcdarts.analysis.ws_train import (ChildOrder, RunLog, child_mixing, edge_ch
 
 ORDERS = ("round-robin", "shuffle-once", "shuffle-per-epoch")
 BN_POLICIES = ("recalibrate", "batch-stats", "running")
-WS_SPACES = ("tiny", "nb201")
+WS_SPACES = ("tiny", "nb201")  # the keys of WS_ENUMERATORS (below)
 EPOCH_UNITS = ("data", "children")
 PARTITIONS = ("random", "sequential")
 VALIDATIONS = ("test", "split")
