@@ -42,8 +42,8 @@ def test_every_space_builds_derives_trains_counts_and_saves(name, tmp_path):
     assert isinstance(cfg, space.Config)  # the space's own config section
     torch.manual_seed(0)
     net = make_supernet(space, cfg, k=1, num_classes=3, in_channels=3, device=torch.device("cpu"))
-    E, O = space.arch_shape(cfg)
-    scores = {ct: torch.randn(E, O).softmax(-1) for ct in space.cell_types}
+    n_edges, n_ops = space.arch_shape(cfg)
+    scores = {ct: torch.randn(n_edges, n_ops).softmax(-1) for ct in space.cell_types}
     logits = net(torch.randn(2, 3, 8, 8), Mixing(ops=scores))
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
 
