@@ -174,7 +174,7 @@ class SpaceConfig(metaclass=_SpaceSection):
             also in eval mode (the NB201 benchmark's and the IS-DARTS code's search cells).
         impl: mixed-edge implementation: ``fast``, ``reference`` or ``auto`` (default: the fast
             path on CPU, the reference on CUDA, where the fast path is slower and its
-            gradients have not yet been verified against the reference; see the README).
+            gradients have not yet been verified against the reference; see docs/performance.md, "GPU").
     """
 
     name: str = "darts"
