@@ -174,3 +174,25 @@ def test_a_field_of_another_space_is_refused_naming_it_and_its_space(name, key, 
 def test_an_unknown_space_key_is_named():
     with pytest.raises(ConfigError, match="unknown key space.nodez"):
         build_config({"space": {"name": "darts", "nodez": 4}})
+
+
+def test_a_checkpoint_with_the_old_flat_space_section_still_resumes_its_run(tmp_path):
+    from pcdarts.errors import CheckpointError
+    from pcdarts.runs import CHECKPOINT_VERSION, FORMATS, load_checkpoint, save_checkpoint
+
+    now = build_config({"space": {"name": "nb201"}}).to_dict()
+    path = tmp_path / "checkpoint.pt"
+
+    def saved(space):
+        save_checkpoint({"format": FORMATS["search"], "version": CHECKPOINT_VERSION,
+                         "config": {"method": now["method"], "space": space}}, path)
+
+    saved({"name": "nb201", **OLD_FLAT})  # written before the per-space sections
+    load_checkpoint(path, "search", "pcdarts search --resume", config=now, sections=("method", "space"),
+                    normalise=current_section)
+    with pytest.raises(CheckpointError, match="belongs to another run"):  # compared as written, it would differ
+        load_checkpoint(path, "search", "pcdarts search --resume", config=now, sections=("space",))
+    saved({"name": "nb201", **OLD_FLAT, "C": 8})  # another run's is still refused, naming the field
+    with pytest.raises(CheckpointError, match=r"space\.C 8 vs 16"):
+        load_checkpoint(path, "search", "pcdarts search --resume", config=now, sections=("space",),
+                        normalise=current_section)
