@@ -26,6 +26,10 @@ class GenotypeError(PcdartsError, ValueError):
     """A genotype (file, string or dict) that cannot be read; the message names the field."""
 
 
+# a cell as a graph for pictures: nodes (id, label, kind: input | node | output) and edges
+# (source id, target id, label, style: op | none | concat); drawn by pcdarts.analysis.plot
+CellGraph = tuple[list[tuple[str, str, str]], list[tuple[str, str, str, str]]]
+
 # the genotype class of each JSON "space" field (a genotype family: ``darts``, ``nb201``, ``broad``),
 # filled by :func:`register_genotype_type` where each class is defined; a space names its class in
 # ``SearchSpace.genotype_type`` (a space with a new kind of cell defines and registers it in its file)
@@ -158,6 +162,23 @@ class DartsGenotype:
             outs = ", ".join(names.get(i, f"node {i}") for i in concat)
             lines.append(f"  output = concat({outs})")
         return lines
+
+    def graphs(self) -> list[tuple[str, str, CellGraph]]:
+        """``(cell type, title, graph)`` per cell, for pictures (see :data:`CellGraph`)."""
+        return [(kind, self.cell_titles[kind], self._graph(kind)) for kind in ("normal", "reduce")]
+
+    def _graph(self, kind: str) -> CellGraph:
+        entries, concat = getattr(self, kind), getattr(self, f"{kind}_concat")
+        names = {0: "c_{k-2}", 1: "c_{k-1}"}
+        n_steps = len(entries) // 2
+        for step in range(n_steps):
+            names[step + 2] = str(step)
+        nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
+        nodes += [(names[s + 2], names[s + 2], "node") for s in range(n_steps)]
+        nodes.append(("c_{k}", "c_{k}", "output"))
+        edges = [(names[i], names[k // 2 + 2], op, "op") for k, (op, i) in enumerate(entries)]
+        edges += [(names[i], "c_{k}", "", "concat") for i in concat]
+        return nodes, edges
 
     @classmethod
     def parse(cls, text: str) -> "DartsGenotype":
@@ -292,6 +313,14 @@ class NB201Genotype:
             terms = [f"{op}(node {src})" for (src, d), op in zip(NB201_EDGES, self.ops) if d == dst and op != "none"]
             lines.append(f"  node {dst} = " + (" + ".join(terms) if terms else "0 (all inputs none)"))
         return lines
+
+    def graphs(self) -> list[tuple[str, str, CellGraph]]:
+        """The one cell as a graph, for pictures (see :data:`CellGraph`)."""
+        label = {0: "in (0)", 1: "1", 2: "2", 3: "out (3)"}
+        kinds = {0: "input", 1: "node", 2: "node", 3: "output"}
+        nodes = [(str(i), label[i], kinds[i]) for i in range(4)]
+        edges = [(str(s), str(d), op, "none" if op == "none" else "op") for (s, d), op in zip(NB201_EDGES, self.ops)]
+        return [("cell", "NAS-Bench-201 cell", (nodes, edges))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space, "arch": self.arch_str()}
