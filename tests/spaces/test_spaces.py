@@ -63,6 +63,10 @@ def test_every_space_builds_derives_trains_counts_and_saves(name, tmp_path):
     assert st["n_macs"] == count_macs(ev, (3, 16, 16)) > 0
     assert st["network"].startswith(NETWORKS.get(g.space).label(g))
 
+    # the statistics and pictures ask the genotype type, never test it
+    assert g.describe() and all(nodes and edges for _, _, (nodes, edges) in g.graphs())
+    assert g.agreement(g) == (len(g.cell_ops()), len(g.cell_ops()))
+
     # the genotype round-trips through its file and its text form
     save_genotype(g, tmp_path / "genotype.json")
     assert load_genotype(tmp_path / "genotype.json") == g == parse_genotype(str(g))
