@@ -21,7 +21,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from pcdarts.config import RunOptions, Schema, SpaceConfig, coerce_section, override_tokens, plain, read_sections
+from pcdarts.config import (RunOptions, Schema, SpaceConfig, coerce_section, current_section, override_tokens, plain,
+                            read_sections, space_config_class, space_section)
 from pcdarts.data.config import DataSource, check_bad_images, has_labels
 from pcdarts.errors import ConfigError
 from pcdarts.nn.impl import IMPLS, resolve_impl
@@ -156,8 +157,9 @@ class RunConfig(RunOptions):
 
 
 SECTIONS = {"data": DataConfig, "space": SpaceConfig, "search": SearchConfig, "run": RunConfig}
-SCHEMA = Schema("pcdarts search", SECTIONS, named=("method", "objective"), example="--search.epochs 50",
-                not_prefixes=("train_",))
+# the space section is named like method and objective: space.name picks its class (config.space_section)
+SCHEMA = Schema("pcdarts search", {k: v for k, v in SECTIONS.items() if k != "space"},
+                named=("method", "objective", "space"), example="--search.epochs 50", not_prefixes=("train_",))
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,8 @@ class Config:
         if self.objective is None:
             object.__setattr__(self, "objective", objective_cls.Config())
         SPACES.get(self.space.name)
+        if type(self.space) is not space_config_class(self.space.name):  # e.g. replace(space, name=...)
+            object.__setattr__(self, "space", space_section(dataclasses.asdict(self.space)))
         validate(self)
 
     @property
@@ -240,8 +244,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"space.channel_mode must be first+shuffle, first+shift or random, got {sp.channel_mode!r}")
     if sp.impl not in IMPLS:
         raise ConfigError(f"space.impl must be one of {', '.join(IMPLS)}, got {sp.impl!r}")
-    if sp.stem not in ("cifar", "imagenet"):
-        raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {sp.stem!r}")
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {d.channels}")
     if s.lr_min > s.lr:
@@ -286,7 +288,8 @@ def build_config(d: dict[str, Any]) -> Config:
     method_cfg = coerce_section(method_cls.Config, "method", m)
     objective_name, objective_values = objective_section(d)
     objective_cfg = coerce_section(OBJECTIVES.get(objective_name).Config, "objective", objective_values)
-    sections = SCHEMA.build_sections({k: v for k, v in d.items() if k in SECTIONS})
+    sections = SCHEMA.build_sections({k: v for k, v in d.items() if k in SCHEMA.sections})
+    sections["space"] = space_section(d.get("space") or {})  # the named space's own section
     return Config(method_name=method_name, method=method_cfg, objective_name=objective_name,
                   objective=objective_cfg, **sections)
 
@@ -384,5 +387,6 @@ __all__ = [
     "Config", "ConfigError", "DataConfig", "SpaceConfig", "SearchConfig", "RunConfig", "SECTIONS", "SCHEMA",
     "build_config", "load_preset", "apply_override", "parse_overrides", "preset_names", "load_config_file",
     "merge_onto_preset", "objective_section", "scale_budget", "describe_budget", "validate", "PruneSpec",
-    "parse_prune", "DEFAULT_FRACTION", "has_labels", "resolve_impl", "replace",
+    "parse_prune", "DEFAULT_FRACTION", "has_labels", "resolve_impl", "replace", "current_section", "space_section",
+    "space_config_class",
 ]
