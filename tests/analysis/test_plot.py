@@ -44,7 +44,7 @@ def test_ws_analysis_plots_tick_whole_epochs_and_counts(tmp_path: Path, figures)
              "epochs": [{"epoch": 1, "kendall_prev_epoch": None}, {"epoch": 2, "kendall_prev_epoch": 0.2}],
              "stability": {"from_epoch": 1}}]
     report = {"ground_truth": {"accuracy": None}, "runs": runs, "settings": [{"setting": "G=1"}],
-              "children": names, "space": "tiny", "config": {"bn": "recalibrate"}}
+              "children": names, "space": "tiny", "config": {"eval": {"bn": "recalibrate"}}}
     plot_report(tmp_path, report)
     tau, heatmap, histogram = figures
     assert _whole(tau.axes[0].get_xticks())  # one point at epoch 2: was 1.94, 1.96, ...
