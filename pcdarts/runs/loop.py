@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 from pcdarts import utils
-from pcdarts.distributed import agreed_stop
+from pcdarts.distributed import DistInfo, agreed_stop, dist_info, init_distributed, resolve_device
 from pcdarts.errors import DivergenceError
 from pcdarts.runs import NonFiniteWatch, RunDir, StopFlag, stop_message
 
@@ -197,6 +197,25 @@ def claimed_run(rundir: RunDir, closing: Iterable[Any] = ()) -> Iterator[None]:
                     c.close()
 
 
+def set_up_process(run: Any, rundir: RunDir) -> tuple[DistInfo, torch.device, RunDir]:
+    """This process, for a search or a training run: the device (its rank's GPU under torchrun,
+    where it joins the process group), CPU arithmetic, the seed (the same on every rank) and
+    determinism, from the config's ``run`` section. Returns (dist, device, rundir): ranks other
+    than 0 get a resumed view of the run directory, so only rank 0 touches it."""
+    dist = dist_info()
+    device = resolve_device(run.device, dist)
+    init_distributed(dist, device)  # torchrun: join the process group (no-op alone)
+    if not dist.is_main:
+        rundir = RunDir(rundir.path, resume=True)
+    utils.set_cpu_arithmetic(run.threads, run.flush_denormal)
+    utils.seed_everything(run.seed)
+    if run.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not run.deterministic
+    return dist, device, rundir
+
+
 # ---------------------------------------------------------------- SGD and the cosine schedule
 
 def sgd(params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, weight_decay: float,
@@ -217,5 +236,5 @@ def cosine_lr(lr: float, lr_min: float, epoch: int, epochs: int) -> float:
     return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-__all__ = ["EpochRun", "LoopEnd", "LoopSettings", "claimed_run", "cosine_lr", "cosine_schedule", "run_epochs", "sgd",
-           "with_rollback"]
+__all__ = ["EpochRun", "LoopEnd", "LoopSettings", "claimed_run", "cosine_lr", "cosine_schedule", "run_epochs",
+           "set_up_process", "sgd", "with_rollback"]

@@ -26,17 +26,18 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from pcdarts import runs, utils
+from pcdarts import runs
 from pcdarts.analysis import tensorboard
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
 from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, check_identical,
-                                  dist_info, init_distributed, resolve_device, wrap_ddp)
+                                  wrap_ddp)
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
 from pcdarts.nn.edges import widen_edges, widen_tensor
 from pcdarts.objectives.base import EpochEnd, SupernetCall, epoch_end
-from pcdarts.runs.loop import EpochRun, LoopSettings, claimed_run, cosine_schedule, run_epochs, sgd, with_rollback
+from pcdarts.runs.loop import (EpochRun, LoopSettings, claimed_run, cosine_schedule, run_epochs, set_up_process,
+                               sgd, with_rollback)
 from pcdarts.search.build import build_components
 from pcdarts.search.report import SearchReport, closed_run, epoch_losses
 from pcdarts.search.splits import SearchData
@@ -144,7 +145,11 @@ class Searcher(SearchState, EpochRun):
             run_dir, overwrite=True, resume=resume)
         self.cfg, self.run_dir = cfg, self.rundir.path
         self.trust_checkpoint = trust_checkpoint
-        self._set_up_process()
+        # the same seed on every rank: identical architecture initialisation and identical draws
+        # from the global generator (random channel masks); ranks differ only in their data shard
+        self.dist, self.device, self.rundir = set_up_process(cfg.run, self.rundir)
+        if self.dist.is_distributed and cfg.search.compile:
+            raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
         self.data = SearchData(cfg, self.device, self.dist)
         self.train_loader, self.arch_loader = self.data.train_loader, self.data.arch_loader
         self.eval_loader, self.data_info = self.data.eval_loader, self.data.info
@@ -191,25 +196,6 @@ class Searcher(SearchState, EpochRun):
         return self.report.history
 
     # ------------------------------------------------------------------ setup
-    def _set_up_process(self) -> None:
-        """Device, process group, CPU arithmetic, seeds and determinism of this process."""
-        cfg = self.cfg
-        self.dist = dist_info()
-        self.device = resolve_device(cfg.run.device, self.dist)
-        init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
-        if not self.dist.is_main:  # only rank 0 touches the run directory
-            self.rundir = runs.RunDir(self.run_dir, resume=True)
-        if self.dist.is_distributed and cfg.search.compile:
-            raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
-        utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
-        # the same seed on every rank: identical architecture initialisation and identical draws
-        # from the global generator (random channel masks); ranks differ only in their data shard
-        utils.seed_everything(cfg.run.seed)
-        if cfg.run.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not cfg.run.deterministic
-
     def _zero_meters(self) -> dict[str, torch.Tensor]:
         return {k: torch.zeros((), device=self.device, dtype=torch.float64)
                 for k in ("loss", "correct", "n", "arch_loss", "arch_correct", "arch_n")}
