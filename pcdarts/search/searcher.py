@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -29,19 +29,18 @@ import torch.nn as nn
 from pcdarts import runs
 from pcdarts.analysis import tensorboard
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
-from pcdarts.distributed import (all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers, check_identical,
-                                  wrap_ddp)
+from pcdarts.distributed import all_reduce_max, all_reduce_mean, all_reduce_sum, check_identical
 from pcdarts.errors import ConfigError, DivergenceError
 from pcdarts.genotype import Genotype
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
-from pcdarts.nn.edges import widen_edges, widen_tensor
-from pcdarts.objectives.base import EpochEnd, SupernetCall, epoch_end
+from pcdarts.objectives.base import EpochEnd, epoch_end
 from pcdarts.runs.loop import (EpochRun, LoopSettings, claimed_run, cosine_schedule, run_epochs, set_up_process,
                                sgd, with_rollback)
 from pcdarts.search.build import build_components
 from pcdarts.search.report import SearchReport, closed_run, epoch_losses
 from pcdarts.search.splits import SearchData
 from pcdarts.search.state import SearchState
+from pcdarts.search.structure import SupernetStructure
 
 CHECKPOINT = runs.CHECKPOINT
 
@@ -123,7 +122,7 @@ def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[t
     return loss, metrics
 
 
-class Searcher(SearchState, EpochRun):
+class Searcher(SupernetStructure, SearchState, EpochRun):
     """Builds data, supernet, method and optimisers from a Config and runs the search on the
     shared loop (:func:`pcdarts.runs.loop.run_epochs`): this class supplies the step and the
     epoch end; the epoch's reporting is :class:`~pcdarts.search.report.SearchReport`'s, the
@@ -179,8 +178,8 @@ class Searcher(SearchState, EpochRun):
         s = cfg.search
         self.weight_params = parts.weight_params
         self.weight_model = self._data_parallel()
-        self.optimizer = weight_optimizer(self.weight_params, s)
-        self.scheduler = weight_schedule(self.optimizer, s)
+        self.optimizer = self._new_optimizer()
+        self.scheduler = self._new_schedule()
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
         self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
@@ -205,75 +204,14 @@ class Searcher(SearchState, EpochRun):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _new_optimizer(self) -> torch.optim.SGD:
+        return weight_optimizer(self.weight_params, self.cfg.search)
+
+    def _new_schedule(self) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+        return weight_schedule(self.optimizer, self.cfg.search)
+
     def _weight_step_info(self) -> WeightStepInfo:
         return weight_step_info(self.optimizer, self.weight_params)
-
-    # ------------------------------------------------------------------ structure changes, DDP
-    def prune(self, masks: dict[str, torch.Tensor]) -> None:
-        """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
-        self.supernet.prune(masks)
-        self._rebuild_optimizer()
-
-    def widen(self, k: int) -> None:
-        """Lower the partial-channel factor to ``k`` mid-search (see ``SearchContext.widen``)."""
-        moved = widen_edges(self.supernet, k, self.arch_generator)
-        if self.device.type == "cuda":
-            self.supernet.to(memory_format=torch.channels_last)
-        self.k = k
-        self._rebuild_optimizer(moved)
-
-    def _data_parallel(self) -> nn.Module:
-        """The module the weight step calls: under torchrun the supernet wrapped in PyTorch's
-        DistributedDataParallel (its weight gradients averaged across ranks in the backward
-        pass; unused ops allowed, since pruned and inactive ops take no part), else the
-        supernet (or its compiled wrapper) itself. Architecture steps, evaluation and scorers
-        call the bare supernet; their gradients are averaged by ``ctx.all_reduce_grads``."""
-        if not self.dist.is_distributed:
-            return self.model
-        # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
-        warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
-        # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward;
-        # batch-norm statistics are averaged wherever they are read (self._agree_buffers)
-        return wrap_ddp(SupernetCall(self.supernet), self.device, find_unused=True)
-
-    def _agree_buffers(self) -> None:
-        """Under torchrun: the ranks' batch-norm running statistics (supernet and objective)
-        averaged, before evaluation, scorers and the epoch end read them; no-op alone."""
-        if self.dist.is_distributed:
-            average_buffers(self.supernet)
-            average_buffers(self.objective)
-
-    def _average_objective_grads(self) -> None:
-        """Average the gradients of the objective's own parameters (outside DDP) across ranks."""
-        grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
-        if grads:
-            all_reduce_mean(grads)
-
-    def _rebuild_optimizer(self, moved: Sequence[tuple[Any, Any, list]] = ()) -> None:
-        """A new weight optimiser over the live weights: momentum carried for survivors
-        (widened like the weights for widened ones), the schedule kept on the global epoch;
-        under torchrun DDP is rebuilt over the new parameters (every rank changes alike)."""
-        s = self.cfg.search
-        old = self.optimizer
-        self.weight_params[:] = self._live_weights()  # the context shares the list
-        self.weight_model = self._data_parallel()
-        self.optimizer = weight_optimizer(self.weight_params, s)
-        for p in self.weight_params:
-            if p in old.state:
-                self.optimizer.state[p] = old.state[p]
-        for p_old, p_new, plan in moved:
-            buf = old.state.get(p_old, {}).get("momentum_buffer")
-            if buf is not None:
-                self.optimizer.state[p_new] = {"momentum_buffer": widen_tensor(buf, plan)}
-        schedule = self.scheduler.state_dict()
-        self.scheduler = weight_schedule(self.optimizer, s)
-        self.scheduler.load_state_dict(schedule)  # the global epoch, not a restart
-        for group, old_group in zip(self.optimizer.param_groups, old.param_groups):
-            group["lr"] = old_group["lr"]
-
-    def _live_weights(self) -> list[nn.Parameter]:
-        """The weights the weight optimiser trains: the supernet's and the objective's (a decoder)."""
-        return [p for m in (self.supernet, self.objective) for p in m.parameters() if p.requires_grad]
 
     def context(self) -> SearchContext:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
