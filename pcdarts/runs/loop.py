@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from pcdarts import utils
-from pcdarts.distributed import DistInfo, agreed_stop, dist_info, init_distributed, resolve_device
+from pcdarts.distributed import (
+    DistInfo,
+    agreed_stop,
+    dist_info,
+    init_distributed,
+    resolve_device,
+)
 from pcdarts.errors import DivergenceError
 from pcdarts.runs import NonFiniteWatch, RunDir, StopFlag, stop_message
 
@@ -35,7 +42,7 @@ class EpochRun:
 
     epoch: int = 0
     step: int = 0
-    watch: Optional[NonFiniteWatch] = None  # read every ``watch.period`` steps (None: never)
+    watch: NonFiniteWatch | None = None  # read every ``watch.period`` steps (None: never)
 
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
@@ -92,12 +99,12 @@ class LoopSettings:
     epochs: int
     command: str = ""
     run_dir: Path = Path(".")
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     main: bool = True
     progress: bool = False
     log_every: int = 50
     checkpoint_every: int = 0
-    stop_after_steps: Optional[int] = None
+    stop_after_steps: int | None = None
     signals: bool = True
 
 
@@ -112,10 +119,10 @@ class LoopEnd:
 class _NoSignals:
     requested, signal_name = False, ""
 
-    def __enter__(self) -> "_NoSignals":
+    def __enter__(self) -> _NoSignals:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 

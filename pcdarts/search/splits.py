@@ -10,7 +10,12 @@ import torch
 
 from pcdarts.config import Config
 from pcdarts.data.device_loader import Augment, DeviceLoader
-from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
+from pcdarts.data.sources import (
+    default_augment,
+    labels_fingerprint,
+    load_dataset,
+    split_indices,
+)
 from pcdarts.distributed import DistInfo, per_process_batch
 from pcdarts.registry import METHODS
 
@@ -39,8 +44,8 @@ class SearchData:
         pad, flip = default_augment(d.dataset, self.input_size)
         aug = Augment(crop_padding=pad if d.crop_padding is None else d.crop_padding,
                       flip=flip if d.flip is None else d.flip, cutout=d.cutout)
-        self.common: dict[str, Any] = dict(mean=ds.mean, std=ds.std, device=device, rank=dist.rank,
-                                           world_size=dist.world_size, channels_last=device.type == "cuda")
+        self.common: dict[str, Any] = {"mean": ds.mean, "std": ds.std, "device": device, "rank": dist.rank,
+                                       "world_size": dist.world_size, "channels_last": device.type == "cuda"}
         # one device copy per split: the loaders that read the same split share it
         if METHODS.get(cfg.method_name).needs_arch_split:
             w_idx, a_idx = split_indices(len(labels), d.train_portion, split_seed)

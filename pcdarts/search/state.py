@@ -8,7 +8,7 @@ Searcher's components and writes only its position, meters, clock and rollback c
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -24,7 +24,7 @@ class SearchState:
     # the current epoch's clock: seconds spent in it before the last resume (kept in the
     # checkpoint), and when this process started on it (perf_counter; None between epochs)
     _epoch_time_before: float = 0.0
-    _epoch_t0: Optional[float] = None
+    _epoch_t0: float | None = None
     _rollbacks: int = 0  # search.rollback used so far (kept in the checkpoint)
 
     def state_dict(self: Any) -> dict[str, Any]:

@@ -10,10 +10,11 @@ search's SGD and cosine schedule).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pcdarts.distributed import all_reduce_mean, average_buffers, wrap_ddp
 from pcdarts.nn.edges import widen_edges, widen_tensor
