@@ -29,8 +29,8 @@ import torch.nn as nn
 from pcdarts import runs
 from pcdarts.analysis import tensorboard
 from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
-from pcdarts.distributed import all_reduce_max, all_reduce_mean, all_reduce_sum, check_identical
-from pcdarts.errors import ConfigError, DivergenceError
+from pcdarts.distributed import all_reduce_mean, all_reduce_sum, check_identical
+from pcdarts.errors import ConfigError
 from pcdarts.genotype import Genotype
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
 from pcdarts.objectives.base import EpochEnd, epoch_end
@@ -364,37 +364,6 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         if float(m["arch_n"]) > 0 and self.objective_has_accuracy:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
-
-    def check_finite(self, statistics: bool = False) -> None:
-        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite,
-        or (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic;
-        under torchrun on every rank together: the verdicts are combined."""
-        bad = self.watch.first_bad()
-        buffer = None
-        if statistics and bad is None:
-            buffer = runs.nonfinite_buffer({"supernet": self.supernet, "objective": self.objective})
-        if buffer is not None:
-            bad = "statistics"
-        if self.dist.is_distributed:
-            code = all_reduce_max({None: 0, "weight": 1, "arch": 2, "statistics": 3}[bad], self.device)
-            bad = {0: None, 1: "weight", 2: "arch", 3: "statistics"}[int(code)]
-        arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
-        if bad is None and not arch_bad:
-            return
-        steps = self.train_loader.steps_per_epoch
-        where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
-        if bad in ("weight", "statistics"):
-            what = ("the weight step's loss" if bad == "weight" else
-                    f"the batch-norm running statistics ({buffer or 'on another rank'})")
-            hint = self._weight_lr_hint()
-        else:
-            what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
-            hint = self.method.divergence_hint()
-        raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
-
-    def _weight_lr_hint(self) -> str:
-        return (f"the weight learning rate is probably too high (search.lr={self.cfg.search.lr:g}); "
-                "lower it and start again")
 
     def end_epoch(self) -> None:
         """The epoch's end: the method's hook, the schedule, one history record (with the

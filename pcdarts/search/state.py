@@ -1,4 +1,4 @@
-"""The Searcher's state: its checkpoint (everything needed to resume exactly: weights,
+"""The Searcher's state: the check that it is still finite, its checkpoint (everything needed to resume exactly: weights,
 architecture state, both optimisers, scheduler, RNG states, data positions, the epoch's
 running sums and clock), loading it back, and ``search.rollback``.
 
@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from pcdarts import runs, utils
+from pcdarts.distributed import all_reduce_max
 from pcdarts.errors import DivergenceError
 
 CHECKPOINT = runs.CHECKPOINT
 
 
 class SearchState:
-    """Checkpoint, resume and rollback of a search (mixed into the Searcher)."""
+    """Divergence check, checkpoint, resume and rollback of a search (mixed into the Searcher)."""
 
     # the current epoch's clock: seconds spent in it before the last resume (kept in the
     # checkpoint), and when this process started on it (perf_counter; None between epochs)
@@ -105,6 +106,37 @@ class SearchState:
                   f"checkpoint at epoch {self.epoch + 1} step {self.step} with the learning rates halved "
                   f"(weight lr now {self.optimizer.param_groups[0]['lr']:.3g})", flush=True)
         return True
+
+    def check_finite(self: Any, statistics: bool = False) -> None:
+        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite,
+        or (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic;
+        under torchrun on every rank together: the verdicts are combined."""
+        bad = self.watch.first_bad()
+        buffer = None
+        if statistics and bad is None:
+            buffer = runs.nonfinite_buffer({"supernet": self.supernet, "objective": self.objective})
+        if buffer is not None:
+            bad = "statistics"
+        if self.dist.is_distributed:
+            code = all_reduce_max({None: 0, "weight": 1, "arch": 2, "statistics": 3}[bad], self.device)
+            bad = {0: None, 1: "weight", 2: "arch", 3: "statistics"}[int(code)]
+        arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
+        if bad is None and not arch_bad:
+            return
+        steps = self.train_loader.steps_per_epoch
+        where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
+        if bad in ("weight", "statistics"):
+            what = ("the weight step's loss" if bad == "weight" else
+                    f"the batch-norm running statistics ({buffer or 'on another rank'})")
+            hint = self._weight_lr_hint()
+        else:
+            what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
+            hint = self.method.divergence_hint()
+        raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
+
+    def _weight_lr_hint(self: Any) -> str:
+        return (f"the weight learning rate is probably too high (search.lr={self.cfg.search.lr:g}); "
+                "lower it and start again")
 
 
 __all__ = ["SearchState"]
