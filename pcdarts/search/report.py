@@ -81,8 +81,8 @@ class SearchReport:
         rec["genotype"] = str(genotype)
         st = self.space.genotype_stats(genotype, **self.shape)
         rec.update(genotype_params_m=st["params"], genotype_macs_m=st["macs"], genotype_network=st["network"])
-        if self.cfg.search.nb201_lookup and self.space.name == "nb201":
-            rec["nb201"] = self._nb201_lookup(genotype)
+        if self.cfg.search.nb201_lookup:  # the space's per-epoch extras (NB201: the benchmark lookup of the cell)
+            rec.update(self._epoch_extras(genotype))
         rec["primitives"] = list(self.space.primitives)
         rec.update(method.arch_weights())
         if any(not bool(m.all()) for m in masks.values()):  # ops were removed: the live ones, for the entropy
@@ -96,18 +96,16 @@ class SearchReport:
         rec.update(extra)
         return rec
 
-    def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
-        """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
-        from pcdarts.nb201 import DATASETS, BenchmarkError, query
-        out: dict[str, Any] = {}
+    def _epoch_extras(self, genotype: Genotype) -> dict[str, Any]:
+        """The space's fields of this epoch's record (``space.epoch_extras``: NB201's benchmark
+        accuracies of the cell, the AutoDL code's most useful diagnostic)."""
+        from pcdarts.nb201 import BenchmarkError
         try:
-            for ds in DATASETS:
-                r = query(genotype, ds, table=self.cfg.search.nb201_table)
-                out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
+            return self.space.epoch_extras(genotype, table=self.cfg.search.nb201_table)
         except BenchmarkError as e:
             warnings.warn(f"NAS-Bench-201 lookup disabled: {e}")
             self.cfg = dataclasses.replace(self.cfg, search=dataclasses.replace(self.cfg.search, nb201_lookup=False))
-        return out
+        return {}
 
     def check_losses(self, rec: dict[str, Any], *, classifying: bool, weight_hint: str, arch_hint: str) -> None:
         """A non-finite validation loss is divergence (a DivergenceError, so ``search.rollback``

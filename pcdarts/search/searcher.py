@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from pcdarts import runs
 from pcdarts.analysis import tensorboard
-from pcdarts.config import Config, SearchConfig, build_config, load_config_file, merge_onto_preset
+from pcdarts.config import Config, SearchConfig, build_config, current_section, load_config_file, merge_onto_preset
 from pcdarts.distributed import all_reduce_mean, all_reduce_sum, check_identical
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import Genotype
@@ -156,7 +156,7 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         self.input_size = self.data.input_size
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
                                           config=cfg.to_dict(), sections=("method", "space"),
-                                          trust=trust_checkpoint) if resume else None
+                                          trust=trust_checkpoint, normalise=current_section) if resume else None
         # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
         # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
         parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
