@@ -23,7 +23,16 @@ from pcdarts.config import build_config
 from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.nn.networks import build_network
 from pcdarts.objectives.base import ObjectiveSetup
-from pcdarts.registry import BENCHMARKS, DATASETS, METHODS, NETWORKS, OBJECTIVES, PROXIES, SELECTORS, SPACES
+from pcdarts.registry import (
+    BENCHMARKS,
+    DATASETS,
+    METHODS,
+    NETWORKS,
+    OBJECTIVES,
+    PROXIES,
+    SELECTORS,
+    SPACES,
+)
 from pcdarts.search.build import build_components
 from pcdarts.search.searcher import Searcher, new_run_dir
 from tests.conftest import tiny_config, tiny_method
