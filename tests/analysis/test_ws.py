@@ -283,10 +283,10 @@ def test_the_sharing_trainer_on_the_shared_loop_equals_the_plain_loop():
              for g, members in enumerate(log.partition)]
     mixings = [child_mixing(c, len(sp.primitives), CPU) for c in sp.children]
     losses, accs = [], []
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.train.epochs):
         total, n = 0.0, 0
         for u in units:
-            assert u.optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(cfg.lr, cfg.lr_min, epoch, 2))
+            assert u.optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(cfg.train.lr, cfg.train.lr_min, epoch, 2))
             for _ in range(u.steps_per_epoch()):
                 m = u.order.next()
                 total += float(u.train_step(m, mixings[m]))
@@ -296,7 +296,7 @@ def test_the_sharing_trainer_on_the_shared_loop_equals_the_plain_loop():
         row = []
         for m in range(len(sp.children)):
             u = next(u for u in units if m in u.members)
-            row.append(evaluate_child(u.model, mixings[m], data.val_batches, cfg.bn, data.recal_batches)[0])
+            row.append(evaluate_child(u.model, mixings[m], data.val_batches, cfg.eval.bn, data.recal_batches)[0])
         accs.append(row)
     assert log.schedule == [u.trained for u in units] and log.accuracy == accs  # same steps, same weights
     assert log.train_loss == pytest.approx(losses, rel=1e-6)  # summed in float64 there, in Python floats here
