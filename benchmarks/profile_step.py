@@ -40,7 +40,7 @@ for p in (str(HERE.parent), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import search_step  # this folder's benchmark: its options and Searcher
+import search_step  # noqa: E402  (this folder's benchmark: its options and Searcher)
 
 COLUMNS = ("arch fwd", "arch bwd", "weight fwd", "weight bwd", "optimisers")
 ROWS = ("depthwise conv", "1x1 conv", "other conv", "BN", "pooling", "ReLU", "copies", "mixing sums",

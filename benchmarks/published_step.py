@@ -41,9 +41,9 @@ for p in (str(REPO), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import search_step
+import search_step  # noqa: E402  (this folder's benchmark)
 
-from pcdarts.utils import peak_rss_mib
+from pcdarts.utils import peak_rss_mib  # noqa: E402
 
 
 def cpu_shim() -> None:
