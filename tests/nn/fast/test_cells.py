@@ -24,7 +24,7 @@ from pcdarts.scorers.alpha import normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
 from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
-from tests.conftest import assert_fast_equals_reference_steps
+from tests.conftest import assert_fast_equals_reference_steps, tiny_method
 
 MODES = ("first+shuffle", "first+shift", "random")
 SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}
@@ -506,8 +506,6 @@ def test_every_method_steps_on_the_fast_path(tiny, name, monkeypatch, capsys):
     """Every registered method's search step (tiny DARTS space, impl=fast) runs its supernet's
     fast cells, and any pass on the reference path is one the method declares, named in
     ``supernet.reference_passes`` and printed once: no silent fallback."""
-    from conftest import tiny_method
-
     from pcdarts.config import build_config
     from pcdarts.search.searcher import Searcher, new_run_dir
     calls = {"fast": 0, "reference": 0}
@@ -541,8 +539,6 @@ def test_reference_passes_are_recorded_in_the_manifest(tiny):
     """A fast supernet's passes on the reference path (LeaSE's explanation) end up in the run
     manifest's ``reference_passes`` (written with the checkpoint of a stopped run)."""
     import json
-
-    from conftest import tiny_method
 
     import pcdarts
     cfg = tiny(method=tiny_method("lease"), space={"name": "darts", "layers": 3, "impl": "fast"},
