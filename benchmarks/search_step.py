@@ -181,7 +181,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--space", default="darts", choices=SPACES.names(),
                    help="the space of the cases that name none")
     p.add_argument("--method", default="pc-darts",
-                   help="a registered method, a case (" + ", ".join(CASES) + ") or all (every case)")
+                   help="a registered method, a case (" + ", ".join(CASES) + "), several separated by commas, "
+                        "or all (every case)")
     p.add_argument("--C", type=int, default=16, help="initial channels")
     p.add_argument("--cells", type=int, default=None, help="DARTS: cells (8); NB201: cells per stage N (5)")
     p.add_argument("--batch", type=int, default=32)
@@ -259,13 +260,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    if args.method != "all":
+    names = list(CASES) if args.method == "all" else args.method.split(",")
+    if len(names) == 1:
         print(json.dumps(measure(args, argv)), flush=True)
         return 0
-    for name in CASES:  # one line per case, each with its own argv (the peak subprocesses rebuild it)
+    failed = 0
+    for name in names:  # one line per case, each with its own argv (the peak subprocesses rebuild it)
         case_argv = [*argv, "--method", name]  # the last --method wins
-        print(json.dumps(measure(parse_args(case_argv), case_argv)), flush=True)
-    return 0
+        try:
+            rec = measure(parse_args(case_argv), case_argv)
+        except Exception as exc:  # one broken case must not hide the others' lines; it is reported
+            failed += 1
+            rec = {"case": name, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(rec), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
