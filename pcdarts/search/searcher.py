@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
+from pcdarts.config import (Config, SearchConfig, build_config, current_section, has_labels, load_config_file,
+                            merge_onto_preset)
 from pcdarts.analysis import tensorboard
 from pcdarts.analysis.stats import collapse_stats, collapse_warning
 from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
@@ -168,7 +169,7 @@ class Searcher:
         self._build_data()
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
                                           config=cfg.to_dict(), sections=("method", "space"),
-                                          trust=trust_checkpoint) if resume else None
+                                          trust=trust_checkpoint, normalise=current_section) if resume else None
         # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
         # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
         parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
@@ -621,8 +622,8 @@ class Searcher:
         genotype = self.derive()
         rec["genotype"] = str(genotype)
         rec.update(self._genotype_stats(genotype))
-        if s.nb201_lookup and self.space.name == "nb201":
-            rec["nb201"] = self._nb201_lookup(genotype)
+        if s.nb201_lookup:  # the space's per-epoch extras (NB201: the benchmark lookup of the cell)
+            rec.update(self._epoch_extras(genotype))
         rec["primitives"] = list(self.space.primitives)
         rec.update(self.method.arch_weights())
         masks = getattr(self.supernet, "masks", None) or {}
@@ -658,18 +659,16 @@ class Searcher:
                                        input_size=self.input_size, labelled=has_labels(self.cfg.data.dataset))
         return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
 
-    def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
-        """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
-        from pcdarts.nb201 import DATASETS, BenchmarkError, query
-        out: dict[str, Any] = {}
+    def _epoch_extras(self, genotype: Genotype) -> dict[str, Any]:
+        """The space's fields of this epoch's record (``space.epoch_extras``: NB201's benchmark
+        accuracies of the cell, the AutoDL code's most useful diagnostic)."""
+        from pcdarts.nb201 import BenchmarkError
         try:
-            for ds in DATASETS:
-                r = query(genotype, ds, table=self.cfg.search.nb201_table)
-                out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
+            return self.space.epoch_extras(genotype, table=self.cfg.search.nb201_table)
         except BenchmarkError as e:
             warnings.warn(f"NAS-Bench-201 lookup disabled: {e}")
             self.cfg = dataclasses.replace(self.cfg, search=dataclasses.replace(self.cfg.search, nb201_lookup=False))
-        return out
+        return {}
 
     def derive(self) -> Genotype:
         return self.space.derive(self.method.scores(self.context()), getattr(self.supernet, "masks", None),

@@ -34,8 +34,9 @@ import torch.nn as nn
 from pcdarts import runs, utils
 from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_sum, average_buffers, dist_info,
                                   init_distributed, per_process_batch, resolve_device, wrap_ddp)
-from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
+from pcdarts.genotype import Genotype, load_genotype, save_genotype
 from pcdarts.nn.counting import count_params, genotype_stats
+from pcdarts.nn.networks import network_options
 from pcdarts.train.config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
 from pcdarts.train.data import TrainData, build_train_data
 from pcdarts.train.model import autocast, build_model, evaluate, topk_correct
@@ -368,10 +369,10 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         g, m = self.genotype, self.cfg.model
-        nb201 = isinstance(g, NB201Genotype)
+        o = network_options(g, m)  # the model section as this genotype's network reads it
         stats = genotype_stats(g, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                               input_size=self.data.input_size, C=m.nb201_C if nb201 else m.C,
-                               layers=m.nb201_N if nb201 else m.layers, stem="cifar" if nb201 else m.stem)
+                               input_size=self.data.input_size, C=o["C"], layers=o["layers"],
+                               stem=o.get("stem", "cifar"))
         final = self.history[-1] if self.history else {}
         metrics: dict[str, Any] = {
             "genotype": str(g), "seed": self.cfg.run.seed, "epochs": self.cfg.train.epochs,
