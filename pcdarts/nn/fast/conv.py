@@ -335,6 +335,8 @@ def _needed(ctx: Any) -> list[bool]:
     gradient; the engine knows, so ask it and skip those kernels (and recomputations).
     """
     needs = list(ctx.needs_input_grad)
+    if ctx.nodes is None:  # no grad at forward time, or traced by torch.compile
+        return needs
     try:
         for i, node in enumerate(ctx.nodes):
             if needs[i] and node is not None:
@@ -359,7 +361,7 @@ def conv_chain(x: torch.Tensor, coef: Optional[torch.Tensor], spec: ChainSpec,
     if dt is not None:
         x, coef, *weights = fo.cast_floats([x, coef, *weights], dt)
     nodes = None
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and not fo.compiling():  # traced: the compiled backward decides
         nodes = [_grad_node(x), None if coef is None else _grad_node(coef), None, *map(_grad_node, weights)]
     with torch.autocast(x.device.type, enabled=False) if dt is not None else contextlib.nullcontext():
         return _ConvChain.apply(x, coef, (spec, nodes), *weights)
