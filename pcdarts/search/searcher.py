@@ -84,6 +84,21 @@ def weight_schedule(optimizer: torch.optim.Optimizer, s: SearchConfig) -> torch.
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs, eta_min=s.lr_min)
 
 
+# the torch.compile backend of search.compile (tests use "aot_eager": seconds instead of minutes)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_supernet(supernet: nn.Module, cudagraphs: bool = False) -> nn.Module:
+    """``torch.compile`` of the supernet (``search.compile``; ``cudagraphs``: mode
+    ``reduce-overhead``, which captures the compiled forward and backward in CUDA graphs).
+
+    The fast path traces with zero graph breaks: dynamo traces its autograd functions'
+    forward and backward (``tests/test_compile.py`` checks it)."""
+    if cudagraphs:
+        return torch.compile(supernet, backend=COMPILE_BACKEND, mode="reduce-overhead")
+    return torch.compile(supernet, backend=COMPILE_BACKEND)
+
+
 def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> WeightStepInfo:
     """The weight optimiser's current settings and momenta (for the 2nd-order virtual step)."""
     group = optimizer.param_groups[0]
@@ -148,8 +163,11 @@ class Searcher:
         init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
         if not self.dist.is_main:  # only rank 0 touches the run directory
             self.rundir = runs.RunDir(self.run_dir, resume=True)
-        if self.dist.is_distributed and cfg.search.compile:
+        if self.dist.is_distributed and (cfg.search.compile or cfg.search.cudagraphs):
             raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
+        if cfg.search.cudagraphs and self.device.type != "cuda":
+            raise ConfigError(f"search.cudagraphs needs a CUDA device (run.device is {self.device.type}); "
+                              "drop --search.cudagraphs")
         utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
         # the same seed on every rank: identical architecture initialisation and identical draws
         # from the global generator (random channel masks); ranks differ only in their data shard
@@ -174,8 +192,11 @@ class Searcher:
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = parts.generator
         self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
-        if cfg.search.compile:
-            self.model = torch.compile(self.supernet)
+        self._eager_next = False  # the next search step runs eagerly (compiled search: new structure)
+        self._eager_now = False
+        if cfg.search.compile or cfg.search.cudagraphs:
+            self.model = compile_supernet(self.supernet, cfg.search.cudagraphs)
+            self._eager_next = True
         unknown = sorted(set(self.method.data_streams) - {"train", "arch"}) if self.method.owns_step else []
         if unknown:
             raise ConfigError(f"method {cfg.method_name!r} asks for data streams {unknown}; the search provides "
@@ -249,13 +270,27 @@ class Searcher:
     def _weight_step_info(self) -> WeightStepInfo:
         return weight_step_info(self.optimizer, self.weight_params)
 
+    def _force_eager(self, on: bool) -> None:
+        """Compiled search: run the compiled supernet eagerly (``on``) until the step ends.
+
+        The first step of a structure (at the start, after a prune or widen) runs eagerly: it
+        builds the fast path's cached plans, Python state a trace would read, guard on and
+        rebuild, so that each structure is traced once per step kind instead of twice."""
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older: one extra trace
+        if self.model is self.supernet or set_stance is None or on == self._eager_now:
+            return
+        set_stance("force_eager" if on else "default")
+        self._eager_now = on
+
     def prune(self, masks: dict[str, torch.Tensor]) -> None:
         """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
+        self._force_eager(True)
         self.supernet.prune(masks)
         self._rebuild_optimizer()
 
     def widen(self, k: int) -> None:
         """Lower the partial-channel factor to ``k`` mid-search (see ``SearchContext.widen``)."""
+        self._force_eager(True)
         moved = widen_edges(self.supernet, k, self.arch_generator)
         if self.device.type == "cuda":
             self.supernet.to(memory_format=torch.channels_last)
@@ -335,6 +370,15 @@ class Searcher:
         return metrics
 
     def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
+        if self._eager_next:
+            self._eager_next = False
+            self._force_eager(True)
+        try:
+            self._search_step(arch_active, ctx)
+        finally:
+            self._force_eager(False)
+
+    def _search_step(self, arch_active: bool, ctx: SearchContext) -> None:
         if self.method.owns_step:
             streams = {"train": self.train_loader, "arch": self.arch_loader}
             batches = {name: streams[name].next() for name in self.method.data_streams}
