@@ -167,7 +167,7 @@ class SpaceConfig:
             The NB201 cell's pool never carries BN.
         impl: mixed-edge implementation: ``fast``, ``reference`` or ``auto`` (default: the fast
             path on CPU, the reference on CUDA, where the fast path is slower and its
-            gradients have not yet been verified against the reference; see the README).
+            gradients have not yet been verified against the reference; see docs/performance.md, "GPU").
     """
 
     name: str = "darts"

@@ -1,6 +1,12 @@
-"""Shared tiny fixtures: C=4 supernets with 3 cells on 8x8 inputs, quick configs, data paths."""
+"""Shared tiny fixtures: C=4 supernets with 3 cells on 8x8 inputs, quick configs, data paths.
+
+``tests/`` mirrors the package (``tests/<subpackage>/test_<module>.py`` for
+``pcdarts/<subpackage>/<module>.py``); every test folder is a package, so equal basenames do not
+clash and test modules import these helpers as ``from tests.conftest import ...``.
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +14,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar-10-batches-py"
+# the old spelling ``from conftest import ...`` (tests written before the move) keeps working
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
 
 
 def tiny_config(tmp_path: Path, **sections) -> dict:

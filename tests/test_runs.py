@@ -26,7 +26,7 @@ from pcdarts.registry import METHODS
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.train.trainer import train
 
-from conftest import tiny_config, tiny_method
+from tests.conftest import tiny_config, tiny_method
 
 TRAIN_TINY = {
     "data": {"dataset": "digits", "max_samples": 32, "max_test_samples": 16},

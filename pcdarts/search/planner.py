@@ -26,7 +26,7 @@ How the estimate is made (no full-size step is ever allocated):
    after each: ``rss(B) = rss_fixed + B * rss_per_sample``. The CPU headline is that
    line; ``runtime`` in the breakdown is what it adds on top of the tensors.
 
-``tests/test_planner.py`` checks the tensor estimate against the tensor peak of a real
+``tests/search/test_planner.py`` checks the tensor estimate against the tensor peak of a real
 step measured at full batch in a fresh process, and the CPU headline against the peak
 RSS of a real search step in a fresh process (both within 25%).
 """

@@ -5,7 +5,7 @@ The spaces' fast supernets (``FastDartsSupernet`` in :mod:`pcdarts.spaces.darts`
 supernets and keep every module, so ``state_dict()`` keys and shapes are identical
 (``fast.load_state_dict(ref.state_dict())`` just works), ``candidate_ops()`` yields the
 real op modules and ``prune()`` is inherited. Only the cell forward differs; it computes
-the mathematics of :class:`pcdarts.nn.edges.MixedEdge` (the oracle of ``tests/test_fast.py``):
+the mathematics of :class:`pcdarts.nn.edges.MixedEdge` (the oracle of ``tests/nn/fast/test_cells.py``):
 
 * per node, not per edge (:mod:`pcdarts.nn.fast.blocks`): every edge leaving a node reads
   the same channels, so pooling (and its BN) runs once per node, the same op of all

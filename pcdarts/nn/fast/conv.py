@@ -17,7 +17,7 @@ with the same ATen kernels autograd would call. That buys what generic autograd 
   the 4C-channel cell output is never concatenated nor kept, and it keeps only its own
   output (with affine=False BN the gradient follows from the normalised output).
 
-Gradients equal autograd's up to floating-point summation order; ``tests/test_fast.py``
+Gradients equal autograd's up to floating-point summation order; ``tests/nn/fast/test_cells.py``
 checks them against the reference mixed edge. Under autocast (CUDA bf16) the inputs are
 cast up front and the node runs with autocast off, since its backward calls kernels
 directly.

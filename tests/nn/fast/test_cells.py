@@ -23,7 +23,7 @@ from pcdarts.scorers.alpha import normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
 from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
-from conftest import assert_fast_equals_reference_steps
+from tests.conftest import assert_fast_equals_reference_steps
 
 MODES = ("first+shuffle", "first+shift", "random")
 SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}

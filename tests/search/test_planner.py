@@ -13,7 +13,7 @@ from pcdarts.cli.tools import add_plan_subcommand
 from pcdarts.search import planner
 from pcdarts.search.planner import PlanResult, plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # a small DARTS/NB201 search step: quick to measure at full batch in a subprocess
 SMALL = dict(C=8, input_size=16, in_channels=3, num_classes=10, k=2)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pcdarts.data.sources import DataError, ImageDataset, dataset_fingerprint, load_dataset, split_indices
 from pcdarts.data.device_loader import Augment, DeviceLoader
 
-REAL_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
+REAL_CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -121,7 +121,7 @@ def test_switching_to_a_method_the_default_preset_cannot_run_names_its_presets(t
 def test_torchrun_launch_of_several_training_seeds_is_refused_before_anything_is_written(tmp_path, capsys,
                                                                                          monkeypatch):
     """``train --seeds`` under torchrun is not implemented (one process per seed is the better use
-    of several GPUs); search and single training runs work under torchrun: tests/test_ddp.py."""
+    of several GPUs); search and single training runs work under torchrun: tests/test_distributed.py."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     code, _, err = run_cli(["train", "DARTS_V2", "--preset", "short", "--seeds", "0,1", "--out", str(tmp_path / "r")],

@@ -220,15 +220,16 @@ def test_tiny_analysis_writes_report_and_plots_with_correct_correlations(tmp_pat
     printed = capsys.readouterr().out
     assert "Kendall tau first epoch" in printed
     from tests.conftest import REPO
-    readme = REPO.joinpath("README.md").read_text()
-    section = readme[readme.index("Trains a supernet single-path"):readme.index("### Label-free search")]
+    notes = REPO.joinpath("docs", "methods.md").read_text()
+    start = notes.index("\n## Weight-sharing analysis\n")
+    section = notes[start:notes.index("\n## ", start + 1)]
     written = sorted(f.name for f in out.iterdir())
     assert written == sorted(("report.json", "children.csv", "accuracy.csv", "epochs.csv", "sweep.csv",
                               "ground_truth.csv", "manifest.json", "tau_vs_epoch.png", "rank_heatmap.png",
                               "top1_histogram.png"))
     for f in written:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-        assert f"`{f}`" in section, f"the README's ws-analysis section does not list {f}"
+        assert f"`{f}`" in section, f"docs/methods.md, \"Weight-sharing analysis\", does not list {f}"
         assert f in printed or f.endswith(".png"), f"the printed summary does not name {f}"
     rep = json.loads((out / "report.json").read_text())
     assert rep["ground_truth"]["accuracy"] == pytest.approx(list(gt))

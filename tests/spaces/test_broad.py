@@ -31,7 +31,7 @@ from pcdarts.nn.broad import BroadNetwork
 from pcdarts.spaces.broad import BroadSupernet, FastBroadSupernet
 from pcdarts.train.config import build_train_config, load_train_preset
 from pcdarts.train.trainer import train
-from tests.test_fast import _compare, _x
+from tests.nn.fast.test_cells import _compare, _x
 
 SPACE = get_space("broad")
 

@@ -23,7 +23,7 @@ from pcdarts.search.searcher import Searcher, new_run_dir, search as pcdarts_sea
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import darts_node_edges
 from pcdarts.spaces.robust import ROBUST_SPACES, S1_NORMAL, S1_REDUCE
-from conftest import tiny_method
+from tests.conftest import tiny_method
 
 NODE_EDGES = darts_node_edges(4)
 CELL_TYPES = ("normal", "reduce")
@@ -149,7 +149,7 @@ def _compare(space, ref, fast, edge_weights, noise_seed=7):
 
 
 # K=1, and K=2 in the random channel mode (its permutations and the noise interleave on one
-# generator) with edge weights; the other modes are the DARTS space's (test_fast.py)
+# generator) with edge weights; the other modes are the DARTS space's (tests/nn/fast/test_cells.py)
 CASES = [(1, "first+shuffle", False), (2, "random", True)]
 
 

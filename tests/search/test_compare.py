@@ -301,7 +301,7 @@ def test_seed_signal_benchmark_is_deterministic_and_reports_every_pair(capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_signal.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "seed_signal.py"
     spec = importlib.util.spec_from_file_location("seed_signal", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -328,7 +328,7 @@ def test_search_quality_benchmark_end_to_end(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_quality.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "search_quality.py"
     spec = importlib.util.spec_from_file_location("search_quality", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

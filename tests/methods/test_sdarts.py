@@ -17,7 +17,7 @@ from pcdarts.methods.sdarts import SDartsAdvConfig, SDartsConfig, clip_rows
 from pcdarts.registry import METHODS
 from pcdarts.search.searcher import Searcher, new_run_dir, weight_step
 from pcdarts.spaces import get_space
-from conftest import assert_fast_equals_reference_steps
+from tests.conftest import assert_fast_equals_reference_steps
 
 METHODS_ = ("sdarts-rs", "sdarts-adv")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_method
+from tests.conftest import tiny_method
 
 from pcdarts.cli import main
 from pcdarts.config import ConfigError, SpaceConfig, build_config
@@ -80,7 +80,7 @@ def finished_runs(tmp_path_factory):
 def _one_step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, amp, channel_mode, rss,
               objective="cross-entropy", config=None):
     """Stands in for the planner's measurement (a fresh process, profiled steps at four batches:
-    test_planner.py checks its figures): the planned step built from the run's config and run once,
+    tests/search/test_planner.py checks its figures): the planned step built from the run's config and run once,
     in this process; its state counted, activations left at zero."""
     step = planner._Step(space, method, C, layers, k, input_size, in_channels, num_classes, impl, channel_mode,
                          objective, config)

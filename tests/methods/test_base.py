@@ -12,7 +12,7 @@ from pcdarts.methods.hypergrad import second_order_grads
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
-from conftest import tiny_method
+from tests.conftest import tiny_method
 from pcdarts.spaces.robust import ROBUST_SPACES
 
 
@@ -24,7 +24,7 @@ def _searcher(cfg_dict):
 TRAINS_NO_WEIGHTS = {"random-lookup"}  # a lookup baseline: nothing is trained
 
 
-# the RobustDARTS spaces have their own method x space step test (test_robust_spaces.py), which
+# the RobustDARTS spaces have their own method x space step test (tests/spaces/test_robust.py), which
 # also checks that every method keeps to each edge's candidate ops
 @pytest.mark.parametrize("space", [s for s in SPACES.names() if s not in ROBUST_SPACES])
 @pytest.mark.parametrize("method", METHODS.names())
@@ -217,7 +217,7 @@ def test_darts_minus_beta_schedule():
     assert aux_beta(lin, 0, 50) == 1.0 and aux_beta(lin, 49, 50) == pytest.approx(0.02)
     assert aux_beta(DartsMinusConfig(beta_schedule="cosine"), 49, 50) == pytest.approx(0.00099, abs=1e-5)
     assert aux_beta(DartsMinusConfig(beta_schedule="slow-cosine"), 49, 50) == pytest.approx(0.031, abs=1e-3)
-    # a decay start > 0 (the released DecayScheduler's values): tests/test_darts_minus.py
+    # a decay start > 0 (the released DecayScheduler's values): tests/methods/test_darts_minus.py
 
 
 def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tiny, tmp_path):

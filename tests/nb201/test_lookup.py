@@ -18,7 +18,7 @@ from pcdarts.genotype import GenotypeError, NB201Genotype
 from pcdarts.nb201 import arch as nb_arch
 from pcdarts.nb201 import package as nb_package
 
-FAKE = Path(__file__).parent / "fixtures" / "nb201_fake_table.json"
+FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "nb201_fake_table.json"
 
 BEST_C10_TEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 RESNET = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"

@@ -20,7 +20,7 @@ from pcdarts.train.seeds import train_seeds
 from pcdarts.train.trainer import CHECKPOINT, Trainer, train
 from pcdarts.train.config import build_train_config, load_train_preset, lr_at, train_preset_names
 
-SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
+SHARED_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
 # CLI flags that shrink the short preset to a test-sized run
 TINY_ARGS = ["--no-progress", "--train.epochs", "2", "--model.C", "4", "--model.layers", "3",

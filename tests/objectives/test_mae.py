@@ -23,9 +23,9 @@ from pcdarts.ranges import field_range, range_hints
 from pcdarts.registry import DATASETS, METHODS, OBJECTIVES, UnknownNameError
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
-from conftest import tiny_method
+from tests.conftest import tiny_method
 
-from conftest import SHARED_CIFAR
+from tests.conftest import SHARED_CIFAR
 
 MAE = {"name": "mae"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_method
+from tests.conftest import tiny_method
 
 import pcdarts
 from pcdarts.config import SpaceConfig, build_config
