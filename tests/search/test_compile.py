@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_method
 
 from pcdarts.config import build_config
 from pcdarts.errors import ConfigError
 from pcdarts.search import searcher as searcher_mod
 from pcdarts.search.searcher import Searcher, new_run_dir
+from tests.conftest import tiny_method
 
 
 def _searcher(tiny, tag: str, method: str = "darts", space: str = "nb201", **search) -> Searcher:
