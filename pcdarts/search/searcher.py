@@ -449,6 +449,7 @@ class Searcher:
                         if not self._rollback(e):
                             raise
             finally:
+                self._force_eager(False)  # a structure change at the last epoch's end left it on
                 if self.tb is not None:
                     self.tb.close()
 
