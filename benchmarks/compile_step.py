@@ -5,7 +5,8 @@ Two Searchers from the same seed on the synthetic set, the fast path eager and c
 plan caches); its second step traces and compiles the weight graph and the architecture
 graph: that step's time minus an eager step is the compile time. Then rounds of steps
 alternate between the two (same machine load). Optionally (``--bf16``) a third Searcher runs
-the eager step under CPU bf16 autocast. One JSON line goes to stdout, with the break-even
+the eager step under CPU bf16 autocast, and the relative error of one batch's weight and
+architecture gradients under bf16 against float32 is reported. One JSON line goes to stdout, with the break-even
 step count (compile time / time saved per step) and the 50-epoch search projection.
 
     python benchmarks/compile_step.py --space nb201 --C 8 --cells 1 --batch 16 --threads 2
@@ -44,6 +45,26 @@ def build(args: argparse.Namespace, run_dir: str, compile: bool) -> Any:
     return Searcher(cfg, Path(run_dir))
 
 
+def bf16_gradient_error(searcher: Any) -> dict[str, float]:
+    """Relative error (L2 norm of the difference over the norm) of the weight and the architecture
+    gradients of one batch's loss under CPU bf16 autocast against float32."""
+    ctx, batch = searcher.context(), searcher.train_loader.next()
+    wp, ap = list(searcher.weight_params), list(searcher.method.arch_parameters())
+
+    def grads(bf16: bool) -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = ctx.objective(searcher.supernet, batch, searcher.method.mixing())
+        gs = torch.autograd.grad(loss, wp + ap, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g.float() for g, p in zip(gs, wp + ap)]
+
+    g32, g16 = grads(False), grads(True)
+    out = {}
+    for name, sl in (("weight", slice(0, len(wp))), ("arch", slice(len(wp), None))):
+        a, b = torch.cat([g.flatten() for g in g32[sl]]), torch.cat([g.flatten() for g in g16[sl]])
+        out[f"bf16_{name}_grad_rel_err"] = round(float((b - a).norm() / a.norm()), 4)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--space", default="nb201")
@@ -71,12 +92,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             bf = build(args, f"{tmp}/b", False)
             bf._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # the step's objective calls
             searchers["bf16"] = bf
+            bf16_errors = bf16_gradient_error(build(args, f"{tmp}/g", False))
         times = interleaved_times(searchers, 1, args.steps, args.rounds)
     rec: dict[str, Any] = {"space": args.space, "method": args.method, "C": args.C, "cells": args.cells,
                            "batch": args.batch, "k": args.k, "threads": args.threads, "torch": torch.__version__,
                            "backend": "inductor", "compile_s": round(compile_s, 1)}
     for name, t in times.items():
         rec[f"{name}_s_per_step"] = round(t / args.steps, 4)
+    if args.bf16:
+        rec.update(bf16_errors)
     saved = rec["eager_s_per_step"] - rec["compiled_s_per_step"]
     rec["speedup"] = round(rec["eager_s_per_step"] / rec["compiled_s_per_step"], 3)
     rec["break_even_steps"] = round(compile_s / saved) if saved > 0 else None
