@@ -142,29 +142,36 @@ class DataConfig(DataSource):
     cutout: NonNegInt = 0
 
 
+class _SpaceSection(type):
+    """``SpaceConfig(name=..., **fields)`` builds the named space's own section (see
+    :func:`space_section`); a space's own class (``DartsSpaceConfig(...)``) builds itself."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is SpaceConfig and not args:
+            target = space_config_class(str(kwargs.get("name", SpaceConfig.name)))
+            if target is not SpaceConfig or not set(kwargs) <= {f.name for f in fields(SpaceConfig)}:
+                return space_section(kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class SpaceConfig:
-    """Search-space (supernet) shape.
+class SpaceConfig(metaclass=_SpaceSection):
+    """Search-space (supernet) shape: the fields every space reads. Each space adds its own in
+    its file, as a subclass that the space names as ``Config`` (``pcdarts.spaces.darts``: nodes,
+    stem, stem_multiplier, pool_bn; ``pcdarts.spaces.broad``: also cells_per_block,
+    enhancement_cells); the ``space:`` section is read into the class of ``space.name``
+    (:func:`space_section`), so ``cfg.space`` holds only fields its space has.
 
     Attributes:
-        name: ``darts``, ``nb201`` or ``broad`` (B-DARTS, docs/methods.md, "B-DARTS").
+        name: a registered space (``darts``, ``nb201``, ``broad``, ``s1``..``s4``).
         C: initial channels (DARTS CIFAR supernet 16; NB201 16; broad 16).
         layers: DARTS: number of cells (8); NB201: cells per stage N (5); broad: convolution
             blocks (2); None = the space's default.
-        cells_per_block: broad only: normal (stride-1) cells before each block's reduction
-            cell; None = the space's default (0, the official search supernet).
-        enhancement_cells: broad only: enhancement cells after the blocks; None = the space's default (1).
-        nodes: intermediate nodes per DARTS cell (4).
-        stem: ``cifar`` (one 3x3 conv) or ``imagenet`` (three stride-2 convs); DARTS only.
-        stem_multiplier: stem width as a multiple of C (DARTS: 3).
         k: partial-channel factor K (1 = plain DARTS); None = the method's default.
         channel_mode: ``first+shuffle`` (official PC-DARTS), ``first+shift`` or ``random``.
         track_running_stats: BN running statistics in the search cells' BNs (NB201, DARTS and
             broad; the stems and NB201's reduction blocks keep theirs); false = batch statistics
             also in eval mode (the NB201 benchmark's and the IS-DARTS code's search cells).
-        pool_bn: DARTS and broad spaces: BN(affine=False) after the pooling ops of the search
-            cells; None = true (the DARTS code); false = pooling alone (the IS-DARTS code).
-            The NB201 cell's pool never carries BN.
         impl: mixed-edge implementation: ``fast``, ``reference`` or ``auto`` (default: the fast
             path on CPU, the reference on CUDA, where the fast path is slower and its
             gradients have not yet been verified against the reference; see docs/performance.md, "GPU").
@@ -173,16 +180,40 @@ class SpaceConfig:
     name: str = "darts"
     C: Count = 16
     layers: Optional[Count] = None
-    cells_per_block: Optional[NonNegInt] = None
-    enhancement_cells: Optional[Count] = None
-    nodes: Count = 4
-    stem: str = "cifar"
-    stem_multiplier: Count = 3
     k: Optional[Count] = None
     channel_mode: str = "first+shuffle"
     track_running_stats: bool = True
-    pool_bn: Optional[bool] = None
     impl: str = "auto"
+
+
+def space_config_class(name: str) -> type:
+    """The section class of space ``name`` (its ``Config``; :class:`SpaceConfig` for a space
+    without own fields or an unregistered analysis space)."""
+    return getattr(SPACES.get(name), "Config", SpaceConfig) if name in SPACES else SpaceConfig
+
+
+def space_section(values: dict[str, Any]) -> SpaceConfig:
+    """The ``space:`` section ``values`` as its space's own class (``name`` picks it; default
+    ``darts``), types and ranges checked. A key of another space's section is dropped at that
+    space's default (config files and checkpoints written before the split hold every space's
+    fields) and refused otherwise, with a one-line ConfigError naming the key and its space."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section 'space' must be a mapping of keys to values, got {values!r}")
+    name = str(values.get("name", SpaceConfig.name))
+    cls = space_config_class(name)
+    own = {f.name for f in fields(cls)}
+    tolerated = getattr(SPACES.get(name), "foreign_values", {}) if name in SPACES else {}
+    kept = {}
+    for key, v in values.items():
+        owners = {n: f for n in SPACES.names() for f in fields(space_config_class(n)) if f.name == key}
+        if key in own or not owners:  # its own field, or an unknown key (coerce_section names it)
+            kept[key] = v
+        elif v not in tolerated.get(key, ()) and any(v != f.default for f in owners.values()):
+            raise ConfigError(f"space.{key}={v!r} belongs to the {' / '.join(owners)} space, not to the {name} "
+                              f"space; drop space.{key} (or use --space {next(iter(owners))})")
+        # else: an old file's value of a field this space does not have, at its default (or a value
+        # that describes this space's cells too, ``space.foreign_values``): dropped
+    return coerce_section(cls, "space", kept)
 
 
 @dataclass(frozen=True)
@@ -315,6 +346,8 @@ class Config:
         if self.objective is None:
             object.__setattr__(self, "objective", objective_cls.Config())
         SPACES.get(self.space.name)
+        if type(self.space) is not space_config_class(self.space.name):  # e.g. replace(space, name=...)
+            object.__setattr__(self, "space", space_section(dataclasses.asdict(self.space)))
         validate(self)
 
     @property
@@ -380,8 +413,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"space.channel_mode must be first+shuffle, first+shift or random, got {sp.channel_mode!r}")
     if sp.impl not in IMPLS:
         raise ConfigError(f"space.impl must be one of {', '.join(IMPLS)}, got {sp.impl!r}")
-    if sp.stem not in ("cifar", "imagenet"):
-        raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {sp.stem!r}")
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {d.channels}")
     if s.lr_min > s.lr:
@@ -526,6 +557,18 @@ def _float_text(v: Any) -> Optional[float]:
         return None
 
 
+def current_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config section as this version writes it: the ``space:`` section of a file or
+    checkpoint written before the per-space split, read into its space's class (what
+    :meth:`Config.to_dict` writes now); every other section as it is."""
+    if section != "space":
+        return values
+    try:
+        return dataclasses.asdict(space_section(dict(values)))
+    except ConfigError:
+        return values  # not a section this version reads: compared as it is
+
+
 def build_config(d: dict[str, Any]) -> Config:
     """A validated :class:`Config` from a nested dict (preset + overrides)."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -539,7 +582,9 @@ def build_config(d: dict[str, Any]) -> Config:
     method_cfg = coerce_section(method_cls.Config, "method", m)
     objective_name, objective_values = objective_section(d)
     objective_cfg = coerce_section(OBJECTIVES.get(objective_name).Config, "objective", objective_values)
-    sections = {name: coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()}
+    sections = {name: coerce_section(cls, name, d.get(name) or {}) for name, cls in SECTIONS.items()
+                if name != "space"}
+    sections["space"] = space_section(d.get("space") or {})  # the named space's own section
     return Config(method_name=method_name, method=method_cfg, objective_name=objective_name,
                   objective=objective_cfg, **sections)
 

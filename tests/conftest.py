@@ -112,3 +112,31 @@ def assert_fast_equals_reference_steps(tiny, method: dict, space: str, steps: in
     assert type(s.supernet).__name__.startswith("Fast")
     for a, b in zip(*states):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+# the command line on a tiny search / training run (tests that drive ``pcdarts`` through ``main``)
+CLI_TINY = ["--space.C", "4", "--space.layers", "3", "--data.max_samples", "48", "--search.epochs", "2",
+            "--search.batch_size", "8", "--method.warmup_epochs", "1", "--method.k", "2", "--no-progress",
+            "--run.plots", "false"]
+CLI_TINY_TRAIN = ["--no-progress", "--train.epochs", "2", "--model.C", "4", "--model.layers", "3",
+                  "--train.batch_size", "16", "--data.max_samples", "48", "--data.max_test_samples", "32"]
+# the same on one CPU thread (runs that subprocesses or kills repeat exactly)
+CLI_TINY_CPU1 = [*CLI_TINY, "--run.threads", "1", "--run.device", "cpu"]
+CLI_TINY_TRAIN_CPU1 = ["--no-progress", "--train.epochs", "1", "--model.C", "4", "--model.layers", "3",
+                       "--train.batch_size", "16", "--data.max_samples", "32", "--data.max_test_samples", "16",
+                       "--run.threads", "1", "--run.device", "cpu"]
+
+
+def run_cli(args, capsys):
+    """``pcdarts ARGS`` in this process: (exit status, stdout, stderr)."""
+    from pcdarts.cli import main
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    """The one ``error:`` line a user-fixable failure prints (warnings aside), without a traceback."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

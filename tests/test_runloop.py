@@ -1,4 +1,5 @@
-"""What a run prints and how it stops, resumes and diverges (issue 20 items 3, 4, 8, 11)."""
+"""What a run prints and how it stops, resumes and diverges (issue 20 items 3, 4, 8, 11), and the one
+loop (pcdarts.runs.loop) that search, training and the weight-sharing trainer run on (issue 19 item 2)."""
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,10 @@ import torch
 
 from pcdarts import runs
 from pcdarts.cli import main, rank_prefix
-from pcdarts.errors import ConfigError
+from pcdarts.config import build_config, merge_onto_preset
+from pcdarts.errors import ConfigError, DivergenceError
+from pcdarts.runs.loop import EpochRun, LoopSettings, cosine_lr, cosine_schedule, run_epochs, sgd, with_rollback
+from tests.conftest import tiny_config
 
 search_mod = importlib.import_module("pcdarts.search.searcher")  # the package exports a function of that name
 train_mod = importlib.import_module("pcdarts.train.trainer")
@@ -270,3 +274,164 @@ def test_rank_prefix(monkeypatch):
     assert rank_prefix() is None
     monkeypatch.setenv("RANK", "0")
     assert rank_prefix() == ""
+
+
+# ---------------------------------------------------------------- the one loop (runs/loop.py), for search and training
+# Written once against the shared loop; ``KINDS`` runs each test for a search and for a training run.
+
+
+
+def _search_kind(tmp_path, name, stop_after_steps=None, resume=False):
+    if resume:
+        return search_mod.search(resume=tmp_path / name, stop_after_steps=stop_after_steps)
+    cfg = tiny_config(tmp_path, run={"out": str(tmp_path / name), "threads": 1})
+    return search_mod.search(build_config(merge_onto_preset("quick", cfg)), stop_after_steps=stop_after_steps)
+
+
+def _train_kind(tmp_path, name, stop_after_steps=None, resume=False):
+    if resume:
+        return train_mod.train(resume=tmp_path / name, stop_after_steps=stop_after_steps)
+    cfg = {"data": {"dataset": "digits", "max_samples": 48, "max_test_samples": 32},
+           "model": {"C": 4, "layers": 3, "drop_path_prob": 0.2},
+           "train": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+           "run": {"seed": 0, "out": str(tmp_path / name), "progress": False, "device": "cpu", "threads": 1}}
+    return train_mod.train("DARTS_V2", cfg, stop_after_steps=stop_after_steps)
+
+
+# kind -> (run(tmp_path, name, ...), the class whose step the loop calls, the weights in its checkpoint,
+#          the file only a finished run writes)
+KINDS = {"search": (_search_kind, search_mod.Searcher, "supernet", "genotype.json"),
+         "train": (_train_kind, train_mod.Trainer, "model", "metrics.json")}
+
+
+def _weights(run_dir, kind, key):
+    return runs.load_checkpoint(run_dir / "checkpoint.pt", kind, "t")[key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_sigint_mid_epoch_checkpoints_and_the_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch, capsys,
+                                                                                  kind):
+    run, cls, key, final = KINDS[kind]
+    full = run(tmp_path, "full")
+
+    def interrupt(self, n):
+        if n == 2:  # epoch 1, step 2 of 3: mid-epoch
+            signal.raise_signal(signal.SIGINT)
+    after_steps(monkeypatch, cls, "take_step", interrupt)
+    part = run(tmp_path, "part")
+    monkeypatch.undo()
+    assert part.interrupted and part.stop_signal == "SIGINT" and runs.stop_exit_code(part.stop_signal) == 130
+    out = capsys.readouterr().out
+    assert f"SIGINT: stopped in epoch 1/2 after step 2/3; state saved. Continue with: pcdarts {kind} --resume" in out
+    assert not (tmp_path / "part" / final).exists()
+    ck = runs.load_checkpoint(tmp_path / "part" / "checkpoint.pt", kind, "t")
+    assert (ck["epoch"], ck["step"]) == (0, 2)
+    resumed = run(tmp_path, "part", resume=True)
+    assert not resumed.interrupted and (tmp_path / "part" / final).is_file()
+    a, b = _weights(tmp_path / "full", kind, key), _weights(tmp_path / "part", kind, key)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise within one process
+    losses = [[r["train_loss"] for r in history(tmp_path / d)] for d in ("full", "part")]
+    assert losses[0] == losses[1] and len(losses[0]) == 2 and not full.interrupted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_non_finite_loss_is_a_named_error_and_nothing_final_is_written(tmp_path, monkeypatch, kind):
+    run, cls, _, final = KINDS[kind]
+
+    def poison(self, n):
+        if n == 4:  # epoch 2, step 1: after epoch 1's checkpoint
+            self.watch.observe(self.watch.names[0], torch.tensor(float("nan")))
+    after_steps(monkeypatch, cls, "take_step", poison)
+    with pytest.raises(DivergenceError, match=r"became non-finite \(NaN or inf\) by epoch 2/2 step 1/3") as e:
+        run(tmp_path, "r")
+    assert f"the last good checkpoint {tmp_path / 'r' / 'checkpoint.pt'} is kept" in str(e.value)
+    assert "\n" not in str(e.value) and not (tmp_path / "r" / final).exists()
+    assert runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt", kind, "t")["epoch"] == 1
+    assert [r["epoch"] for r in history(tmp_path / "r")] == [0]
+
+
+# a pure-Python run: the loop's rules without a network
+
+class Counter(EpochRun):
+    """Counts steps; records what the loop asked of it."""
+
+    def __init__(self, steps=4, accumulate=1, nan_at=None):
+        self.steps, self.accumulate, self.nan_at = steps, accumulate, nan_at
+        self.epoch = self.step = 0
+        self.log, self.done, self.saved = [], 0, []
+        self.watch = runs.NonFiniteWatch(("x",), torch.device("cpu"), 1)
+
+    def steps_per_epoch(self):
+        return self.steps
+
+    def take_step(self):
+        self.done += 1
+        self.log.append((self.epoch, self.step))
+        if self.done == self.nan_at:
+            self.watch.observe("x", torch.tensor(float("inf")))
+
+    def may_stop_here(self):
+        return self.step % self.accumulate == 0
+
+    def check_finite(self, statistics=False):
+        if self.watch.first_bad():
+            raise DivergenceError(f"x became non-finite at {self.epoch}/{self.step}")
+
+    def end_epoch(self):
+        self.epoch, self.step = self.epoch + 1, 0
+        self.save_checkpoint()
+
+    def save_checkpoint(self):
+        self.saved.append((self.epoch, self.step))
+
+    def rollback(self, error):
+        if not self.saved or self.nan_at is None:
+            return False
+        self.nan_at = None  # the replay is clean
+        self.watch.flags.zero_()
+        self.epoch, self.step = self.saved[-1]
+        return True
+
+
+def test_the_loop_stops_at_an_allowed_boundary_checkpoints_and_resumes_at_that_step(capsys):
+    c = Counter(steps=4, accumulate=2)
+    end = run_epochs(c, LoopSettings(epochs=2, command="pcdarts x", stop_after_steps=3))
+    # the stop came after step 3, inside an accumulation group of 2: the loop waits for step 4 ... the epoch's end
+    assert end.interrupted and c.saved == [(1, 0)] and (c.epoch, c.step) == (1, 0)
+    assert "stopped after epoch 1/2" in capsys.readouterr().out
+    c2 = Counter(steps=5, accumulate=2)
+    end = run_epochs(c2, LoopSettings(epochs=2, stop_after_steps=1))
+    assert end.interrupted and c2.saved == [(0, 2)]  # mid-epoch, at the group boundary
+    run_epochs(c2, LoopSettings(epochs=2))  # the resume continues at (0, 2)
+    assert c2.log[2:4] == [(0, 2), (0, 3)] and (c2.epoch, c2.step) == (2, 0) and len(c2.log) == 10
+
+
+def test_the_loop_checkpoints_every_n_steps_and_a_stop_after_the_last_epoch_finishes():
+    c = Counter(steps=5)
+    end = run_epochs(c, LoopSettings(epochs=1, checkpoint_every=2, stop_after_steps=5))
+    assert not end.interrupted and c.saved == [(0, 2), (0, 4), (1, 0)]
+
+
+def test_the_loop_reads_the_watch_and_rollback_replays_from_the_last_checkpoint():
+    c = Counter(steps=3, nan_at=5)
+    with pytest.raises(DivergenceError, match="non-finite at 1/2"):
+        run_epochs(c, LoopSettings(epochs=2))  # the bad step is caught at once (period 1)
+    c = Counter(steps=3, nan_at=5)
+    with_rollback(lambda: run_epochs(c, LoopSettings(epochs=2)), c.rollback)
+    assert (c.epoch, c.step) == (2, 0) and c.log[3:5] == [(1, 0), (1, 1)] and c.log[5:] == [(1, 0), (1, 1), (1, 2)]
+    c = Counter(steps=3, nan_at=2)  # before any checkpoint: the error stands
+    with pytest.raises(DivergenceError):
+        with_rollback(lambda: run_epochs(c, LoopSettings(epochs=2)), c.rollback)
+
+
+def test_one_sgd_and_one_cosine_schedule():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = sgd([p], lr=0.1, momentum=0.9, weight_decay=3e-4, nesterov=True)
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["weight_decay"] == 3e-4
+    sched = cosine_schedule(opt, 5, 0.001)
+    for epoch in range(5):
+        assert opt.param_groups[0]["lr"] == pytest.approx(cosine_lr(0.1, 0.001, epoch, 5))
+        opt.step()
+        sched.step()

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-from pcdarts.genotype import NB201_EDGES, DartsGenotype, Genotype, NB201Genotype
+from pcdarts.genotype import Genotype
+from pcdarts.genotype.types import CellGraph
 
 FORMATS = ("png", "svg")
 _BACKENDS = ("auto", "dot", "matplotlib")
@@ -47,32 +48,9 @@ def _matplotlib() -> Any:
     return Figure, FigureCanvasAgg
 
 
-# A cell as a plain graph: nodes (id, label, kind) and edges (src, dst, label, style).
-_Graph = tuple[list[tuple[str, str, str]], list[tuple[str, str, str, str]]]
-
-
-def _darts_graph(genotype: DartsGenotype, kind: str) -> _Graph:
-    entries = getattr(genotype, kind)
-    concat = getattr(genotype, f"{kind}_concat")
-    names = {0: "c_{k-2}", 1: "c_{k-1}"}
-    n_steps = len(entries) // 2
-    for step in range(n_steps):
-        names[step + 2] = str(step)
-    nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
-    nodes += [(names[s + 2], names[s + 2], "node") for s in range(n_steps)]
-    nodes.append(("c_{k}", "c_{k}", "output"))
-    edges = [(names[i], names[k // 2 + 2], op, "op") for k, (op, i) in enumerate(entries)]
-    edges += [(names[i], "c_{k}", "", "concat") for i in concat]
-    return nodes, edges
-
-
-def _nb201_graph(genotype: NB201Genotype) -> _Graph:
-    label = {0: "in (0)", 1: "1", 2: "2", 3: "out (3)"}
-    kinds = {0: "input", 1: "node", 2: "node", 3: "output"}
-    nodes = [(str(i), label[i], kinds[i]) for i in range(4)]
-    edges = [(str(s), str(d), op, "none" if op == "none" else "op")
-             for (s, d), op in zip(NB201_EDGES, genotype.ops)]
-    return nodes, edges
+# A cell as a plain graph (the genotype type's ``graphs()``): nodes (id, label, kind) and edges
+# (src, dst, label, style).
+_Graph = CellGraph
 
 
 def _dot_source(graph: _Graph, title: str) -> str:
@@ -250,12 +228,10 @@ def plot_genotype(genotype: Genotype, path_prefix: Union[str, Path], formats: Se
     if backend == "dot" and dot is None:
         raise RuntimeError("backend='dot' needs the graphviz 'dot' binary on PATH; install graphviz "
                            "or use backend='matplotlib'")
-    if isinstance(genotype, DartsGenotype):
-        cells = [(kind, genotype.cell_titles[kind], _darts_graph(genotype, kind)) for kind in ("normal", "reduce")]
-    elif isinstance(genotype, NB201Genotype):
-        cells = [("cell", "NAS-Bench-201 cell", _nb201_graph(genotype))]
-    else:
-        raise TypeError(f"genotype must be a DartsGenotype or NB201Genotype, got {type(genotype).__name__}")
+    if not hasattr(genotype, "graphs"):
+        raise TypeError(f"genotype must be a registered genotype type (DartsGenotype, NB201Genotype, ...), "
+                        f"got {type(genotype).__name__}")
+    cells = genotype.graphs()  # (cell type, title, graph) per cell: the genotype type draws its own cells
     prefix = Path(path_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from pcdarts.genotype import NB201_EDGES, Genotype, NB201Genotype
+from pcdarts.genotype import Genotype
 from pcdarts.genotype.primitives import PARAMETER_FREE
 from pcdarts.nn.counting import count_macs, count_params, genotype_stats, network_label  # noqa: F401  (re-exported)
 
@@ -50,28 +50,14 @@ def arch_weight_summary(arch_weights: Optional[dict[str, list[list[float]]]],
 
 
 def genotype_agreement(a: Genotype, b: Genotype) -> tuple[int, int]:
-    """How many of two cells' choices coincide: ``(shared, total)``.
-
-    NB201: the edges that carry the same op, of 6. DARTS-like spaces: per cell type and
-    node, the (op, input) pairs both genotypes chose (a node's two pairs count as a set, so
-    their order does not matter), of all pairs (16 for 4-node cells).
+    """How many of two cells' choices coincide: ``(shared, total)`` (the genotype type's
+    ``agreement``). NB201: the edges that carry the same op, of 6. DARTS-like spaces: per cell
+    type and node, the (op, input) pairs both genotypes chose (a node's two pairs count as a set,
+    so their order does not matter), of all pairs (16 for 4-node cells).
     """
     if type(a) is not type(b) or a.space != b.space:
         raise ValueError(f"cannot compare a {a.space} genotype with a {b.space} genotype")
-    if isinstance(a, NB201Genotype):
-        return sum(x == y for x, y in zip(a.ops, b.ops)), len(a.ops)
-    shared = total = 0
-    for ca, cb in ((a.normal, b.normal), (a.reduce, b.reduce)):
-        if len(ca) != len(cb):
-            raise ValueError(f"cannot compare cells of {len(ca) // 2} and {len(cb) // 2} nodes")
-        for k in range(0, len(ca), 2):
-            left, right = list(ca[k:k + 2]), list(cb[k:k + 2])
-            for pair in left:
-                if pair in right:
-                    right.remove(pair)
-                    shared += 1
-        total += len(ca)
-    return shared, total
+    return a.agreement(b)
 
 
 def seed_agreement(genotypes: Sequence[Genotype]) -> Optional[float]:
@@ -83,9 +69,7 @@ def seed_agreement(genotypes: Sequence[Genotype]) -> Optional[float]:
 
 def genotype_ops(genotype: Genotype) -> list[str]:
     """The op names of a genotype's cells (NB201: its 6 edges; DARTS-like: normal then reduce)."""
-    if isinstance(genotype, NB201Genotype):
-        return list(genotype.ops)
-    return [op for cell in (genotype.normal, genotype.reduce) for op, _ in cell]
+    return genotype.cell_ops()
 
 
 def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[list[float]]]] = None,
@@ -98,8 +82,9 @@ def collapse_stats(genotype: Genotype, arch_weights: Optional[dict[str, list[lis
     :func:`arch_weight_summary`)."""
     ops = genotype_ops(genotype)
     out: dict[str, Any] = {"param_free_ops": sum(op in PARAMETER_FREE for op in ops), "cell_ops": len(ops)}
-    if hasattr(genotype, "normal"):
-        out["param_free_normal"] = sum(op in PARAMETER_FREE for op, _ in genotype.normal)
+    normal = genotype.collapse_ops()
+    if normal is not None:
+        out["param_free_normal"] = sum(op in PARAMETER_FREE for op in normal)
     entropy = {ct: arch_weight_summary({ct: w}, op_masks).get("entropy") for ct, w in (arch_weights or {}).items()}
     entropy = {ct: round(v, 4) for ct, v in entropy.items() if v is not None}
     if entropy:
@@ -125,11 +110,12 @@ def collapse_warning(genotype: Genotype, arch_entropy: Optional[dict[str, float]
                 "over the live ops), so the cell was picked from near-ties and means little; train the "
                 "architecture longer (more epochs after the warm-up, e.g. --budget N) or with a larger "
                 "architecture learning rate")
-    ops = [op for op, _ in genotype.normal] if hasattr(genotype, "normal") else genotype_ops(genotype)
+    normal = genotype.collapse_ops()
+    ops = normal if normal is not None else genotype_ops(genotype)
     free = [op for op in ops if op in PARAMETER_FREE]
     if 2 * len(free) <= len(ops):
         return None
-    which = "normal cell" if hasattr(genotype, "normal") else "cell"
+    which = "normal cell" if normal is not None else "cell"
     counts = ", ".join(f"{op} x{free.count(op)}" for op in sorted(set(free), key=free.index))
     return (f"the found {which} is dominated by parameter-free ops ({len(free)} of {len(ops)}: {counts}), the "
             "signature of DARTS's collapse; search longer, or try a collapse-robust method (darts-minus, drnas, "
@@ -137,24 +123,5 @@ def collapse_warning(genotype: Genotype, arch_entropy: Optional[dict[str, float]
 
 
 def describe_cells(genotype: Genotype) -> list[str]:
-    """Human-readable lines listing each node's inputs and ops."""
-    lines: list[str] = []
-    if isinstance(genotype, NB201Genotype):
-        lines.append("cell (node 0 = input, output = node 3):")
-        for dst in (1, 2, 3):
-            terms = [f"{op}(node {src})" for (src, d), op in zip(NB201_EDGES, genotype.ops)
-                     if d == dst and op != "none"]
-            lines.append(f"  node {dst} = " + (" + ".join(terms) if terms else "0 (all inputs none)"))
-        return lines
-    names = {0: "c_{k-2}", 1: "c_{k-1}"}
-    for kind in ("normal", "reduce"):
-        entries = getattr(genotype, kind)
-        concat = getattr(genotype, f"{kind}_concat")
-        # nodes are numbered as the genotype's input indices: 0, 1 = cell inputs, 2.. = nodes
-        lines.append(f"{genotype.cell_titles[kind]}:")
-        for step in range(len(entries) // 2):
-            terms = [f"{op}({names.get(i, f'node {i}')})" for op, i in entries[2 * step:2 * step + 2]]
-            lines.append(f"  node {step + 2} = " + " + ".join(terms))
-        outs = ", ".join(names.get(i, f"node {i}") for i in concat)
-        lines.append(f"  output = concat({outs})")
-    return lines
+    """Human-readable lines listing each node's inputs and ops (the genotype type's ``describe``)."""
+    return genotype.describe()

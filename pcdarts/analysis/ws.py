@@ -46,7 +46,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ from pcdarts.analysis.ws_train import (ChildOrder, RunLog, child_mixing, edge_ch
 
 ORDERS = ("round-robin", "shuffle-once", "shuffle-per-epoch")
 BN_POLICIES = ("recalibrate", "batch-stats", "running")
-WS_SPACES = ("tiny", "nb201")
+WS_SPACES = ("tiny", "nb201")  # the keys of WS_ENUMERATORS (below)
 EPOCH_UNITS = ("data", "children")
 PARTITIONS = ("random", "sequential")
 VALIDATIONS = ("test", "split")
@@ -185,22 +185,36 @@ class Space:
     structure: SearchSpace
 
 
-def enumerate_children(cfg: WSConfig) -> Space:
-    """The tiny space's 64 children, or ``cfg.sample`` NB201 cells (all for 0), sorted by code."""
-    if cfg.space == "tiny":
-        from pcdarts.spaces.tiny import TINY_PRIMITIVES, TinySpace, tiny_child_name, tiny_children
-        kids = tiny_children()
-        return Space("tiny", TINY_PRIMITIVES, kids, [tiny_child_name(c) for c in kids], TinySpace())
-    from pcdarts.genotype import NB201_PRIMITIVES, NB201Genotype
-    n_ops, n_edges = len(NB201_PRIMITIVES), 6
+def _tiny_children(cfg: WSConfig) -> Space:
+    """The tiny space's 64 children."""
+    from pcdarts.spaces.tiny import TINY_PRIMITIVES, TinySpace, tiny_child_name, tiny_children
+    kids = tiny_children()
+    return Space("tiny", TINY_PRIMITIVES, kids, [tiny_child_name(c) for c in kids], TinySpace())
+
+
+def _nb201_children(cfg: WSConfig) -> Space:
+    """``cfg.sample`` NB201 cells (all for 0), sorted by code."""
+    from pcdarts.genotype import NB201Genotype
+    structure = get_space("nb201")
+    prims = structure.primitives
+    n_ops, n_edges = len(prims), structure.num_edges(None)
     total = n_ops ** n_edges
     if cfg.sample == 0 or cfg.sample >= total:
         codes = np.arange(total)
     else:
         codes = np.sort(np.random.RandomState(cfg.sample_seed).choice(total, cfg.sample, replace=False))
     kids = [tuple(int(c) // n_ops ** (n_edges - 1 - e) % n_ops for e in range(n_edges)) for c in codes]
-    names = [NB201Genotype(tuple(NB201_PRIMITIVES[o] for o in k)).arch_str() for k in kids]
-    return Space("nb201", NB201_PRIMITIVES, kids, names, get_space("nb201"))
+    names = [str(NB201Genotype(tuple(prims[o] for o in k))) for k in kids]
+    return Space(structure.name, prims, kids, names, structure)
+
+
+# the spaces ws-analysis enumerates, by ``--space``: name -> its children (the one dispatch on the name)
+WS_ENUMERATORS: dict[str, Callable[[WSConfig], Space]] = {"tiny": _tiny_children, "nb201": _nb201_children}
+
+
+def enumerate_children(cfg: WSConfig) -> Space:
+    """The tiny space's 64 children, or ``cfg.sample`` NB201 cells (all for 0), sorted by code."""
+    return WS_ENUMERATORS[cfg.space](cfg)
 
 
 
@@ -360,7 +374,7 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
             bar.set_description("stand-alone ground truth")
         gt = standalone_ground_truth(cfg, space, data, device, bar)
         source = f"stand-alone training, {cfg.standalone_epochs} epoch(s), seed {cfg.seeds[0]}, {cfg.bn} BN"
-    elif space.name == "nb201":
+    elif space.structure.benchmark is not None:  # the benchmark's accuracies of the children
         gt, source = lookup_ground_truth(cfg, space)
     else:
         source = "none (pass --ground-truth CSV or --standalone-epochs N)"

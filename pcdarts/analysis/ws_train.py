@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pcdarts.config import SpaceConfig
 from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import Mixing
+from pcdarts.runs.loop import EpochRun, LoopSettings, cosine_schedule, run_epochs, sgd
 from pcdarts.spaces.build import make_supernet
 
 
@@ -188,10 +189,8 @@ class Unit:
     def __init__(self, cfg: Any, model: nn.Module, members: list[int], data: Any, seed: int,
                  prefix: Optional[int], device: torch.device) -> None:
         self.cfg, self.model, self.members = cfg, model, members
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
-                                                                    eta_min=cfg.lr_min)
+        self.optimizer = sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, cfg.epochs, cfg.lr_min)
         self.loader = data.loader(cfg, seed, device)
         self.order = ChildOrder(members, cfg.order, seed)
         self.unshared = Unshared(model, self.optimizer, prefix, members) if prefix is not None else None
@@ -234,6 +233,49 @@ class Unit:
         self.optimizer.load_state_dict(opt_state)
         if self.unshared is not None:
             self.unshared.store, self.unshared.opt_store, self.unshared.owner = sharing
+
+
+class UnitsRun(EpochRun):
+    """Single-path training of supernet copies on the shared loop (:func:`pcdarts.runs.loop.run_epochs`):
+    each epoch runs every unit's steps in turn (each unit's child order picks the child of a
+    step, and its cosine schedule steps after its last one), then ``epoch_end(epoch, mean
+    loss)``. No checkpoint and no signal handling: an analysis is short and starts again."""
+
+    def __init__(self, units: list[Unit], mixings: dict[int, Mixing], bar: Any = None,
+                 epoch_end: Optional[Callable[[int, float], None]] = None) -> None:
+        self.units, self.mixings, self.bar, self._epoch_end = units, mixings, bar, epoch_end
+        self.epoch, self.step = 0, 0
+        self.total: Optional[torch.Tensor] = None
+
+    def run(self, epochs: int) -> None:
+        run_epochs(self, LoopSettings(epochs=epochs, signals=False))
+
+    def steps_per_epoch(self) -> int:
+        return sum(u.steps_per_epoch() for u in self.units)
+
+    def begin_epoch(self) -> None:
+        self.total = None
+
+    def take_step(self) -> None:
+        i = self.step
+        for u in self.units:  # the unit whose turn it is, and its step within the epoch
+            if i < u.steps_per_epoch():
+                break
+            i -= u.steps_per_epoch()
+        m = u.order.next()
+        loss = u.train_step(m, self.mixings[m]).double()
+        self.total = loss if self.total is None else self.total + loss
+        if i == u.steps_per_epoch() - 1:
+            u.scheduler.step()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end_epoch(self) -> None:
+        mean = float(self.total) / max(self.steps_per_epoch(), 1) if self.total is not None else 0.0
+        if self._epoch_end is not None:
+            self._epoch_end(self.epoch, mean)
+        self.epoch += 1
+        self.step = 0
 
 
 # ---------------------------------------------------------------------------- one run
@@ -288,18 +330,9 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
     mixings = [child_mixing(c, len(space.primitives), device) for c in space.children]
     log = RunLog(groups, prefix, seed, partition=parts,
                  weights=groups * n_params + (len(space.children) - groups) * n_own)
-    for epoch in range(cfg.epochs):
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        n_steps = 0
-        for u in units:
-            for _ in range(u.steps_per_epoch()):
-                m = u.order.next()
-                total += u.train_step(m, mixings[m])
-                n_steps += 1
-                if bar is not None:
-                    bar.update(1)
-            u.scheduler.step()
-        log.train_loss.append(float(total) / max(n_steps, 1))
+
+    def epoch_end(epoch: int, mean_loss: float) -> None:
+        log.train_loss.append(mean_loss)
         accs, losses, since = [], [], []
         for m in range(len(space.children)):
             u = owner[m]
@@ -314,8 +347,10 @@ def train_run(cfg: Any, space: Any, data: Any, groups: int, prefix: Optional[int
         log.loss.append(losses)
         log.steps_since.append(since)
         if bar is not None:
-            bar.set_postfix({"epoch": epoch + 1, "loss": f"{log.train_loss[-1]:.3f}", "best": f"{max(accs):.1f}"},
+            bar.set_postfix({"epoch": epoch + 1, "loss": f"{mean_loss:.3f}", "best": f"{max(accs):.1f}"},
                             refresh=False)
+
+    UnitsRun(units, dict(enumerate(mixings)), bar, epoch_end).run(cfg.epochs)
     log.schedule = [u.trained for u in units]
     if cfg.interference:
         log.interference = interference(cfg, units, owner, mixings, data)
@@ -369,12 +404,7 @@ def standalone_ground_truth(cfg: Any, space: Any, data: Any, device: torch.devic
         model = fresh_supernet(sa, space, data.num_classes, data.in_channels, fast).to(device)
         u = Unit(sa, model, [m], data, cfg.seeds[0], None, device)
         mixing = child_mixing(ops, len(space.primitives), device)
-        for _ in range(sa.epochs):
-            for _ in range(u.steps_per_epoch()):
-                u.train_step(m, mixing)
-                if bar is not None:
-                    bar.update(1)
-            u.scheduler.step()
+        UnitsRun([u], {m: mixing}, bar).run(sa.epochs)
         out.append(evaluate_child(model, mixing, data.val_batches, cfg.bn, data.recal_batches)[0])
     return out
 
@@ -438,5 +468,5 @@ def edge_check(supernet: nn.Module, mixing: Mixing, scores: dict[str, torch.Tens
 
 
 __all__ = ["recalibrate_bn", "child_mixing", "fresh_supernet", "ChildOrder", "partition_children", "evaluate_child",
-           "Unshared", "Unit", "RunLog", "setting_label", "resolve_fast", "train_run", "interference",
+           "Unshared", "Unit", "UnitsRun", "RunLog", "setting_label", "resolve_fast", "train_run", "interference",
            "standalone_ground_truth", "edge_check"]

@@ -185,14 +185,14 @@ def search_summary(result: Any) -> list[str]:
         lines.append(f"NAS-Bench-201: {ds} valid {acc['valid']:.2f}{test}")
     g = run_dir / "genotype.json"
     data = cfg.data.spec if has_labels(cfg.data.dataset) else "LABELLED_SET:PATH"  # training needs labels
-    if cfg.space.name == "nb201":
+    from pcdarts.spaces import get_space
+    space = get_space(cfg.space.name)
+    if space.benchmark is not None:  # a benchmark's cell: look it up (pcdarts query) or train it
         lines.append(f"next:          pcdarts query {g}   or   pcdarts train {g} --data {data}")
     elif cfg.data.dataset == "digits":
         lines.append(f"next:          pcdarts train {g} --preset short")
     else:
-        from pcdarts.spaces import get_space
-        lines.append(f"next:          pcdarts train {g} --preset {get_space(cfg.space.name).train_preset} "
-                     f"--data {data}")
+        lines.append(f"next:          pcdarts train {g} --preset {space.train_preset} --data {data}")
     return lines
 
 

@@ -10,6 +10,7 @@ from pcdarts.analysis.plot import _BACKENDS, FORMATS, default_prefix, plot_genot
 from pcdarts.analysis.stats import describe_cells, genotype_stats
 from pcdarts.data.subset import LINK_MODES, build_subset
 from pcdarts.genotype import GenotypeError, load_genotype
+from pcdarts.registry import SPACES
 from pcdarts.search.planner import plan, plan_run
 
 
@@ -132,7 +133,7 @@ def add_plan_subcommand(subparsers: Any) -> None:
                    help="plan the step of a search run directory: its config (space, method and objective with "
                         "their settings, search.batch_size) and data shape; --batch, --device, --budget-mib, "
                         "--no-amp and --data-mib still apply, the other options are the run's")
-    p.add_argument("--space", default="darts", help="darts | nb201 | broad")
+    p.add_argument("--space", default="darts", help=" | ".join(SPACES.names()))
     p.add_argument("--method", default="pc-darts")
     p.add_argument("--objective", default="cross-entropy", help="search objective (mae: its decoder is planned too)")
     p.add_argument("--batch", type=int, default=None, help="batch of each split (default 64; --run: the run's)")

@@ -124,7 +124,7 @@ def load_search_run(run_dir: str | Path, device: torch.device, trust_checkpoint:
 def cmd_edge_check(args: argparse.Namespace) -> int:
     from pcdarts.analysis.ws import WSConfig, build_data, edge_check
     from pcdarts.distributed import resolve_device
-    from pcdarts.utils import write_json
+    from pcdarts.utils import progress_bar, write_json
     device = resolve_device(args.device or "cpu")
     run = load_search_run(args.edge_check, device, trust_checkpoint=args.trust_checkpoint)
     cfg = run["cfg"]
@@ -133,13 +133,10 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
                     eval_batch_size=args.eval_batch_size or 256, recal_batches=args.recal_batches or 4,
                     bn=args.bn or "recalibrate")
     data = build_data(wcfg, device)
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-        live = [o for o, name in enumerate(run["space"].primitives) if name != "none"]
-        n = sum(int((run["masks"][ct] if run["masks"] else torch.ones_like(s, dtype=torch.bool))[:, live].sum())
-                for ct, s in run["scores"].items())
-        bar = tqdm(total=n, desc="edge check", dynamic_ncols=True)
+    live = [o for o, name in enumerate(run["space"].primitives) if name != "none"]
+    n = sum(int((run["masks"][ct] if run["masks"] else torch.ones_like(s, dtype=torch.bool))[:, live].sum())
+            for ct, s in run["scores"].items())
+    bar = progress_bar(not args.no_progress, n, "edge check")
     result = edge_check(run["supernet"], run["mixing"], run["scores"], run["space"].primitives, run["masks"],
                         data.val_batches, wcfg.bn, data.recal_batches, bar)
     if bar is not None:

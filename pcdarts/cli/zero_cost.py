@@ -20,8 +20,12 @@ def _cmd(args: argparse.Namespace) -> int:
     from pcdarts.nb201 import DATASETS
     from pcdarts.registry import PROXIES
 
-    if args.space != "nb201":
-        raise ConfigError(f"pcdarts zero-cost scores NAS-Bench-201 cells only (--space nb201), got {args.space!r}")
+    from pcdarts.spaces import SPACES, get_space
+    if args.space not in SPACES or get_space(args.space).benchmark is None:
+        # the proxies are scored against a benchmark's accuracies of every cell of the space
+        with_one = [n for n in SPACES.names() if get_space(n).benchmark is not None]
+        raise ConfigError(f"pcdarts zero-cost scores the cells of a space with a benchmark (--space "
+                          f"{' or --space '.join(with_one)}), got {args.space!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     proxies = [p.strip() for p in args.proxies.split(",") if p.strip()] if args.proxies else default_proxies()

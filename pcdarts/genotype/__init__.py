@@ -10,8 +10,9 @@ from pcdarts.genotype.io import load_genotype, save_genotype
 from pcdarts.genotype.primitives import DARTS_PRIMITIVES, NB201_PRIMITIVES
 from pcdarts.genotype.published import PUBLISHED
 from pcdarts.genotype.types import (NB201_EDGES, BroadGenotype, DartsGenotype, Genotype, GenotypeError,
-                                    NB201Genotype, genotype_from_dict, parse_genotype)
+                                    NB201Genotype, genotype_from_dict, parse_genotype,
+                                    register_genotype_type)
 
 __all__ = ["DARTS_PRIMITIVES", "NB201_PRIMITIVES", "NB201_EDGES", "PUBLISHED", "BroadGenotype", "DartsGenotype",
            "Genotype", "GenotypeError", "NB201Genotype", "genotype_from_dict", "load_genotype", "parse_genotype",
-           "save_genotype"]
+           "register_genotype_type", "save_genotype"]

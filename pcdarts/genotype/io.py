@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Union
 
 from pcdarts.genotype.published import PUBLISHED
-from pcdarts.genotype.types import Genotype, GenotypeError, parse_genotype
+from pcdarts.genotype.types import Genotype, GenotypeError, looks_like_genotype_text, parse_genotype
 
 
 def load_genotype(source: Union[str, Path]) -> Genotype:
@@ -32,7 +32,7 @@ def load_genotype(source: Union[str, Path]) -> Genotype:
             return parse_genotype(text)
         except GenotypeError as e:
             raise GenotypeError(f"{p}: {e}") from None
-    if s.strip()[:1] in ("|", "{") or s.strip().startswith(("Genotype", "BroadGenotype")):
+    if looks_like_genotype_text(s):
         return parse_genotype(s)
     raise GenotypeError(f"{s!r} is not a genotype file, a genotype string, or a published name "
                         f"(published: {', '.join(sorted(PUBLISHED))})")

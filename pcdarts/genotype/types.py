@@ -16,7 +16,7 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from pcdarts.errors import PcdartsError
 from pcdarts.genotype.primitives import DARTS_CELL_OPS, NB201_PRIMITIVES
@@ -26,6 +26,28 @@ class GenotypeError(PcdartsError, ValueError):
     """A genotype (file, string or dict) that cannot be read; the message names the field."""
 
 
+# a cell as a graph for pictures: nodes (id, label, kind: input | node | output) and edges
+# (source id, target id, label, style: op | none | concat); drawn by pcdarts.analysis.plot
+CellGraph = tuple[list[tuple[str, str, str]], list[tuple[str, str, str, str]]]
+
+# the genotype class of each JSON "space" field (a genotype family: ``darts``, ``nb201``, ``broad``),
+# filled by :func:`register_genotype_type` where each class is defined; a space names its class in
+# ``SearchSpace.genotype_type`` (a space with a new kind of cell defines and registers it in its file)
+GENOTYPE_TYPES: dict[str, type] = {}
+
+
+def register_genotype_type(cls: type) -> type:
+    """Class decorator: register a genotype class under its ``space`` (the JSON field that names
+    it). The class reads and writes itself: ``to_dict``/``from_dict``, ``__str__`` and
+    ``matches_text``/``from_text`` (its text form), ``cell_ops``, ``collapse_ops``, ``agreement``
+    and ``describe`` (the statistics of :mod:`pcdarts.analysis.stats`)."""
+    if cls.space in GENOTYPE_TYPES:
+        raise ValueError(f"genotype type {cls.space!r} is registered twice")
+    GENOTYPE_TYPES[cls.space] = cls
+    return cls
+
+
+@register_genotype_type
 @dataclass(frozen=True)
 class DartsGenotype:
     """A DARTS cell pair. Entries 2k and 2k+1 are the inputs of node k+2.
@@ -94,6 +116,71 @@ class DartsGenotype:
         return cls(**parts)
 
     @classmethod
+    def matches_text(cls, text: str) -> bool:
+        """Whether ``text`` (stripped) is this class's text form."""
+        return re.match(rf"{cls.text_name}\s*\(", text) is not None
+
+    @classmethod
+    def from_text(cls, text: str) -> "DartsGenotype":
+        return cls.parse(text)
+
+    def cell_ops(self) -> list[str]:
+        """The op names of the cells: normal, then reduce."""
+        return [op for cell in (self.normal, self.reduce) for op, _ in cell]
+
+    def collapse_ops(self) -> Optional[list[str]]:
+        """The ops of the cell where collapse shows (the normal cell: reduction cells are
+        pool-heavy by design); None where every cell counts."""
+        return [op for op, _ in self.normal]
+
+    def agreement(self, other: "DartsGenotype") -> tuple[int, int]:
+        """Per cell type and node, the (op, input) pairs both chose (a node's two pairs as a
+        set), of all pairs: ``(shared, total)``."""
+        shared = total = 0
+        for ca, cb in ((self.normal, other.normal), (self.reduce, other.reduce)):
+            if len(ca) != len(cb):
+                raise ValueError(f"cannot compare cells of {len(ca) // 2} and {len(cb) // 2} nodes")
+            for k in range(0, len(ca), 2):
+                right = list(cb[k:k + 2])
+                for pair in ca[k:k + 2]:
+                    if pair in right:
+                        right.remove(pair)
+                        shared += 1
+            total += len(ca)
+        return shared, total
+
+    def describe(self) -> list[str]:
+        """Each node's inputs and ops, in words (0, 1 = the cell inputs, 2.. = nodes)."""
+        names = {0: "c_{k-2}", 1: "c_{k-1}"}
+        lines: list[str] = []
+        for kind in ("normal", "reduce"):
+            entries, concat = getattr(self, kind), getattr(self, f"{kind}_concat")
+            lines.append(f"{self.cell_titles[kind]}:")
+            for step in range(len(entries) // 2):
+                terms = [f"{op}({names.get(i, f'node {i}')})" for op, i in entries[2 * step:2 * step + 2]]
+                lines.append(f"  node {step + 2} = " + " + ".join(terms))
+            outs = ", ".join(names.get(i, f"node {i}") for i in concat)
+            lines.append(f"  output = concat({outs})")
+        return lines
+
+    def graphs(self) -> list[tuple[str, str, CellGraph]]:
+        """``(cell type, title, graph)`` per cell, for pictures (see :data:`CellGraph`)."""
+        return [(kind, self.cell_titles[kind], self._graph(kind)) for kind in ("normal", "reduce")]
+
+    def _graph(self, kind: str) -> CellGraph:
+        entries, concat = getattr(self, kind), getattr(self, f"{kind}_concat")
+        names = {0: "c_{k-2}", 1: "c_{k-1}"}
+        n_steps = len(entries) // 2
+        for step in range(n_steps):
+            names[step + 2] = str(step)
+        nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
+        nodes += [(names[s + 2], names[s + 2], "node") for s in range(n_steps)]
+        nodes.append(("c_{k}", "c_{k}", "output"))
+        edges = [(names[i], names[k // 2 + 2], op, "op") for k, (op, i) in enumerate(entries)]
+        edges += [(names[i], "c_{k}", "", "concat") for i in concat]
+        return nodes, edges
+
+    @classmethod
     def parse(cls, text: str) -> "DartsGenotype":
         """Parse ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``
         (``BroadGenotype(...)`` for :class:`BroadGenotype`)."""
@@ -129,6 +216,7 @@ def _check_darts_cell(cell: tuple[tuple[str, int], ...], field: str) -> None:
             raise GenotypeError(f"field {field!r} entry {k}: input {inp} must be in 0..{node - 1} for node {node}")
 
 
+@register_genotype_type
 @dataclass(frozen=True)
 class BroadGenotype(DartsGenotype):
     """A B-DARTS (broad space) result: DARTS cells, marked for the broad evaluation network
@@ -152,6 +240,7 @@ NB201_EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 
 """(source, target) of the 6 NB201 edges in canonical order."""
 
 
+@register_genotype_type
 @dataclass(frozen=True)
 class NB201Genotype:
     """One op per NB201 edge, in the canonical order of :data:`NB201_EDGES`."""
@@ -199,8 +288,42 @@ class NB201Genotype:
             raise GenotypeError(f"NB201 arch string {text!r} repeats a source node")
         return cls(tuple(ops[e] for e in NB201_EDGES))
 
+    @classmethod
+    def matches_text(cls, text: str) -> bool:
+        return text.startswith("|")
+
+    @classmethod
+    def from_text(cls, text: str) -> "NB201Genotype":
+        return cls.from_arch_str(text)
+
+    def cell_ops(self) -> list[str]:
+        """The op of each of the 6 edges."""
+        return list(self.ops)
+
+    def collapse_ops(self) -> Optional[list[str]]:
+        return None  # one cell: every op counts
+
+    def agreement(self, other: "NB201Genotype") -> tuple[int, int]:
+        """The edges that carry the same op, of 6."""
+        return sum(x == y for x, y in zip(self.ops, other.ops)), len(self.ops)
+
+    def describe(self) -> list[str]:
+        lines = ["cell (node 0 = input, output = node 3):"]
+        for dst in (1, 2, 3):
+            terms = [f"{op}(node {src})" for (src, d), op in zip(NB201_EDGES, self.ops) if d == dst and op != "none"]
+            lines.append(f"  node {dst} = " + (" + ".join(terms) if terms else "0 (all inputs none)"))
+        return lines
+
+    def graphs(self) -> list[tuple[str, str, CellGraph]]:
+        """The one cell as a graph, for pictures (see :data:`CellGraph`)."""
+        label = {0: "in (0)", 1: "1", 2: "2", 3: "out (3)"}
+        kinds = {0: "input", 1: "node", 2: "node", 3: "output"}
+        nodes = [(str(i), label[i], kinds[i]) for i in range(4)]
+        edges = [(str(s), str(d), op, "none" if op == "none" else "op") for (s, d), op in zip(NB201_EDGES, self.ops)]
+        return [("cell", "NAS-Bench-201 cell", (nodes, edges))]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"space": "nb201", "arch": self.arch_str()}
+        return {"space": self.space, "arch": self.arch_str()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NB201Genotype":
@@ -212,35 +335,34 @@ class NB201Genotype:
 Genotype = Union[DartsGenotype, NB201Genotype]
 
 
-# the genotype class of each JSON "space" field
-GENOTYPE_TYPES: dict[str, type] = {"darts": DartsGenotype, "nb201": NB201Genotype, "broad": BroadGenotype}
-
-
 def genotype_from_dict(d: Any) -> Genotype:
     if not isinstance(d, dict):
         raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
     space = d.get("space")
-    if space is None:
-        space = "nb201" if "arch" in d else "darts"
+    if space is None:  # files written before the field: an NB201 arch string, else DARTS cells
+        space = NB201Genotype.space if "arch" in d else DartsGenotype.space
     if space not in GENOTYPE_TYPES:
         raise GenotypeError(f"field 'space' is {space!r}; expected one of {', '.join(map(repr, GENOTYPE_TYPES))}")
     return GENOTYPE_TYPES[space].from_dict(d)
 
 
 def parse_genotype(text: str) -> Genotype:
-    """A genotype from a string: NB201 arch string, DARTS ``Genotype(...)``, broad
-    ``BroadGenotype(...)``, or JSON."""
+    """A genotype from a string: the text form of a registered genotype type (NB201 arch string,
+    DARTS ``Genotype(...)``, broad ``BroadGenotype(...)``) or JSON."""
     s = text.strip()
-    if s.startswith("|"):
-        return NB201Genotype.from_arch_str(s)
-    if s.startswith("Genotype"):
-        return DartsGenotype.parse(s)
-    if s.startswith(BroadGenotype.text_name):
-        return BroadGenotype.parse(s)
     if s.startswith("{"):
         try:
             return genotype_from_dict(json.loads(s))
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e}") from None
+    for cls in GENOTYPE_TYPES.values():
+        if cls.matches_text(s):
+            return cls.from_text(s)
     raise GenotypeError(f"cannot read {s[:60]!r} as a genotype: expected an NB201 arch string (|op~0|+...), "
                         "a DARTS Genotype(...) or BroadGenotype(...) string, JSON, a file, or a published name")
+
+
+def looks_like_genotype_text(text: str) -> bool:
+    """Whether ``text`` is meant as a genotype (JSON or a registered type's text form), not a name."""
+    s = text.strip()
+    return s.startswith("{") or any(cls.matches_text(s) for cls in GENOTYPE_TYPES.values())

@@ -67,7 +67,8 @@ class DrNASConfig(DartsConfig):
             (``reg_scale * KL(Dir(beta) || Dir(1))`` summed over edges, in the arch loss).
         reg_scale: lambda of the regulariser (1e-3).
         derive: rank ops by ``softmax`` of eta (official) or by the Dirichlet ``mean``.
-        keep_none: let ``none`` be a candidate; None = the space's rule (DARTS and broad no, NB201 yes).
+        keep_none: let ``none`` be a candidate; None = the space's rule (``space.none_is_placeholder``:
+            DARTS and broad no; NB201 and S3 yes).
         stage_starts: epochs at which a new stage of progressive learning begins (empty =
             one stage, the plain DrNAS run). At each: keep the ``stage_keep_ops[i]`` ops of
             every edge with the largest eta and remove the others from the supernet
@@ -134,7 +135,7 @@ class DrNAS(Darts):
         # the Adam of the base class, with the regulariser's weight decay
         self.optimizer = torch.optim.Adam(self.arch.parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                           weight_decay=cfg.reg_scale if cfg.reg_type == "l2" else 0.0)
-        keep_none = cfg.keep_none if cfg.keep_none is not None else space.name not in ("darts", "broad")
+        keep_none = cfg.keep_none if cfg.keep_none is not None else not space.none_is_placeholder
         E, O = space.arch_shape(space_cfg)
         candidates = torch.ones(E, O, dtype=torch.bool)
         if not keep_none and "none" in space.primitives:

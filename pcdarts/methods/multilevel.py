@@ -40,6 +40,7 @@ from pcdarts.methods.darts import Darts, DartsConfig
 from pcdarts.methods.hypergrad import UnrolledStep, unrolled_grads
 from pcdarts.nn.edges import Mixing
 from pcdarts.ranges import Count, Fraction, Rate
+from pcdarts.runs.loop import sgd
 from pcdarts.utils import at_least_float32
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -277,8 +278,9 @@ class MultiLevelMethod(Darts):
         factories = self.build_models(net, input_shape, num_classes)
         self.models = nn.ModuleDict({name: build_module(f, device, self.generator) for name, f in factories.items()})
         params = list(self.models.parameters())
-        self.aux_optimizer = torch.optim.SGD(params, lr=0.0, momentum=self.cfg.aux_momentum,
-                                             weight_decay=self.cfg.aux_weight_decay) if params else None
+        # its lr is set before each step (aux_lr)
+        self.aux_optimizer = sgd(params, lr=0.0, momentum=self.cfg.aux_momentum,
+                                 weight_decay=self.cfg.aux_weight_decay) if params else None
         if self._pending is not None:
             self._load_models(self._pending)
             self._pending = None

@@ -297,7 +297,6 @@ def query(arch: ArchLike, dataset: str = "cifar10", *, table: str | Path | None 
     return get_table(table).query(arch, dataset, hp=hp, canonical=canonical)
 
 
-@BENCHMARKS.register("nb201", description="NAS-Bench-201: mean validation accuracy (200 epochs) of a cell")
 def validation_accuracy(arch: ArchLike, dataset: str = "cifar10") -> float:
     """The benchmark's mean validation accuracy (%) of an NB201 cell on ``dataset`` (the
     lookup that methods read through :data:`pcdarts.registry.BENCHMARKS`)."""
@@ -305,3 +304,26 @@ def validation_accuracy(arch: ArchLike, dataset: str = "cifar10") -> float:
     if v is None:
         raise BenchmarkError(f"the NAS-Bench-201 table has no validation accuracy for {dataset}")
     return float(v)
+
+
+class NB201Benchmark:
+    """NAS-Bench-201 as :data:`pcdarts.registry.BENCHMARKS` serves it: called, the mean validation
+    accuracy of a cell (:func:`validation_accuracy`); :meth:`epoch_record`, a search epoch's
+    lookup of its cell (the NB201 space's ``epoch_extras``)."""
+
+    def __call__(self, arch: ArchLike, dataset: str = "cifar10") -> float:
+        return validation_accuracy(arch, dataset)
+
+    @staticmethod
+    def epoch_record(arch: ArchLike, *, table: str | Path | None = None) -> dict[str, dict[str, Any]]:
+        """``{dataset: {"valid": %, "test": % or None}}`` for every benchmark dataset (raises
+        :class:`BenchmarkError` when the benchmark cannot answer)."""
+        out: dict[str, dict[str, Any]] = {}
+        for ds in DATASETS:
+            r = query(arch, ds, table=table)
+            out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
+        return out
+
+
+BENCHMARKS.register("nb201", description="NAS-Bench-201: mean validation accuracy (200 epochs) of a cell")(
+    NB201Benchmark())

@@ -174,5 +174,10 @@ class BroadEvaluation:
         return (f"B-DARTS broad network C={C or EVAL_C}, {n} convolution cells in {EVAL_BLOCKS} blocks, "
                 f"{EVAL_ENHANCEMENT} enhancement cells")
 
+    @staticmethod
+    def model_options(model: Any) -> dict[str, Any]:
+        """A training config's ``model`` section, read as for a DARTS cell (C, layers, stem, auxiliary)."""
+        return {"C": model.C, "layers": model.layers, "stem": model.stem, "auxiliary": model.auxiliary}
+
 
 __all__ = ["BroadMacro", "BroadNetwork", "BroadEvaluation", "Nodes", "CellFactory", "CellRunner"]

@@ -37,8 +37,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from pcdarts.genotype import DartsGenotype, Genotype, NB201Genotype, parse_genotype
-from pcdarts.registry import NETWORKS
+from pcdarts.genotype import Genotype, parse_genotype
+from pcdarts.nn.networks import build_network, evaluation_of
 
 
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
@@ -112,7 +112,6 @@ def _default_size(stem: str) -> int:
 @lru_cache(maxsize=256)
 def _stats_cached(space: str, text: str, num_classes: int, in_channels: int, input_size: int,
                   C: Optional[int], layers: Optional[int], stem: str) -> tuple[int, int]:
-    from pcdarts.nn.networks import build_network  # late: keeps `import pcdarts.nn.counting` light
 
     genotype = parse_genotype(text)
     size = (in_channels, input_size, input_size)
@@ -132,7 +131,7 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
     """Parameters and multiply-adds of a genotype's evaluation network (cached).
 
     Args:
-        genotype: a DARTS or NB201 genotype.
+        genotype: a genotype with a registered evaluation network (``NETWORKS``).
         num_classes: classifier outputs.
         labelled: False for data without classes (an unlabelled search): the network label
             then speaks of a ``num_classes``-output head, not of classes.
@@ -147,8 +146,7 @@ def genotype_stats(genotype: Genotype, *, num_classes: int = 10, in_channels: in
         parameters (auxiliary head excluded) and multiply-adds in millions, the exact
         counts, and the input side that was used.
     """
-    if not isinstance(genotype, (DartsGenotype, NB201Genotype)):
-        raise TypeError(f"genotype must be a DartsGenotype or NB201Genotype, got {type(genotype).__name__}")
+    evaluation_of(genotype)  # a TypeError naming the registered networks for a genotype without one
     size = _default_size(stem) if input_size is None else int(input_size)
     params, macs = _stats_cached(genotype.space, str(genotype), int(num_classes), int(in_channels), size,
                                  C, layers, stem)
@@ -168,13 +166,8 @@ def network_label(genotype: Genotype, *, num_classes: int, in_channels: int, inp
     else:
         head = f"{num_classes}-output head (unlabelled data: no classes)"
     shape = f"{head}, {in_channels}x{input_size}x{input_size} input"
-    if genotype.space not in ("darts", "nb201"):  # a space with its own evaluation network (e.g. broad)
-        return f"{NETWORKS.get(genotype.space).label(genotype, C=C, layers=layers, stem=stem)}, {shape}"
-    if isinstance(genotype, NB201Genotype):
-        return f"NAS-Bench-201 network C={C or 16}, N={layers or 5} cells per stage, {shape}"
-    if stem == "imagenet":
-        return f"DARTS ImageNet network C={C or 48}, {layers or 14} cells, {shape}"
-    return f"DARTS CIFAR network C={C or 36}, {layers or 20} cells, {shape}"
+    name = evaluation_of(genotype).label(genotype, C=C, layers=layers, stem=stem)
+    return f"{name}, {shape}"
 
 
 __all__ = ["count_params", "count_macs", "genotype_stats", "network_label"]

@@ -3,7 +3,8 @@
 * :class:`NetworkCIFAR` -- the DARTS CIFAR evaluation network (20 cells, C=36).
 * :class:`NetworkImageNet` -- the DARTS "mobile" ImageNet network (14 cells, C=48).
 * :class:`NB201Network` -- the NAS-Bench-201 macro skeleton with one fixed cell.
-* :func:`build_network` -- picks one of them from the genotype type.
+* :func:`build_network` -- the network of a genotype, through the one :data:`~pcdarts.registry.NETWORKS`
+  registry (keyed by the genotype's ``space`` field; ``broad`` registers in :mod:`pcdarts.nn.broad`).
 
 Every network returns ``(logits, aux_logits_or_None)`` and has a ``drop_path_prob``
 attribute (0.0 by default) that the trainer sets each epoch. Module names follow the
@@ -13,13 +14,13 @@ auxiliary head by name. No device logic here.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pcdarts.genotype import NB201_EDGES, DartsGenotype, NB201Genotype
+from pcdarts.genotype import NB201_EDGES, DartsGenotype, Genotype, NB201Genotype
 from pcdarts.nn.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, ResNetReduction, nb201_ops
 from pcdarts.registry import NETWORKS
 
@@ -343,14 +344,24 @@ class NB201Network(nn.Module):
         return self.classifier(self.global_pooling(out).flatten(1)), None
 
 
-def build_network(genotype: Union[DartsGenotype, NB201Genotype], *, num_classes: int, in_channels: int = 3,
-                  C: Optional[int] = None, layers: Optional[int] = None, stem: str = "cifar",
-                  auxiliary: bool = True) -> nn.Module:
-    """Build the evaluation network for a genotype.
+def evaluation_of(genotype: Genotype) -> Any:
+    """The registered evaluation network of ``genotype``'s family (:data:`NETWORKS`, keyed by the
+    genotype's ``space`` field: ``darts``, ``nb201``, ``broad``): an object with ``build``,
+    ``label`` and ``model_options``. The one dispatch from a genotype to its network."""
+    family = getattr(genotype, "space", None)
+    if not isinstance(family, str) or family not in NETWORKS:
+        raise TypeError(f"no evaluation network for a {type(genotype).__name__} (space {family!r}); "
+                        f"registered: {', '.join(NETWORKS.names())}")
+    return NETWORKS.get(family)
+
+
+def build_network(genotype: Genotype, *, num_classes: int, in_channels: int = 3, C: Optional[int] = None,
+                  layers: Optional[int] = None, stem: str = "cifar", auxiliary: bool = True) -> nn.Module:
+    """Build the evaluation network for a genotype (its family's entry in :data:`NETWORKS`).
 
     Args:
-        genotype: a :class:`DartsGenotype` or :class:`NB201Genotype`; a genotype of another
-            space (``genotype.space``, e.g. ``broad``) gets its registered network (``NETWORKS``).
+        genotype: a :class:`DartsGenotype`, :class:`NB201Genotype`, or a genotype of another
+            space with a registered network (e.g. ``broad``).
         num_classes: classifier outputs.
         in_channels: image channels.
         C: initial channels; default 36 (DARTS, cifar stem), 48 (imagenet stem), 16 (NB201).
@@ -359,22 +370,66 @@ def build_network(genotype: Union[DartsGenotype, NB201Genotype], *, num_classes:
         stem: ``"cifar"`` or ``"imagenet"`` (DARTS only).
         auxiliary: build the auxiliary head (DARTS only; NB201 has none).
     """
-    space = getattr(genotype, "space", None)
-    if space is not None and space not in ("darts", "nb201"):  # another space's genotype (e.g. broad)
-        return NETWORKS.get(space).build(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
+    return evaluation_of(genotype).build(genotype, num_classes=num_classes, in_channels=in_channels, C=C,
                                          layers=layers, stem=stem, auxiliary=auxiliary)
+
+
+def network_options(genotype: Genotype, model: Any) -> dict[str, Any]:
+    """The :func:`build_network` keywords (``C``, ``layers``, ``stem``, ``auxiliary``) that a training
+    config's ``model`` section gives ``genotype``'s network (NB201 cells read ``nb201_C``/``nb201_N``)."""
+    return dict(evaluation_of(genotype).model_options(model))
+
+
+def _check_stem(stem: str) -> None:
     if stem not in ("cifar", "imagenet"):
         raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
-    if isinstance(genotype, NB201Genotype):
-        if stem != "cifar":
-            raise ValueError("stem='imagenet' is only defined for DARTS genotypes; NB201 networks use "
-                             "their own conv3x3 stem (leave stem='cifar')")
-        return NB201Network(genotype, C=16 if C is None else C, N=5 if layers is None else layers,
-                            num_classes=num_classes, in_channels=in_channels)
-    if isinstance(genotype, DartsGenotype):
+
+
+@NETWORKS.register("darts", description="DARTS evaluation networks: CIFAR (20 cells) and ImageNet mobile (14)")
+class DartsEvaluation:
+    """How :func:`build_network`, the size reports and training build and name a DARTS cell's network."""
+
+    @staticmethod
+    def build(genotype: Genotype, *, num_classes: int, in_channels: int = 3, C: Optional[int] = None,
+              layers: Optional[int] = None, stem: str = "cifar", auxiliary: bool = True) -> nn.Module:
+        _check_stem(stem)
         if stem == "imagenet":
             return NetworkImageNet(genotype, C=48 if C is None else C, layers=14 if layers is None else layers,
                                    num_classes=num_classes, in_channels=in_channels, auxiliary=auxiliary)
         return NetworkCIFAR(genotype, C=36 if C is None else C, layers=20 if layers is None else layers,
                             num_classes=num_classes, in_channels=in_channels, auxiliary=auxiliary)
-    raise TypeError(f"genotype must be a DartsGenotype or NB201Genotype, got {type(genotype).__name__}")
+
+    @staticmethod
+    def label(genotype: Genotype, *, C: Optional[int] = None, layers: Optional[int] = None,
+              stem: str = "cifar") -> str:
+        if stem == "imagenet":
+            return f"DARTS ImageNet network C={C or 48}, {layers or 14} cells"
+        return f"DARTS CIFAR network C={C or 36}, {layers or 20} cells"
+
+    @staticmethod
+    def model_options(model: Any) -> dict[str, Any]:
+        return {"C": model.C, "layers": model.layers, "stem": model.stem, "auxiliary": model.auxiliary}
+
+
+@NETWORKS.register("nb201", description="NAS-Bench-201 network: 3 stages of N copies of one cell")
+class NB201Evaluation:
+    """How :func:`build_network`, the size reports and training build and name an NB201 cell's network."""
+
+    @staticmethod
+    def build(genotype: Genotype, *, num_classes: int, in_channels: int = 3, C: Optional[int] = None,
+              layers: Optional[int] = None, stem: str = "cifar", auxiliary: bool = True) -> nn.Module:
+        _check_stem(stem)
+        if stem != "cifar":
+            raise ValueError("stem='imagenet' is only defined for DARTS genotypes; NB201 networks use "
+                             "their own conv3x3 stem (leave stem='cifar')")
+        return NB201Network(genotype, C=16 if C is None else C, N=5 if layers is None else layers,
+                            num_classes=num_classes, in_channels=in_channels)
+
+    @staticmethod
+    def label(genotype: Genotype, *, C: Optional[int] = None, layers: Optional[int] = None,
+              stem: str = "cifar") -> str:
+        return f"NAS-Bench-201 network C={C or 16}, N={layers or 5} cells per stage"
+
+    @staticmethod
+    def model_options(model: Any) -> dict[str, Any]:
+        return {"C": model.nb201_C, "layers": model.nb201_N}

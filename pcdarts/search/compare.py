@@ -154,11 +154,16 @@ def search_command(entry: Entry, seed: int, run_dir: Path, data: Optional[str], 
         cmd += ["--data", data]
     if budget is not None:
         cmd += ["--budget", str(budget)]
-    if entry.config.space.name == "nb201" and lookup_available():
+    if _benchmark(entry.config.space.name) is not None and lookup_available():
         cmd += ["--nb201-lookup"]
     if not progress:
         cmd += ["--no-progress"]
     return cmd + list(overrides)
+
+
+def _benchmark(space: str) -> Optional[str]:
+    """The name of ``space``'s benchmark (its lookups' field in a history record), or None."""
+    return SPACES.get(space)().benchmark
 
 
 def lookup_available() -> bool:
@@ -643,6 +648,7 @@ def _agreement(cells: Sequence[str]) -> Optional[float]:
 def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space: str) -> list[dict[str, Any]]:
     """One row per method from its runs' history.jsonl and manifest.json."""
     rows = []
+    bench = _benchmark(space)  # the space's benchmark: its lookups are the history's ``bench`` field
     for entry in entries:
         cells, times, peaks, free, params, macs, entropy = [], [], [], [], [], [], []
         accs: dict[str, list[float]] = {ds: [] for ds in LOOKUP_DATASETS}
@@ -654,7 +660,7 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             last = history[-1] if history else {}
             cells.append(manifest.get("genotype", last.get("genotype", "?")))
             for ds in LOOKUP_DATASETS:
-                look = (last.get("nb201") or {}).get(ds)
+                look = (last.get(bench) or {}).get(ds) if bench else None
                 if look:
                     kind = "test" if look.get("test") is not None else "valid"
                     accs[ds].append(look[kind])
@@ -679,7 +685,7 @@ def summarise(root: Path, entries: Sequence[Entry], seeds: Sequence[int], space:
             "search_time_s": _mean_std(times),
             "peak_memory_mib": max(peaks) if peaks else None,
         }
-        if space == "nb201":
+        if bench:
             row["lookup"] = _mean_std(accs[LOOKUP_DATASET])
             for ds in LOOKUP_DATASETS[1:]:
                 row[f"lookup_{ds}"] = _mean_std(accs[ds])
@@ -696,10 +702,11 @@ def write_table(root: Path, rows: Sequence[dict[str, Any]], space: str, budget: 
     """``compare.md`` (with a legend) and ``compare.csv`` (one column per number)."""
     n = len(seeds)
     spread = f"mean ± sample std over {n} search seeds" if n > 1 else "one search seed"
-    if space == "nb201":
+    bench = _benchmark(space)
+    if bench:
         kind = rows[0].get("lookup_kind", "valid") if rows else "valid"
-        metric = [(f"NB201 {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)] + [
-            (f"NB201 {ds} {kind} acc (%)", f"lookup_{ds}", 2) for ds in LOOKUP_DATASETS[1:]]
+        metric = [(f"{bench.upper()} {LOOKUP_DATASET} {kind} acc (%)", "lookup", 2)] + [
+            (f"{bench.upper()} {ds} {kind} acc (%)", f"lookup_{ds}", 2) for ds in LOOKUP_DATASETS[1:]]
     else:
         metric = [("params (M)", "params_m", 3), ("multiply-adds (M)", "macs_m", 1)]
     cols = [("method", "method", None), ("preset", "preset", None), ("epochs", "epochs", None), *metric,
@@ -749,13 +756,14 @@ def plot_compare(root: Path, entries: Sequence[Entry], seeds: Sequence[int], spa
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    bench = _benchmark(space)
     fig, ax = plt.subplots(figsize=(6, 4))
     for entry in entries:
         per_epoch: dict[int, list[float]] = {}
         for seed in seeds:
             for rec in utils.read_jsonl(root / f"{entry.method}-s{seed}" / "history.jsonl"):
-                if space == "nb201":
-                    look = (rec.get("nb201") or {}).get(LOOKUP_DATASET)
+                if bench:
+                    look = (rec.get(bench) or {}).get(LOOKUP_DATASET)
                     value = None if not look else (look["test"] if look.get("test") is not None else look["valid"])
                 else:
                     value = rec.get("param_free_ops")
@@ -766,7 +774,7 @@ def plot_compare(root: Path, entries: Sequence[Entry], seeds: Sequence[int], spa
             ax.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs], marker="o", label=entry.method)
     integer_ticks(ax.xaxis)  # whole epochs, one tick for a single epoch
     ax.set_xlabel("search epoch")
-    ax.set_ylabel(f"NB201 {LOOKUP_DATASET} lookup accuracy (%)" if space == "nb201"
+    ax.set_ylabel(f"{str(bench).upper()} {LOOKUP_DATASET} lookup accuracy (%)" if bench
                   else "parameter-free ops in the cell")
     ax.set_title(f"pcdarts compare ({space}; mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
     if ax.lines:

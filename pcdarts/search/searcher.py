@@ -1,4 +1,4 @@
-"""The Searcher: the one search loop (docs/methods.md, "DARTS", STYLE §2.4).
+"""The Searcher: the search on the shared loop (docs/methods.md, "DARTS", STYLE §2.4).
 
 Per step: a weight batch, and (while the architecture is being trained) an
 architecture batch from a persistent cycling iterator; the arch step and the weight
@@ -7,38 +7,40 @@ the architecture weights, the genotype of that epoch and its parameter count, an
 checkpoint that holds everything needed to resume exactly (weights, architecture
 state, both optimisers, scheduler, RNG states, data positions). Ctrl-C stops at the
 next step boundary and saves a mid-epoch checkpoint first.
+
+The pieces: the loop (epochs, steps, stops, non-finite watch, checkpoints, rollback) is
+:mod:`pcdarts.runs.loop`'s; the data :mod:`pcdarts.search.splits`, the per-epoch reporting
+:mod:`pcdarts.search.report`, the checkpoint :mod:`pcdarts.search.state`; this module
+holds the step, the epoch end and the assembly of the run.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from pcdarts import runs, utils
-from pcdarts.config import Config, SearchConfig, build_config, has_labels, load_config_file, merge_onto_preset
+from pcdarts import runs
 from pcdarts.analysis import tensorboard
-from pcdarts.analysis.stats import collapse_stats, collapse_warning
-from pcdarts.data.sources import default_augment, labels_fingerprint, load_dataset, split_indices
-from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_mean, all_reduce_sum, average_buffers,
-                                  check_identical, dist_info, init_distributed, per_process_batch, resolve_device,
-                                  wrap_ddp)
-from pcdarts.errors import ConfigError, DivergenceError
-from pcdarts.genotype import Genotype, save_genotype
-from pcdarts.data.device_loader import Augment, DeviceLoader
+from pcdarts.config import Config, SearchConfig, build_config, current_section, load_config_file, merge_onto_preset
+from pcdarts.distributed import all_reduce_mean, all_reduce_sum, check_identical
+from pcdarts.errors import ConfigError
+from pcdarts.genotype import Genotype
 from pcdarts.methods import Method, SearchContext, WeightStepInfo
-from pcdarts.objectives.base import EpochEnd, SupernetCall, epoch_end
-from pcdarts.registry import METHODS
-from pcdarts.nn.edges import widen_edges, widen_tensor
+from pcdarts.objectives.base import EpochEnd, epoch_end
+from pcdarts.runs.loop import (EpochRun, LoopSettings, claimed_run, cosine_schedule, run_epochs, set_up_process,
+                               sgd, with_rollback)
 from pcdarts.search.build import build_components
+from pcdarts.search.report import SearchReport, closed_run, epoch_losses
+from pcdarts.search.splits import SearchData
+from pcdarts.search.state import SearchState
+from pcdarts.search.structure import SupernetStructure
 
 CHECKPOINT = runs.CHECKPOINT
 
@@ -76,12 +78,12 @@ def check_resumable(run_dir: Union[str, Path], command: str = "pcdarts search --
 
 def weight_optimizer(params: list[nn.Parameter], s: SearchConfig) -> torch.optim.SGD:
     """The SGD of the supernet weights, as the search config sets it."""
-    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov)
+    return sgd(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov)
 
 
 def weight_schedule(optimizer: torch.optim.Optimizer, s: SearchConfig) -> torch.optim.lr_scheduler.CosineAnnealingLR:
     """The cosine schedule of the weight learning rate over the search, stepped per epoch."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs, eta_min=s.lr_min)
+    return cosine_schedule(optimizer, s.epochs, s.lr_min)
 
 
 # the torch.compile backend of search.compile (tests use "aot_eager": seconds instead of minutes)
@@ -135,8 +137,12 @@ def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[t
     return loss, metrics
 
 
-class Searcher:
-    """Builds data, supernet, method and optimisers from a Config and runs the search.
+class Searcher(SupernetStructure, SearchState, EpochRun):
+    """Builds data, supernet, method and optimisers from a Config and runs the search on the
+    shared loop (:func:`pcdarts.runs.loop.run_epochs`): this class supplies the step and the
+    epoch end; the epoch's reporting is :class:`~pcdarts.search.report.SearchReport`'s, the
+    checkpoint :class:`~pcdarts.search.state.SearchState`'s, the data
+    :class:`~pcdarts.search.splits.SearchData`'s.
 
     Args:
         cfg: the run's configuration.
@@ -147,10 +153,8 @@ class Searcher:
             pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
-    # the current epoch's clock: seconds spent in it before the last resume (kept in the
-    # checkpoint), and when this process started on it (perf_counter; None between epochs)
-    _epoch_time_before: float = 0.0
-    _epoch_t0: Optional[float] = None
+    _eager_next = False  # compiled search: the next search step runs eagerly (a new structure)
+    _eager_now = False  # compiled search: torch.compiler's "force_eager" stance is on
 
     def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False,
                  trust_checkpoint: bool = False) -> None:
@@ -158,42 +162,33 @@ class Searcher:
             run_dir, overwrite=True, resume=resume)
         self.cfg, self.run_dir = cfg, self.rundir.path
         self.trust_checkpoint = trust_checkpoint
-        self.dist = dist_info()
-        self.device = resolve_device(cfg.run.device, self.dist)
-        init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
-        if not self.dist.is_main:  # only rank 0 touches the run directory
-            self.rundir = runs.RunDir(self.run_dir, resume=True)
+        # the same seed on every rank: identical architecture initialisation and identical draws
+        # from the global generator (random channel masks); ranks differ only in their data shard
+        self.dist, self.device, self.rundir = set_up_process(cfg.run, self.rundir)
         if self.dist.is_distributed and (cfg.search.compile or cfg.search.cudagraphs):
             raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
         if cfg.search.cudagraphs and self.device.type != "cuda":
             raise ConfigError(f"search.cudagraphs needs a CUDA device (run.device is {self.device.type}); "
                               "drop --search.cudagraphs")
-        utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
-        # the same seed on every rank: identical architecture initialisation and identical draws
-        # from the global generator (random channel masks); ranks differ only in their data shard
-        utils.seed_everything(cfg.run.seed)
-        if cfg.run.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not cfg.run.deterministic
-
-        self._build_data()
+        self.data = SearchData(cfg, self.device, self.dist)
+        self.train_loader, self.arch_loader = self.data.train_loader, self.data.arch_loader
+        self.eval_loader, self.data_info = self.data.eval_loader, self.data.info
+        self.num_classes, self.in_channels = self.data.num_classes, self.data.in_channels
+        self.input_size = self.data.input_size
         checkpoint = runs.load_checkpoint(self.run_dir / CHECKPOINT, "search", "pcdarts search --resume",
                                           config=cfg.to_dict(), sections=("method", "space"),
-                                          trust=trust_checkpoint) if resume else None
+                                          trust=trust_checkpoint, normalise=current_section) if resume else None
         # the one assembly (pcdarts.search.build): space -> supernet with the method's options -> method ->
         # prepare_supernet -> masks (the checkpoint's, or zero-shot pruning of a new run) -> objective -> weights
         parts = build_components(cfg, input_shape=(self.in_channels, self.input_size, self.input_size),
                                  num_classes=self.num_classes, device=self.device, checkpoint=checkpoint,
-                                 sample_batches=self._fixed_batches)
+                                 sample_batches=self.data.fixed_batches)
         self.space, self.supernet, self.method = parts.space, parts.supernet, parts.method
         self.objective = parts.objective
         self.k, self.impl, self.prune_report = parts.k, parts.impl, parts.prune_report
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = parts.generator
         self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
-        self._eager_next = False  # the next search step runs eagerly (compiled search: new structure)
-        self._eager_now = False
         if cfg.search.compile or cfg.search.cudagraphs:
             self.model = compile_supernet(self.supernet, cfg.search.cudagraphs)
             self._eager_next = True
@@ -205,59 +200,23 @@ class Searcher:
         s = cfg.search
         self.weight_params = parts.weight_params
         self.weight_model = self._data_parallel()
-        self.optimizer = weight_optimizer(self.weight_params, s)
-        self.scheduler = weight_schedule(self.optimizer, s)
+        self.optimizer = self._new_optimizer()
+        self.scheduler = self._new_schedule()
         self.epoch, self.step = 0, 0
-        self._rollbacks = 0  # search.rollback used so far (kept in the checkpoint)
         self.meters = self._zero_meters()
         self.watch = runs.NonFiniteWatch(("weight", "arch"), self.device, s.log_every)
-        self.history: list[dict[str, Any]] = []
+        shape = {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size}
         self.tb = tensorboard.writer(self.run_dir, cfg.run.tensorboard and self.dist.is_main)
+        self.report = SearchReport(cfg, self.space, self.run_dir, shape, self.dist.is_main, self.tb)
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
 
-    # ------------------------------------------------------------------ setup
-    def _build_data(self) -> None:
-        cfg, d = self.cfg, self.cfg.data
-        ds = load_dataset(d.spec, "train", input_size=d.input_size, channels=d.channels,
-                          bad_images=None if d.bad_images == "fail" else d.bad_images)
-        images, labels = ds.images, ds.labels
-        split_seed = cfg.run.seed if d.split_seed is None else d.split_seed
-        if d.max_samples is not None and d.max_samples < len(labels):
-            g = torch.Generator().manual_seed(split_seed)
-            keep = torch.randperm(len(labels), generator=g)[: d.max_samples]
-            images, labels = images[keep], labels[keep]
-        self.num_classes, self.in_channels = ds.num_classes, images.shape[1]
-        self.input_size = images.shape[-1]
-        pad, flip = default_augment(d.dataset, self.input_size)
-        aug = Augment(crop_padding=pad if d.crop_padding is None else d.crop_padding,
-                      flip=flip if d.flip is None else d.flip, cutout=d.cutout)
-        common = dict(mean=ds.mean, std=ds.std, device=self.device, rank=self.dist.rank,
-                      world_size=self.dist.world_size, channels_last=self.device.type == "cuda")
-        # one device copy per split: the loaders that read the same split share it
-        if METHODS.get(cfg.method_name).needs_arch_split:
-            w_idx, a_idx = split_indices(len(labels), d.train_portion, split_seed)
-            weight_split = images[w_idx].to(self.device), labels[w_idx].to(self.device)
-            arch_split = images[a_idx].to(self.device), labels[a_idx].to(self.device)
-        else:
-            w_idx = a_idx = torch.arange(len(labels))
-            weight_split = arch_split = images.to(self.device), labels.to(self.device)
-        s = cfg.search
-        # search.batch_size is the global batch: each of the torchrun processes reads its share
-        batch = per_process_batch(s.batch_size, self.dist.world_size, "search.batch_size")
-        arch_field = "search.arch_batch_size" if s.arch_batch_size else "search.batch_size"
-        arch_batch = per_process_batch(s.arch_batch_size or s.batch_size, self.dist.world_size, arch_field)
-        self.train_loader = DeviceLoader(*weight_split, batch, augment=aug, seed=cfg.run.seed,
-                                         batch_field="search.batch_size", **common)
-        self.arch_loader = DeviceLoader(*arch_split, arch_batch, augment=aug, seed=cfg.run.seed + 1,
-                                        batch_field=arch_field, **common)
-        self.eval_loader = DeviceLoader(*arch_split, max(batch, 256), augment=None, shuffle=False,
-                                        drop_last=False, **common)
-        self._splits = {"train": weight_split, "arch": arch_split}
-        self._loader_common = common
-        self.data_info = {"dataset": d.spec, "fingerprint": labels_fingerprint(labels), "n_weight": len(w_idx),
-                          "n_arch": len(a_idx), "augment": dataclasses.asdict(aug)}
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished epoch (what ``history.jsonl`` holds)."""
+        return self.report.history
 
+    # ------------------------------------------------------------------ setup
     def _zero_meters(self) -> dict[str, torch.Tensor]:
         return {k: torch.zeros((), device=self.device, dtype=torch.float64)
                 for k in ("loss", "correct", "n", "arch_loss", "arch_correct", "arch_n")}
@@ -267,8 +226,19 @@ class Searcher:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _new_optimizer(self) -> torch.optim.SGD:
+        return weight_optimizer(self.weight_params, self.cfg.search)
+
+    def _new_schedule(self) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+        return weight_schedule(self.optimizer, self.cfg.search)
+
     def _weight_step_info(self) -> WeightStepInfo:
         return weight_step_info(self.optimizer, self.weight_params)
+
+    def _structure_changed(self) -> None:
+        """Compiled search: the rest of this step and the next step run eagerly (see :meth:`_force_eager`)."""
+        self._eager_next = True
+        self._force_eager(True)
 
     def _force_eager(self, on: bool) -> None:
         """Compiled search: run the compiled supernet eagerly (``on``) until the step ends.
@@ -277,74 +247,11 @@ class Searcher:
         builds the fast path's cached plans, Python state a trace would read, guard on and
         rebuild, so that each structure is traced once per step kind instead of twice."""
         set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older: one extra trace
-        if self.model is self.supernet or set_stance is None or on == self._eager_now:
+        if getattr(self, "model", None) is getattr(self, "supernet", None) or set_stance is None \
+                or on == self._eager_now:
             return
         set_stance("force_eager" if on else "default")
         self._eager_now = on
-
-    def prune(self, masks: dict[str, torch.Tensor]) -> None:
-        """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
-        self._force_eager(True)
-        self.supernet.prune(masks)
-        self._rebuild_optimizer()
-
-    def widen(self, k: int) -> None:
-        """Lower the partial-channel factor to ``k`` mid-search (see ``SearchContext.widen``)."""
-        self._force_eager(True)
-        moved = widen_edges(self.supernet, k, self.arch_generator)
-        if self.device.type == "cuda":
-            self.supernet.to(memory_format=torch.channels_last)
-        self.k = k
-        self._rebuild_optimizer(moved)
-
-    def _data_parallel(self) -> nn.Module:
-        """The module the weight step calls: under torchrun the supernet wrapped in PyTorch's
-        DistributedDataParallel (its weight gradients averaged across ranks in the backward
-        pass; unused ops allowed, since pruned and inactive ops take no part), else the
-        supernet (or its compiled wrapper) itself. Architecture steps, evaluation and scorers
-        call the bare supernet; their gradients are averaged by ``ctx.all_reduce_grads``."""
-        if not self.dist.is_distributed:
-            return self.model
-        # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
-        warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
-        # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward;
-        # batch-norm statistics are averaged wherever they are read (self._agree_buffers)
-        return wrap_ddp(SupernetCall(self.supernet), self.device, find_unused=True)
-
-    def _agree_buffers(self) -> None:
-        """Under torchrun: the ranks' batch-norm running statistics (supernet and objective)
-        averaged, before evaluation, scorers and the epoch end read them; no-op alone."""
-        if self.dist.is_distributed:
-            average_buffers(self.supernet)
-            average_buffers(self.objective)
-
-    def _average_objective_grads(self) -> None:
-        """Average the gradients of the objective's own parameters (outside DDP) across ranks."""
-        grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
-        if grads:
-            all_reduce_mean(grads)
-
-    def _rebuild_optimizer(self, moved: Sequence[tuple[Any, Any, list]] = ()) -> None:
-        """A new weight optimiser over the live weights: momentum carried for survivors
-        (widened like the weights for widened ones), the schedule kept on the global epoch;
-        under torchrun DDP is rebuilt over the new parameters (every rank changes alike)."""
-        s = self.cfg.search
-        old = self.optimizer
-        self.weight_params[:] = self._live_weights()  # the context shares the list
-        self.weight_model = self._data_parallel()
-        self.optimizer = weight_optimizer(self.weight_params, s)
-        for p in self.weight_params:
-            if p in old.state:
-                self.optimizer.state[p] = old.state[p]
-        for p_old, p_new, plan in moved:
-            buf = old.state.get(p_old, {}).get("momentum_buffer")
-            if buf is not None:
-                self.optimizer.state[p_new] = {"momentum_buffer": widen_tensor(buf, plan)}
-        schedule = self.scheduler.state_dict()
-        self.scheduler = weight_schedule(self.optimizer, s)
-        self.scheduler.load_state_dict(schedule)  # the global epoch, not a restart
-        for group, old_group in zip(self.optimizer.param_groups, old.param_groups):
-            group["lr"] = old_group["lr"]
 
     def context(self) -> SearchContext:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
@@ -425,66 +332,41 @@ class Searcher:
             out["valid_acc"] = 100.0 * correct / max(n, 1)
         return out
 
-    def _live_weights(self) -> list[nn.Parameter]:
-        """The weights the weight optimiser trains: the supernet's and the objective's (a decoder)."""
-        return [p for m in (self.supernet, self.objective) for p in m.parameters() if p.requires_grad]
+    def derive(self) -> Genotype:
+        return self.space.derive(self.method.scores(self.context()), getattr(self.supernet, "masks", None),
+                                 self.method.derive_rule())
 
-    # ------------------------------------------------------------------ loop
+    def sample_batches(self, n: int, split: str = "arch") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` batches of a fixed, un-augmented view of a split (for scorers). Not
+        sharded under torchrun: every rank scores the same images, so that decisions taken from
+        the scores (IS-DARTS's shrinking, zero-shot pruning) are identical on every rank."""
+        if split not in self.data.splits:
+            raise ValueError(f"sample_batches: split must be one of {', '.join(self.data.splits)}, got {split!r}")
+        self._agree_buffers()  # the scorer about to run reads the batch-norm statistics
+        return self.data.fixed_batches(n, split)
+
+    # ------------------------------------------------------------------ the run
     def run(self, stop_after_steps: Optional[int] = None) -> SearchResult:
         """Run (or continue) the search to the last epoch.
 
         The run directory is claimed here (an old run in it is moved aside and deleted
         once this run's first checkpoint exists); a failure before that puts it back.
+        A non-finite loss is rolled back from (``search.rollback``) or stops the run.
 
         Args:
             stop_after_steps: stop after this many steps of this call, saving a mid-epoch
                 checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
         """
-        with self.rundir.claimed():
-            try:
-                while True:
-                    try:
-                        return self._run(stop_after_steps)
-                    except DivergenceError as e:
-                        if not self._rollback(e):
-                            raise
-            finally:
-                self._force_eager(False)  # a structure change at the last epoch's end left it on
-                if self.tb is not None:
-                    self.tb.close()
-
-    def _rollback(self, error: DivergenceError) -> bool:
-        """``search.rollback``: after a non-finite loss, reload the last good checkpoint, halve
-        every learning rate (each param group of the weight optimiser with its cosine schedule,
-        and the method's through :meth:`Method.scale_lr`) and continue; False (the error
-        stands) when no rollback is left, no checkpoint exists or the structure changed since."""
-        used = self._rollbacks
-        path = self.run_dir / CHECKPOINT
-        if used >= self.cfg.search.rollback or not path.is_file():
-            return False
-        ck = runs.load_checkpoint(path, "search", "pcdarts search (rollback)", trust=self.trust_checkpoint)
-        if int(ck.get("structure", {}).get("k", self.k)) != self.k or any(
-                not torch.equal(v.cpu(), ck.get("masks", {}).get(n, v).cpu())
-                for n, v in getattr(self.supernet, "masks", {}).items()):
-            return False  # ops were pruned or widened after it: the state no longer fits
-        self._load_checkpoint(ck)
-        self._rollbacks = used + 1
-        self.watch.flags.zero_()
-        for group in self.optimizer.param_groups:
-            group["lr"] *= 0.5
-        self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
-        self.scheduler.eta_min *= 0.5
-        self.method.scale_lr(0.5)
-        if self.dist.is_main:
-            print(f"rollback {used + 1}/{self.cfg.search.rollback}: {str(error).split(':')[0]}; back to the "
-                  f"checkpoint at epoch {self.epoch + 1} step {self.step} with the learning rates halved "
-                  f"(weight lr now {self.optimizer.param_groups[0]['lr']:.3g})", flush=True)
-        return True
+        try:
+            with claimed_run(self.rundir, [self.tb]):
+                return with_rollback(lambda: self._run(stop_after_steps), self.rollback)
+        finally:
+            self._force_eager(False)  # a structure change at the last epoch's end left it on
 
     def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search
         main = self.dist.is_main
-        if self.rundir.resume and self.epoch >= s.epochs and self._finished():
+        if self.rundir.resume and self.epoch >= s.epochs and closed_run(self.run_dir):
             if main:
                 print(f"the search in {self.run_dir} is already complete ({s.epochs}/{s.epochs} epochs); "
                       "nothing to resume", flush=True)
@@ -492,72 +374,40 @@ class Searcher:
         if main and self.rundir.resume:  # printed with --no-progress too: batch jobs have no terminal
             print(runs.resume_message(self.epoch, s.epochs, self.step, self.train_loader.steps_per_epoch), flush=True)
         if main and self.epoch == 0 and self.step == 0:
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-            utils.write_json(self.run_dir / "manifest.json",
-                             utils.manifest(cfg.run.seed, str(self.device),
-                                            {"kind": "search", "impl": self.impl, "world_size": self.dist.world_size,
-                                             "data": self.data_info, "network": self._shape_info(),
-                                             **({"pruning": self.prune_report.to_dict()}
-                                                if self.prune_report is not None else {})}))
-        steps = self.train_loader.steps_per_epoch
-        ctx = self.context()
+            self.report.write_start(self.device, {
+                "impl": self.impl, "world_size": self.dist.world_size, "data": self.data_info,
+                **({"pruning": self.prune_report.to_dict()} if self.prune_report is not None else {})})
+        self._ctx = self.context()
         self.supernet.train()
         if self.epoch == 0 and self.step == 0:
-            self.method.on_search_start(ctx)
-        done_steps = 0
-        interrupted = False
-        with runs.StopFlag() as stop:
-            while self.epoch < s.epochs:
-                ctx.epoch = self.epoch
-                if self.step == 0:
-                    self.method.on_epoch_start(self.epoch, ctx)
-                    self._epoch_time_before = 0.0
-                self._epoch_t0 = time.perf_counter()  # a resumed epoch adds to the time spent before the stop
-                arch_active = self.method.is_arch_active(self.epoch)
-                bar = utils.epoch_progress(main and cfg.run.progress, steps, self.step, self.epoch, s.epochs)
-                while self.step < steps:
-                    self.search_step(arch_active, ctx)
-                    self.step += 1
-                    done_steps += 1
-                    if self.watch.due(self.step):
-                        self._check_finite()
-                    utils.progress_tick(bar, self.step, steps, s.log_every, self._postfix)
-                    halt = agreed_stop(stop.requested, self.watch.due(self.step), self.device) or (
-                        stop_after_steps is not None and done_steps >= stop_after_steps)
-                    if halt and self.step < steps:
-                        break
-                    if s.checkpoint_every and self.step % s.checkpoint_every == 0 and self.step < steps:
-                        self.save_checkpoint()
-                if bar is not None:
-                    bar.close()
-                if self.step < steps:  # stopped mid-epoch
-                    self.save_checkpoint()
-                    interrupted = True
-                    break
-                self._end_epoch(ctx)
-                # a stop after the last epoch finishes the run (its final files take a moment)
-                if self.epoch < s.epochs and (agreed_stop(stop.requested, True, self.device) or (
-                        stop_after_steps is not None and done_steps >= stop_after_steps)):
-                    interrupted = True
-                    break
-        if interrupted:
-            if main:  # printed with --no-progress too: batch jobs have no terminal
-                print(runs.stop_message("pcdarts search", self.run_dir, self.epoch, s.epochs, self.step, steps,
-                                        stop.signal_name), flush=True)
+            self.method.on_search_start(self._ctx)
+        end = run_epochs(self, LoopSettings(
+            epochs=s.epochs, command="pcdarts search", run_dir=self.run_dir, device=self.device, main=main,
+            progress=cfg.run.progress, log_every=s.log_every, checkpoint_every=s.checkpoint_every,
+            stop_after_steps=stop_after_steps))
+        if end.interrupted:
             return SearchResult(self.derive(), self.history, self.run_dir, cfg, interrupted=True,
-                                stop_signal=stop.signal_name)
-        return self._finish()
+                                stop_signal=end.signal_name)
+        genotype = self.derive()
+        self.report.finish(genotype, self.epoch, self.device)
+        return SearchResult(genotype, self.history, self.run_dir, cfg)
 
-    def _finished(self) -> bool:
-        """Whether the run's final files exist (genotype.json, the manifest's end time): a run
-        resumed after them has nothing left to do."""
-        try:
-            closed = "end_time" in json.loads((self.run_dir / "manifest.json").read_text())
-        except (OSError, ValueError):
-            closed = False
-        return closed and (self.run_dir / "genotype.json").is_file()
+    # ------------------------------------------------------------------ the loop's hooks (EpochRun)
+    def steps_per_epoch(self) -> int:
+        return self.train_loader.steps_per_epoch
 
-    def _postfix(self) -> dict[str, str]:
+    def begin_epoch(self) -> None:
+        self._ctx.epoch = self.epoch
+        if self.step == 0:
+            self.method.on_epoch_start(self.epoch, self._ctx)
+            self._epoch_time_before = 0.0
+        self._epoch_t0 = time.perf_counter()  # a resumed epoch adds to the time spent before the stop
+        self._arch_active = self.method.is_arch_active(self.epoch)
+
+    def take_step(self) -> None:
+        self.search_step(self._arch_active, self._ctx)
+
+    def postfix(self) -> dict[str, str]:
         m = self.meters
         n = max(float(m["n"]), 1.0)
         out = {"loss": f"{float(m['loss']) / n:.3f}"}
@@ -567,69 +417,12 @@ class Searcher:
             out["arch_acc"] = f"{100 * float(m['arch_correct']) / float(m['arch_n']):.1f}"
         return out
 
-    def _check_finite(self, statistics: bool = False) -> None:
-        """Stop with a one-line DivergenceError if a loss or an architecture weight went non-finite,
-        or (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic;
-        under torchrun on every rank together: the verdicts are combined."""
-        bad = self.watch.first_bad()
-        buffer = None
-        if statistics and bad is None:
-            buffer = runs.nonfinite_buffer({"supernet": self.supernet, "objective": self.objective})
-        if buffer is not None:
-            bad = "statistics"
-        if self.dist.is_distributed:
-            code = all_reduce_max({None: 0, "weight": 1, "arch": 2, "statistics": 3}[bad], self.device)
-            bad = {0: None, 1: "weight", 2: "arch", 3: "statistics"}[int(code)]
-        arch_bad = bad is None and not all(bool(torch.isfinite(p).all()) for p in self.method.arch_parameters())
-        if bad is None and not arch_bad:
-            return
-        steps = self.train_loader.steps_per_epoch
-        where = f"by epoch {self.epoch + 1}/{self.cfg.search.epochs} step {self.step}/{steps}"
-        if bad in ("weight", "statistics"):
-            what = ("the weight step's loss" if bad == "weight" else
-                    f"the batch-norm running statistics ({buffer or 'on another rank'})")
-            hint = self._weight_lr_hint()
-        else:
-            what = "the architecture step's loss" if bad == "arch" else "the architecture weights"
-            hint = self.method.divergence_hint()
-        raise DivergenceError(runs.divergence_message(what, where, hint, self.run_dir / CHECKPOINT))
-
-    def _weight_lr_hint(self) -> str:
-        return (f"the weight learning rate is probably too high (search.lr={self.cfg.search.lr:g}); "
-                "lower it and start again")
-
-    def _check_epoch_losses(self, rec: dict[str, Any]) -> None:
-        """The epoch's record: a non-finite validation loss is divergence (a DivergenceError, so
-        ``search.rollback`` applies); a finite train or architecture loss more than
-        ``runs.EXPLOSION_FACTOR`` times its reference gets a warning line. The reference is the
-        loss at chance, log(num_classes), for a classifying objective, else the first epoch's."""
-        s = self.cfg.search
-        where = f"in epoch {self.epoch + 1}/{s.epochs}"
-        if "valid_loss" in rec and not math.isfinite(rec["valid_loss"]):
-            raise DivergenceError(runs.divergence_message("the validation loss", where, self._weight_lr_hint(),
-                                                          self.run_dir / CHECKPOINT))
-        if not self.dist.is_main:
-            return
-        for key, what, hint in (("train_loss", "the train loss", self._weight_lr_hint()),
-                                ("arch_loss", "the architecture loss", self.method.divergence_hint())):
-            if self.objective_has_accuracy and self.num_classes > 1:
-                reference, name = math.log(self.num_classes), f"the loss at chance, log({self.num_classes})"
-            else:
-                first = self.history[0].get(key) if self.history else None
-                reference, name = first, "the first epoch's"
-            message = runs.explosion_warning(what, rec.get(key, math.nan), reference, name, where, hint)
-            if message:
-                warnings.warn(message)
-                return  # one line per epoch is enough
-
-    def _shape_info(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": self.input_size,
-                "labelled": has_labels(self.cfg.data.dataset)}
-
-    def _end_epoch(self, ctx: SearchContext) -> None:
-        s = self.cfg.search
+    def end_epoch(self) -> None:
+        """The epoch's end: the method's hook, the schedule, one history record (with the
+        validation pass when due), the objective's epoch-end hook, then the checkpoint."""
+        s, ctx = self.cfg.search, self._ctx
         self._agree_buffers()
-        self._check_finite(statistics=True)
+        self.check_finite(statistics=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.method.on_epoch_end(self.epoch, ctx)
         with warnings.catch_warnings():
@@ -641,194 +434,27 @@ class Searcher:
             all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
             check_identical(self.method.arch_parameters() + list(self.method.arch.buffers()),
                             "the architecture parameters")
-        m = {k: float(v) for k, v in self.meters.items()}
-        rec: dict[str, Any] = {
-            "epoch": self.epoch, "lr": lr,
-            "train_loss": m["loss"] / max(m["n"], 1),
-            "arch_active": self.method.is_arch_active(self.epoch),
-        }
-        if self.objective_has_accuracy:
-            rec["train_acc"] = 100 * m["correct"] / max(m["n"], 1)
-        if m["arch_n"] > 0:
-            rec["arch_loss"] = m["arch_loss"] / m["arch_n"]
-            if self.objective_has_accuracy:
-                rec["arch_acc"] = 100 * m["arch_correct"] / m["arch_n"]
-        last = self.epoch == s.epochs - 1
-        if last or (s.eval_every and (self.epoch + 1) % s.eval_every == 0):
+        rec = epoch_losses({k: float(v) for k, v in self.meters.items()}, epoch=self.epoch, lr=lr,
+                           arch_active=self.method.is_arch_active(self.epoch),
+                           has_accuracy=self.objective_has_accuracy)
+        if self.epoch == s.epochs - 1 or (s.eval_every and (self.epoch + 1) % s.eval_every == 0):
             rec.update(self.evaluate())
-        genotype = self.derive()
-        rec["genotype"] = str(genotype)
-        rec.update(self._genotype_stats(genotype))
-        if s.nb201_lookup and self.space.name == "nb201":
-            rec["nb201"] = self._nb201_lookup(genotype)
-        rec["primitives"] = list(self.space.primitives)
-        rec.update(self.method.arch_weights())
-        masks = getattr(self.supernet, "masks", None) or {}
-        if any(not bool(m.all()) for m in masks.values()):  # ops were removed: the live ones, for the entropy
-            rec["op_masks"] = {ct: m.int().cpu().tolist() for ct, m in masks.items()}
-        rec.update(collapse_stats(genotype, rec.get("arch_weights") if self.method.op_weights_move else None,
-                                  rec.get("op_masks")))
-        extra = self.method.epoch_record(ctx)  # the method's own per-epoch fields (e.g. a student's loss)
-        if set(extra) & set(rec):
-            raise ValueError(f"{type(self.method).__name__}.epoch_record returns fields the search already "
-                             f"logs: {sorted(set(extra) & set(rec))}; name them otherwise")
-        rec.update(extra)
+        rec = self.report.epoch_record(rec, self.derive(), self.method, getattr(self.supernet, "masks", None) or {},
+                                       ctx)
         rec["time_s"] = round(self._epoch_seconds(), 3)
         self._epoch_time_before, self._epoch_t0 = 0.0, None
-        self._check_epoch_losses(rec)
-        self.history.append(rec)
+        self.report.check_losses(rec, classifying=self.objective_has_accuracy, weight_hint=self._weight_lr_hint(),
+                                 arch_hint=self.method.divergence_hint())
+        self.report.publish(rec)
         if self.dist.is_main:
-            utils.append_jsonl(self.run_dir / "history.jsonl", rec)
-            if self.tb is not None:
-                self.tb.epoch(rec)
-            print(epoch_line(rec, s.epochs), flush=True)  # with --no-progress too: batch jobs have no terminal
             # the objective's epoch-end hook (MAE's reconstruction picture); random states put back after it
             epoch_end(self.objective, EpochEnd(self.epoch, s.epochs, self.run_dir, self.cfg.run.plots, self.supernet,
-                                               lambda: self._fixed_batches(1, "arch")[0], self.method.mixing),
+                                               lambda: self.data.fixed_batches(1, "arch")[0], self.method.mixing),
                       [self.arch_generator])
         self.epoch += 1
         self.step = 0
         self.meters = self._zero_meters()
         self.save_checkpoint()
-
-    def _genotype_stats(self, genotype: Genotype) -> dict[str, Any]:
-        st = self.space.genotype_stats(genotype, num_classes=self.num_classes, in_channels=self.in_channels,
-                                       input_size=self.input_size, labelled=has_labels(self.cfg.data.dataset))
-        return {"genotype_params_m": st["params"], "genotype_macs_m": st["macs"], "genotype_network": st["network"]}
-
-    def _nb201_lookup(self, genotype: Genotype) -> dict[str, Any]:
-        """Benchmark accuracies of this epoch's cell (the AutoDL code's most useful diagnostic)."""
-        from pcdarts.nb201 import DATASETS, BenchmarkError, query
-        out: dict[str, Any] = {}
-        try:
-            for ds in DATASETS:
-                r = query(genotype, ds, table=self.cfg.search.nb201_table)
-                out[ds] = {"valid": r.valid_acc_mean, "test": r.test_acc_mean}
-        except BenchmarkError as e:
-            warnings.warn(f"NAS-Bench-201 lookup disabled: {e}")
-            self.cfg = dataclasses.replace(self.cfg, search=dataclasses.replace(self.cfg.search, nb201_lookup=False))
-        return out
-
-    def derive(self) -> Genotype:
-        return self.space.derive(self.method.scores(self.context()), getattr(self.supernet, "masks", None),
-                                 self.method.derive_rule())
-
-    def sample_batches(self, n: int, split: str = "arch") -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first ``n`` batches of a fixed, un-augmented view of a split (for scorers). Not
-        sharded under torchrun: every rank scores the same images, so that decisions taken from
-        the scores (IS-DARTS's shrinking, zero-shot pruning) are identical on every rank."""
-        if split not in self._splits:
-            raise ValueError(f"sample_batches: split must be one of {', '.join(self._splits)}, got {split!r}")
-        self._agree_buffers()  # the scorer about to run reads the batch-norm statistics
-        return self._fixed_batches(n, split)
-
-    def _fixed_batches(self, n: int, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        images, labels = self._splits[split]  # a fresh view each time: no loader position moves
-        whole = {**self._loader_common, "rank": 0, "world_size": 1}
-        view = DeviceLoader(images, labels, self.eval_loader.batch_size, augment=None, shuffle=False,
-                            drop_last=False, **whole)
-        out = []
-        for batch in view:
-            if len(out) == n:
-                break
-            out.append(batch)
-        return out
-
-    def _finish(self) -> SearchResult:
-        genotype = self.derive()
-        if self.dist.is_main:
-            warning = collapse_warning(genotype, self.history[-1].get("arch_entropy") if self.history else None)
-            if warning:
-                warnings.warn(warning)
-            save_genotype(genotype, self.run_dir / "genotype.json")
-            if self.tb is not None:
-                self.tb.cell(genotype, self.epoch)
-            utils.close_manifest(self.run_dir, genotype=str(genotype),
-                                 search_time_s=round(sum(r.get("time_s", 0.0) for r in self.history), 3),
-                                 peak_memory_mib=round(utils.peak_memory_mib(self.device), 1),
-                                 peak_memory_kind="CUDA allocated" if self.device.type == "cuda" else "process RSS")
-            if self.cfg.run.plots:
-                self._plots(genotype)
-        return SearchResult(genotype, self.history, self.run_dir, self.cfg)
-
-    def _plots(self, genotype: Genotype) -> None:
-        try:
-            from pcdarts.analysis.plot import plot_arch_weights, plot_genotype
-            plot_genotype(genotype, self.run_dir / "genotype")
-            if self.history:
-                plot_arch_weights(self.history, self.run_dir / "arch_weights.png")
-        except Exception as e:  # pictures are a convenience; never lose a finished search over them
-            warnings.warn(f"could not draw the run's pictures: {e}")
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": "pcdarts-search", "version": runs.CHECKPOINT_VERSION,
-            "epoch": self.epoch, "step": self.step,
-            "supernet": self.supernet.state_dict(),
-            "masks": {k: v.clone() for k, v in getattr(self.supernet, "masks", {}).items()},
-            "structure": {"k": self.k},
-            "method": self.method.state_dict(),
-            "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "loaders": {"train": self.train_loader.state_dict(), "arch": self.arch_loader.state_dict()},
-            "meters": {k: v.detach().cpu() for k, v in self.meters.items()},
-            "world_size": self.dist.world_size,
-            "rng": utils.rng_state(),
-            "arch_rng": self.arch_generator.get_state(),
-            "config": self.cfg.to_dict(),
-            "rollbacks": self._rollbacks,
-            "epoch_time_s": self._epoch_seconds(),  # a resumed epoch's time_s adds what was spent before the stop
-        }
-
-    def _epoch_seconds(self) -> float:
-        """Seconds spent in the current epoch so far, the time before a stop and resume included."""
-        t0 = self._epoch_t0
-        return self._epoch_time_before + (time.perf_counter() - t0 if t0 is not None else 0.0)
-
-    def save_checkpoint(self) -> None:
-        self._check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
-        self._agree_buffers()  # one set of batch-norm statistics goes into the checkpoint
-        runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
-
-    def _load_checkpoint(self, ck: dict[str, Any]) -> None:
-        self.supernet.load_state_dict(ck["supernet"])
-        self.method.load_state_dict(ck["method"])
-        self.objective.load_state_dict(ck.get("objective", {}))
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.train_loader.load_state_dict(ck["loaders"]["train"])
-        self.arch_loader.load_state_dict(ck["loaders"]["arch"])
-        self.meters = runs.rank_meters(ck["meters"], self.device)
-        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
-        # another process count may have one step fewer per epoch (the shards are N // ranks)
-        self.step = min(self.step, self.train_loader.steps_per_epoch)
-        utils.set_rng_state(ck["rng"])
-        if "arch_rng" in ck:
-            self.arch_generator.set_state(ck["arch_rng"])
-        self.history = utils.history_until(self.run_dir / "history.jsonl", self.epoch, rewrite=self.dist.is_main)
-        self._rollbacks = int(ck.get("rollbacks", 0))
-        self._epoch_time_before, self._epoch_t0 = float(ck.get("epoch_time_s", 0.0)), None
-
-
-def epoch_line(rec: dict[str, Any], epochs: int) -> str:
-    """The one line printed after each search epoch: losses and accuracies, then the collapse
-    diagnostics (parameter-free ops in the epoch's cell, entropy of the op weights per cell
-    type, the NB201 lookup accuracy when on)."""
-    parts = [f"epoch {rec['epoch'] + 1}/{epochs}", f"loss {rec['train_loss']:.3f}"]
-    for key, name in (("train_acc", "acc"), ("arch_acc", "arch acc"), ("valid_acc", "valid acc")):
-        if rec.get(key) is not None:
-            parts.append(f"{name} {rec[key]:.1f}")
-    line = "  ".join(parts) + f" | cell: {rec['param_free_ops']}/{rec['cell_ops']} parameter-free"
-    if rec.get("arch_entropy"):
-        line += " | entropy " + " ".join(f"{ct} {v:.2f}" for ct, v in rec["arch_entropy"].items())
-    for ds, acc in (rec.get("nb201") or {}).items():
-        value = acc.get("test") if acc.get("test") is not None else acc.get("valid")
-        kind = "test" if acc.get("test") is not None else "valid"
-        line += f" | NB201 {ds} {kind} {value:.2f}"
-        break  # the first dataset (cifar10) on the line; all of them are in history.jsonl
-    return line + f" ({rec['time_s']:.1f} s)"
 
 
 def search(config: Union[Config, dict[str, Any], None] = None, *, preset: str = "quick",

@@ -11,9 +11,10 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from pcdarts.config import SpaceConfig
 from pcdarts.genotype import Genotype
 from pcdarts.nn.counting import genotype_stats
-from pcdarts.registry import SPACES
+from pcdarts.registry import BENCHMARKS, SPACES
 
 
 class SearchSpace:
@@ -35,6 +36,19 @@ class SearchSpace:
     # per cell type, per edge: the op names that edge offers, when the edges differ (RobustDARTS's
     # S1); None = every primitive on every edge. Pure data; read through candidate_masks()
     edge_candidates: Optional[dict[str, tuple[tuple[str, ...], ...]]] = None
+    # the genotype class that derive returns (registered in pcdarts.genotype.GENOTYPE_TYPES; its
+    # ``space`` field keys the evaluation network in pcdarts.registry.NETWORKS)
+    genotype_type: type = object
+    # the class of this space's ``space:`` config section (pcdarts.config.SpaceConfig plus the
+    # space's own fields, e.g. DartsSpaceConfig); read by pcdarts.config.space_section
+    Config: type = SpaceConfig
+    # other spaces' section fields this space reads as saying nothing new, by value (NB201:
+    # ``pool_bn: false``, its pooling never has BN); any other value of theirs is refused
+    foreign_values: dict[str, tuple[Any, ...]] = {}
+    # True where ``none`` is among the primitives only as DARTS's placeholder zero op (derive never
+    # keeps it, and methods that drop it from the search, e.g. DrNAS, do so); False where it is a
+    # real candidate of the space (NB201, RobustDARTS's S3)
+    none_is_placeholder: bool = False
 
     def check_config(self, space_cfg: Any) -> None:
         """Refuse (ConfigError naming the field) a space config that builds a broken supernet."""
@@ -129,9 +143,20 @@ class SearchSpace:
         return genotype_stats(genotype, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
                               labelled=labelled)
 
-    # A space whose genotypes are neither DARTS nor NB201 ones (``genotype.space`` is its
-    # name) registers its evaluation network in ``pcdarts.registry.NETWORKS`` (see
-    # pcdarts/nn/broad.py); build_network and the size reports look it up there.
+    def epoch_extras(self, genotype: Genotype, *, table: Optional[str] = None) -> dict[str, Any]:
+        """The space's own fields of a search epoch's history record for this epoch's ``genotype``
+        (the Searcher merges them): with a ``benchmark``, its lookup of the cell under the
+        benchmark's name (``{"nb201": {dataset: {"valid", "test"}}}``; ``table``: the benchmark's
+        table file, None = its default); else nothing. A lookup that cannot be answered raises
+        the benchmark's error (the Searcher then warns and stops asking)."""
+        if self.benchmark is None:
+            return {}
+        return {self.benchmark: BENCHMARKS.get(self.benchmark).epoch_record(genotype, table=table)}
+
+    # Evaluation networks: every genotype type's network is registered in
+    # ``pcdarts.registry.NETWORKS`` under the genotype's ``space`` field (DARTS and NB201 in
+    # pcdarts/nn/networks.py, broad in pcdarts/nn/broad.py); build_network and the size reports
+    # look it up there, so a space with a new kind of cell registers its genotype type and network.
 
 
 def masked_scores(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

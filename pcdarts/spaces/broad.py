@@ -37,6 +37,7 @@ genotype is a :class:`~pcdarts.genotype.BroadGenotype` (DARTS cells, marked ``br
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -51,7 +52,8 @@ from pcdarts.nn.broad import BroadMacro, CellRunner, Nodes, _cat
 from pcdarts.nn.ops import DARTS_PRIMITIVES
 from pcdarts.registry import SPACES
 from pcdarts.spaces import SearchSpace
-from pcdarts.spaces.darts import (DartsSupernet, FastDartsSupernet, SearchCell, cell_bn_options, darts_node_edges,
+from pcdarts.ranges import Count, NonNegInt
+from pcdarts.spaces.darts import (DartsSpaceConfig, DartsSupernet, FastDartsSupernet, SearchCell, cell_bn_options, darts_node_edges,
                                   derive_darts, derive_node_pairs, initial_masks)
 
 class BroadSupernet(BroadMacro):
@@ -132,6 +134,21 @@ class FastBroadSupernet(BroadSupernet, FastOptions):
         return super()._forward(x, run, feats)
 
 
+@dataclass(frozen=True)
+class BroadSpaceConfig(DartsSpaceConfig):
+    """The ``space:`` section of the broad space: the DARTS cell's fields (its stem is cifar only)
+    and the BCNN layout's.
+
+    Attributes:
+        cells_per_block: deep (stride-1) cells before each block's broad cell; None = the space's
+            default (0, the official search supernet).
+        enhancement_cells: enhancement cells after the blocks; None = the space's default (1).
+    """
+
+    cells_per_block: Optional[NonNegInt] = None
+    enhancement_cells: Optional[Count] = None
+
+
 @SPACES.register("broad", description="B-DARTS broad supernet (BCNN): DARTS cells in 2 shallow convolution "
                                       "blocks + an enhancement cell, every block pooled into the classifier")
 class BroadSpace(SearchSpace):
@@ -147,6 +164,9 @@ class BroadSpace(SearchSpace):
     default_enhancement_cells = 1
     inputs_per_node = 2            # DARTS cells
     derive_excluded = ("none",)
+    Config = BroadSpaceConfig
+    genotype_type = BroadGenotype
+    none_is_placeholder = True
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return darts_node_edges(getattr(space_cfg, "nodes", 4))

@@ -1,13 +1,16 @@
 """The DARTS cell space (docs/methods.md, "Search spaces"): search cell, supernet, derivation rule."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from pcdarts.nn.edges import MixedEdge, Mixing
+from pcdarts.config import SpaceConfig
 from pcdarts.errors import ConfigError
+from pcdarts.ranges import Count
 from pcdarts.genotype import DartsGenotype
 from pcdarts.nn.ops import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, darts_ops
 from pcdarts.nn.fast import kernels as fo
@@ -280,6 +283,25 @@ class FastDartsSupernet(DartsSupernet, FastOptions):
         return self.classifier(torch.cat([self.global_pooling(n).flatten(1) for n in nodes], 1))
 
 
+@dataclass(frozen=True)
+class DartsSpaceConfig(SpaceConfig):
+    """The ``space:`` section of the DARTS cell spaces (darts, s1-s4): the common fields
+    (:class:`~pcdarts.config.SpaceConfig`) and the DARTS cell's own.
+
+    Attributes:
+        nodes: intermediate nodes per cell (4).
+        stem: ``cifar`` (one 3x3 conv) or ``imagenet`` (three stride-2 convs).
+        stem_multiplier: stem width as a multiple of C (3).
+        pool_bn: BN(affine=False) after the pooling ops of the search cells; None = true (the
+            DARTS code); false = pooling alone (the IS-DARTS code).
+    """
+
+    nodes: Count = 4
+    stem: str = "cifar"
+    stem_multiplier: Count = 3
+    pool_bn: Optional[bool] = None
+
+
 def cell_bn_options(space_cfg: Any) -> dict[str, bool]:
     """The search cells' BN options of a space config: ``space.pool_bn`` (None = True, the DARTS
     search cell) and ``space.track_running_stats``."""
@@ -296,8 +318,13 @@ class DartsSpace(SearchSpace):
     default_layers = 8  # cells of the CIFAR supernet
     inputs_per_node = 2  # a DARTS cell: two inputs per node, one op each, never ``none``
     derive_excluded = ("none",)
+    Config = DartsSpaceConfig  # the space: section of this space (and of S1-S4)
+    genotype_type = DartsGenotype
+    none_is_placeholder = True
 
     def check_config(self, space_cfg: Any) -> None:
+        if space_cfg.stem not in ("cifar", "imagenet"):
+            raise ConfigError(f"space.stem must be 'cifar' or 'imagenet', got {space_cfg.stem!r}")
         layers = space_cfg.layers or self.default_layers
         if layers < 3:  # reductions at layers//3 and 2*layers//3: every cell would reduce
             raise ConfigError(f"space.layers={layers} builds a DARTS supernet without a normal cell (cells "

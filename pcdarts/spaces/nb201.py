@@ -6,7 +6,6 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from pcdarts.errors import ConfigError
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.genotype import NB201_EDGES, NB201Genotype
 from pcdarts.nn.ops import NB201_PRIMITIVES, ResNetReduction, nb201_ops
@@ -152,12 +151,9 @@ class NB201Space(SearchSpace):
     primitives = NB201_PRIMITIVES
     cell_types = ("cell",)
     default_layers = 5  # cells per stage, N
-    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201)
-
-    def check_config(self, space_cfg: Any) -> None:
-        if getattr(space_cfg, "pool_bn", None):
-            raise ConfigError("space.pool_bn=true: the NB201 cell's avg_pool_3x3 carries no BN (the benchmark's "
-                              "cell); drop --space.pool_bn for the nb201 space")
+    benchmark = "nb201"  # the offline NAS-Bench-201 lookup (pcdarts.nb201), also each epoch's extras
+    genotype_type = NB201Genotype
+    foreign_values = {"pool_bn": (False,)}  # the benchmark cell's avg_pool_3x3 carries no BN
 
     def node_edges(self, space_cfg: Any) -> list[list[int]]:
         return [list(g) for g in NB201_NODE_EDGES]

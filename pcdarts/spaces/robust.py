@@ -67,6 +67,8 @@ ROBUST_SPACES = ("s1", "s2", "s3", "s4")  # their registered names
 class RobustSpace(DartsSpace):
     """A RobustDARTS space: the DARTS cell space with its own candidate ops (see the module)."""
 
+    none_is_placeholder = False  # S3 lists ``none`` as a candidate on purpose (the others lack it)
+
     def check_config(self, space_cfg: Any) -> None:
         super().check_config(space_cfg)
         nodes = getattr(space_cfg, "nodes", NODES)

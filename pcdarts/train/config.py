@@ -10,7 +10,6 @@ search presets in the same folder, and users name them without it
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Sequence, Union
@@ -20,6 +19,7 @@ import yaml
 from pcdarts import config
 from pcdarts.data.config import TrainDataConfig
 from pcdarts.errors import ConfigError, TrainError
+from pcdarts.runs.loop import cosine_lr
 from pcdarts.ranges import Count, Fraction, NonNegInt, Positive, Range, Rate, check_ranges
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -205,7 +205,7 @@ def lr_at(t: TrainLoopConfig, epoch: int) -> float:
     """
     progress = epoch / t.epochs
     if t.lr_schedule == "cosine":
-        lr = t.lr_min + (t.lr - t.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        lr = cosine_lr(t.lr, t.lr_min, epoch, t.epochs)
     elif t.lr_schedule == "exponential":
         lr = t.lr * t.lr_gamma ** epoch
     else:  # linear

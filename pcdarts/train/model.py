@@ -1,7 +1,7 @@
 """The evaluation network of a training run and its test pass (shared by ``train`` and ``eval``).
 
-:func:`build_model` applies the ``model`` config section to
-:func:`pcdarts.nn.networks.build_network`; :func:`evaluate` computes plain cross-entropy,
+:func:`build_model` applies the ``model`` config section (as the genotype's registered network
+reads it, :func:`pcdarts.nn.networks.network_options`) to :func:`pcdarts.nn.networks.build_network`; :func:`evaluate` computes plain cross-entropy,
 top-1 and top-5 in eval mode (no auxiliary head, no drop-path).
 """
 from __future__ import annotations
@@ -13,20 +13,16 @@ import torch
 import torch.nn as nn
 
 from pcdarts.distributed import all_reduce_max, all_reduce_sum, group_rank_world
-from pcdarts.genotype import Genotype, NB201Genotype
-from pcdarts.nn.networks import build_network
+from pcdarts.genotype import Genotype
+from pcdarts.nn.networks import build_network, network_options
 from pcdarts.train.config import TrainConfig
 from pcdarts.data.stream import Batch
 
 
 def build_model(genotype: Genotype, cfg: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
     """The evaluation network of ``genotype`` as configured by ``cfg.model``."""
-    m = cfg.model
-    if isinstance(genotype, NB201Genotype):
-        return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.nb201_C,
-                             layers=m.nb201_N)
-    return build_network(genotype, num_classes=num_classes, in_channels=in_channels, C=m.C, layers=m.layers,
-                         stem=m.stem, auxiliary=m.auxiliary)
+    return build_network(genotype, num_classes=num_classes, in_channels=in_channels,
+                         **network_options(genotype, cfg.model))
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:

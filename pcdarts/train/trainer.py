@@ -32,14 +32,15 @@ import torch
 import torch.nn as nn
 
 from pcdarts import runs, utils
-from pcdarts.distributed import (agreed_stop, all_reduce_max, all_reduce_sum, average_buffers, dist_info,
-                                  init_distributed, per_process_batch, resolve_device, wrap_ddp)
-from pcdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
+from pcdarts.distributed import all_reduce_max, all_reduce_sum, average_buffers, per_process_batch, wrap_ddp
+from pcdarts.genotype import Genotype, load_genotype, save_genotype
 from pcdarts.nn.counting import count_params, genotype_stats
+from pcdarts.nn.networks import network_options
 from pcdarts.train.config import (TrainConfig, TrainError, build_train_config, load_train_config_file, lr_at)
 from pcdarts.train.data import TrainData, build_train_data
 from pcdarts.train.model import autocast, build_model, evaluate, topk_correct
 from pcdarts.errors import DivergenceError
+from pcdarts.runs.loop import EpochRun, LoopSettings, claimed_run, run_epochs, set_up_process, sgd, with_rollback
 
 CHECKPOINT = runs.CHECKPOINT
 FORMAT = runs.FORMATS["train"]
@@ -82,7 +83,7 @@ class TrainResult:
     stop_signal: str = ""
 
 
-class Trainer:
+class Trainer(EpochRun):
     """Builds data, network and optimiser from a config and trains the genotype.
 
     Args:
@@ -100,17 +101,7 @@ class Trainer:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
             run_dir, overwrite=True, resume=resume)
         self.genotype, self.cfg, self.run_dir = genotype, cfg, self.rundir.path
-        self.dist = dist_info()
-        self.device = resolve_device(cfg.run.device, self.dist)
-        init_distributed(self.dist, self.device)  # torchrun: join the process group (no-op alone)
-        if not self.dist.is_main:  # only rank 0 touches the run directory
-            self.rundir = runs.RunDir(self.run_dir, resume=True)
-        utils.set_cpu_arithmetic(cfg.run.threads, cfg.run.flush_denormal)
-        utils.seed_everything(cfg.run.seed)
-        if cfg.run.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        self.dist, self.device, self.rundir = set_up_process(cfg.run, self.rundir)
         t, d = cfg.train, cfg.data
         # train.batch_size is the global batch: under torchrun each process takes its share
         share = per_process_batch(t.batch_size, self.dist.world_size, "train.batch_size")
@@ -128,8 +119,8 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self._ddp(self.net)  # what the training step calls: DDP under torchrun
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=t.lr, momentum=t.momentum,
-                                         weight_decay=t.weight_decay, nesterov=t.nesterov)
+        self.optimizer = sgd(self.net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                             nesterov=t.nesterov)
         self.steps = self.data.train.steps_per_epoch  # micro-batches per epoch
         self.epoch, self.step = 0, 0
         self.meters = self._zero_meters()
@@ -208,16 +199,9 @@ class Trainer:
         m["correct"] += topk_correct(logits.detach(), y, 1)
         m["n"] += y.numel()
 
-    def _start_epoch(self) -> None:
-        """Set this epoch's lr and drop-path probability (pure functions of the epoch)."""
-        lr = lr_at(self.cfg.train, self.epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.net.drop_path_prob = self.cfg.model.drop_path_prob * self.epoch / self.cfg.train.epochs
-
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the run
     def run(self, stop_after_steps: Optional[int] = None) -> TrainResult:
-        """Train (or continue) to the last epoch.
+        """Train (or continue) to the last epoch on the shared loop (:func:`pcdarts.runs.loop.run_epochs`).
 
         The run directory is claimed here (an old run in it is moved aside and deleted
         once this run's first checkpoint exists); a failure before that puts it back.
@@ -226,12 +210,8 @@ class Trainer:
             stop_after_steps: stop after this many micro-batches of this call, at a step
                 boundary, checkpointing first (what Ctrl-C does; used by tests).
         """
-        with self.rundir.claimed():
-            try:
-                return self._run(stop_after_steps)
-            finally:
-                if self.tb is not None:
-                    self.tb.close()
+        with claimed_run(self.rundir, [self.tb]):
+            return with_rollback(lambda: self._run(stop_after_steps), self.rollback)
 
     def _run(self, stop_after_steps: Optional[int]) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
@@ -240,55 +220,44 @@ class Trainer:
             print(runs.resume_message(self.epoch, t.epochs, self.step, self.steps), flush=True)
         if self.epoch == 0 and self.step == 0 and not self.history and main:
             self._write_run_files()
-        k = t.grad_accum
-        done = 0
-        interrupted = False
         self.net.train()
-        with runs.StopFlag() as stop:
-            while self.epoch < t.epochs:
-                self._start_epoch()
-                bar = utils.epoch_progress(cfg.run.progress and main, self.steps, self.step, self.epoch, t.epochs)
-                t0 = time.perf_counter()
-                while self.step < self.steps:
-                    x, y = self.data.train.next()
-                    self.train_step(x, y)
-                    self.step += 1
-                    done += 1
-                    if self.watch.due(self.step):
-                        self._check_finite()
-                    utils.progress_tick(bar, self.step, self.steps, t.log_every, self._postfix)
-                    at_boundary = self.step % k == 0  # never stop inside an accumulation group
-                    wants_stop = agreed_stop(stop.requested, self.watch.due(self.step), self.device) or (
-                        stop_after_steps is not None and done >= stop_after_steps)
-                    if wants_stop and at_boundary and self.step < self.steps:
-                        break
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.train_time += time.perf_counter() - t0
-                if bar is not None:
-                    bar.close()
-                if self.step < self.steps:  # stopped mid-epoch
-                    self.save_checkpoint()
-                    interrupted = True
-                    break
-                self._end_epoch()
-                if (agreed_stop(stop.requested, True, self.device)
-                        or (stop_after_steps is not None and done >= stop_after_steps)) and self.epoch < t.epochs:
-                    interrupted = True
-                    break
-        if interrupted:
-            if main:  # printed with --no-progress too: batch jobs have no terminal
-                print(runs.stop_message("pcdarts train", self.run_dir, self.epoch, t.epochs, self.step, self.steps,
-                                        stop.signal_name), flush=True)
-            return TrainResult({}, self.run_dir, self.history, interrupted=True, stop_signal=stop.signal_name)
+        end = run_epochs(self, LoopSettings(
+            epochs=t.epochs, command="pcdarts train", run_dir=self.run_dir, device=self.device, main=main,
+            progress=cfg.run.progress, log_every=t.log_every, stop_after_steps=stop_after_steps))
+        if end.interrupted:
+            return TrainResult({}, self.run_dir, self.history, interrupted=True, stop_signal=end.signal_name)
         return TrainResult(self._finish(), self.run_dir, self.history)
 
-    def _postfix(self) -> dict[str, str]:
+    # ------------------------------------------------------------------ the loop's hooks (EpochRun)
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def begin_epoch(self) -> None:
+        """Set this epoch's lr and drop-path probability (pure functions of the epoch)."""
+        lr = lr_at(self.cfg.train, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.drop_path_prob = self.cfg.model.drop_path_prob * self.epoch / self.cfg.train.epochs
+        self._t0 = time.perf_counter()
+
+    def take_step(self) -> None:
+        x, y = self.data.train.next()
+        self.train_step(x, y)
+
+    def may_stop_here(self) -> bool:
+        return self.step % self.cfg.train.grad_accum == 0  # never stop inside an accumulation group
+
+    def finish_steps(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_time += time.perf_counter() - self._t0
+
+    def postfix(self) -> dict[str, str]:
         n = max(float(self.meters["n"]), 1.0)
         loss, acc = float(self.meters["loss"]) / n, 100 * float(self.meters["correct"]) / n
         return {"loss": f"{loss:.3f}", "acc": f"{acc:.1f}"}
 
-    def _check_finite(self, statistics: bool = False) -> None:
+    def check_finite(self, statistics: bool = False) -> None:
         """Stop with a one-line DivergenceError if the training loss went non-finite, or
         (``statistics``: at epoch ends and before checkpoints) a batch-norm running statistic
         (under torchrun on every rank together)."""
@@ -322,10 +291,10 @@ class Trainer:
         if message and self.dist.is_main:
             warnings.warn(message)
 
-    def _end_epoch(self) -> None:
+    def end_epoch(self) -> None:
         t = self.cfg.train
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics for the test pass
-        self._check_finite(statistics=True)
+        self.check_finite(statistics=True)
         if self.dist.is_distributed:
             all_reduce_sum(list(self.meters.values()))  # the epoch's sums over every rank's shard
         m = {k: float(v) for k, v in self.meters.items()}
@@ -368,10 +337,10 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         g, m = self.genotype, self.cfg.model
-        nb201 = isinstance(g, NB201Genotype)
+        o = network_options(g, m)  # the model section as this genotype's network reads it
         stats = genotype_stats(g, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                               input_size=self.data.input_size, C=m.nb201_C if nb201 else m.C,
-                               layers=m.nb201_N if nb201 else m.layers, stem="cifar" if nb201 else m.stem)
+                               input_size=self.data.input_size, C=o["C"], layers=o["layers"],
+                               stem=o.get("stem", "cifar"))
         final = self.history[-1] if self.history else {}
         metrics: dict[str, Any] = {
             "genotype": str(g), "seed": self.cfg.run.seed, "epochs": self.cfg.train.epochs,
@@ -402,7 +371,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        self._check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
+        self.check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
         average_buffers(self.net)  # under torchrun: one set of batch-norm statistics in the checkpoint
         runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 pytest.importorskip("matplotlib")
 
 
@@ -50,3 +52,11 @@ def test_ws_analysis_plots_tick_whole_epochs_and_counts(tmp_path: Path, figures)
     assert _whole(tau.axes[0].get_xticks())  # one point at epoch 2: was 1.94, 1.96, ...
     assert _whole(heatmap.axes[0].get_xticks())  # two epoch columns: was 0.5, 1.0, 1.5, ...
     assert _whole(histogram.axes[0].get_yticks())  # counts of top-1 picks
+
+
+# moved from the issue-8 grab-bag (what a new user hits: nothing on disk lost, nothing misread)
+
+def test_matplotlib_is_a_core_dependency():
+    import tomllib
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("matplotlib") for d in deps["dependencies"])

@@ -78,3 +78,13 @@ def test_network_label_words_the_head():
     assert "1 class, 3x16x16" in network_label(g, num_classes=1, **shape)
     unlabelled = network_label(g, num_classes=1, labelled=False, **shape)
     assert "1-output head (unlabelled data: no classes), 3x16x16 input" in unlabelled and "class," not in unlabelled
+
+
+# moved from the issue-8 grab-bag (what a new user hits: nothing on disk lost, nothing misread)
+
+def test_arch_weight_summary():
+    from pcdarts.analysis.stats import arch_weight_summary
+    assert arch_weight_summary({"normal": [[0.25] * 4] * 3})["entropy"] == pytest.approx(1.0)
+    s = arch_weight_summary({"normal": [[1.0, 0, 0, 0]], "reduce": [[0.25] * 4]})
+    assert s["entropy"] == pytest.approx(0.5) and s["max"] == pytest.approx(0.625) and s["uniform"] == 0.25
+    assert arch_weight_summary(None) == {}

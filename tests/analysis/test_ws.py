@@ -269,6 +269,39 @@ def test_tiny_analysis_writes_report_and_plots_with_correct_correlations(tmp_pat
     assert sweep["final_kendall_std"] == "n/a" and float(sweep["final_kendall_mean"]) == one["final_kendall_mean"]
 
 
+def test_the_sharing_trainer_on_the_shared_loop_equals_the_plain_loop():
+    """train_run runs on pcdarts.runs.loop; the oracle is the plain loop it replaced: per epoch every
+    unit's steps in turn, its cosine schedule stepped after them, then every child evaluated."""
+    from pcdarts.analysis.ws_train import fresh_supernet, resolve_fast
+    from pcdarts.runs.loop import cosine_lr
+    cfg = small_cfg(space="nb201", sample=4, layers=1, epochs=2, epoch_unit="children", partition="sequential")
+    sp, data = enumerate_children(cfg), build_data(cfg, CPU)
+    log = train_run(cfg, sp, data, 2, None, 0, CPU)
+    torch.manual_seed(0)
+    base = fresh_supernet(cfg, sp, data.num_classes, data.in_channels, resolve_fast(cfg, CPU))
+    units = [Unit(cfg, base if g == 0 else copy.deepcopy(base), members, data, 0, None, CPU)
+             for g, members in enumerate(log.partition)]
+    mixings = [child_mixing(c, len(sp.primitives), CPU) for c in sp.children]
+    losses, accs = [], []
+    for epoch in range(cfg.epochs):
+        total, n = 0.0, 0
+        for u in units:
+            assert u.optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(cfg.lr, cfg.lr_min, epoch, 2))
+            for _ in range(u.steps_per_epoch()):
+                m = u.order.next()
+                total += float(u.train_step(m, mixings[m]))
+                n += 1
+            u.scheduler.step()
+        losses.append(total / n)
+        row = []
+        for m in range(len(sp.children)):
+            u = next(u for u in units if m in u.members)
+            row.append(evaluate_child(u.model, mixings[m], data.val_batches, cfg.bn, data.recal_batches)[0])
+        accs.append(row)
+    assert log.schedule == [u.trained for u in units] and log.accuracy == accs  # same steps, same weights
+    assert log.train_loss == pytest.approx(losses, rel=1e-6)  # summed in float64 there, in Python floats here
+
+
 def test_interference_probe_restores_the_run():
     cfg = small_cfg(space="nb201", sample=4, layers=1, epochs=1, epoch_unit="children")
     sp, data = enumerate_children(cfg), build_data(cfg, CPU)

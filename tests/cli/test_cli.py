@@ -7,18 +7,18 @@ import pickle
 import pytest
 import yaml
 
-from pcdarts.cli import main
-from tests.conftest import SHARED_CIFAR
+from pcdarts.cli import main, split_overrides
+from tests.conftest import (
+    CLI_TINY,
+    CLI_TINY_CPU1,
+    SHARED_CIFAR,
+    one_line_error,
+    run_cli,
+)
 
 TINY = ["--space.C", "4", "--space.layers", "3", "--data.max_samples", "48", "--search.epochs", "2",
         "--search.batch_size", "8", "--method.warmup_epochs", "1", "--method.k", "2", "--no-progress",
         "--run.plots", "false"]
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_search_writes_the_run_directory(tmp_path, capsys):
@@ -186,8 +186,8 @@ def test_nb201_lookup_is_logged_per_epoch(tmp_path, capsys):
 
 
 def test_search_on_an_image_folder_is_one_config_block(tmp_path, capsys):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     rng = np.random.default_rng(0)
     for c in range(3):
         (tmp_path / "imgs" / f"class{c}").mkdir(parents=True)
@@ -206,8 +206,55 @@ def test_search_on_an_image_folder_is_one_config_block(tmp_path, capsys):
 def test_a_broken_subcommand_import_is_one_line(monkeypatch, capsys):
     """A missing or broken module must not silently remove subcommands (nor print a traceback)."""
     import sys
+
     import pcdarts.cli
     monkeypatch.setitem(sys.modules, "pcdarts.cli.tools", None)  # importing it now raises ImportError
     monkeypatch.delattr(pcdarts.cli, "tools", raising=False)
     code, _, err = run_cli(["info", "DARTS_V2"], capsys)
     assert code == 1 and err.startswith("error: pcdarts is not installed correctly") and err.count("\n") == 1
+
+
+# moved from the issue-8 grab-bag (what a new user hits: nothing on disk lost, nothing misread)
+
+@pytest.fixture(scope="module")
+def finished_search_run(tmp_path_factory):
+    """A finished tiny search run (2 epochs), copied by the tests that change it."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    assert main(["search", "--out", str(out), *CLI_TINY]) == 0
+    return out
+
+
+def test_train_without_genotype_says_so(capsys):
+    code, _, err = run_cli(["train", "--train.lr", "1e-3"], capsys)
+    assert code == 2 and "pcdarts train needs a genotype" in err, err
+
+
+def test_overrides_are_split_before_positionals():
+    rest, ov = split_overrides(["train", "--train.lr", "1e-3", "DARTS_V2", "--out", "x.y", "--model.C=8"])
+    assert rest == ["train", "DARTS_V2", "--out", "x.y"] and ov == ["--train.lr", "1e-3", "--model.C=8"]
+
+
+def test_show_and_history_report_the_same_network(finished_search_run, capsys):
+    last = [json.loads(line) for line in (finished_search_run / "history.jsonl").read_text().splitlines()][-1]
+    assert last["genotype_network"] == "DARTS CIFAR network C=36, 20 cells, 10 classes, 1x16x16 input"
+    for source in (finished_search_run, finished_search_run / "genotype.json"):
+        code, out, _ = run_cli(["show", source], capsys)
+        assert code == 0
+        assert f"parameters: {last['genotype_params_m']:.3f} M" in out
+        assert f"multiply-adds: {last['genotype_macs_m']:.1f} M ({last['genotype_network']})" in out
+    code, out, _ = run_cli(["show", "DARTS_V2"], capsys)
+    assert "(DARTS CIFAR network C=36, 20 cells, 10 classes, 3x32x32 input)" in out
+
+
+# moved from the issue-12 grab-bag (crash safety, bad input, TensorBoard)
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys):
+    args = ["search", "--out", tmp_path / "r", *CLI_TINY_CPU1, "--search.epochs", "-1"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "search.epochs" in one_line_error(err)
+    from pcdarts.errors import ConfigError
+    for extra in (["--debug"], ):
+        with pytest.raises(ConfigError):
+            main([str(a) for a in [*args, *extra]])
+    with pytest.raises(ConfigError):
+        main(["--debug", *[str(a) for a in args]])

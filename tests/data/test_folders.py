@@ -12,17 +12,32 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils.data.dataloader as dl_module
 from PIL import Image
 
-import torch.utils.data.dataloader as dl_module
-from pcdarts.data import folders
-from pcdarts.data.folders import FolderError, ImageFolderDataset, folder_info, load_folder_as_tensor, make_folder_loader
 from pcdarts.cli.tools import add_subset_subcommand
+from pcdarts.data import folders
+from pcdarts.data.folders import (
+    FolderError,
+    ImageFolderDataset,
+    folder_info,
+    load_folder_as_tensor,
+    make_folder_loader,
+)
 from pcdarts.data.subset import build_subset
 from pcdarts.data.transforms import (
-    CenterCrop, ColorJitter, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToTensor,
-    eval_transform, train_transform,
+    CenterCrop,
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    ToTensor,
+    eval_transform,
+    train_transform,
 )
+from tests.conftest import CLI_TINY_CPU1, one_line_error, run_cli
 
 CLASSES = ("cat", "dog", "emu")
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
@@ -402,3 +417,59 @@ def test_subset_cli_handler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["subset", str(src), str(tmp_path / "d3"), "--link", "move"])
+
+
+# moved from the issue-12 grab-bag (crash safety, bad input, TensorBoard)
+
+def _image_folder(root: Path, n: int = 6) -> Path:
+    from PIL import Image
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (12, 12), (40 * i, 0, 0) if cls == "a" else (0, 40 * i, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("text", "bad.png"),           # a non-image file with an image extension
+    ("truncated", "0.png"),        # a cut-off image
+    ("empty_class", "c"),          # a class folder without images
+])
+def test_bad_image_folders_are_named(tmp_path, capsys, damage, named):
+    root = _image_folder(tmp_path / "imgs")
+    if damage == "text":
+        (root / "a" / "bad.png").write_text("not an image")
+    elif damage == "truncated":
+        data = (root / "a" / "0.png").read_bytes()
+        (root / "a" / "0.png").write_bytes(data[:20])
+    else:
+        (root / "c").mkdir()
+    code, _, err = run_cli(["search", "--data", f"folder:{root}", "--out", tmp_path / "r", *CLI_TINY_CPU1], capsys)
+    line = one_line_error(err)
+    assert code == 2 and named in line and not (tmp_path / "r").exists(), line
+
+
+def test_bad_images_skip_leaves_them_out_with_a_count_and_mixed_sizes_are_resized(tmp_path, capsys):
+    from PIL import Image
+    root = _image_folder(tmp_path / "imgs", n=12)
+    (root / "a" / "bad.png").write_text("not an image")
+    Image.new("L", (20, 16), 128).save(root / "b" / "grey_and_larger.png")  # another size and mode
+    code, out, err = run_cli(["search", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                              "--out", tmp_path / "r", *CLI_TINY_CPU1], capsys)
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if "skipped 1 of 26 image files" in ln]
+    assert len(warning) == 1 and "bad.png" in warning[0] and "Traceback" not in err
+    # the same folder for training (in memory) and with the default, fail
+    code, _, err = run_cli(["train", "DARTS_V2", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                            "--out", tmp_path / "t", "--train.epochs", "1", "--model.C", "4", "--model.layers", "2",
+                            "--train.batch_size", "4", "--no-progress"], capsys)
+    assert code == 0 and "skipped 1 of" in err, err
+    code, _, err = run_cli(["train", "DARTS_V2", "--data", f"folder:{root}", "--data.bad_images", "skip",
+                            "--data.loader", "stream", "--data.workers", "0", "--out", tmp_path / "s",
+                            "--train.epochs", "1", "--model.C", "4", "--model.layers", "2", "--train.batch_size", "4",
+                            "--no-progress"], capsys)
+    assert code == 0 and "skipped 1 of" in err, err  # streamed: every file decoded once up front
+    code, _, err = run_cli(["search", "--data", f"folder:{root}", "--out", tmp_path / "f", *CLI_TINY_CPU1], capsys)
+    assert code == 2 and "bad.png" in one_line_error(err)
+    code, _, err = run_cli(["search", "--data.bad_images", "skip", "--out", tmp_path / "g", *CLI_TINY_CPU1], capsys)
+    assert code == 2 and "data.bad_images" in one_line_error(err) and "image folders" in err

@@ -12,8 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcdarts.data.sources import DataError, ImageDataset, dataset_fingerprint, load_dataset, split_indices
 from pcdarts.data.device_loader import Augment, DeviceLoader
+from pcdarts.data.sources import (
+    DataError,
+    ImageDataset,
+    dataset_fingerprint,
+    load_dataset,
+    split_indices,
+)
+from tests.conftest import CLI_TINY, CLI_TINY_CPU1, one_line_error, run_cli
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
@@ -332,3 +339,54 @@ def test_a_state_saved_by_two_ranks_is_resharded_for_one_at_the_same_global_batc
     # another global batch cannot take over: a one-line error that says what to keep
     with pytest.raises(DataError, match="global batch"):
         _loader(imgs, bs=2, seed=5).load_state_dict(ranks[0].state_dict())
+
+
+# moved from the issue-8 grab-bag (what a new user hits: nothing on disk lost, nothing misread)
+
+def test_partial_cifar_warning_is_one_clean_line(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 48), ("test_batch", 8)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": [int(v) for v in rng.integers(0, 10, n)]}, f, protocol=2)
+    code, _, err = run_cli(["search", "--data", f"cifar10:{folder}", "--out", tmp_path / "r", *CLI_TINY], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "batch" in line]
+    assert lines and all(line.startswith("warning: ") and ".py:" not in line for line in lines), err
+
+
+# moved from the issue-12 grab-bag (crash safety, bad input, TensorBoard)
+
+def _cifar_folder(root: Path) -> Path:
+    import pickle
+
+    import numpy as np
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "test_batch"):
+        batch = {b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return folder
+
+
+def test_truncated_cifar_batch_file_is_named(tmp_path, capsys):
+    folder = _cifar_folder(tmp_path)
+    data = (folder / "data_batch_1").read_bytes()
+    (folder / "data_batch_1").write_bytes(data[: len(data) // 2])
+    code, _, err = run_cli(["search", "--data", f"cifar10:{folder}", "--out", tmp_path / "r", *CLI_TINY_CPU1], capsys)
+    assert code == 2 and "data_batch_1" in one_line_error(err) and not (tmp_path / "r").exists()
+
+
+def test_truncated_cifar_archive_is_named(tmp_path, capsys):
+    import tarfile
+    folder = _cifar_folder(tmp_path / "src")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    code, _, err = run_cli(["search", "--data", f"cifar10:{archive}", "--out", tmp_path / "r", *CLI_TINY_CPU1], capsys)
+    assert code == 2 and "cifar-10-python.tar.gz" in one_line_error(err) and not (tmp_path / "r").exists()

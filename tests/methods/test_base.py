@@ -1,14 +1,14 @@
-"""Methods x spaces: one search step each, the second-order hypergradient, determinism, resume."""
+"""Methods x spaces through the Method seams (:mod:`pcdarts.methods.base`): one search step each,
+determinism, resume, structure changes, extra losses and records, objectives with parameters,
+method-owned steps and weight mixings."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
 
 import pcdarts
 from pcdarts.config import SpaceConfig, build_config
-from pcdarts.methods import DartsConfig, SearchContext, WeightStepInfo
-from pcdarts.methods.hypergrad import second_order_grads
+from pcdarts.methods import DartsConfig, SearchContext
 from pcdarts.registry import METHODS, OBJECTIVES, SPACES
 from pcdarts.search.searcher import Searcher, new_run_dir
 from pcdarts.spaces import get_space
@@ -66,55 +66,6 @@ def test_arch_and_eval_loaders_share_one_copy_of_the_arch_split(tiny):
     assert s.arch_loader.images.data_ptr() == s.eval_loader.images.data_ptr()
     assert s.train_loader.images.data_ptr() != s.arch_loader.images.data_ptr()
     assert len(s.train_loader.labels) + len(s.arch_loader.labels) == s.data_info["n_weight"] + s.data_info["n_arch"]
-
-
-def test_pc_darts_defaults_are_the_authors():
-    c = METHODS.get("pc-darts").Config()
-    assert (c.k, c.edge_norm, c.warmup_epochs, c.arch_lr, c.arch_weight_decay) == (4, True, 15, 6e-4, 1e-3)
-    assert tuple(c.arch_betas) == (0.5, 0.999)
-    d = METHODS.get("darts").Config()
-    assert (d.k, d.edge_norm, d.warmup_epochs, d.arch_lr, d.order) == (1, False, 0, 3e-4, 1)
-
-
-def test_second_order_hypergradient_matches_double_backward():
-    torch.manual_seed(0)
-    dtype = torch.float64
-    space = get_space("nb201")
-    scfg = SpaceConfig(name="nb201", C=4, layers=1)
-    net = space.build_supernet(scfg, k=1, num_classes=3, in_channels=2).to(dtype)
-    # a small finite-difference radius: with float64 the central difference is then exact to
-    # ~1e-8, so the test checks the mathematics (virtual step, signs, the (g+ - g-)/(2 eps) term)
-    method = METHODS.get("darts")(DartsConfig(order=2, hvp_eps=1e-6), space, scfg)
-    method.arch.to(dtype)
-    for p in method.arch_parameters():
-        p.data.normal_(0, 0.5)
-    W = list(net.parameters())
-    names = [n for n, _ in net.named_parameters()]
-    m_bufs = [0.1 * torch.randn_like(p) for p in W]
-    lr, mu, wd = 0.05, 0.9, 3e-4
-    info = WeightStepInfo(lr=lr, momentum=mu, weight_decay=wd, momentum_buffers=m_bufs)
-    ctx = SearchContext(supernet=net, objective=OBJECTIVES.get("cross-entropy")(), weight_params=W,
-                        weight_step_info=lambda: info)
-    xt, yt = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
-    xv, yv = torch.randn(6, 2, 6, 6, dtype=dtype), torch.randint(0, 3, (6,))
-    w_before = [p.detach().clone() for p in W]
-    hyper, _, _ = second_order_grads(lambda b: method.loss(ctx, b, method.mixing()), method.arch_parameters(), W,
-                                     info, (xt, yt), (xv, yv), hvp_eps=1e-6, supernet=net)
-    assert all(torch.equal(a, b) for a, b in zip(w_before, W)), "weights not restored exactly"
-
-    # exact: d/d alpha L_val(w - lr * (mu m + dL_tr/dw + wd w), alpha), by double backward
-    alphas = method.arch_parameters()
-    loss_tr = torch.nn.functional.cross_entropy(net(xt, method.mixing()), yt)
-    g = torch.autograd.grad(loss_tr, W, create_graph=True)
-    w_virtual = {n: p - lr * (mu * m + gi + wd * p) for n, p, m, gi in zip(names, W, m_bufs, g)}
-    loss_val = torch.nn.functional.cross_entropy(functional_call(net, w_virtual, (xv, method.mixing())), yv)
-    exact = torch.autograd.grad(loss_val, alphas)
-    for h, e in zip(hyper, exact):
-        assert torch.allclose(h, e, rtol=1e-4, atol=1e-7 * e.abs().max()), (h - e).abs().max()
-    # and the second-order term matters (the test would catch dropping it)
-    first = torch.autograd.grad(torch.nn.functional.cross_entropy(
-        functional_call(net, {n: v.detach() for n, v in w_virtual.items()}, (xv, method.mixing())), yv), alphas)
-    assert any(not torch.allclose(f, e, rtol=1e-3) for f, e in zip(first, exact))
 
 
 def _final_alphas(result):
@@ -188,18 +139,6 @@ def test_config_checks_read_the_method_class_flags(monkeypatch):
     build_config(split)
 
 
-def test_second_order_step_updates_batchnorm_stats_three_times_like_the_published_code(tiny):
-    """The published code evaluates the virtual weights on a copy: the live BN statistics see
-    the virtual-step forward and the two finite-difference forwards (3), never the validation batch."""
-    s = _searcher(tiny(method={"name": "darts", "order": 2}, space={"name": "nb201", "layers": 1}))
-    bns = [m for m in s.supernet.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats]
-    assert bns
-    before = [int(m.num_batches_tracked) for m in bns]
-    batch, arch_batch = s.train_loader.next(), s.arch_loader.next()
-    s.method.arch_step(s.context(), batch, arch_batch)
-    assert [int(m.num_batches_tracked) - b for m, b in zip(bns, before)] == [3] * len(bns)
-
-
 def test_objective_keeps_float64_and_lifts_bf16():
     from pcdarts.registry import OBJECTIVES
     ce = OBJECTIVES.get("cross-entropy")()
@@ -211,107 +150,10 @@ def test_objective_keeps_float64_and_lifts_bf16():
 
 # ---------------------------------------------------------------- DARTS-
 
-def test_darts_minus_beta_schedule():
-    from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
-    lin = DartsMinusConfig()
-    assert aux_beta(lin, 0, 50) == 1.0 and aux_beta(lin, 49, 50) == pytest.approx(0.02)
-    assert aux_beta(DartsMinusConfig(beta_schedule="cosine"), 49, 50) == pytest.approx(0.00099, abs=1e-5)
-    assert aux_beta(DartsMinusConfig(beta_schedule="slow-cosine"), 49, 50) == pytest.approx(0.031, abs=1e-3)
     # a decay start > 0 (the released DecayScheduler's values): tests/methods/test_darts_minus.py
 
 
-def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tiny, tmp_path):
-    import pcdarts
-    res = pcdarts.search(tiny(method={"name": "darts-minus", "warmup_epochs": 0}, search={"epochs": 3}))
-    betas = [h["aux_beta"] for h in res.history]
-    assert betas == pytest.approx([1.0, 2 / 3, 1 / 3])
-    s = _searcher(tiny(method={"name": "darts-minus"}, run={"out": str(tmp_path / "b")}))
-    assert all(edge.aux is not None for cell in s.supernet.cells for edge in cell.edges)
-    assert s.method.mixing().aux_skip == 1.0
-    # derivation reads softmax(alpha) only: the skip is not a candidate op
-    assert s.derive() == s.space.derive(s.method.scores(), s.supernet.masks)
-    with pytest.raises(Exception, match="order must be 1"):
-        build_config(tiny(method={"name": "darts-minus", "order": 2}))
-
-
-@pytest.mark.parametrize("preset", ["darts-minus_cifar10", "darts-minus_nb201"])
-def test_darts_minus_presets(preset):
-    from pcdarts.config import load_preset
-    cfg = build_config(load_preset(preset))
-    assert cfg.method_name == "darts-minus" and cfg.method.beta0 == 1.0 and cfg.search.epochs == 50
-
-
 # ---------------------------------------------------------------- DrNAS
-
-def test_dirichlet_sample_gradient_equals_torch_rsample():
-    from pcdarts.methods.drnas import dirichlet_rsample
-    conc = (torch.rand(5, 4, dtype=torch.float64) * 3 + 0.2).requires_grad_()
-    w = torch.randn(5, 4, dtype=torch.float64)
-    torch.manual_seed(3)
-    ours = dirichlet_rsample(conc)
-    (g_ours,) = torch.autograd.grad((ours * w).sum(), conc)
-    torch.manual_seed(3)
-    ref = torch.distributions.Dirichlet(conc).rsample()
-    (g_ref,) = torch.autograd.grad((ref * w).sum(), conc)
-    assert torch.equal(ours, ref) and torch.allclose(g_ours, g_ref)
-    g = torch.Generator().manual_seed(1)
-    a = dirichlet_rsample(conc, g)
-    g.manual_seed(1)
-    assert torch.equal(a, dirichlet_rsample(conc, g))
-
-
-@pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_drnas_mixing_is_one_sample_per_step_from_the_run_generator(tiny, space):
-    s = _searcher(tiny(method={"name": "drnas"}, space={"name": space, "layers": 3 if space == "darts" else 1}))
-    m1, m2 = s.method.mixing(), s.method.mixing()
-    for ct, w in m1.ops.items():
-        assert torch.allclose(w.sum(-1), torch.ones(w.shape[0]))
-        assert not torch.equal(w, m2.ops[ct])  # a fresh sample per step
-        none = s.space.primitives.index("none")
-        assert (w[:, none] == 0).all() == (space == "darts")  # DARTS space: none is not a candidate
-    s.arch_generator.manual_seed(5)
-    a = s.method.mixing()
-    s.arch_generator.manual_seed(5)
-    b = s.method.mixing()
-    assert all(torch.equal(a.ops[ct], b.ops[ct]) for ct in a.ops)
-    # the genotype ranks by softmax(eta) over the candidates
-    g = s.derive()
-    assert g == s.space.derive(s.method.scores(), s.supernet.masks)
-
-
-def test_drnas_regularisers(tiny):
-    l2 = _searcher(tiny(method={"name": "drnas"}))
-    assert l2.method.optimizer.param_groups[0]["weight_decay"] == 1e-3
-    kl = _searcher(tiny(method={"name": "drnas", "reg_type": "kl"}, run={"out": tiny()["run"]["out"] + "kl"}))
-    assert kl.method.optimizer.param_groups[0]["weight_decay"] == 0.0
-    assert float(kl.method.kl_to_uniform().detach()) == pytest.approx(0.0, abs=1e-3)  # eta ~ 0: beta ~ 1
-    kl.search_step(True, kl.context())
-    assert all(torch.isfinite(p).all() for p in kl.method.arch_parameters())
-
-
-def test_drnas_resume_equals_uninterrupted_run(tiny):
-    base = tiny(method={"name": "drnas"}, search={"epochs": 2}, space={"name": "nb201", "layers": 1})
-    base["run"]["out"] += "-full"
-    full = pcdarts.search(base)
-    part = dict(base, run=dict(base["run"], out=base["run"]["out"] + "-part"))
-    first = pcdarts.search(part, stop_after_steps=4)
-    resumed = pcdarts.search(resume=first.run_dir)
-    assert _final_alphas(resumed) == _final_alphas(full) and resumed.genotype == full.genotype
-
-
-def test_drnas_presets():
-    from pcdarts.config import load_preset
-    cfg = build_config(load_preset("drnas_nb201"))
-    assert (cfg.method_name, cfg.search.epochs, cfg.method.arch_lr, cfg.k) == ("drnas", 100, 3e-4, 1)
-    prog = build_config(load_preset("drnas_nb201_progressive"))
-    assert (prog.k, prog.method.stage_starts, prog.method.stage_k, prog.method.stage_keep_ops) == (4, (50,), (2,), (3,))
-    darts = build_config(load_preset("drnas_cifar10_progressive"))
-    assert (darts.k, darts.space.C, darts.space.layers, darts.method.stage_k) == (6, 36, 20, (4,))
-    m = METHODS.get("drnas")(prog.method, get_space("nb201"), prog.space)
-    assert [m.is_arch_active(e) for e in (9, 10, 50, 59, 60)] == [False, True, False, False, True]
-    with pytest.raises(Exception, match="stage_k"):
-        d = load_preset("drnas_nb201_progressive")
-        build_config({**d, "method": {**d["method"], "stage_k": [3]}})
 
 
 def test_prune_mid_search_rebuilds_the_optimiser_and_resumes_exactly(tiny):

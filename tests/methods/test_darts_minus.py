@@ -7,9 +7,11 @@ import math
 
 import pytest
 
+import pcdarts
 from pcdarts.config import build_config
 from pcdarts.errors import ConfigError
 from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
+from pcdarts.search.searcher import Searcher, new_run_dir
 
 # T_start = 10 of T = 50, epochs 9, 10, 11, 49: the values the released code prints
 RELEASED = {
@@ -51,3 +53,38 @@ def test_a_decay_start_at_or_past_the_horizon_is_refused_naming_the_fields(tiny)
                           search={"epochs": 3}))
     build_config(tiny(method={"name": "darts-minus", "warmup_epochs": 0, "decay_start": 3, "decay_epochs": 6},
                       search={"epochs": 3}))
+
+
+# ---------------------------------------------------------------- the schedule in a search, the presets
+
+def _searcher(cfg_dict):
+    cfg = build_config(cfg_dict)
+    return Searcher(cfg, new_run_dir(cfg))
+
+
+def test_darts_minus_beta_schedule():
+    from pcdarts.methods.darts_minus import DartsMinusConfig, aux_beta
+    lin = DartsMinusConfig()
+    assert aux_beta(lin, 0, 50) == 1.0 and aux_beta(lin, 49, 50) == pytest.approx(0.02)
+    assert aux_beta(DartsMinusConfig(beta_schedule="cosine"), 49, 50) == pytest.approx(0.00099, abs=1e-5)
+    assert aux_beta(DartsMinusConfig(beta_schedule="slow-cosine"), 49, 50) == pytest.approx(0.031, abs=1e-3)
+
+
+def test_darts_minus_search_sets_beta_per_epoch_and_derives_without_the_skip(tiny, tmp_path):
+    res = pcdarts.search(tiny(method={"name": "darts-minus", "warmup_epochs": 0}, search={"epochs": 3}))
+    betas = [h["aux_beta"] for h in res.history]
+    assert betas == pytest.approx([1.0, 2 / 3, 1 / 3])
+    s = _searcher(tiny(method={"name": "darts-minus"}, run={"out": str(tmp_path / "b")}))
+    assert all(edge.aux is not None for cell in s.supernet.cells for edge in cell.edges)
+    assert s.method.mixing().aux_skip == 1.0
+    # derivation reads softmax(alpha) only: the skip is not a candidate op
+    assert s.derive() == s.space.derive(s.method.scores(), s.supernet.masks)
+    with pytest.raises(Exception, match="order must be 1"):
+        build_config(tiny(method={"name": "darts-minus", "order": 2}))
+
+
+@pytest.mark.parametrize("preset", ["darts-minus_cifar10", "darts-minus_nb201"])
+def test_darts_minus_presets(preset):
+    from pcdarts.config import load_preset
+    cfg = build_config(load_preset(preset))
+    assert cfg.method_name == "darts-minus" and cfg.method.beta0 == 1.0 and cfg.search.epochs == 50

@@ -21,7 +21,7 @@ from pcdarts.errors import ConfigError, PcdartsError
 from pcdarts.genotype import NB201Genotype, load_genotype, parse_genotype
 from pcdarts.search.compare import (_fmt, _mean_std, compare, default_out, parse_shard, preset_for, run_state,
                                     shard_part, thread_share)
-from pcdarts.search.searcher import epoch_line
+from pcdarts.search.report import epoch_line
 
 TINY_NB201 = ["--space.C", "4", "--space.layers", "1", "--data.max_samples", "64", "--search.batch_size", "16",
               "--run.plots", "false"]

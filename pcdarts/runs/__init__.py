@@ -298,11 +298,14 @@ def _test_pause() -> None:
 
 
 def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Optional[dict[str, Any]] = None,
-                    sections: tuple[str, ...] = (), *, trust: bool = False) -> dict[str, Any]:
+                    sections: tuple[str, ...] = (), *, trust: bool = False,
+                    normalise: Optional[Callable[[str, Any], Any]] = None) -> dict[str, Any]:
     """Read a checkpoint of ``kind``; a damaged file, one of another kind, one written by a newer
     pcdarts, or (given the run's ``config`` dict) one whose ``sections`` differ from it (a
     checkpoint of another space or method copied in) raises CheckpointError in one line that
-    names the file and what to do (the older checkpoint, if one is kept).
+    names the file and what to do (the older checkpoint, if one is kept). ``normalise(section,
+    saved values)`` rewrites a saved section as this version writes it before the comparison
+    (a checkpoint written before a section changed shape, e.g. the per-space ``space:`` section).
 
     The file is read with ``torch.load(weights_only=True)``, which runs no code. One that needs
     full unpickling (written by pcdarts before checkpoint version 2, or crafted to run code) is
@@ -329,8 +332,10 @@ def load_checkpoint(path: Union[str, Path], kind: str, command: str, config: Opt
     saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
     for section in sections:
         now = (config or {}).get(section) or {}
-        if config is not None and section in saved and saved[section] != now:
-            old = saved[section]
+        old = saved.get(section)
+        if normalise is not None and isinstance(old, dict):
+            old = normalise(section, old)
+        if config is not None and section in saved and old != now:
             diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
             shown = ", ".join(f"{section}.{k} {old.get(k)!r} vs {now.get(k)!r}" for k in diff[:3])
             raise CheckpointError(f"{command}: {path} belongs to another run ({shown}: checkpoint vs "
