@@ -327,6 +327,24 @@ def test_bf16_autocast_on_cpu_fast_path_as_close_as_reference(space):
     assert 0 < err_fast < 3 * err_ref + 1e-2, (err_fast, err_ref)
 
 
+def test_bf16_dilated_depthwise_weight_gradient_is_finite_on_cpu():
+    """The CPU's bf16 weight gradient of a dilated channels_last depthwise conv returned NaNs at
+    32x32 (torch 2.13; nondeterministic): ConvSpec.backward computes that one in float32."""
+    from pcdarts.nn.fast.conv import ConvSpec
+    torch.manual_seed(0)
+    for c, mult, k in ((2, 1, 3), (2, 3, 5), (4, 2, 5), (16, 3, 3)):
+        spec = ConvSpec((1, 1), (k - 1, k - 1), (2, 2), c)
+        x = torch.randn(16, c, 32, 32).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c * mult, 1, k, k).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(spec(x, w))
+        gi32, gw32 = spec.backward(g, x, (), w, True, True)
+        for _ in range(3):
+            gi, gw = spec.backward(g.bfloat16(), x.bfloat16(), (), w.bfloat16(), True, True)
+            assert gw.dtype == torch.bfloat16 and torch.isfinite(gw).all() and torch.isfinite(gi).all()
+            assert (gw.float() - gw32).norm() / gw32.norm() < 2e-2
+            assert (gi.float() - gi32).norm() / gi32.norm() < 2e-2
+
+
 @pytest.mark.gpu
 def test_cuda_search_step_runs(tmp_path):
     from pcdarts.search.searcher import search
