@@ -12,6 +12,12 @@ alone in a fresh subprocess (peak RSS on CPU, ``torch.cuda.max_memory_allocated`
 CUDA), so the peaks do not mix. One JSON line goes to stdout.
 
     python benchmarks/search_step.py --space darts --method pc-darts --C 16 --cells 8 --batch 32 --k 4
+    python benchmarks/search_step.py --method all --C 8 --cells 5 --batch 16   # one line per case
+
+``--method`` takes a registered method name or a case of :data:`CASES` (a method in a given
+configuration, a structure change before the timed steps, another space or objective); ``all``
+runs every case. A pass the fast supernet runs on its reference path (``supernet.reference(why)``)
+is printed once by the supernet and listed in the line's ``fast_reference_passes``.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -38,18 +45,75 @@ from pcdarts.utils import peak_memory_mib  # noqa: E402
 SYNTHETIC = "synthetic"  # pcdarts.data.sources: random uint8 images, SIZExCHANNELSxCOUNT
 
 
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case: a method's config section, optionally another space, objective or
+    search settings, and a structure change applied to the built Searcher before any step."""
+
+    method: dict[str, Any]
+    space: Optional[str] = None
+    objective: Optional[dict[str, Any]] = None
+    search: dict[str, Any] = field(default_factory=dict)
+    setup: Optional[Callable[[Any], None]] = None
+
+
+def _drnas_stage(searcher: Any) -> None:
+    """The start of DrNAS's second progressive stage: 4 ops kept per edge, K 4 -> 2."""
+    searcher.method.on_epoch_start(1, searcher.context())
+
+
+def _is_darts_shrink(searcher: Any) -> None:
+    """IS-DARTS's first shrink step (its IIM pass, then the ops removed)."""
+    searcher.method.shrink(0, searcher.context())
+
+
+CASES: dict[str, Case] = {
+    "pc-darts": Case({"name": "pc-darts"}),
+    "darts": Case({"name": "darts"}),
+    "darts-2nd": Case({"name": "darts", "order": 2}),
+    "drnas": Case({"name": "drnas"}),
+    "drnas+stage": Case({"name": "drnas", "stage_starts": [1], "stage_keep_ops": [4], "stage_k": [2], "k": 4},
+                        search={"epochs": 2}, setup=_drnas_stage),
+    "darts-minus": Case({"name": "darts-minus"}),
+    "is-darts": Case({"name": "is-darts"}),
+    "is-darts+shrink": Case({"name": "is-darts"}, setup=_is_darts_shrink),
+    "msr-darts": Case({"name": "msr-darts"}),
+    "sdarts-rs": Case({"name": "sdarts-rs"}),
+    "sdarts-adv": Case({"name": "sdarts-adv"}),
+    "beta-darts": Case({"name": "beta-darts"}),
+    "lbt": Case({"name": "lbt"}),
+    "il": Case({"name": "il"}),
+    "lease": Case({"name": "lease"}),
+    "rsws": Case({"name": "rsws"}),
+    "pc-darts@broad": Case({"name": "pc-darts"}, space="broad"),
+    "pc-darts@s1": Case({"name": "pc-darts"}, space="s1"),
+    "pc-darts@s2": Case({"name": "pc-darts"}, space="s2"),
+    "pc-darts@s3": Case({"name": "pc-darts"}, space="s3"),
+    "pc-darts@s4": Case({"name": "pc-darts"}, space="s4"),
+    "pc-darts+mae": Case({"name": "pc-darts"}, objective={"name": "mae"}),
+}
+# random-lookup trains no supernet (it looks drawn cells up in a benchmark): nothing to time
+
+
+def case_of(args: argparse.Namespace) -> Case:
+    """The case ``--method`` names (a bare registered method name: that method's defaults)."""
+    return CASES.get(args.method) or Case({"name": args.method})
+
+
 def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
-    """A Searcher configured like a real run of ``args`` on the synthetic set."""
+    """A Searcher configured like a real run of ``args`` (its case) on the synthetic set."""
     from pcdarts.search.config import build_config
     from pcdarts.search.searcher import Searcher
 
-    space: dict[str, Any] = {"name": args.space, "C": args.C, "layers": args.cells, "k": args.k, "impl": impl,
-                             "channel_mode": args.channel_mode}
+    case = case_of(args)
+    space: dict[str, Any] = {"name": case.space or args.space, "C": args.C, "layers": args.cells, "impl": impl,
+                             "channel_mode": args.channel_mode, **({"k": args.k} if args.k else {})}
     cfg = build_config({
-        "method": {"name": args.method},
+        "method": dict(case.method),
         "space": space,
+        **({"objective": dict(case.objective)} if case.objective else {}),
         "data": {"dataset": SYNTHETIC, "path": f"{args.input_size}x{args.in_channels}x{4 * args.batch}"},
-        "search": {"batch_size": args.batch, "amp": not args.no_amp,
+        "search": {"batch_size": args.batch, "amp": not args.no_amp, **case.search,
                    **({"prune": args.prune, "prune_batch_size": args.prune_batch} if args.prune else {})},
         "run": {"device": args.device, "progress": False, "plots": False, "seed": 0,
                 "deterministic": args.deterministic, "flush_denormal": not args.keep_subnormals},
@@ -58,6 +122,8 @@ def build_searcher(args: argparse.Namespace, impl: str, run_dir: str) -> Any:
     net = searcher.supernet
     if impl == "fast" and hasattr(net, "recompute"):
         net.recompute = not args.no_recompute
+    if case.setup is not None:
+        case.setup(searcher)
     if args.compile and searcher.device.type == "cuda":
         searcher.supernet = torch.compile(net)
     return searcher
@@ -112,12 +178,15 @@ def measure_peak(impl: str, argv: list[str], args: argparse.Namespace) -> dict[s
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--space", default="darts", choices=SPACES.names())
-    p.add_argument("--method", default="pc-darts")
+    p.add_argument("--space", default="darts", choices=SPACES.names(),
+                   help="the space of the cases that name none")
+    p.add_argument("--method", default="pc-darts",
+                   help="a registered method, a case (" + ", ".join(CASES) + "), several separated by commas, "
+                        "or all (every case)")
     p.add_argument("--C", type=int, default=16, help="initial channels")
     p.add_argument("--cells", type=int, default=None, help="DARTS: cells (8); NB201: cells per stage N (5)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--k", type=int, default=4, help="partial-channel factor K")
+    p.add_argument("--k", type=int, default=None, help="partial-channel factor K (default: the method's)")
     p.add_argument("--channel-mode", default="first+shuffle")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--in-channels", type=int, default=3)
@@ -143,6 +212,46 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """One case: interleaved timing of its paths in this process, peaks in subprocesses."""
+    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    with tempfile.TemporaryDirectory() as tmp:
+        searchers = {impl: build_searcher(args, impl, f"{tmp}/{impl}") for impl in impls}
+        times = interleaved_times(searchers, args.warmup, args.steps, args.rounds)
+        first = searchers[impls[0]]
+        device, k, space = first.device, first.k, first.cfg.space.name
+        fast_net = searchers["fast"].supernet if "fast" in searchers else None
+        passes = dict(getattr(fast_net, "reference_passes", None) or {})
+        built = sum(1 for _ in first.supernet.candidate_ops()) if args.prune else None
+    short = {"fast": "fast", "reference": "ref"}
+    case = case_of(args)
+    rec: dict[str, Any] = {
+        "case": args.method, "space": space, "method": case.method["name"],
+        **({"objective": case.objective["name"]} if case.objective else {}), "C": args.C,
+        "cells": args.cells or get_space(space).default_layers, "batch": args.batch,
+        "k": k, "channel_mode": args.channel_mode, "input_size": args.input_size, "device": str(device),
+        "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
+        "torch": torch.__version__,
+    }
+    if args.prune:  # the candidate ops still built in all cells (the full DARTS supernet: 7 per edge)
+        rec.update(prune=args.prune, built_ops=built)
+    for impl in impls:
+        s = times[impl] / args.steps
+        rec[f"{short[impl]}_s_per_step"] = round(s, 4)
+        rec[f"{short[impl]}_images_per_s"] = round(args.batch / s, 2)  # weight-batch images per second
+    if len(impls) == 2:
+        rec["speedup"] = round(rec["ref_s_per_step"] / rec["fast_s_per_step"], 3)
+    if not args.no_peak:
+        for impl in impls:
+            res = measure_peak(impl, argv, args)
+            rec[f"{short[impl]}_peak_mib"] = round(res["peak_mib"], 1)
+        if len(impls) == 2:
+            rec["peak_ratio"] = round(rec["fast_peak_mib"] / rec["ref_peak_mib"], 3)
+    if "fast" in impls:
+        rec["fast_reference_passes"] = passes  # the fast supernet's passes on its reference path (none: {})
+    return rec
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -151,36 +260,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
-    with tempfile.TemporaryDirectory() as tmp:
-        searchers = {impl: build_searcher(args, impl, f"{tmp}/{impl}") for impl in impls}
-        times = interleaved_times(searchers, args.warmup, args.steps, args.rounds)
-        device = searchers[impls[0]].device
-    short = {"fast": "fast", "reference": "ref"}
-    rec: dict[str, Any] = {
-        "space": args.space, "method": args.method, "C": args.C,
-        "cells": args.cells or get_space(args.space).default_layers, "batch": args.batch,
-        "k": args.k, "channel_mode": args.channel_mode, "input_size": args.input_size, "device": str(device),
-        "threads": torch.get_num_threads(), "steps": args.steps, "recompute": not args.no_recompute,
-        "torch": torch.__version__,
-    }
-    if args.prune:  # the candidate ops still built in all cells (the full DARTS supernet: 7 per edge)
-        rec.update(prune=args.prune, built_ops=sum(1 for _ in searchers[impls[0]].supernet.candidate_ops()))
-    for impl in impls:
-        s = times[impl] / args.steps
-        rec[f"{short[impl]}_s_per_step"] = round(s, 4)
-        rec[f"{short[impl]}_images_per_s"] = round(args.batch / s, 2)  # weight-batch images per second
-    if len(impls) == 2:
-        rec["speedup"] = round(rec["ref_s_per_step"] / rec["fast_s_per_step"], 3)
-    if not args.no_peak:
-        child_argv = [a for a in argv]
-        for impl in impls:
-            res = measure_peak(impl, child_argv, args)
-            rec[f"{short[impl]}_peak_mib"] = round(res["peak_mib"], 1)
-        if len(impls) == 2:
-            rec["peak_ratio"] = round(rec["fast_peak_mib"] / rec["ref_peak_mib"], 3)
-    print(json.dumps(rec))
-    return 0
+    names = list(CASES) if args.method == "all" else args.method.split(",")
+    if len(names) == 1:
+        print(json.dumps(measure(args, argv)), flush=True)
+        return 0
+    failed = 0
+    for name in names:  # one line per case, each with its own argv (the peak subprocesses rebuild it)
+        case_argv = [*argv, "--method", name]  # the last --method wins
+        try:
+            rec = measure(parse_args(case_argv), case_argv)
+        except Exception as exc:  # one broken case must not hide the others' lines; it is reported
+            failed += 1
+            rec = {"case": name, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(rec), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

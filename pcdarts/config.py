@@ -344,5 +344,6 @@ def check_keys(cls: type, section: str, keys: Any) -> None:
 
 
 
-__all__ = ["Schema", "RunOptions", "SpaceConfig", "space_config_class", "space_section", "current_section", "PRESET_DIR", "ConfigError", "read_sections", "override_tokens", "parse_value",
+__all__ = ["Schema", "RunOptions", "SpaceConfig", "space_config_class", "space_section", "current_section",
+           "PRESET_DIR", "ConfigError", "read_sections", "override_tokens", "parse_value",
            "coerce_section", "check_type", "check_keys", "plain"]

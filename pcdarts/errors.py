@@ -82,5 +82,6 @@ def _to_stderr(line: str) -> None:
 
 
 __all__ = ["PcdartsError", "MissingDependencyError", "ExternalToolError", "USER_ERRORS", "USER_ERROR_EXIT",
-           "error_line", "report_user_errors", "ConfigError", "TrainError", "RunDirError", "CheckpointError", "DivergenceError",
+           "error_line", "report_user_errors",
+           "ConfigError", "TrainError", "RunDirError", "CheckpointError", "DivergenceError",
            "CheckpointWriteError"]

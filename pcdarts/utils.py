@@ -247,13 +247,18 @@ def history_until(path: Path, epoch: int, *, rewrite: bool = True) -> list[dict[
     return records
 
 
-def close_manifest(run_dir: Path, **fields: Any) -> None:
-    """Record the end time (and ``fields``) in ``run_dir/manifest.json``, if there is one."""
+def update_manifest(run_dir: Path, **fields: Any) -> None:
+    """Set ``fields`` in ``run_dir/manifest.json``, if there is one."""
     path = Path(run_dir) / "manifest.json"
     if path.is_file():
         data = json.loads(path.read_text())
-        data.update(end_time=now(), **fields)
+        data.update(**fields)
         write_json(path, data)
+
+
+def close_manifest(run_dir: Path, **fields: Any) -> None:
+    """Record the end time (and ``fields``) in ``run_dir/manifest.json``, if there is one."""
+    update_manifest(run_dir, end_time=now(), **fields)
 
 
 def command_line() -> str:

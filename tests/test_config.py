@@ -1,4 +1,5 @@
-"""The config machinery (:mod:`pcdarts.config`) and the search config: numbers as YAML 1.2 and ``float()`` read them, integers
+"""The config machinery (:mod:`pcdarts.config`) and the search config: numbers as YAML 1.2 and
+``float()`` read them, integers
 written as floats refused, dotted overrides, and bad preset files named in one line."""
 from __future__ import annotations
 

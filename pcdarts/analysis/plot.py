@@ -45,7 +45,8 @@ def _matplotlib() -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingDependencyError('plotting needs matplotlib; install it with: pip install "pcdarts[plot]"') from None
+        raise MissingDependencyError('plotting needs matplotlib; install it with: '
+                                     'pip install "pcdarts[plot]"') from None
     return Figure, FigureCanvasAgg
 
 

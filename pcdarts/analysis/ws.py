@@ -340,7 +340,8 @@ def build_data(cfg: WSConfig, device: torch.device) -> WSData:
     if cfg.data.validation == "split":
         tr, va = split_indices(len(labels), cfg.data.train_portion, 0)
         if not len(tr) or not len(va):
-            raise ConfigError(f"data.train_portion {cfg.data.train_portion} leaves an empty training or validation split")
+            raise ConfigError(f"data.train_portion {cfg.data.train_portion} leaves an empty training or "
+                              "validation split")
         train, val = (images[tr], labels[tr]), (images[va], labels[va])
     else:
         test = load_dataset(cfg.data.dataset, "test")
@@ -444,7 +445,8 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
         standalone = cfg.eval.standalone_epochs and not cfg.eval.ground_truth
         sa = M * cfg.eval.standalone_epochs * _unit_steps(cfg, data, 1) if standalone else 0
         total = sa + len(cfg.train.seeds) * cfg.train.epochs * sum(
-            sum(_unit_steps(cfg, data, len(p)) for p in partition_children(M, g, cfg.sharing.partition, cfg.space.sample_seed)) + M
+            sum(_unit_steps(cfg, data, len(p))
+                for p in partition_children(M, g, cfg.sharing.partition, cfg.space.sample_seed)) + M
             for g, _ in settings)
         bar = progress_bar(True, total, "ws-analysis")
     gt: Optional[list[float]] = None
@@ -454,7 +456,8 @@ def run_ws_analysis(cfg: WSConfig, out: str | Path, *, progress: bool = True, ec
         if bar is not None:
             bar.set_description("stand-alone ground truth")
         gt = standalone_ground_truth(cfg, space, data, device, bar)
-        source = f"stand-alone training, {cfg.eval.standalone_epochs} epoch(s), seed {cfg.train.seeds[0]}, {cfg.eval.bn} BN"
+        source = (f"stand-alone training, {cfg.eval.standalone_epochs} epoch(s), seed {cfg.train.seeds[0]}, "
+                  f"{cfg.eval.bn} BN")
     elif space.structure.benchmark is not None:  # the benchmark's accuracies of the children
         gt, source = lookup_ground_truth(cfg, space)
     else:

@@ -59,7 +59,8 @@ def add_info_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="classifier outputs (default 10, or 1000 with --stem imagenet)")
     p.add_argument("--in-channels", type=positive_int, default=3)
-    p.add_argument("--input-size", type=positive_int, default=None, help="square input side (default 32 / 224 imagenet)")
+    p.add_argument("--input-size", type=positive_int, default=None,
+                   help="square input side (default 32 / 224 imagenet)")
     p.set_defaults(func=_info)
     return p
 

@@ -76,7 +76,8 @@ def cmd_ws(args: argparse.Namespace) -> int:
         return cmd_edge_check(args)
     from pcdarts.analysis.ws import run_ws_analysis
     cfg = config_from_args(args)
-    out = Path(args.out or f"runs/ws-{cfg.space.name}-{cfg.data.dataset.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    out = Path(args.out or f"runs/ws-{cfg.space.name}-{cfg.data.dataset.split(':')[0]}-{stamp}")
     report = run_ws_analysis(cfg, out, progress=not args.no_progress)
     print(f"ground truth: {report['ground_truth']['source']}")
     for s in report["settings"]:

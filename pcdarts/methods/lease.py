@@ -88,7 +88,8 @@ class LeaSE(MultiLevelMethod):
         explanation; differentiable in the architecture and the weights when ``graph``."""
         x, y = batch
         net = unwrap(ctx.supernet)
-        reference = net.reference() if hasattr(net, "reference") else contextlib.nullcontext()
+        reference = (net.reference("LeaSE's explanation (a double backward)") if hasattr(net, "reference")
+                     else contextlib.nullcontext())
         xg = x.detach().requires_grad_()
         with torch.enable_grad(), reference, ctx.autocast():
             logits = at_least_float32(net(xg, mixing))

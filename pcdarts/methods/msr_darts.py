@@ -313,10 +313,11 @@ def record_input_sizes(supernet: nn.Module, modules: Sequence[nn.Module], input_
     handles = [m.register_forward_pre_hook(hook) for m in modules]
     was_training = supernet.training
     p = next(supernet.parameters())
-    reference = getattr(supernet, "reference", contextlib.nullcontext)
+    reference = getattr(supernet, "reference", None)
+    probe = reference("MSR-DARTS's input-size probe (one no-grad forward at setup)") if reference else None
     try:
         supernet.eval()
-        with torch.no_grad(), reference():
+        with torch.no_grad(), probe or contextlib.nullcontext():
             supernet(torch.zeros(2, *input_shape, device=p.device, dtype=p.dtype), mixing)
     finally:
         for h in handles:

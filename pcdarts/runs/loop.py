@@ -227,8 +227,14 @@ def set_up_process(run: Any, rundir: RunDir) -> tuple[DistInfo, torch.device, Ru
 
 def sgd(params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, weight_decay: float,
         nesterov: bool = False) -> torch.optim.SGD:
-    """The SGD of every loop's weights (search, training, the weight-sharing trainer)."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    """The SGD of every loop's weights (search, training, the weight-sharing trainer).
+
+    ``foreach`` (multi-tensor kernels): a DARTS supernet has ~1400 small weight tensors, and
+    the default per-tensor loop on CPU cost ~105 ms per step against ~75 ms (C=16, 8 cells).
+    Not ``fused``: torch's fused SGD starts every momentum at the same step, and a method that
+    trains a sampled subset of the weights per step (RSWS) fails there."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                           foreach=True)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int,

@@ -107,7 +107,8 @@ def iim_statistics(supernet: nn.Module, mixing: Mixing, batches: Iterable[tuple[
         keys.append((ct, c, e, o))
         handles.append(module.register_forward_hook(make_hook((ct, c, e, o))))
     was_training = net.training
-    reference = net.reference() if hasattr(net, "reference") else contextlib.nullcontext()
+    reference = (net.reference("IS-DARTS's IIM statistics (hooks on the op modules)") if hasattr(net, "reference")
+                 else contextlib.nullcontext())
     seen = 0
     try:
         net.eval()

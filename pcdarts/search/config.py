@@ -105,7 +105,12 @@ class SearchConfig:
         step_order: ``arch-first`` (DARTS/PC-DARTS) or ``weight-first`` (NB201/AutoDL code).
         eval_every: evaluate on the whole architecture split every N epochs (0 = only at the end).
         amp: bf16 autocast on CUDA (ignored on CPU); ``--search.amp false`` opts out.
-        compile: wrap the supernet in ``torch.compile`` (CUDA; recompiles when ops are pruned).
+        compile: ``torch.compile`` the supernet's forward and backward (weight and architecture
+            steps; docs: benchmarks/README.md, "torch.compile"). The first step after the start
+            and after every structure change (a shrink, a DrNAS stage) runs eagerly; each
+            structure then compiles once per step kind, never per step.
+        cudagraphs: CUDA only: also capture the compiled steps in CUDA graphs (``torch.compile``
+            mode ``reduce-overhead``; static shapes); implies ``compile``.
         log_every: progress-bar refresh period in steps (host syncs happen only then).
         checkpoint_every: also write a mid-epoch checkpoint every N steps (0 = epoch ends only).
         rollback: after a non-finite loss, go back to the last good checkpoint with the
@@ -135,6 +140,7 @@ class SearchConfig:
     eval_every: NonNegInt = 0
     amp: bool = True
     compile: bool = False
+    cudagraphs: bool = False
     log_every: Count = 10
     checkpoint_every: NonNegInt = 0
     rollback: NonNegInt = 0

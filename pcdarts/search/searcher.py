@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from pcdarts import runs
 from pcdarts.analysis import tensorboard
-from pcdarts.search.config import Config, SearchConfig, build_config, current_section, load_config_file, merge_onto_preset
+from pcdarts.search.config import (Config, SearchConfig, build_config, current_section, load_config_file,
+                                   merge_onto_preset)
 from pcdarts.distributed import all_reduce_mean, all_reduce_sum, check_identical
 from pcdarts.errors import ConfigError
 from pcdarts.genotype import Genotype
@@ -86,6 +87,21 @@ def weight_schedule(optimizer: torch.optim.Optimizer, s: SearchConfig) -> torch.
     return cosine_schedule(optimizer, s.epochs, s.lr_min)
 
 
+# the torch.compile backend of search.compile (tests use "aot_eager": seconds instead of minutes)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_supernet(supernet: nn.Module, cudagraphs: bool = False) -> nn.Module:
+    """``torch.compile`` of the supernet (``search.compile``; ``cudagraphs``: mode
+    ``reduce-overhead``, which captures the compiled forward and backward in CUDA graphs).
+
+    The fast path traces with zero graph breaks: dynamo traces its autograd functions'
+    forward and backward (``tests/test_compile.py`` checks it)."""
+    if cudagraphs:
+        return torch.compile(supernet, backend=COMPILE_BACKEND, mode="reduce-overhead")
+    return torch.compile(supernet, backend=COMPILE_BACKEND)
+
+
 def weight_step_info(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> WeightStepInfo:
     """The weight optimiser's current settings and momenta (for the 2nd-order virtual step)."""
     group = optimizer.param_groups[0]
@@ -117,7 +133,7 @@ def weight_step(method: Method, optimizer: torch.optim.Optimizer, batch: tuple[t
     if after_backward is not None:
         after_backward()
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip)
+        nn.utils.clip_grad_norm_(ctx.weight_params, grad_clip, foreach=True)  # one norm kernel, not ~1400
     optimizer.step()
     return loss, metrics
 
@@ -138,6 +154,9 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
             pcdarts's format); only for a source the user trusts (``--trust-checkpoint``).
     """
 
+    _eager_next = False  # compiled search: the next search step runs eagerly (a new structure)
+    _eager_now = False  # compiled search: torch.compiler's "force_eager" stance is on
+
     def __init__(self, cfg: Config, run_dir: Union[Path, str, runs.RunDir], *, resume: bool = False,
                  trust_checkpoint: bool = False) -> None:
         self.rundir = run_dir if isinstance(run_dir, runs.RunDir) else runs.RunDir(
@@ -147,8 +166,11 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         # the same seed on every rank: identical architecture initialisation and identical draws
         # from the global generator (random channel masks); ranks differ only in their data shard
         self.dist, self.device, self.rundir = set_up_process(cfg.run, self.rundir)
-        if self.dist.is_distributed and cfg.search.compile:
+        if self.dist.is_distributed and (cfg.search.compile or cfg.search.cudagraphs):
             raise ConfigError("search.compile is not supported under torchrun yet; drop --search.compile")
+        if cfg.search.cudagraphs and self.device.type != "cuda":
+            raise ConfigError(f"search.cudagraphs needs a CUDA device (run.device is {self.device.type}); "
+                              "drop --search.cudagraphs")
         self.data = SearchData(cfg, self.device, self.dist)
         self.train_loader, self.arch_loader = self.data.train_loader, self.data.arch_loader
         self.eval_loader, self.data_info = self.data.eval_loader, self.data.info
@@ -168,8 +190,9 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = parts.generator
         self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
-        if cfg.search.compile:
-            self.model = torch.compile(self.supernet)
+        if cfg.search.compile or cfg.search.cudagraphs:
+            self.model = compile_supernet(self.supernet, cfg.search.cudagraphs)
+            self._eager_next = True
         unknown = sorted(set(self.method.data_streams) - {"train", "arch"}) if self.method.owns_step else []
         if unknown:
             raise ConfigError(f"method {cfg.method_name!r} asks for data streams {unknown}; the search provides "
@@ -213,6 +236,24 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
     def _weight_step_info(self) -> WeightStepInfo:
         return weight_step_info(self.optimizer, self.weight_params)
 
+    def _structure_changed(self) -> None:
+        """Compiled search: the rest of this step and the next step run eagerly (see :meth:`_force_eager`)."""
+        self._eager_next = True
+        self._force_eager(True)
+
+    def _force_eager(self, on: bool) -> None:
+        """Compiled search: run the compiled supernet eagerly (``on``) until the step ends.
+
+        The first step of a structure (at the start, after a prune or widen) runs eagerly: it
+        builds the fast path's cached plans, Python state a trace would read, guard on and
+        rebuild, so that each structure is traced once per step kind instead of twice."""
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older: one extra trace
+        if getattr(self, "model", None) is getattr(self, "supernet", None) or set_stance is None \
+                or on == self._eager_now:
+            return
+        set_stance("force_eager" if on else "default")
+        self._eager_now = on
+
     def context(self) -> SearchContext:
         return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
@@ -237,6 +278,15 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         return metrics
 
     def search_step(self, arch_active: bool, ctx: SearchContext) -> None:
+        if self._eager_next:
+            self._eager_next = False
+            self._force_eager(True)
+        try:
+            self._search_step(arch_active, ctx)
+        finally:
+            self._force_eager(False)
+
+    def _search_step(self, arch_active: bool, ctx: SearchContext) -> None:
         if self.method.owns_step:
             streams = {"train": self.train_loader, "arch": self.arch_loader}
             batches = {name: streams[name].next() for name in self.method.data_streams}
@@ -308,8 +358,11 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
             stop_after_steps: stop after this many steps of this call, saving a mid-epoch
                 checkpoint (what Ctrl-C does; used by tests to simulate an interruption).
         """
-        with claimed_run(self.rundir, [self.tb]):
-            return with_rollback(lambda: self._run(stop_after_steps), self.rollback)
+        try:
+            with claimed_run(self.rundir, [self.tb]):
+                return with_rollback(lambda: self._run(stop_after_steps), self.rollback)
+        finally:
+            self._force_eager(False)  # a structure change at the last epoch's end left it on
 
     def _run(self, stop_after_steps: Optional[int]) -> SearchResult:
         cfg, s = self.cfg, self.cfg.search
@@ -325,6 +378,7 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
             self.report.write_start(self.device, {
                 "impl": self.impl, "world_size": self.dist.world_size, "data": self.data_info,
                 **({"pruning": self.prune_report.to_dict()} if self.prune_report is not None else {})})
+            self._record_reference_passes()
         self._ctx = self.context()
         self.supernet.train()
         if self.epoch == 0 and self.step == 0:

@@ -58,6 +58,16 @@ class SearchState:
         self.check_finite(statistics=True)  # never overwrite the last good checkpoint with a diverged state
         self._agree_buffers()  # one set of batch-norm statistics goes into the checkpoint
         runs.save_rank_checkpoint(self.state_dict, self.meters, self.run_dir / CHECKPOINT, self.rundir)
+        if self.dist.is_main:
+            self._record_reference_passes()
+
+    def _record_reference_passes(self: Any) -> None:
+        """The passes a fast supernet ran on its reference path so far (``supernet.reference(why)``:
+        why -> count) into the manifest's ``reference_passes``: no silent fallback."""
+        passes = dict(getattr(self.supernet, "reference_passes", None) or {})
+        if passes and passes != getattr(self, "_recorded_passes", None):
+            utils.update_manifest(self.run_dir, reference_passes=passes)
+            self._recorded_passes = passes
 
     def _load_checkpoint(self: Any, ck: dict[str, Any]) -> None:
         self.supernet.load_state_dict(ck["supernet"])

@@ -26,11 +26,13 @@ class SupernetStructure:
 
     def prune(self: Any, masks: dict[str, torch.Tensor]) -> None:
         """Remove ops from the supernet mid-search (the structure seam; see ``SearchContext.prune``)."""
+        self._structure_changed()  # compiled search: the rest of this step and the next one run eagerly
         self.supernet.prune(masks)
         self._rebuild_optimizer()
 
     def widen(self: Any, k: int) -> None:
         """Lower the partial-channel factor to ``k`` mid-search (see ``SearchContext.widen``)."""
+        self._structure_changed()
         moved = widen_edges(self.supernet, k, self.arch_generator)
         if self.device.type == "cuda":
             self.supernet.to(memory_format=torch.channels_last)

@@ -220,7 +220,8 @@ def load_train_config_file(path: Union[str, Path]) -> TrainConfig:
 
 
 __all__ = [
-    "TrainError", "TrainConfig", "SCHEMA", "validate", "TrainDataConfig", "ModelConfig", "TrainLoopConfig", "TrainRunConfig",
+    "TrainError", "TrainConfig", "SCHEMA", "validate",
+    "TrainDataConfig", "ModelConfig", "TrainLoopConfig", "TrainRunConfig",
     "build_train_config", "load_train_preset", "load_train_config_file", "parse_overrides",
     "apply_override", "train_preset_names", "lr_at", "DEFAULT_PRESET",
 ]

@@ -286,7 +286,8 @@ def test_the_sharing_trainer_on_the_shared_loop_equals_the_plain_loop():
     for epoch in range(cfg.train.epochs):
         total, n = 0.0, 0
         for u in units:
-            assert u.optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(cfg.train.lr, cfg.train.lr_min, epoch, 2))
+            want = cosine_lr(cfg.train.lr, cfg.train.lr_min, epoch, 2)
+            assert u.optimizer.param_groups[0]["lr"] == pytest.approx(want)
             for _ in range(u.steps_per_epoch()):
                 m = u.order.next()
                 total += float(u.train_step(m, mixings[m]))
@@ -306,8 +307,8 @@ def test_interference_probe_restores_the_run():
     cfg = small_cfg(space="nb201", sample=4, layers=1, epochs=1, epoch_unit="children")
     sp, data = enumerate_children(cfg), build_data(cfg, CPU)
     plain = train_run(cfg, sp, data, 2, None, 0, CPU)
-    probed = train_run(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, interference=3)), sp, data, 2, None, 0,
-                       CPU)
+    probing = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, interference=3))
+    probed = train_run(probing, sp, data, 2, None, 0, CPU)
     assert plain.interference is None and probed.accuracy == plain.accuracy
     rows = probed.interference["delta_loss"]
     assert probed.interference["children"] == [0, 1, 2] and len(rows) == 3 and all(len(r) == 4 for r in rows)

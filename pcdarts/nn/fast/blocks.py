@@ -110,11 +110,19 @@ def source_plans(edge_list: list[tuple[int, int]], edges: nn.ModuleList, primiti
     (only the ``active`` ones of this step, when given)."""
     plans = []
     for i in range(n_sources):
-        out_edges = [e for e, (s, _) in enumerate(edge_list) if s == i]
+        # plain loops, no comprehensions over enumerate: torch.compile traces this on a first call
+        out_edges = []
+        for e in range(len(edge_list)):
+            if edge_list[e][0] == i:
+                out_edges.append(e)
         groups = []
-        for o, name in enumerate(primitives):
-            slots = [t for t, e in enumerate(out_edges)
-                     if o in edges[e].active and (active is None or active[e][o])]
+        for o in range(len(primitives)):
+            name = primitives[o]
+            slots = []
+            for t in range(len(out_edges)):
+                e = out_edges[t]
+                if o in edges[e].active and (active is None or active[e][o]):
+                    slots.append(t)
             if not slots:
                 continue  # none (never built) and pruned ops
             if name not in kinds:

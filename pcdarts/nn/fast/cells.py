@@ -35,6 +35,7 @@ weights, as on the reference path (``aux_coef`` of :func:`run_cell`; built with
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Iterator, Optional
 
 import torch
@@ -61,10 +62,26 @@ class FastOptions:
     channels_last: bool = True
     use_reference: bool = False
 
+    @property
+    def reference_passes(self) -> dict[str, int]:
+        """The passes that ran on the reference path (``why`` -> entries of :meth:`reference`)."""
+        if "_reference_passes" not in self.__dict__:
+            self.__dict__["_reference_passes"] = {}
+        return self.__dict__["_reference_passes"]
+
     @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """``with supernet.reference():`` runs the reference forward (every op module is
-        called, so forward hooks and parametrisations take effect) on the same parameters."""
+    def reference(self, why: str = "a pass that needs the op modules") -> Iterator[None]:
+        """``with supernet.reference(why):`` runs the reference forward (every op module is
+        called, so forward hooks and parametrisations take effect) on the same parameters.
+
+        Never silent: the first entry for each ``why`` prints one line, and every entry is
+        counted in :attr:`reference_passes` (``why`` -> entries), which the Searcher records
+        in the run manifest."""
+        passes = self.reference_passes
+        if why not in passes:
+            print(f"note: {why} runs on the reference path (the fast path cannot serve it); recorded in "
+                  f"the run manifest as reference_passes", file=sys.stderr, flush=True)
+        passes[why] = passes.get(why, 0) + 1
         before, self.use_reference = self.use_reference, True
         try:
             yield

@@ -52,6 +52,12 @@ def cast_floats(tensors: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) -
     return [t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors]
 
 
+def compiling() -> bool:
+    """True while ``torch.compile`` traces the code (autograd-engine introspection is then skipped)."""
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
 # ---------------------------------------------------------------- layout helpers
 
 def mat(t: torch.Tensor) -> torch.Tensor:

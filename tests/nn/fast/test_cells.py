@@ -17,13 +17,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pcdarts.search.config import SpaceConfig
 from pcdarts.nn.edges import MixedEdge, Mixing
 from pcdarts.nn.ops import FactorizedReduce
+from pcdarts.registry import METHODS
 from pcdarts.spaces.darts import FastDartsSupernet
 from pcdarts.spaces.nb201 import FastNB201Supernet
 from pcdarts.scorers.alpha import normalise_edges
 from pcdarts.spaces import get_space
 from pcdarts.spaces.darts import DartsSupernet, darts_node_edges
 from pcdarts.spaces.nb201 import NB201_NODE_EDGES, NB201Supernet
-from tests.conftest import assert_fast_equals_reference_steps
+from tests.conftest import assert_fast_equals_reference_steps, tiny_method
 
 MODES = ("first+shuffle", "first+shift", "random")
 SHAPES = {"darts": (14, 8, ("normal", "reduce")), "nb201": (6, 5, ("cell",))}
@@ -326,6 +327,24 @@ def test_bf16_autocast_on_cpu_fast_path_as_close_as_reference(space):
     assert 0 < err_fast < 3 * err_ref + 1e-2, (err_fast, err_ref)
 
 
+def test_bf16_dilated_depthwise_weight_gradient_is_finite_on_cpu():
+    """The CPU's bf16 weight gradient of a dilated channels_last depthwise conv returned NaNs at
+    32x32 (torch 2.13; nondeterministic): ConvSpec.backward computes that one in float32."""
+    from pcdarts.nn.fast.conv import ConvSpec
+    torch.manual_seed(0)
+    for c, mult, k in ((2, 1, 3), (2, 3, 5), (4, 2, 5), (16, 3, 3)):
+        spec = ConvSpec((1, 1), (k - 1, k - 1), (2, 2), c)
+        x = torch.randn(16, c, 32, 32).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c * mult, 1, k, k).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(spec(x, w))
+        gi32, gw32 = spec.backward(g, x, (), w, True, True)
+        for _ in range(3):
+            gi, gw = spec.backward(g.bfloat16(), x.bfloat16(), (), w.bfloat16(), True, True)
+            assert gw.dtype == torch.bfloat16 and torch.isfinite(gw).all() and torch.isfinite(gi).all()
+            assert (gw.float() - gw32).norm() / gw32.norm() < 2e-2
+            assert (gi.float() - gi32).norm() / gi32.norm() < 2e-2
+
+
 @pytest.mark.gpu
 def test_cuda_search_step_runs(tmp_path):
     from pcdarts.search.searcher import search
@@ -492,3 +511,57 @@ def test_a_second_derivative_through_the_fast_path_raises_instead_of_being_wrong
     with net.reference():  # the oracle path is twice differentiable
         (g,) = torch.autograd.grad(net(x, live_mixing(net.masks, "cpu")).sum(), x, create_graph=True)
         g.sum().backward()
+
+
+# the passes a method runs on the reference path on purpose (printed once, in the manifest)
+REFERENCE_PASSES = {"lease": {"LeaSE's explanation (a double backward)"},
+                    "msr-darts": {"MSR-DARTS's input-size probe (one no-grad forward at setup)"}}
+
+
+# random-lookup trains no supernet (it looks drawn cells up in a benchmark): no step to check
+@pytest.mark.parametrize("name", sorted(set(METHODS.names()) - {"random-lookup"}))
+def test_every_method_steps_on_the_fast_path(tiny, name, monkeypatch, capsys):
+    """Every registered method's search step (tiny DARTS space, impl=fast) runs its supernet's
+    fast cells, and any pass on the reference path is one the method declares, named in
+    ``supernet.reference_passes`` and printed once: no silent fallback."""
+    from pcdarts.search.config import build_config
+    from pcdarts.search.searcher import Searcher, new_run_dir
+    calls = {"fast": 0, "reference": 0}
+    fast_cell, ref_forward = FastDartsSupernet.cell_forward, DartsSupernet.forward
+
+    def counted_fast(self, *a, **k):
+        calls["fast"] += 1
+        return fast_cell(self, *a, **k)
+
+    def counted_ref(self, *a, **k):  # the fast supernet's forward calls it only under reference(why)
+        calls["reference"] += 1
+        assert self.use_reference, "the reference forward ran outside supernet.reference(why)"
+        return ref_forward(self, *a, **k)
+
+    monkeypatch.setattr(FastDartsSupernet, "cell_forward", counted_fast)
+    monkeypatch.setattr(DartsSupernet, "forward", counted_ref)
+    cfg = build_config(tiny(method=tiny_method(name), space={"name": "darts", "layers": 3, "impl": "fast"}))
+    s = Searcher(cfg, new_run_dir(cfg))
+    assert isinstance(s.supernet, FastDartsSupernet)
+    for _ in range(2):
+        s.search_step(arch_active=s.method.has_arch, ctx=s.context())
+    assert calls["fast"] > 0
+    expected = REFERENCE_PASSES.get(name, set())
+    assert set(s.supernet.reference_passes) == expected
+    assert (calls["reference"] > 0) == bool(expected)
+    printed = capsys.readouterr().err
+    assert all(printed.count(why) == 1 for why in expected)  # once, though every step enters it
+
+
+def test_reference_passes_are_recorded_in_the_manifest(tiny):
+    """A fast supernet's passes on the reference path (LeaSE's explanation) end up in the run
+    manifest's ``reference_passes`` (written with the checkpoint of a stopped run)."""
+    import json
+
+    import pcdarts
+    cfg = tiny(method=tiny_method("lease"), space={"name": "darts", "layers": 3, "impl": "fast"},
+               search={"epochs": 1})
+    result = pcdarts.search(cfg, stop_after_steps=1)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert list(manifest["reference_passes"]) == ["LeaSE's explanation (a double backward)"]
+    assert manifest["reference_passes"]["LeaSE's explanation (a double backward)"] >= 1  # entries so far
