@@ -130,7 +130,8 @@ def test_two_process_label_free_search_goes_through_ddp(tmp_path):
     """The MAE objective reads the supernet's stage outputs: under torchrun that call goes
     through DDP's forward too (SupernetCall), and the decoder's gradients are averaged."""
     run = tmp_path / "mae"
-    out = _run(["search", "--objective", "mae", "--out", str(run), *COMMON, *PC[:-2], "--search.epochs", "1", "--run.plots", "true"],
+    out = _run(["search", "--objective", "mae", "--out", str(run), *COMMON, *PC[:-2], "--search.epochs", "1",
+                "--run.plots", "true"],
                nproc=2)
     assert out.returncode == 0, _why(out)
     assert (run / "reconstructions" / "epoch_001.png").is_file() and (run / "genotype.json").is_file()

@@ -63,7 +63,8 @@ class DartsConfig:
         if self.order not in (1, 2):
             raise ConfigError(f"method.order must be 1 (first order) or 2 (second order), got {self.order}")
         if len(self.arch_betas) != 2:
-            raise ConfigError(f"method.arch_betas must be two numbers (Adam's beta1, beta2), got {list(self.arch_betas)}")
+            raise ConfigError("method.arch_betas must be two numbers (Adam's beta1, beta2), "
+                              f"got {list(self.arch_betas)}")
 
 
 def parse_arch_lr_schedule(schedule: str) -> tuple[str, float]:
@@ -216,7 +217,8 @@ class Darts(Method):
         self.optimizer.load_state_dict(state["optimizer"])
 
     # ---- the architecture step ---------------------------------------------
-    def _loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _loss(self, ctx: SearchContext,
+              batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.loss(ctx, batch, self.mixing())  # the mixing with its graph to alpha/beta
 
     def arch_step(self, ctx: SearchContext, train_batch: tuple[torch.Tensor, torch.Tensor],

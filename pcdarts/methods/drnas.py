@@ -241,7 +241,8 @@ class DrNAS(Darts):
             total = kl if total is None else total + kl
         return total
 
-    def _loss(self, ctx: SearchContext, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _loss(self, ctx: SearchContext,
+              batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, metrics = super()._loss(ctx, batch)
         if self.cfg.reg_type == "kl":
             loss = loss + self.cfg.reg_scale * self.kl_to_uniform()

@@ -138,7 +138,8 @@ class MixedEdge(nn.Module):
         self.active = [int(i) for i in self.ops.keys()]
 
     @torch.no_grad()
-    def widen(self, k: int, generator: Optional[torch.Generator] = None) -> list[tuple[nn.Parameter, nn.Parameter, list]]:
+    def widen(self, k: int,
+              generator: Optional[torch.Generator] = None) -> list[tuple[nn.Parameter, nn.Parameter, list]]:
         """Partial-channel factor K -> ``k`` (< K): every op is rebuilt on C/k channels and
         its old weights copied in, each new channel a copy of a random old one (the
         official net2wider rule, DrNAS; one index per channel count within an op, so a

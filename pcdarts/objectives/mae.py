@@ -3,8 +3,9 @@
 Both levels of the bilevel search minimise one loss that reads no label: each image is cut
 into ``patch_size`` x ``patch_size`` patches, a random ``mask_ratio`` of them is zeroed in the
 normalised input (the dataset's mean colour), the supernet encodes the masked image (its
-stage outputs, via ``forward_features``), a small decoder predicts the whole image, and the loss is the mean squared error on the
-masked pixels only (optionally against per-patch normalised targets, ``norm_pix_loss``).
+stage outputs, via ``forward_features``), a small decoder predicts the whole image, and the loss
+is the mean squared error on the masked pixels only (optionally against per-patch normalised
+targets, ``norm_pix_loss``).
 
 The decoder (``decoder: multi-scale``, the paper's "hierarchical decoder") reads the output
 of every resolution stage of the supernet: a 1x1 projection of each, progressive 2x-style

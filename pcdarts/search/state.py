@@ -1,5 +1,5 @@
-"""The Searcher's state: the check that it is still finite, its checkpoint (everything needed to resume exactly: weights,
-architecture state, both optimisers, scheduler, RNG states, data positions, the epoch's
+"""The Searcher's state: the check that it is still finite, its checkpoint (everything needed to resume
+exactly: weights, architecture state, both optimisers, scheduler, RNG states, data positions, the epoch's
 running sums and clock), loading it back, and ``search.rollback``.
 
 :class:`SearchState` is a mixin of :class:`pcdarts.search.searcher.Searcher`: it reads the

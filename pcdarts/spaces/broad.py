@@ -53,8 +53,8 @@ from pcdarts.nn.ops import DARTS_PRIMITIVES
 from pcdarts.registry import SPACES
 from pcdarts.spaces import SearchSpace
 from pcdarts.ranges import Count, NonNegInt
-from pcdarts.spaces.darts import (DartsSpaceConfig, DartsSupernet, FastDartsSupernet, SearchCell, cell_bn_options, darts_node_edges,
-                                  derive_darts, derive_node_pairs, initial_masks)
+from pcdarts.spaces.darts import (DartsSpaceConfig, DartsSupernet, FastDartsSupernet, SearchCell, cell_bn_options,
+                                  darts_node_edges, derive_darts, derive_node_pairs, initial_masks)
 
 class BroadSupernet(BroadMacro):
     """The broad search network (BCNN supernet). It owns no architecture parameters.

@@ -1,8 +1,9 @@
 """The evaluation network of a training run and its test pass (shared by ``train`` and ``eval``).
 
 :func:`build_model` applies the ``model`` config section (as the genotype's registered network
-reads it, :func:`pcdarts.nn.networks.network_options`) to :func:`pcdarts.nn.networks.build_network`; :func:`evaluate` computes plain cross-entropy,
-top-1 and top-5 in eval mode (no auxiliary head, no drop-path).
+reads it, :func:`pcdarts.nn.networks.network_options`) to
+:func:`pcdarts.nn.networks.build_network`; :func:`evaluate` computes plain cross-entropy, top-1 and
+top-5 in eval mode (no auxiliary head, no drop-path).
 """
 from __future__ import annotations
 

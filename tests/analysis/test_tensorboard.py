@@ -33,7 +33,8 @@ def test_tensorboard_search_writes_scalars_histograms_and_the_cell(tmp_path, cap
 def test_tensorboard_training_writes_scalars(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     out = tmp_path / "t"
-    code, _, err = run_cli(["train", "DARTS_V2", "--preset", "short", "--out", out, *CLI_TINY_TRAIN_CPU1, "--tensorboard"],
+    code, _, err = run_cli(["train", "DARTS_V2", "--preset", "short", "--out", out, *CLI_TINY_TRAIN_CPU1,
+                            "--tensorboard"],
                            capsys)
     assert code == 0, err
     assert {"train_loss", "train_acc", "lr", "test_top1", "drop_path_prob"} <= set(_tags(out / "tb")["scalars"])

@@ -438,7 +438,8 @@ def test_run_kinds_mixed_up_name_the_right_command(finished_search_run, finished
         assert code == 2 and err.startswith(f"error: pcdarts {name} {finished_train_run}: this is a training run"), err
         assert f"pcdarts train --resume {finished_train_run}" in err and f"pcdarts eval {finished_train_run}" in err
     code, _, err = run_cli(["train", "--resume", finished_search_run], capsys)
-    assert code == 2 and f"this is a search run; continue it with `pcdarts search --resume {finished_search_run}`" in err
+    assert code == 2
+    assert f"this is a search run; continue it with `pcdarts search --resume {finished_search_run}`" in err
     code, _, err = run_cli(["eval", finished_search_run], capsys)
     assert code == 2 and "this is a search run" in err
     (tmp_path / "notes").mkdir()
@@ -451,7 +452,8 @@ def test_run_kinds_mixed_up_name_the_right_command(finished_search_run, finished
 ROOT = Path(__file__).resolve().parents[1]
 
 
-KILL_ARGS = [*CLI_TINY_CPU1, "--search.batch_size", "4", "--search.checkpoint_every", "1", "--run.deterministic", "true"]
+KILL_ARGS = [*CLI_TINY_CPU1, "--search.batch_size", "4", "--search.checkpoint_every", "1",
+             "--run.deterministic", "true"]
 
 
 def _search_process(args: list[str], pause: str = "") -> subprocess.Popen:
@@ -601,7 +603,8 @@ def test_rollbacks_are_counted_then_the_error_stands(tmp_path, capsys, monkeypat
 @pytest.fixture(scope="module")
 def one_epoch_search_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "run"
-    assert main(["search", "--out", str(out), *CLI_TINY_CPU1, "--search.epochs", "1", "--method.warmup_epochs", "0"]) == 0
+    assert main(["search", "--out", str(out), *CLI_TINY_CPU1, "--search.epochs", "1",
+                 "--method.warmup_epochs", "0"]) == 0
     return out
 
 
