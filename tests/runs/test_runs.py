@@ -449,7 +449,7 @@ def test_run_kinds_mixed_up_name_the_right_command(finished_search_run, finished
 
 # moved from the issue-12 grab-bag (crash safety, bad input, TensorBoard)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 KILL_ARGS = [*CLI_TINY_CPU1, "--search.batch_size", "4", "--search.checkpoint_every", "1",
