@@ -189,9 +189,13 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         self.k, self.impl, self.prune_report = parts.k, parts.impl, parts.prune_report
         # every architecture random draw (Dirichlet samples, random masks) comes from here
         self.arch_generator = parts.generator
-        self.model = self.supernet  # what the step calls; a compiled wrapper shares the parameters
+        # One network, three roles: ``supernet`` the module (architecture steps, evaluation, scorers,
+        # checkpoints); ``step_supernet`` what a search step calls (the supernet or its compiled wrapper,
+        # which shares the parameters); ``weight_supernet`` what the weight step calls (the DDP wrapper
+        # under torchrun, else ``step_supernet``).
+        self.step_supernet = self.supernet
         if cfg.search.compile or cfg.search.cudagraphs:
-            self.model = compile_supernet(self.supernet, cfg.search.cudagraphs)
+            self.step_supernet = compile_supernet(self.supernet, cfg.search.cudagraphs)
             self._eager_next = True
         unknown = sorted(set(self.method.data_streams) - {"train", "arch"}) if self.method.owns_step else []
         if unknown:
@@ -200,7 +204,7 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         self.objective_has_accuracy = True  # until a step's metrics say otherwise
         s = cfg.search
         self.weight_params = parts.weight_params
-        self.weight_model = self._data_parallel()
+        self.weight_supernet = self._data_parallel()
         self.optimizer = self._new_optimizer()
         self.scheduler = self._new_schedule()
         self.epoch, self.step = 0, 0
@@ -255,7 +259,7 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         self._eager_now = on
 
     def context(self) -> SearchContext:
-        return SearchContext(supernet=self.model, objective=self.objective, weight_params=self.weight_params,
+        return SearchContext(supernet=self.step_supernet, objective=self.objective, weight_params=self.weight_params,
                              weight_step_info=self._weight_step_info, autocast=self._autocast, epoch=self.epoch,
                              epochs=self.cfg.search.epochs, steps_per_epoch=self.train_loader.steps_per_epoch,
                              generator=self.arch_generator, prune=self.prune, widen=self.widen,
@@ -268,7 +272,8 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
                                     after_backward=self._average_objective_grads if self.dist.is_distributed
                                     else None,
                                     # under torchrun: the step goes through DDP
-                                    model=self.weight_model if self.weight_model is not self.model else None)
+                                    model=(self.weight_supernet if self.weight_supernet is not self.step_supernet
+                                           else None))
         self.watch.observe("weight", loss)
         m = self.meters
         m["loss"] += loss.detach() * y.numel()

@@ -46,7 +46,7 @@ class SupernetStructure:
         supernet (or its compiled wrapper) itself. Architecture steps, evaluation and scorers
         call the bare supernet; their gradients are averaged by ``ctx.all_reduce_grads``."""
         if not self.dist.is_distributed:
-            return self.model
+            return self.step_supernet
         # channels_last conv weights: DDP's contiguous buckets cost a copy, not correctness
         warnings.filterwarnings("ignore", message=r"(?s).*Grad strides do not match bucket view strides")
         # SupernetCall: an objective reading stage outputs (MAE) also goes through DDP's forward;
@@ -72,7 +72,7 @@ class SupernetStructure:
         under torchrun DDP is rebuilt over the new parameters (every rank changes alike)."""
         old = self.optimizer
         self.weight_params[:] = self._live_weights()  # the context shares the list
-        self.weight_model = self._data_parallel()
+        self.weight_supernet = self._data_parallel()
         self.optimizer = self._new_optimizer()
         for p in self.weight_params:
             if p in old.state:

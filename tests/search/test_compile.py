@@ -37,7 +37,7 @@ def test_compiled_step_has_no_graph_break_no_recompile_and_equals_eager(tiny, mo
     backend = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(searcher_mod, "COMPILE_BACKEND", backend)
     eager, compiled = _searcher(tiny, "eager"), _searcher(tiny, "compiled", compile=True)
-    assert compiled.model is not compiled.supernet and type(compiled.supernet).__name__.startswith("Fast")
+    assert compiled.step_supernet is not compiled.supernet and type(compiled.supernet).__name__.startswith("Fast")
     frames = []
     for s in (eager, compiled):
         ctx = s.context()
