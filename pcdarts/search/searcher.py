@@ -252,7 +252,7 @@ class Searcher(SupernetStructure, SearchState, EpochRun):
         builds the fast path's cached plans, Python state a trace would read, guard on and
         rebuild, so that each structure is traced once per step kind instead of twice."""
         set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; older: one extra trace
-        if getattr(self, "model", None) is getattr(self, "supernet", None) or set_stance is None \
+        if getattr(self, "step_supernet", None) is getattr(self, "supernet", None) or set_stance is None \
                 or on == self._eager_now:
             return
         set_stance("force_eager" if on else "default")

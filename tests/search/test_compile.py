@@ -75,3 +75,14 @@ def test_cudagraphs_step_equals_eager_on_cuda(tiny):
     for a, b in zip(*runs):
         torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-3)  # bf16 autocast on CUDA
     torch._dynamo.reset()
+
+
+def test_a_structure_change_in_an_eager_search_leaves_the_compile_stance_alone(tiny, monkeypatch):
+    """Only a compiled search switches torch.compiler's stance on a prune or widen; an eager one
+    (no compiled wrapper) must not change that process-wide setting."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "set_stance", lambda *a, **k: calls.append(a), raising=False)
+    s = _searcher(tiny, "eager-structure")
+    assert s.step_supernet is s.supernet
+    s._structure_changed()
+    assert calls == [] and s._eager_now is False
