@@ -41,9 +41,12 @@ NB201_KINDS = {"skip_connect": "skip", "nor_conv_1x1": "conv", "nor_conv_3x3": "
 
 # depthwise strategy per (kernel, dilation) for a shared input, measured on CPU with
 # channels_last (forward + both backward passes, all three stages): mkldnn's plain
-# depthwise kernel is fastest for undilated kernels on the replicated input, the
-# channel-multiplier form for dilated ones (see benchmarks/README.md)
-DW_STRATEGY: dict[tuple[int, int], str] = {(3, 1): "replicate", (5, 1): "replicate"}
+# depthwise kernel on the replicated input, now for every kernel: once the input gradient
+# of a stride-1 depthwise conv became a flipped forward conv and the stride-2 dilated ones
+# an even-phase conv (conv.ConvSpec), the channel-multiplier form, which had been faster for
+# the dilated kernels, is 5% slower per step (see benchmarks/README.md)
+DW_STRATEGY: dict[tuple[int, int], str] = {(3, 1): "replicate", (5, 1): "replicate", (3, 2): "replicate",
+                                           (5, 2): "replicate"}
 
 
 def dw_strategy(conv: nn.Conv2d) -> str:

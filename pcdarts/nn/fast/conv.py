@@ -40,7 +40,21 @@ aten = torch.ops.aten
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """Hyper-parameters of one convolution of the chain.
+    """Hyper-parameters of one convolution of the chain, and how the CPU computes it.
+
+    Two exact rewrites replace kernels that are slow on the CPU (mkldnn, channels_last;
+    ``benchmarks/README.md``, "depthwise kernels"); both compute the same sums:
+
+    * **even phase** (``stride == dilation > 1``, padding a multiple of it, even input):
+      every tap reads a pixel of the input's phase (0, 0), so the conv *is* an undilated
+      stride-1 conv of ``x[:, :, ::s, ::s]`` with padding ``p / s``. The input gradient
+      is that conv's, scattered back into the phase (zeros elsewhere). In the reduction
+      cells' ``dil_conv`` (stride 2, dilation 2) this turns 4-16 ms of mkldnn's dilated
+      stride-2 backward into 0.2-0.5 ms.
+    * **flipped forward** (stride 1, one input channel per group): the input gradient of
+      a depthwise conv is the forward depthwise conv of the output gradient with the
+      kernel flipped, padding ``d (k - 1) - p``; mkldnn's forward depthwise kernel is
+      2-20x faster than its backward-data kernel (dilated and 5x5 kernels most).
     """
 
     stride: tuple[int, int]
@@ -49,20 +63,68 @@ class ConvSpec:
     groups: int
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self._even_phase(x.shape, x.device):
+            s = self.stride
+            return F.conv2d(_phase(x, s), w, None, 1, self._phase_padding(), 1, self.groups)
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def _even_phase(self, x_shape: Sequence[int], device: torch.device) -> bool:
+        s, d, p = self.stride, self.dilation, self.padding
+        return (device.type == "cpu" and s == d and s[0] > 1 and s[1] > 1 and p[0] % s[0] == 0
+                and p[1] % s[1] == 0 and x_shape[2] % s[0] == 0 and x_shape[3] % s[1] == 0)
+
+    def _phase_padding(self) -> tuple[int, int]:
+        return (self.padding[0] // self.stride[0], self.padding[1] // self.stride[1])
 
     def backward(self, g: torch.Tensor, x: Optional[torch.Tensor], x_shape: torch.Size, w: torch.Tensor,
                  need_in: bool, need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         if not (need_in or need_w):
             return None, None
+        if self._even_phase(x_shape, g.device):
+            return self._phase_backward(g, x, x_shape, w, need_in, need_w)
+        gi = None
+        if need_in and self._flip_input_grad(w, g):
+            gi, need_in = self._flipped_forward(g, w), False
+            if not need_w:
+                return gi, None
         if x is None:  # only its shape and layout are read when the weight gradient is not wanted
             x = torch.empty(x_shape, dtype=g.dtype, device=g.device, memory_format=fo.CL)
         if need_w and g.dtype == torch.bfloat16 and g.device.type == "cpu" and max(self.dilation) > 1:
             # the CPU's bf16 weight gradient of a dilated channels_last conv has NaNs at some shapes
             # (torch 2.13, e.g. depthwise [16, 2, 32, 32]; tests/test_fast.py): that one in float32
-            gi = self._backward(g, x, w, need_in, False)[0] if need_in else None
-            return gi, self._backward(g.float(), x.float(), w.float(), False, True)[1].to(w.dtype)
-        return self._backward(g, x, w, need_in, need_w)
+            gi2 = self._backward(g, x, w, need_in, False)[0] if need_in else None
+            return gi if gi is not None else gi2, self._backward(g.float(), x.float(), w.float(), False,
+                                                                True)[1].to(w.dtype)
+        gi2, gw = self._backward(g, x, w, need_in, need_w)
+        return gi if gi is not None else gi2, gw
+
+    def _flip_input_grad(self, w: torch.Tensor, g: torch.Tensor) -> bool:
+        """The input gradient as a forward conv: stride 1, depthwise (one input channel per
+        group, as many outputs), a kernel larger than 1x1, on the CPU."""
+        k, d, p = w.shape[2:], self.dilation, self.padding
+        return (g.device.type == "cpu" and self.stride == (1, 1) and w.shape[1] == 1 and w.shape[0] == self.groups
+                and (k[0] > 1 or k[1] > 1) and d[0] * (k[0] - 1) >= p[0] and d[1] * (k[1] - 1) >= p[1])
+
+    def _flipped_forward(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        k, d, p = w.shape[2:], self.dilation, self.padding
+        pad = (d[0] * (k[0] - 1) - p[0], d[1] * (k[1] - 1) - p[1])
+        return F.conv2d(g, w.flip(2, 3), None, 1, pad, d, self.groups)
+
+    def _phase_backward(self, g: torch.Tensor, x: Optional[torch.Tensor], x_shape: torch.Size, w: torch.Tensor,
+                        need_in: bool, need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        s = self.stride
+        if x is None:
+            N, C, H, W = x_shape
+            xs = torch.empty((N, C, H // s[0], W // s[1]), dtype=g.dtype, device=g.device, memory_format=fo.CL)
+        else:
+            xs = _phase(x, s)
+        sub = ConvSpec((1, 1), self._phase_padding(), (1, 1), self.groups)
+        gs, gw = sub.backward(g, xs, xs.shape, w, need_in, need_w)
+        gi = None
+        if gs is not None:
+            gi = torch.empty(x_shape, dtype=gs.dtype, device=gs.device, memory_format=fo.CL).zero_()
+            gi[:, :, ::s[0], ::s[1]] = gs
+        return gi, gw
 
     def _backward(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_in: bool,
                   need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -70,6 +132,11 @@ class ConvSpec:
                                               list(self.dilation), False, [0, 0], self.groups,
                                               [need_in, need_w, False])
         return gi, gw
+
+
+def _phase(x: torch.Tensor, s: tuple[int, int]) -> torch.Tensor:
+    """The pixels (0, 0) of every s x s block, [N, C, H/s, W/s], channels_last."""
+    return x[:, :, ::s[0], ::s[1]].contiguous(memory_format=fo.CL)
 
 
 class _Preprocess(torch.autograd.Function):

@@ -120,6 +120,16 @@ def test_fast_equals_reference(space, k, mode, edge_weights):
     _compare(space, ref, fast, _x(), edge_weights)
 
 
+@pytest.mark.parametrize("strategy", ["replicate", "multiplier"])
+def test_fast_equals_reference_with_either_depthwise_strategy(strategy, monkeypatch):
+    """Both forms of a node's depthwise convs (replicated input, channel multiplier) equal the
+    reference; the default table (blocks.DW_STRATEGY) picks one per kernel."""
+    from pcdarts.nn.fast import blocks
+    monkeypatch.setattr(blocks, "DW_STRATEGY", {key: strategy for key in [(3, 1), (5, 1), (3, 2), (5, 2)]})
+    ref, fast = _nets("darts", 2, "first+shuffle")
+    _compare("darts", ref, fast, _x(), True)
+
+
 def _random_masks(space, seed=3):
     E, O, cts = SHAPES[space]
     g = torch.Generator().manual_seed(seed)
