@@ -37,6 +37,10 @@ from pcdarts.nn.fast import kernels as fo
 
 aten = torch.ops.aten
 
+# the CPU kernel rewrites of ConvSpec, each switchable for benchmarks and ablations: both
+# compute the same sums as the plain ATen call they replace
+REWRITES = {"even_phase": True, "flipped_forward": True}
+
 
 @dataclass(frozen=True)
 class ConvSpec:
@@ -70,8 +74,8 @@ class ConvSpec:
 
     def _even_phase(self, x_shape: Sequence[int], device: torch.device) -> bool:
         s, d, p = self.stride, self.dilation, self.padding
-        return (device.type == "cpu" and s == d and s[0] > 1 and s[1] > 1 and p[0] % s[0] == 0
-                and p[1] % s[1] == 0 and x_shape[2] % s[0] == 0 and x_shape[3] % s[1] == 0)
+        return (REWRITES["even_phase"] and device.type == "cpu" and s == d and s[0] > 1 and s[1] > 1
+                and p[0] % s[0] == 0 and p[1] % s[1] == 0 and x_shape[2] % s[0] == 0 and x_shape[3] % s[1] == 0)
 
     def _phase_padding(self) -> tuple[int, int]:
         return (self.padding[0] // self.stride[0], self.padding[1] // self.stride[1])
@@ -102,7 +106,8 @@ class ConvSpec:
         """The input gradient as a forward conv: stride 1, depthwise (one input channel per
         group, as many outputs), a kernel larger than 1x1, on the CPU."""
         k, d, p = w.shape[2:], self.dilation, self.padding
-        return (g.device.type == "cpu" and self.stride == (1, 1) and w.shape[1] == 1 and w.shape[0] == self.groups
+        return (REWRITES["flipped_forward"] and g.device.type == "cpu" and self.stride == (1, 1) and w.shape[1] == 1
+                and w.shape[0] == self.groups
                 and (k[0] > 1 or k[1] > 1) and d[0] * (k[0] - 1) >= p[0] and d[1] * (k[1] - 1) >= p[1])
 
     def _flipped_forward(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -305,46 +310,17 @@ def _stage_forward(a: torch.Tensor, convs: list[ConvSpec], ws: Sequence[torch.Te
 
 def _stage_backward(g: torch.Tensor, inp: Optional[torch.Tensor], shapes: list[torch.Size],
                     convs: list[ConvSpec], ws: Sequence[torch.Tensor], need_in: bool, need_w: Sequence[bool],
-                    mid: Optional[torch.Tensor] = None, shared: Optional[torch.Tensor] = None,
-                    ) -> tuple[Optional[torch.Tensor], list[Optional[torch.Tensor]]]:
+                    mid: Optional[torch.Tensor] = None) -> tuple[Optional[torch.Tensor], list[Optional[torch.Tensor]]]:
     """Backward of a chain of 1 or 2 convs; the intermediate activation (``mid``, if not
-    given) is recomputed only when a weight gradient needs it. ``shared``: ``inp`` is
-    ``cat([shared] * n)`` (the replicated input), see :func:`_replicated_weight_grad`."""
+    given) is recomputed only when a weight gradient needs it."""
     acts: list[Optional[torch.Tensor]] = [inp]
     if len(convs) == 2:
         acts.append(mid if mid is not None else (convs[0](inp, ws[0]) if need_w[1] else None))
     gws: list[Optional[torch.Tensor]] = [None] * len(convs)
     for i in reversed(range(len(convs))):
-        if i == 0 and need_w[0] and shared is not None and _replicas_pay(convs[0], ws[0], g):
-            gws[0] = _replicated_weight_grad(convs[0], g, shared, ws[0])
-            g = convs[0].backward(g, None, shapes[0], ws[0], need_in, False)[0]
-            continue
         gi, gws[i] = convs[i].backward(g, acts[i], shapes[i], ws[i], need_in or i > 0, need_w[i])
         g = gi
     return g, gws
-
-
-def _replicas_pay(conv: ConvSpec, w: torch.Tensor, g: torch.Tensor) -> bool:
-    """Measured on the CPU (benchmarks/README.md): mkldnn's depthwise weight gradient of a
-    5x5 or dilated kernel is 1.2-2.7x faster in the channel-multiplier form; 3x3 is not."""
-    return (g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64) and conv.stride == (1, 1)
-            and (max(w.shape[2:]) >= 5 or max(conv.dilation) > 1))
-
-
-def _replicated_weight_grad(conv: ConvSpec, g: torch.Tensor, shared: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weight gradient of a depthwise conv whose input is ``n`` copies of ``shared`` [N, c, H, W].
-
-    Output channel ``t*c + j`` reads ``shared`` channel j: the same sums as the depthwise conv
-    of ``shared`` with channel multiplier n, output ``j*n + t``. So reorder the output
-    gradient to (channel, copy) order, take that conv's weight gradient, and order it back.
-    """
-    N, C, H, W = g.shape
-    c = shared.shape[1]
-    n = C // c
-    gm = g.permute(0, 2, 3, 1).reshape(N, H, W, n, c).transpose(3, 4).reshape(N, H, W, C).permute(0, 3, 1, 2)
-    mult = ConvSpec(conv.stride, conv.padding, conv.dilation, c)
-    gw = mult._backward(gm, shared, w, False, True)[1]
-    return gw.view(c, n, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
 class _ConvChain(torch.autograd.Function):
@@ -417,11 +393,7 @@ class _ConvChain(torch.autograd.Function):
             del p1, r, mid_b
         elif any(need_wa) and h is None:
             h = _prep(x, spec)
-        shared = None
-        if spec.prep == "replicate" and spec.n > 1 and need_wa[0] and _replicas_pay(spec.stage_a[0], wa[0], gz):
-            shared = torch.relu(x)
-        g, g_wa = _stage_backward(g, h if any(need_wa) else None, shapes_a, spec.stage_a, wa, need_x, need_wa, mid,
-                                  shared)
+        g, g_wa = _stage_backward(g, h if any(need_wa) else None, shapes_a, spec.stage_a, wa, need_x, need_wa, mid)
         g_x = _prep_backward(g, x, spec) if need_x else None
         return (g_x, g_coef, None, *g_wa, *g_wb)
 

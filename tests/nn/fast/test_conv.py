@@ -74,17 +74,10 @@ def test_odd_input_with_stride_equal_dilation_is_left_to_aten() -> None:
     torch.testing.assert_close(spec.backward(torch.ones_like(y_ref), x, x.shape, w, True, False)[0], xr.grad)
 
 
-@pytest.mark.parametrize("k,d", [(5, 1), (3, 2), (5, 2)])
-def test_replicated_weight_gradient_equals_autograd(k: int, d: int) -> None:
-    """The depthwise weight gradient of a replicated input, taken as the channel-multiplier conv's."""
-    from pcdarts.nn.fast.conv import _replicas_pay, _replicated_weight_grad
-    torch.manual_seed(0)
-    n, c = 3, 4
-    h = torch.randn(2, c, 10, 10).to(memory_format=CL)
-    w = torch.randn(n * c, 1, k, k, requires_grad=True)
-    spec = ConvSpec((1, 1), (d * (k - 1) // 2,) * 2, (d, d), n * c)
-    y = F.conv2d(torch.cat([h] * n, 1), w, None, 1, spec.padding, spec.dilation, n * c)
-    g = torch.randn_like(y)
-    y.backward(g)
-    assert _replicas_pay(spec, w, g)
-    torch.testing.assert_close(_replicated_weight_grad(spec, g, h, w.detach()), w.grad, rtol=1e-5, atol=1e-4)
+
+def test_rewrites_switch_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pcdarts.nn.fast import conv
+    monkeypatch.setattr(conv, "REWRITES", {"even_phase": False, "flipped_forward": False})
+    cpu, shape, dw3 = torch.device("cpu"), torch.Size([2, 4, 8, 8]), torch.empty(4, 1, 3, 3)
+    assert _rewrite(ConvSpec((2, 2), (2, 2), (2, 2), 4), dw3, shape, cpu) == "none"
+    assert _rewrite(ConvSpec((1, 1), (2, 2), (2, 2), 4), dw3, shape, cpu) == "none"
