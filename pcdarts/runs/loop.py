@@ -174,11 +174,9 @@ def run_epochs(run: EpochRun, s: LoopSettings) -> LoopEnd:
 
 
 def _stop_agreed(stop: Any, sync: bool, s: LoopSettings, done: int) -> bool:
-    if not s.signals:
-        return s.stop_after_steps is not None and done >= s.stop_after_steps
-    # under torchrun the ranks agree (a collective on every step, read when ``sync``)
-    return agreed_stop(stop.requested, sync, s.device) or (s.stop_after_steps is not None
-                                                           and done >= s.stop_after_steps)
+    # with signals, the ranks agree under torchrun (a collective on every step, read when ``sync``)
+    signalled = s.signals and agreed_stop(stop.requested, sync, s.device)
+    return signalled or (s.stop_after_steps is not None and done >= s.stop_after_steps)
 
 
 def with_rollback(attempt: Callable[[], T], rollback: Callable[[DivergenceError], bool]) -> T:

@@ -39,18 +39,19 @@ DARTS_KINDS = {"max_pool_3x3": "pool", "avg_pool_3x3": "pool", "skip_connect": "
                "noise": "noise"}
 NB201_KINDS = {"skip_connect": "skip", "nor_conv_1x1": "conv", "nor_conv_3x3": "conv", "avg_pool_3x3": "pool"}
 
-# depthwise strategy per (kernel, dilation) for a shared input, measured on CPU with
-# channels_last (forward + both backward passes, all three stages): mkldnn's plain
-# depthwise kernel on the replicated input, now for every kernel: once the input gradient
-# of a stride-1 depthwise conv became a flipped forward conv and the stride-2 dilated ones
-# an even-phase conv (conv.ConvSpec), the channel-multiplier form, which had been faster for
-# the dilated kernels, is 5% slower per step (see benchmarks/README.md)
-DW_STRATEGY: dict[tuple[int, int], str] = {(3, 1): "replicate", (5, 1): "replicate", (3, 2): "replicate",
-                                           (5, 2): "replicate"}
+# depthwise form per (kernel, dilation) for a shared input: ``replicate`` (mkldnn's plain
+# depthwise kernel on the input copied once per edge) or ``multiplier`` (one depthwise conv
+# with channel multiplier n). Measured on CPU, channels_last, the whole step: ``replicate`` for
+# every kernel of the spaces. The dilated kernels used ``multiplier`` until the input gradient
+# of a stride-1 depthwise conv became a flipped forward conv and the stride-2 dilated ones an
+# even-phase conv (conv.ConvSpec); since then ``multiplier`` is ~3% slower per step (2.47 vs
+# 2.40 s, benchmarks/README.md). Kernels not listed use ``replicate``; the table is the knob
+# for re-measuring (tests/nn/fast/test_cells.py runs the supernet with either form).
+DW_STRATEGY: dict[tuple[int, int], str] = {}
 
 
 def dw_strategy(conv: nn.Conv2d) -> str:
-    return DW_STRATEGY.get((conv.kernel_size[0], conv.dilation[0]), "multiplier")
+    return DW_STRATEGY.get((conv.kernel_size[0], conv.dilation[0]), "replicate")
 
 
 @dataclass

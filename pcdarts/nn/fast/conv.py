@@ -47,7 +47,7 @@ class ConvSpec:
     """Hyper-parameters of one convolution of the chain, and how the CPU computes it.
 
     Two exact rewrites replace kernels that are slow on the CPU (mkldnn, channels_last;
-    ``benchmarks/README.md``, "depthwise kernels"); both compute the same sums:
+    measured in ``benchmarks/README.md``, "What the fast path does"); both compute the same sums:
 
     * **even phase** (``stride == dilation > 1``, padding a multiple of it, even input):
       every tap reads a pixel of the input's phase (0, 0), so the conv *is* an undilated
@@ -86,21 +86,14 @@ class ConvSpec:
             return None, None
         if self._even_phase(x_shape, g.device):
             return self._phase_backward(g, x, x_shape, w, need_in, need_w)
-        gi = None
-        if need_in and self._flip_input_grad(w, g):
-            gi, need_in = self._flipped_forward(g, w), False
-            if not need_w:
-                return gi, None
+        gi = self._flipped_forward(g, w) if need_in and self._flip_input_grad(w, g) else None
+        need_in = need_in and gi is None
+        if not (need_in or need_w):
+            return gi, None
         if x is None:  # only its shape and layout are read when the weight gradient is not wanted
             x = torch.empty(x_shape, dtype=g.dtype, device=g.device, memory_format=fo.CL)
-        if need_w and g.dtype == torch.bfloat16 and g.device.type == "cpu" and max(self.dilation) > 1:
-            # the CPU's bf16 weight gradient of a dilated channels_last conv has NaNs at some shapes
-            # (torch 2.13, e.g. depthwise [16, 2, 32, 32]; tests/test_fast.py): that one in float32
-            gi2 = self._backward(g, x, w, need_in, False)[0] if need_in else None
-            return gi if gi is not None else gi2, self._backward(g.float(), x.float(), w.float(), False,
-                                                                True)[1].to(w.dtype)
-        gi2, gw = self._backward(g, x, w, need_in, need_w)
-        return gi if gi is not None else gi2, gw
+        gi_aten, gw = self._backward(g, x, w, need_in, need_w)
+        return (gi if gi is not None else gi_aten), gw
 
     def _flip_input_grad(self, w: torch.Tensor, g: torch.Tensor) -> bool:
         """The input gradient as a forward conv: stride 1, depthwise (one input channel per
@@ -133,6 +126,12 @@ class ConvSpec:
 
     def _backward(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_in: bool,
                   need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """ATen's convolution backward of this conv."""
+        if need_w and g.dtype == torch.bfloat16 and g.device.type == "cpu" and max(self.dilation) > 1:
+            # the CPU's bf16 weight gradient of a dilated channels_last conv has NaNs at some shapes
+            # (torch 2.13, e.g. depthwise [16, 2, 32, 32]; tests/nn/fast/test_cells.py): that one in float32
+            gi = self._backward(g, x, w, True, False)[0] if need_in else None
+            return gi, self._backward(g.float(), x.float(), w.float(), False, True)[1].to(w.dtype)
         gi, gw, _ = aten.convolution_backward(g, x, w, None, list(self.stride), list(self.padding),
                                               list(self.dilation), False, [0, 0], self.groups,
                                               [need_in, need_w, False])
